@@ -1,0 +1,1 @@
+"""checker: a stdlib-only linearizability checker (WGL search with explanations)."""

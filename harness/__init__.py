@@ -1,0 +1,1 @@
+"""harness: CLI, run lifecycle, workloads, clients, store and reports."""

@@ -1,0 +1,34 @@
+"""The `harness` command line. Exit codes follow Jepsen: 0 valid, 1 invalid,
+2 unknown, 254 bad usage, 255 crash."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+EXIT_USAGE = 254
+EXIT_CRASH = 255
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Linearizability tests for replicated stores."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="harness", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        click.echo(f"harness: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        return EXIT_CRASH
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

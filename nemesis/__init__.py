@@ -1,0 +1,1 @@
+"""nemesis: faults as data (grudges, kill/restart, pause), applied through a Remote."""
