@@ -1,0 +1,210 @@
+"""Length-prefixed msgpack frames over asyncio streams, and Raft messages as frame bodies.
+
+A frame is a 4-byte big-endian body length followed by that many bytes of msgpack. A
+peer is untrusted input: every way a frame can be wrong surfaces as FrameError, never as
+an exception from deep inside the node.
+
+`read_frame` outcomes:
+    object                      one decoded frame;
+    EOFError                    the peer closed cleanly between frames;
+    FrameError                  oversized, truncated (closed mid-frame), undecodable;
+    TimeoutError                the whole frame did not arrive within `timeout` seconds.
+`message_from_obj` raises FrameError naming the first bad field ("entries[2].data ...").
+
+Message layout: a map with one-letter keys, fields equal to their default left out;
+entries as [term, index, kind, data], a snapshot as [index, term, peers, data].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgpack
+
+from raftkv.types import Entry, EntryKind, Message, MsgType, Snapshot
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "FrameError",
+    "decode_body",
+    "encode_frame",
+    "message_from_obj",
+    "message_to_obj",
+    "read_frame",
+]
+
+MAX_FRAME_BYTES = 16 << 20
+_HEADER = struct.Struct(">I")
+_INT_MAX = (1 << 63) - 1
+_MSG_TYPES = frozenset(int(t) for t in MsgType)
+_ENTRY_KINDS = frozenset(int(k) for k in EntryKind)
+
+
+class FrameError(Exception):
+    """A frame or message that is malformed; the message says what and where."""
+
+
+def encode_frame(obj: object) -> bytes:
+    """Header plus msgpack body; raises FrameError if the body exceeds MAX_FRAME_BYTES."""
+    body = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> object:
+    """Decode one frame body; raises FrameError when it is not exactly one msgpack object."""
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        raise FrameError(f"undecodable frame body: {type(err).__name__}: {err}") from None
+
+
+async def read_frame(reader: asyncio.StreamReader, timeout: float) -> object:
+    """Read one frame within `timeout` seconds; see the module docstring for outcomes.
+
+    The length is checked before any of the body is read, so an oversized announcement
+    costs nothing. After a FrameError or TimeoutError the stream is out of step: close it.
+    """
+    async with asyncio.timeout(timeout):
+        try:
+            header = await reader.readexactly(_HEADER.size)
+        except asyncio.IncompleteReadError as err:
+            if not err.partial:
+                raise EOFError("peer closed the connection") from None
+            raise FrameError(f"truncated frame header: {len(err.partial)} of 4 bytes") from None
+        (length,) = _HEADER.unpack(header)
+        if length > MAX_FRAME_BYTES:
+            raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as err:
+            raise FrameError(
+                f"truncated frame body: {len(err.partial)} of {length} bytes"
+            ) from None
+    return decode_body(body)
+
+
+def message_to_obj(msg: Message) -> dict[str, Any]:
+    """The compact msgpack-ready form of `msg` (see the module docstring)."""
+    obj: dict[str, Any] = {"y": int(msg.type), "s": msg.src, "d": msg.dst, "t": msg.term}
+    if msg.log_term:
+        obj["l"] = msg.log_term
+    if msg.index:
+        obj["i"] = msg.index
+    if msg.entries:
+        obj["e"] = [[e.term, e.index, int(e.kind), e.data] for e in msg.entries]
+    if msg.commit:
+        obj["c"] = msg.commit
+    if msg.reject:
+        obj["r"] = True
+    if msg.reject_hint:
+        obj["h"] = msg.reject_hint
+    if msg.hint_term:
+        obj["ht"] = msg.hint_term
+    if msg.context:
+        obj["x"] = msg.context
+    if msg.snapshot is not None:
+        snap = msg.snapshot
+        obj["n"] = [snap.index, snap.term, list(snap.peers), snap.data]
+    return obj
+
+
+def _int(value: object, field: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FrameError(f"field {field!r} must be an integer, got {type(value).__name__}")
+    if not minimum <= value <= _INT_MAX:
+        raise FrameError(f"field {field!r} must be between {minimum} and {_INT_MAX}, got {value}")
+    return value
+
+
+def _str(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise FrameError(f"field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _bytes(value: object, field: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise FrameError(f"field {field!r} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def _list(value: object, field: str, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list):
+        raise FrameError(f"field {field!r} must be an array, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise FrameError(f"field {field!r} must have {length} elements, got {len(value)}")
+    return value
+
+
+def _entries(value: object, prev_index: int, prev_term: int) -> tuple[Entry, ...]:
+    """Entries must follow the message's (index, log_term) as a log would: consecutive
+    indexes from index + 1 and terms that never decrease."""
+    entries = []
+    for n, row in enumerate(_list(value, "entries")):
+        name = f"entries[{n}]"
+        term, index, kind, data = _list(row, name, 4)
+        term = _int(term, f"{name}.term", 1)
+        index = _int(index, f"{name}.index", 1)
+        kind = _int(kind, f"{name}.kind")
+        if kind not in _ENTRY_KINDS:
+            raise FrameError(f"field '{name}.kind' is not a known entry kind: {kind}")
+        if index != prev_index + 1:
+            raise FrameError(f"field '{name}.index' must be {prev_index + 1}, got {index}")
+        if term < prev_term:
+            raise FrameError(f"field '{name}.term' {term} is below the previous term {prev_term}")
+        entries.append(Entry(term, index, EntryKind(kind), _bytes(data, f"{name}.data")))
+        prev_index, prev_term = index, term
+    return tuple(entries)
+
+
+def _snapshot(value: object) -> Snapshot:
+    index, term, peers, data = _list(value, "snapshot", 4)
+    peer_names = tuple(
+        _str(peer, f"snapshot.peers[{n}]") for n, peer in enumerate(_list(peers, "snapshot.peers"))
+    )
+    return Snapshot(
+        index=_int(index, "snapshot.index"),
+        term=_int(term, "snapshot.term"),
+        peers=peer_names,
+        data=_bytes(data, "snapshot.data"),
+    )
+
+
+def message_from_obj(obj: object) -> Message:
+    """The Message that `message_to_obj` encoded as `obj`; FrameError names any bad field.
+
+    Keys it does not know are ignored, so a newer peer may add fields.
+    """
+    if not isinstance(obj, dict):
+        raise FrameError(f"message must be a map, got {type(obj).__name__}")
+    for key, field in (("y", "type"), ("s", "src"), ("d", "dst"), ("t", "term")):
+        if key not in obj:
+            raise FrameError(f"field {field!r} is missing")
+    kind = _int(obj["y"], "type")
+    if kind not in _MSG_TYPES:
+        raise FrameError(f"field 'type' is not a known message type: {kind}")
+    index = _int(obj.get("i", 0), "index")
+    log_term = _int(obj.get("l", 0), "log_term")
+    reject = obj.get("r", False)
+    if not isinstance(reject, bool):
+        raise FrameError(f"field 'reject' must be a boolean, got {type(reject).__name__}")
+    snapshot = obj.get("n")
+    return Message(
+        type=MsgType(kind),
+        src=_str(obj["s"], "src"),
+        dst=_str(obj["d"], "dst"),
+        term=_int(obj["t"], "term"),
+        log_term=log_term,
+        index=index,
+        entries=_entries(obj["e"], index, log_term) if "e" in obj else (),
+        commit=_int(obj.get("c", 0), "commit"),
+        reject=reject,
+        reject_hint=_int(obj.get("h", 0), "reject_hint"),
+        hint_term=_int(obj.get("ht", 0), "hint_term"),
+        context=_int(obj.get("x", 0), "context"),
+        snapshot=None if snapshot is None else _snapshot(snapshot),
+    )
