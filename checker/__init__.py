@@ -1,1 +1,45 @@
-"""checker: a stdlib-only linearizability checker (WGL search with explanations)."""
+"""checker: a standard-library-only linearizability checker that explains what it finds.
+
+Read a history (`read_history`, any supported format), then `check` it against a model::
+
+    from checker import check, read_history
+    result = check(read_history("store/latest/history.jsonl"), "kv", time_limit_s=60)
+    result.valid        # True, False or "unknown"
+    result.anomalies    # why, for every key found invalid
+
+Verdicts merge as Jepsen's do: False beats "unknown" beats True (`merge_valid`).
+"""
+
+from checker.api import UNKNOWN, Result, Verdict, check, infer_model, merge_valid
+from checker.explain import ANOMALY_NAMES, Anomaly
+from checker.history import NEMESIS, Event, HistoryError, Op, pair
+from checker.models import ILLEGAL, MODELS, Model, make_model
+from checker.readers import FORMATS, History, detect_format, parse_history, read_history
+from checker.search import Search, prepare
+
+__all__ = [
+    "ANOMALY_NAMES",
+    "FORMATS",
+    "ILLEGAL",
+    "MODELS",
+    "NEMESIS",
+    "UNKNOWN",
+    "Anomaly",
+    "Event",
+    "History",
+    "HistoryError",
+    "Model",
+    "Op",
+    "Result",
+    "Search",
+    "Verdict",
+    "check",
+    "detect_format",
+    "infer_model",
+    "make_model",
+    "merge_valid",
+    "pair",
+    "parse_history",
+    "prepare",
+    "read_history",
+]

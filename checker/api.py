@@ -1,0 +1,299 @@
+"""`check`: the verdict on one history, with explanations, under a time and memory budget."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from checker.explain import Anomaly, _jsonable, explain
+from checker.history import Event, HistoryError, Op, pair
+from checker.models import MODELS, Model, make_model
+from checker.readers import History, _event, _frozen
+from checker.search import Search, prepare
+
+__all__ = ["UNKNOWN", "Result", "Verdict", "check", "infer_model", "merge_valid"]
+
+UNKNOWN: Literal["unknown"] = "unknown"
+Verdict = bool | Literal["unknown"]
+_UNSET: Any = object()
+_SLICE_STEPS = 2_000
+_PARALLEL_MIN_OPS = 20_000
+_BYTES_PER_MEMO_ENTRY = 400
+
+
+def merge_valid(verdicts: Sequence[Verdict]) -> Verdict:
+    """Jepsen's merge: False beats "unknown" beats True; nothing to merge is True."""
+    if any(v is False for v in verdicts):
+        return False
+    if any(v == UNKNOWN for v in verdicts):
+        return UNKNOWN
+    return True
+
+
+@dataclass(slots=True)
+class Result:
+    """The verdict on one history.
+
+    `valid` is True, False or "unknown" (a budget ran out; `reason` says which). `ops` counts
+    client operations after pairing (failed ones dropped), `keys` independent sub-histories.
+    `anomalies` explains every key found invalid; `unknown_keys` lists keys left undecided
+    (after a key is found invalid, the others get only a bounded extra effort).
+    `elapsed_s` is the time spent checking, parsing excluded; `steps` the configurations
+    the search expanded.
+    """
+
+    valid: Verdict
+    model: str
+    ops: int
+    keys: int
+    elapsed_s: float
+    steps: int = 0
+    anomalies: list[Anomaly] = field(default_factory=list)
+    unknown_keys: list[Hashable] = field(default_factory=list)
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "valid": self.valid,
+            "model": self.model,
+            "ops": self.ops,
+            "keys": self.keys,
+            "elapsed_s": round(self.elapsed_s, 6),
+            "steps": self.steps,
+        }
+        if self.anomalies:
+            out["anomaly"] = self.anomalies[0].to_json()
+            out["anomalies"] = [a.to_json() for a in self.anomalies]
+        if self.unknown_keys:
+            out["unknown_keys"] = [_jsonable(k) for k in self.unknown_keys]
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def infer_model(fmt: str, ops: Sequence[Op]) -> tuple[str, Any]:
+    """The model name and initial state a history of format `fmt` most likely means."""
+    fs = {op.f for op in ops}
+    if fmt == "porcupine-kv":
+        return "append-kv", ""
+    if fmt == "jepsen-etcd-log":
+        return "etcd-register", None
+    if "txn" in fs:
+        return "multi-register", {"x": 0, "y": 0} if fmt == "knossos-edn" else {}
+    if fs and fs <= {"acquire", "release"}:
+        return "mutex", False
+    if "add" in fs:
+        return "set", frozenset()
+    if fs & {"get", "put", "append"}:
+        return "append-kv", ""
+    if any(op.key is not None for op in ops):
+        return "kv", None
+    if fmt == "knossos-edn":
+        return "cas-register", 0
+    if fmt == "jepsen-edn":
+        return "cas-register", None
+    return "kv", None
+
+
+def _events(history: History | Sequence[Event] | Sequence[dict[str, Any]]) -> History:
+    if isinstance(history, History):
+        return history
+    events: list[Event] = []
+    for n, rec in enumerate(history, 1):
+        if isinstance(rec, Event):
+            events.append(rec)
+        elif isinstance(rec, dict):
+            events.append(_event(rec, n, None, _frozen(rec.get("value")), rec.get("time")))
+        else:
+            raise HistoryError(f"expected an Event or a dict, got {type(rec).__name__}", line=n)
+    return History(events, "jsonl")
+
+
+def check(
+    history: History | Sequence[Event] | Sequence[dict[str, Any]],
+    model: str | Model = "auto",
+    *,
+    init: Any = _UNSET,
+    time_limit_s: float | None = None,
+    memory_limit_mb: float | None = None,
+    workers: int | None = None,
+    explain_anomalies: bool = True,
+) -> Result:
+    """Check one history for linearizability.
+
+    `history` is a parsed `History`, a sequence of `Event`, or a sequence of dicts shaped
+    like ``history.jsonl`` records. `model` is a `Model`, a name from `MODELS`, or "auto"
+    (inferred from the format and the ops); `init` overrides the model's initial state.
+    The verdict is "unknown", never True, when `time_limit_s` or `memory_limit_mb` runs out.
+    `workers` caps the processes used for big histories (default: the CPU count; small
+    histories always run in this process). Raises `HistoryError` on malformed histories.
+    """
+    started = time.monotonic()
+    hist = _events(history)
+    ops = pair(hist.events, file=hist.file)
+    mdl = _resolve(model, init, hist.format, ops)
+    parts = mdl.partition(ops)
+    mem_entries = None
+    if memory_limit_mb is not None:
+        mem_entries = int(memory_limit_mb * 1e6 / _BYTES_PER_MEMO_ENTRY)
+    searches = [
+        (key, Search(sub, prepare(sub, part), memo_limit=mem_entries or 20_000_000))
+        for key, sub, part in parts
+    ]
+    deadline = None if time_limit_s is None else started + time_limit_s
+    budget = _Budget(deadline, memory_limit_mb)
+    n_workers = min(workers or os.cpu_count() or 1, 2 if len(searches) > 1 else 1)
+    if n_workers > 1 and len(ops) >= _PARALLEL_MIN_OPS and _can_fork():
+        outcome = _run_parallel(searches, budget, explain_anomalies, n_workers)
+    else:
+        outcome = _run_group(searches, budget, explain_anomalies)
+    verdicts, anomalies, steps, reason = outcome
+    unknown = [searches[i][0] for i, v in verdicts.items() if v == UNKNOWN]
+    valid = merge_valid(list(verdicts.values()))
+    anomalies.sort(key=lambda a: repr(a.key))
+    return Result(
+        valid=valid,
+        model=mdl.name,
+        ops=len(ops),
+        keys=len(parts),
+        elapsed_s=time.monotonic() - started,
+        steps=steps,
+        anomalies=anomalies,
+        unknown_keys=unknown,
+        reason=reason if valid == UNKNOWN else None,
+    )
+
+
+def _resolve(model: str | Model, init: Any, fmt: str, ops: Sequence[Op]) -> Model:
+    if isinstance(model, Model):
+        return model
+    nil_read_any = fmt in ("knossos-edn", "jepsen-edn")
+    if model == "auto":
+        name, default_init = infer_model(fmt, ops)
+        return make_model(name, default_init if init is _UNSET else init, nil_read_any=nil_read_any)
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected auto or one of {', '.join(MODELS)}")
+    return make_model(model, init, nil_read_any=nil_read_any)
+
+
+@dataclass(slots=True)
+class _Budget:
+    deadline: float | None
+    memory_limit_mb: float | None
+
+    def exceeded(self) -> str | None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return "time limit"
+        if self.memory_limit_mb is not None and _rss_mb() > self.memory_limit_mb:
+            return "memory limit"
+        return None
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+_Outcome = tuple[dict[int, Verdict], list[Anomaly], int, str | None]
+
+
+def _run_group(
+    searches: Sequence[tuple[Hashable, Search]],
+    budget: _Budget,
+    explain_anomalies: bool,
+    indices: Sequence[int] | None = None,
+    stop: Any = None,
+) -> _Outcome:
+    """Interleave the searches in round-robin slices; after the first invalid key, the rest
+    get only as much effort again as was spent so far (a single hard key must not hide an
+    easy invalid one, nor delay the verdict)."""
+    active = list(range(len(searches))) if indices is None else list(indices)
+    verdicts: dict[int, Verdict] = {}
+    reason: str | None = None
+    extra_steps: int | None = None
+    while active:
+        for idx in list(active):
+            search = searches[idx][1]
+            v = search.run(_SLICE_STEPS)
+            if v is not None or search.exhausted:
+                active.remove(idx)
+                verdicts[idx] = v if v is not None else UNKNOWN
+                if search.exhausted:
+                    reason = "memory limit"
+                if v is False and extra_steps is None:
+                    extra_steps = max(200_000, sum(s.steps for _, s in searches))
+                    if stop is not None:
+                        stop.set()
+        spent = sum(searches[i][1].steps for i in active)
+        why = budget.exceeded()
+        if why is None and stop is not None and extra_steps is None and stop.is_set():
+            extra_steps = max(200_000, spent)
+        if why is None and extra_steps is not None:
+            extra_steps -= _SLICE_STEPS * len(active)
+            why = "stopped after an invalid key" if extra_steps < 0 else None
+        if why is not None:
+            for idx in active:
+                verdicts[idx] = UNKNOWN
+            reason = reason or why
+            break
+    anomalies = []
+    if explain_anomalies:
+        for idx, verdict in verdicts.items():
+            if verdict is False:
+                anomalies.append(explain(searches[idx][0], searches[idx][1]))
+    steps = sum(searches[i][1].steps for i in verdicts)
+    return verdicts, anomalies, steps, reason
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+_WORK: dict[str, Any] = {}
+
+
+def _worker(indices: list[int]) -> _Outcome:
+    return _run_group(_WORK["searches"], _WORK["budget"], _WORK["explain"], indices, _WORK["stop"])
+
+
+def _run_parallel(
+    searches: Sequence[tuple[Hashable, Search]],
+    budget: _Budget,
+    explain_anomalies: bool,
+    n_workers: int,
+) -> _Outcome:
+    """Split the keys into `n_workers` groups of similar size, one forked process each."""
+    groups: list[list[int]] = [[] for _ in range(n_workers)]
+    loads = [0] * n_workers
+    for idx in sorted(range(len(searches)), key=lambda i: -searches[i][1].ops):
+        g = loads.index(min(loads))
+        groups[g].append(idx)
+        loads[g] += searches[idx][1].ops
+    ctx = multiprocessing.get_context("fork")
+    _WORK.update(searches=searches, budget=budget, explain=explain_anomalies, stop=ctx.Event())
+    try:
+        with ctx.Pool(n_workers) as pool:
+            outcomes = pool.map(_worker, groups, chunksize=1)
+    finally:
+        _WORK.clear()
+    verdicts: dict[int, Verdict] = {}
+    anomalies: list[Anomaly] = []
+    steps = 0
+    reasons = []
+    for v, a, s, r in outcomes:
+        verdicts.update(v)
+        anomalies.extend(a)
+        steps += s
+        if r:
+            reasons.append(r)
+    return verdicts, anomalies, steps, reasons[0] if reasons else None

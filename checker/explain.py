@@ -1,0 +1,224 @@
+"""Explanations of non-linearizable sub-histories: what could not happen, and why.
+
+An `Anomaly` holds the longest linearizable prefix the search found, the operation that
+cannot be placed after it with the states it could have seen, a minimal window of operations
+that still fails (shrunk automatically), and a name:
+
+- ``stale read``: the value read had certainly been overwritten before the read began;
+- ``lost write``: as a stale read, and no later read ever sees the overwriting write or
+  anything newer: the acknowledged write vanished;
+- ``read of a value never written``;
+- ``cas anomaly``: a compare-and-set that succeeded from an impossible value;
+- ``other``: anything else (mutex, multi-register, append, real-time orders).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from checker.history import Op
+from checker.models import Model, _show
+from checker.search import Search
+
+__all__ = ["ANOMALY_NAMES", "Anomaly", "explain"]
+
+ANOMALY_NAMES = (
+    "stale read",
+    "lost write",
+    "read of a value never written",
+    "cas anomaly",
+    "other",
+)
+_SHOWN_PREFIX = 12
+
+
+@dataclass(slots=True)
+class Anomaly:
+    """Why one key (sub-history) is not linearizable.
+
+    `op` is the operation that cannot be placed; `states` the model states in which it could
+    have been linearized (none of which allows it); `prefix_len` the length of the longest
+    linearizable prefix and `prefix` its last few operations; `window` a small set of
+    operations, in call order, that is not linearizable on its own. Operations are rendered
+    as dicts: process, f, key, value, type (ok or info), line.
+    """
+
+    key: Hashable
+    name: str
+    op: dict[str, Any]
+    states: list[Any]
+    prefix_len: int
+    prefix: list[dict[str, Any]]
+    window: list[dict[str, Any]]
+    reason: str
+    text: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["key"] = _jsonable(self.key)
+        out["states"] = [_jsonable(s) for s in self.states]
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, frozenset | set):
+        return sorted((_jsonable(v) for v in value), key=repr)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def _op_dict(op: Op) -> dict[str, Any]:
+    return {
+        "process": _jsonable(op.process),
+        "f": op.f,
+        "key": _jsonable(op.key),
+        "value": _jsonable(op.value),
+        "type": "info" if op.ret is None else "ok",
+        "line": op.line,
+    }
+
+
+def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
+    """Explain the False verdict of a finished `search` of the sub-history under `key`."""
+    model = search.model
+    best = search.best
+    prefix = search.linearized(best)
+    pending = search.pending(best)
+    blocker = pending[0]
+    states = search.states_seen_by(blocker)[:10]
+    ops = sorted(search.comp + search.info, key=lambda o: o.call)
+    window = shrink(model, ops, blocker, deadline=time.monotonic() + shrink_s)
+    name, detail = classify(model, ops, blocker)
+    shown = ", ".join(_show(s) for s in states) or "none"
+    reason = (
+        f"{model.describe(blocker)} (process {blocker.process}) cannot be linearized: "
+        f"in every state it could have seen ({shown}) it is illegal"
+    )
+    anomaly = Anomaly(
+        key=key,
+        name=name,
+        op=_op_dict(blocker),
+        states=states,
+        prefix_len=len(prefix),
+        prefix=[_op_dict(op) for op in prefix[-_SHOWN_PREFIX:]],
+        window=[_op_dict(op) for op in window],
+        reason=reason,
+        detail=detail,
+    )
+    anomaly.text = render(model, anomaly, window, prefix)
+    return anomaly
+
+
+def render(model: Model, anomaly: Anomaly, window: list[Op], prefix: list[Op]) -> str:
+    """The anomaly as terminal text."""
+    key = "" if anomaly.key is None else f"key {anomaly.key!r}: "
+    lines = [f"{key}{anomaly.name}", f"  {anomaly.reason}"]
+    if anomaly.detail.get("summary"):
+        lines.append(f"  {anomaly.detail['summary']}")
+    lines.append(f"  longest linearizable prefix: {anomaly.prefix_len} ops; it ends with:")
+    for op in prefix[-_SHOWN_PREFIX:]:
+        lines.append(f"    {_line(model, op)}")
+    lines.append(f"  smallest failing window ({len(window)} ops, in call order):")
+    for op in window:
+        lines.append(f"    {_line(model, op)}")
+    return "\n".join(lines)
+
+
+def _line(model: Model, op: Op) -> str:
+    kind = "info" if op.ret is None else "ok"
+    where = f"  (line {op.line})" if op.line is not None else ""
+    return f"p{op.process} {model.describe(op)} -> {kind}{where}"
+
+
+def _fails(model: Model, ops: list[Op], steps: int = 20_000) -> bool:
+    search = Search(model, ops, memo_limit=steps * 4)
+    return search.run(steps) is False
+
+
+def _supported(model: Model, ops: list[Op]) -> bool:
+    """Every observed value still has an operation that produces it (or is initial)."""
+    produced = {model.initial()}
+    for op in ops:
+        produced.update(model.produces(op))
+    return all(v in produced for op in ops for v in model.observes(op))
+
+
+def shrink(model: Model, ops: list[Op], blocker: Op, *, deadline: float) -> list[Op]:
+    """A small subset of `ops`, containing `blocker`, that is still not linearizable.
+
+    Chunks of operations are removed while the rest still fails and, for registers, every
+    value read still has a writer; stops at `deadline` (the result then is merely smaller).
+    """
+    cut = blocker.ret if blocker.ret is not None else max(o.call for o in ops)
+    current = [op for op in ops if op.call <= cut]
+    if not _fails(model, current):
+        current = list(ops)
+    chunk = max(1, len(current) // 2)
+    while chunk >= 1 and time.monotonic() < deadline:
+        i = 0
+        while i < len(current) and time.monotonic() < deadline:
+            trial = current[:i] + current[i + chunk :]
+            if blocker in trial and _supported(model, trial) and _fails(model, trial):
+                current = trial
+            else:
+                i += chunk
+        chunk //= 2
+    return current
+
+
+def classify(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[str, Any]]:
+    """Name the anomaly that `blocker` (the op that cannot be placed) shows."""
+    if blocker.f == "cas":
+        return "cas anomaly", {"summary": "a compare-and-set succeeded from an impossible value"}
+    seen = model.observes(blocker)
+    if not model.pure(blocker) or not seen:
+        return "other", {}
+    value = seen[0]
+    producers = [op for op in ops if value in model.produces(op)]
+    initial = value == model.initial()
+    if not producers and not initial:
+        return "read of a value never written", {
+            "summary": f"no operation ever wrote {_show(value)}"
+        }
+    overwrites = [
+        op
+        for op in ops
+        if op.ret is not None
+        and op.ret < blocker.call
+        and any(v != value for v in model.produces(op))
+    ]
+    stale = all(
+        p.ret is not None and any(p.ret < w.call for w in overwrites) for p in producers
+    ) and (not initial or bool(overwrites))
+    if not stale or not overwrites:
+        return "other", {}
+    last = max(overwrites, key=lambda w: w.ret if w.ret is not None else 0)
+    summary = (
+        f"{_show(value)} had certainly been overwritten (by {model.describe(last)}, "
+        f"line {last.line}) before the read began"
+    )
+    if _lost(model, ops, last):
+        return "lost write", {"summary": summary + "; no later read ever saw it or anything newer"}
+    return "stale read", {"summary": summary}
+
+
+def _lost(model: Model, ops: list[Op], write: Op) -> bool:
+    """No read that began after `write` returned saw a value written at or after it."""
+    assert write.ret is not None
+    newer: set[Any] = set()
+    for op in ops:
+        if op.call >= write.call:
+            newer.update(model.produces(op))
+    later_reads = [op for op in ops if model.pure(op) and op.call > write.ret]
+    return bool(later_reads) and not any(
+        v in newer for op in later_reads for v in model.observes(op)
+    )

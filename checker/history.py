@@ -1,0 +1,131 @@
+"""Histories: the records a test writes, and the operations a checker reasons about.
+
+A history is a sequence of `Event` records in the order they happened (Jepsen's model):
+every client operation is an ``invoke`` followed by at most one completion, ``ok`` (it took
+effect), ``fail`` (it certainly did not take effect) or ``info`` (unknown). A process is
+single-threaded; after ``info`` a worker continues under a new process id. Events of the
+process ``"nemesis"`` are fault records and are not operations.
+
+`pair` turns events into `Op` values: failed operations are dropped, and operations that ended
+in ``info`` or never completed become *indeterminate* (``ret is None``): they may take effect
+at any single point after their call, or never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["NEMESIS", "TYPES", "Event", "HistoryError", "Op", "pair"]
+
+NEMESIS = "nemesis"
+TYPES = ("invoke", "ok", "fail", "info")
+
+
+class HistoryError(ValueError):
+    """A history that cannot be read or makes no sense; names the file and line when known."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None):
+        self.message = message
+        self.file = file
+        self.line = line
+        where = file or "<history>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One history record.
+
+    `type` is one of `TYPES`; `process` an int or ``"nemesis"``; `key` is None for unkeyed
+    histories; `value` is None when the record has none (`has_value` tells absent from null).
+    `line` is the 1-based source line, for messages.
+    """
+
+    type: str
+    process: Hashable
+    f: str
+    value: Any = None
+    key: Hashable | None = None
+    time_ns: int | None = None
+    line: int | None = None
+    has_value: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One client operation as the checker sees it.
+
+    `call` and `ret` are positions in the event sequence (time is record order); `ret` is None
+    for an indeterminate operation. `value` is the completion's value when the operation
+    completed with one (a read's result), else the invocation's (a write's argument).
+    `id` is the operation's position among all operations of its history.
+    """
+
+    id: int
+    process: Hashable
+    f: str
+    value: Any
+    key: Hashable | None
+    call: int
+    ret: int | None
+    line: int | None = None
+
+    @property
+    def indeterminate(self) -> bool:
+        return self.ret is None
+
+
+def pair(events: Iterable[Event], *, file: str | None = None) -> list[Op]:
+    """Pair invocations with completions by process; raises `HistoryError` on nonsense."""
+    pending: dict[Hashable, int] = {}
+    invokes: dict[int, Event] = {}
+    completion: dict[int, tuple[int, Event]] = {}
+    for pos, ev in enumerate(events):
+        if ev.process == NEMESIS:
+            continue
+        if ev.type == "invoke":
+            if ev.process in pending:
+                raise HistoryError(
+                    f"process {ev.process!r} invokes while its previous operation is pending",
+                    file=file,
+                    line=ev.line,
+                )
+            pending[ev.process] = pos
+            invokes[pos] = ev
+            continue
+        call = pending.pop(ev.process, None)
+        if call is None:
+            if ev.type == "info":
+                continue  # an info with nothing pending is noise, as in Jepsen
+            raise HistoryError(
+                f"{ev.type} for process {ev.process!r} with no pending invoke",
+                file=file,
+                line=ev.line,
+            )
+        if ev.f != invokes[call].f:
+            raise HistoryError(
+                f"completion f {ev.f!r} does not match invoke f {invokes[call].f!r}",
+                file=file,
+                line=ev.line,
+            )
+        completion[call] = (pos, ev)
+    ops: list[Op] = []
+    for call, inv in invokes.items():
+        ret, end = completion.get(call, (None, None))
+        if end is None or end.type == "info":
+            ops.append(Op(len(ops), inv.process, inv.f, inv.value, inv.key, call, None, inv.line))
+        elif end.type == "ok":
+            value = end.value if end.has_value else inv.value
+            if value is None and not _is_read(inv):
+                value = inv.value
+            ops.append(Op(len(ops), inv.process, inv.f, value, inv.key, call, ret, inv.line))
+    return ops
+
+
+def _is_read(inv: Event) -> bool:
+    """An invocation whose value is a placeholder for the result (a null argument)."""
+    return inv.value is None

@@ -1,0 +1,339 @@
+"""Sequential specifications the histories are checked against.
+
+A `Model` compiles each operation into a step function ``state -> next state`` that returns
+`ILLEGAL` when the operation cannot happen in that state. States are hashable and immutable.
+A step that leaves the state unchanged returns the very same object, which the search uses
+to recognise operations that change nothing.
+
+Models by name (`MODELS`):
+
+- ``register``: read/write; a null read means the register is absent (null).
+- ``cas-register``: read/write/cas ``[old, new]``.
+- ``kv``: independent cas-registers per key, each starting null; also accepts Jepsen's
+  independent ``[key, value]`` tuples when ops carry no key.
+- ``append-kv``: Porcupine's kv: get/put/append per key, each key starting ``""``.
+- ``etcd-register``: a cas-register starting null (Jepsen etcd logs).
+- ``multi-register``: ``txn`` of ``[read k v]`` / ``[write k v]`` micro-ops, atomic.
+- ``mutex``: acquire/release, starting unlocked.
+- ``set``: ``add`` element; ``read`` returns the whole set.
+
+With ``nil_read_any`` (Knossos's convention, used for EDN histories) a read of null constrains
+nothing; otherwise a null read means "absent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from checker.history import HistoryError, Op
+
+__all__ = ["ILLEGAL", "MODELS", "Model", "Step", "make_model"]
+
+
+class _Illegal:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ILLEGAL"
+
+
+ILLEGAL: Any = _Illegal()
+Step = Callable[[Any], Any]
+_UNSET: Any = object()
+
+
+def _identity(state: Any) -> Any:
+    return state
+
+
+class Model:
+    """A sequential specification.
+
+    Contract: `step(op)` returns a pure function of the state; `pure(op)` is True only if that
+    function never changes a state it accepts; `partition` splits a history into independent
+    sub-histories (P-compositionality), each with its own model. `observes` and `produces`
+    name the values an op reads and writes (registers only; empty elsewhere).
+    """
+
+    name = "model"
+
+    def __init__(self, init: Any = _UNSET, *, nil_read_any: bool = False):
+        self.init = self.default_init() if init is _UNSET else init
+        self.nil_read_any = nil_read_any
+
+    def default_init(self) -> Any:
+        return None
+
+    def initial(self) -> Any:
+        return self.init
+
+    def step(self, op: Op) -> Step:
+        raise NotImplementedError
+
+    def pure(self, op: Op) -> bool:
+        return False
+
+    def unconstrained(self, op: Op) -> bool:
+        """True if the op is always legal and changes nothing: it can be dropped."""
+        return False
+
+    def partition(self, ops: list[Op]) -> list[tuple[Hashable, Model, list[Op]]]:
+        return [(None, self, ops)]
+
+    def observes(self, op: Op) -> tuple[Any, ...]:
+        return ()
+
+    def produces(self, op: Op) -> tuple[Any, ...]:
+        return ()
+
+    def describe(self, op: Op) -> str:
+        key = "" if op.key is None else f"[{op.key!r}] "
+        return f"{op.f} {key}{_show(op.value)}"
+
+    def _bad(self, op: Op, why: str) -> HistoryError:
+        return HistoryError(f"model {self.name}: {why}: {op.f} {op.value!r}", line=op.line)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, tuple):
+        return "[" + " ".join(_show(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+class CasRegister(Model):
+    """One register with read, write and compare-and-set."""
+
+    name = "cas-register"
+    allow_cas = True
+
+    def step(self, op: Op) -> Step:
+        f, v = op.f, op.value
+        if f == "read":
+            if v is None and self.nil_read_any:
+                return _identity
+            return lambda s: s if s == v else ILLEGAL
+        if f == "write":
+            return lambda s: v
+        if f == "cas" and self.allow_cas:
+            if not isinstance(v, tuple) or len(v) != 2:
+                raise self._bad(op, "cas value must be [old new]")
+            old, new = v
+            return lambda s: new if s == old else ILLEGAL
+        raise self._bad(op, "unknown operation")
+
+    def pure(self, op: Op) -> bool:
+        return op.f == "read"
+
+    def unconstrained(self, op: Op) -> bool:
+        return op.f == "read" and (op.ret is None or (op.value is None and self.nil_read_any))
+
+    def observes(self, op: Op) -> tuple[Any, ...]:
+        if op.f == "read" and op.ret is not None and not self.unconstrained(op):
+            return (op.value,)
+        if op.f == "cas" and isinstance(op.value, tuple) and len(op.value) == 2:
+            return (op.value[0],)
+        return ()
+
+    def produces(self, op: Op) -> tuple[Any, ...]:
+        if op.f == "write":
+            return (op.value,)
+        if op.f == "cas" and isinstance(op.value, tuple) and len(op.value) == 2:
+            return (op.value[1],)
+        return ()
+
+
+class Register(CasRegister):
+    name = "register"
+    allow_cas = False
+
+
+class EtcdRegister(CasRegister):
+    name = "etcd-register"
+
+
+class KV(Model):
+    """Independent cas-registers, one per key, each starting at `init` (null by default)."""
+
+    name = "kv"
+    register: type[CasRegister] = CasRegister
+
+    def partition(self, ops: list[Op]) -> list[tuple[Hashable, Model, list[Op]]]:
+        parts: dict[Hashable, list[Op]] = {}
+        for op in ops:
+            if op.key is None and isinstance(op.value, tuple) and len(op.value) == 2:
+                key, value = op.value
+                op = Op(op.id, op.process, op.f, value, key, op.call, op.ret, op.line)
+            parts.setdefault(op.key, []).append(op)
+        return [(k, self._sub(), p) for k, p in parts.items()]
+
+    def _sub(self) -> Model:
+        sub = self.register(self.init, nil_read_any=self.nil_read_any)
+        sub.name = self.name
+        return sub
+
+
+class AppendRegister(Model):
+    """One string register with get, put and append (a key of Porcupine's kv)."""
+
+    name = "append-kv"
+
+    def default_init(self) -> Any:
+        return ""
+
+    def step(self, op: Op) -> Step:
+        f, v = op.f, op.value
+        if f == "get":
+            return lambda s: s if s == v else ILLEGAL
+        if f == "put":
+            return lambda s: v
+        if f == "append":
+            return lambda s: s + v
+        raise self._bad(op, "unknown operation")
+
+    def pure(self, op: Op) -> bool:
+        return op.f == "get"
+
+    def unconstrained(self, op: Op) -> bool:
+        return op.f == "get" and op.ret is None
+
+
+class AppendKV(KV):
+    name = "append-kv"
+
+    def default_init(self) -> Any:
+        return ""
+
+    def _sub(self) -> Model:
+        return AppendRegister(self.init)
+
+
+class MultiRegister(Model):
+    """Registers updated by atomic transactions of read/write micro-ops.
+
+    The state is a tuple of values in the order of `init`'s keys (a mapping); keys the
+    initial state does not name start null.
+    """
+
+    name = "multi-register"
+
+    def __init__(self, init: Any = _UNSET, *, nil_read_any: bool = True):
+        super().__init__(init, nil_read_any=nil_read_any)
+        mapping = dict(self.init) if self.init else {}
+        self.keys: dict[Hashable, int] = {k: i for i, k in enumerate(mapping)}
+        self.start = list(mapping.values())
+
+    def default_init(self) -> Any:
+        return {"x": 0, "y": 0}
+
+    def initial(self) -> Any:
+        return tuple(self.start)
+
+    def _slot(self, key: Hashable) -> int:
+        if key not in self.keys:
+            self.keys[key] = len(self.keys)
+            self.start.append(None)
+        return self.keys[key]
+
+    def step(self, op: Op) -> Step:
+        micro = self._micro(op)
+        width = len(self.keys)
+
+        def apply(s: Any) -> Any:
+            if len(s) < width:
+                s = s + (None,) * (width - len(s))
+            out = list(s)
+            for f, slot, v in micro:
+                if f == "read":
+                    if v is not None and out[slot] != v:
+                        return ILLEGAL
+                else:
+                    out[slot] = v
+            new = tuple(out)
+            return s if new == s else new
+
+        return apply
+
+    def _micro(self, op: Op) -> list[tuple[str, int, Any]]:
+        if op.f != "txn" or not isinstance(op.value, tuple):
+            raise self._bad(op, "expected txn with a vector of micro-ops")
+        micro = []
+        for m in op.value:
+            if not isinstance(m, tuple) or len(m) != 3 or m[0] not in ("read", "write"):
+                raise self._bad(op, f"bad micro-op {m!r}")
+            micro.append((m[0], self._slot(m[1]), m[2]))
+        return micro
+
+    def pure(self, op: Op) -> bool:
+        return all(m[0] == "read" for m in op.value)
+
+    def unconstrained(self, op: Op) -> bool:
+        return self.pure(op) and (op.ret is None or all(m[2] is None for m in op.value))
+
+
+class Mutex(Model):
+    """A lock: acquire is legal when unlocked, release when locked. State: locked?"""
+
+    name = "mutex"
+
+    def default_init(self) -> Any:
+        return False
+
+    def step(self, op: Op) -> Step:
+        if op.f == "acquire":
+            return lambda s: ILLEGAL if s else True
+        if op.f == "release":
+            return lambda s: False if s else ILLEGAL
+        raise self._bad(op, "unknown operation")
+
+
+class SetModel(Model):
+    """A grow-only set: add an element; read returns every element (as a collection)."""
+
+    name = "set"
+
+    def default_init(self) -> Any:
+        return frozenset()
+
+    def step(self, op: Op) -> Step:
+        if op.f == "add":
+            e = op.value
+            return lambda s: s if e in s else s | {e}
+        if op.f == "read":
+            if op.value is None:
+                return _identity
+            if not isinstance(op.value, (tuple, frozenset)):
+                raise self._bad(op, "read value must be a collection")
+            want = frozenset(op.value)
+            return lambda s: s if s == want else ILLEGAL
+        raise self._bad(op, "unknown operation")
+
+    def pure(self, op: Op) -> bool:
+        return op.f == "read"
+
+    def unconstrained(self, op: Op) -> bool:
+        return op.f == "read" and (op.ret is None or op.value is None)
+
+
+MODELS: dict[str, type[Model]] = {
+    "register": Register,
+    "cas-register": CasRegister,
+    "kv": KV,
+    "append-kv": AppendKV,
+    "etcd-register": EtcdRegister,
+    "multi-register": MultiRegister,
+    "mutex": Mutex,
+    "set": SetModel,
+}
+
+
+def make_model(name: str, init: Any = _UNSET, *, nil_read_any: bool = False) -> Model:
+    """The model called `name`, with initial state `init` (the model's default if unset)."""
+    cls = MODELS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    if cls is MultiRegister:
+        return cls(init)
+    return cls(init, nil_read_any=nil_read_any)
