@@ -1,0 +1,72 @@
+"""Writer process for the kill -9 test: appends and syncs batches until it is killed.
+
+Usage: storage_child.py DATA_DIR SEED. Prints (flushed) one line per event:
+
+    ready LAST_INDEX            storage opened and recovered
+    begin FIRST COUNT TERM      a batch replacing the log from FIRST is about to be written
+    ack FIRST COUNT TERM        that batch is synced: it must survive the kill
+    snap INDEX                  a snapshot at INDEX is durable
+
+Entry data is b"INDEX@TERM", snapshot data b"snap INDEX", so recovery can be checked alone.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+from raftkv.storage import Storage
+from raftkv.types import Entry, EntryKind, HardState, Snapshot
+
+SEGMENT_BYTES = 16 << 10
+SNAPSHOT_EVERY = 150
+LAG = 5  # entries between the last acked index and the commit index
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def term_at(st: Storage, index: int) -> int:
+    snap_index = st.snapshot.index if st.snapshot else 0
+    if index == snap_index:
+        return st.snapshot.term if st.snapshot else 0
+    return st.entries[index - snap_index - 1].term
+
+
+def main(data_dir: str, seed: int) -> None:
+    rng = random.Random(seed)
+    st = Storage.open(data_dir, fsync=True, segment_bytes=SEGMENT_BYTES)
+    snap_index = st.snapshot.index if st.snapshot else 0
+    last = st.entries[-1].index if st.entries else snap_index
+    term = max(st.hard_state.term, st.entries[-1].term if st.entries else 1, 1)
+    commit = st.hard_state.commit
+    say(f"ready {last}")
+    while True:
+        first = last + 1
+        if rng.random() < 0.1:
+            # Overwrite a short uncommitted suffix with entries of a new term.
+            first = max(commit + 1, snap_index + 1, last - rng.randint(0, 3))
+            term += 1
+        count = rng.randint(1, 40)
+        say(f"begin {first} {count} {term}")
+        st.append(
+            [
+                Entry(term, i, EntryKind.NORMAL, b"%d@%d" % (i, term))
+                for i in range(first, first + count)
+            ]
+        )
+        last = first + count - 1
+        commit = max(commit, last - LAG)
+        st.set_hard_state(HardState(term, "n1", commit))
+        st.sync()
+        say(f"ack {first} {count} {term}")
+        if commit - snap_index >= SNAPSHOT_EVERY:
+            st.save_snapshot(Snapshot(commit, term_at(st, commit), ("n1",), b"snap %d" % commit))
+            snap_index = commit
+            say(f"snap {commit}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
