@@ -21,8 +21,18 @@ On disk (all integers little-endian)::
 
 A BATCH replaces the log from `first_index` on with its entries (no entries: a durable
 truncation; first_index 0: no log change), so overwriting a conflicting suffix is one record.
-Each `sync()` writes one BATCH (split only when it would exceed `MAX_RECORD_BYTES`), so a
-torn write loses a whole batch or nothing.
+Each `sync()` writes one BATCH (split only past `_CHUNK_BYTES` of entry data), so a torn
+write loses a whole batch or nothing.
+
+The hard state travels in the same append-only stream as the log rather than in a file of
+its own: nearly every batch moves the commit index, and one stream makes "entries + term,
+vote, commit" one write and one fdatasync instead of two, atomic with each other. Every
+segment header repeats the hard state, so retiring old segments never loses the vote.
+
+Recovery replays the segments in order on top of the snapshot. Only the last record of the
+last segment may be bad (a torn tail, cut off); a bad record anywhere else, a segment gap, a
+log that does not continue the snapshot, or a commit index beyond the recovered log is
+CorruptStorage.
 """
 
 from __future__ import annotations
@@ -239,14 +249,10 @@ class Storage:
         snap_term = self.snapshot.term if self.snapshot else 0
         replay = _Replay(snap_index, snap_term)
         self._segments = self._list_segments()
-        cut_at: str | None = None
+        torn_at: int | None = None
         for i, seg in enumerate(self._segments):
-            is_last = i == len(self._segments) - 1
-            cut_at = self._replay_segment(seg, replay, is_last)
-        if self._segments and self._segments[-1].path.stat().st_size == 0:
-            # A segment whose header never reached the disk: the roll did not happen.
-            self._segments.pop().path.unlink()
-            self._fsync_dir()
+            torn_at = self._replay_segment(seg, replay, is_last=i == len(self._segments) - 1)
+        cut_at = f"{self._segments[-1].path} offset {torn_at}" if torn_at is not None else None
         if replay.entries and replay.entries[0].term < replay.snap_term:
             raise CorruptStorage(
                 f"{self._dir}: term goes backwards after the snapshot: entry "
@@ -261,6 +267,13 @@ class Storage:
             )
         self.hard_state = self._written_hs = replay.hs
         self.entries = replay.entries
+        # Only now that the data is trusted: cut the torn tail so appends follow valid records.
+        if torn_at is not None:
+            self._cut_torn_tail(self._segments[-1], torn_at)
+        if self._segments and self._segments[-1].path.stat().st_size == 0:
+            # A segment whose header never reached the disk: the roll did not happen.
+            self._segments.pop().path.unlink()
+            self._fsync_dir()
         if self._segments:
             self._open_active(self._segments[-1])
         else:
@@ -279,8 +292,8 @@ class Storage:
                 )
         return segments
 
-    def _replay_segment(self, seg: _Segment, replay: _Replay, is_last: bool) -> str | None:
-        """Apply one segment's records; returns where a torn tail was cut, if one was."""
+    def _replay_segment(self, seg: _Segment, replay: _Replay, is_last: bool) -> int | None:
+        """Apply one segment's records; returns the offset of a torn tail, if there is one."""
         buf = memoryview(seg.path.read_bytes())
         off = 0
         while off < len(buf):
@@ -300,15 +313,18 @@ class Storage:
 
     def _bad_record(
         self, seg: _Segment, buf: memoryview, off: int, error: str, is_last: bool
-    ) -> str:
+    ) -> int:
+        """Raise unless the bad record at `off` is a torn tail; then return `off`."""
         where = f"{seg.path} offset {off}"
         if not is_last:
             raise CorruptStorage(f"{where}: {error} (in a segment that is not the last)")
         later = _valid_frame_after(buf, off, MAX_RECORD_BYTES)
         if later is not None:
             raise CorruptStorage(f"{where}: {error}, with a valid record after it at {later}")
-        # A torn tail: the write that was in progress when the process died. A segment
-        # left empty is removed by the caller.
+        # The write that was in progress when the process died.
+        return off
+
+    def _cut_torn_tail(self, seg: _Segment, off: int) -> None:
         fd = os.open(seg.path, os.O_WRONLY)
         try:
             os.ftruncate(fd, off)
@@ -316,7 +332,6 @@ class Storage:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        return where
 
     def _apply_record(
         self, seg: _Segment, record: list[Any], replay: _Replay, where: str, first: bool

@@ -539,3 +539,16 @@ def test_random_operations_match_a_model_across_reopens(tmp_path: Path, seed: in
     _hs, snap, log = reopen_state(tmp_path)
     assert log == model, f"seed {seed}"
     assert (snap.index if snap else 0) == snap_index, f"seed {seed}"
+
+
+def test_torn_record_at_or_below_the_commit_index_is_corruption(tmp_path: Path) -> None:
+    raw = [[1, 0, b"a"], [1, 0, b"b"]]
+    good = header(1) + frame([2, None, 1, raw[:1]]) + frame([2, [1, None, 3], 0, []])
+    torn = frame([2, None, 2, raw])[:-2]
+    seg = tmp_path / "wal-0000000001.seg"
+    seg.write_bytes(good + torn)
+    with pytest.raises(
+        CorruptStorage, match=rf"commit index 3 .* cut off at .*{seg.name} offset {len(good)}"
+    ):
+        Storage.open(tmp_path)
+    assert seg.read_bytes() == good + torn, "a refused open changes nothing on disk"
