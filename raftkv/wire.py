@@ -39,7 +39,7 @@ MAX_FRAME_BYTES = 16 << 20
 _HEADER = struct.Struct(">I")
 _INT_MAX = (1 << 63) - 1
 _MSG_TYPES = frozenset(int(t) for t in MsgType)
-_ENTRY_KINDS = frozenset(int(k) for k in EntryKind)
+_KINDS = {int(k): k for k in EntryKind}
 
 
 class FrameError(Exception):
@@ -62,8 +62,11 @@ def decode_body(body: bytes) -> object:
         raise FrameError(f"undecodable frame body: {type(err).__name__}: {err}") from None
 
 
-async def read_frame(reader: asyncio.StreamReader, timeout: float) -> object:
+async def read_frame(reader: asyncio.StreamReader, timeout: float | None) -> object:
     """Read one frame within `timeout` seconds; see the module docstring for outcomes.
+
+    `timeout=None` waits without a deadline: only for a caller that bounds the wait
+    otherwise (a client reading replies on a connection it closes itself).
 
     The length is checked before any of the body is read, so an oversized announcement
     costs nothing. After a FrameError or TimeoutError the stream is out of step: close it.
@@ -144,21 +147,39 @@ def _entries(value: object, prev_index: int, prev_term: int) -> tuple[Entry, ...
     """Entries must follow the message's (index, log_term) as a log would: consecutive
     indexes from index + 1 and terms that never decrease."""
     entries = []
-    for n, row in enumerate(_list(value, "entries")):
-        name = f"entries[{n}]"
-        term, index, kind, data = _list(row, name, 4)
-        term = _int(term, f"{name}.term", 1)
-        index = _int(index, f"{name}.index", 1)
-        kind = _int(kind, f"{name}.kind")
-        if kind not in _ENTRY_KINDS:
-            raise FrameError(f"field '{name}.kind' is not a known entry kind: {kind}")
-        if index != prev_index + 1:
-            raise FrameError(f"field '{name}.index' must be {prev_index + 1}, got {index}")
-        if term < prev_term:
-            raise FrameError(f"field '{name}.term' {term} is below the previous term {prev_term}")
-        entries.append(Entry(term, index, EntryKind(kind), _bytes(data, f"{name}.data")))
-        prev_index, prev_term = index, term
+    for row in _list(value, "entries"):
+        # The hot path: one combined test per entry; _refuse_entry explains a failure.
+        if (
+            type(row) is list
+            and len(row) == 4
+            and type(row[0]) is int
+            and type(row[1]) is int
+            and type(row[2]) is int
+            and type(row[3]) is bytes
+            and max(prev_term, 1) <= row[0] <= _INT_MAX
+            and row[1] == prev_index + 1 <= _INT_MAX
+            and row[2] in _KINDS
+        ):
+            prev_term, prev_index = row[0], row[1]
+            entries.append(Entry(prev_term, prev_index, _KINDS[row[2]], row[3]))
+        else:
+            _refuse_entry(f"entries[{len(entries)}]", row, prev_index, prev_term)
     return tuple(entries)
+
+
+def _refuse_entry(name: str, row: object, prev_index: int, prev_term: int) -> None:
+    term, index, kind, data = _list(row, name, 4)
+    term = _int(term, f"{name}.term", 1)
+    index = _int(index, f"{name}.index", 1)
+    kind = _int(kind, f"{name}.kind")
+    if kind not in _KINDS:
+        raise FrameError(f"field '{name}.kind' is not a known entry kind: {kind}")
+    if index != prev_index + 1:
+        raise FrameError(f"field '{name}.index' must be {prev_index + 1}, got {index}")
+    if term < prev_term:
+        raise FrameError(f"field '{name}.term' {term} is below the previous term {prev_term}")
+    _bytes(data, f"{name}.data")
+    raise AssertionError(f"{name} passed every check but the fast path refused it: {row!r}")
 
 
 def _snapshot(value: object) -> Snapshot:

@@ -216,6 +216,9 @@ def without(key: str) -> dict[str, Any]:
         (with_field("e", [None]), r"'entries\[0\]' must be an array"),
         (with_field("e", [[4, 11, 0, "x"]]), r"'entries\[0\].data' must be bytes"),
         (with_field("e", [[4, 11, 7, b""]]), r"'entries\[0\].kind' is not a known entry kind"),
+        (with_field("e", [[4, 11, True, b""]]), r"'entries\[0\].kind' must be an integer"),
+        (with_field("e", [[4, 11, [1], b""]]), r"'entries\[0\].kind' must be an integer"),
+        (with_field("e", [[4, 11.0, 0, b""]]), r"'entries\[0\].index' must be an integer"),
         (with_field("e", [[0, 11, 0, b""]]), r"'entries\[0\].term' must be between 1"),
         (with_field("e", [[4, 12, 0, b""]]), r"'entries\[0\].index' must be 11, got 12"),
         (with_field("e", [[4, 11, 0, b""], [4, 13, 0, b""]]), r"'entries\[1\].index' must be 12"),
@@ -261,3 +264,22 @@ def test_frame_body_is_plain_msgpack() -> None:
     (length,) = struct.unpack(">I", frame[:4])
     assert length == len(frame) - 4
     assert msgpack.unpackb(frame[4:]) == {"y": 3, "s": "a", "d": "b", "t": 2, "l": 1, "i": 1}
+
+
+def test_no_deadline_still_reads_a_frame() -> None:
+    async def go() -> object:
+        return await read_frame(reader_with(encode_frame([1])), None)
+
+    assert asyncio.run(go()) == [1]
+
+
+entry_parts = st.integers(-2, 14) | st.booleans() | st.binary(max_size=2) | st.none() | st.just([1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(entry_parts, min_size=3, max_size=5), max_size=4))
+def test_near_miss_entries_decode_or_raise_frame_error(rows: list[list[object]]) -> None:
+    try:
+        message_from_obj({"y": 5, "s": "a", "d": "b", "t": 9, "i": 10, "l": 2, "e": rows})
+    except FrameError:
+        pass
