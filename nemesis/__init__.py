@@ -1,1 +1,34 @@
-"""nemesis: faults as data (grudges, kill/restart, pause), applied through a Remote."""
+"""nemesis: faults as data (grudges, kill/restart, pause), applied through a Remote.
+
+Modules: `remote` (the Remote / ProcessControl protocols every backend implements),
+`grudge` (pure partition shapes), `iptables` (our own chain, applied via a Remote),
+`faults` (fault kinds, `parse_nemesis`), `schedule` (`run_schedule`, `heal_all`),
+`fakes` (FakeRemote, FakeProcessControl for unit tests). This package never imports the
+harness: the harness hands it Remotes.
+"""
+
+from nemesis.faults import FaultEvent, Nemesis, NemesisContext, parse_nemesis
+from nemesis.remote import (
+    CommandNotFoundError,
+    ExecResult,
+    ProcessControl,
+    Remote,
+    RemoteError,
+    RemoteTimeoutError,
+)
+from nemesis.schedule import heal_all, run_schedule
+
+__all__ = [
+    "CommandNotFoundError",
+    "ExecResult",
+    "FaultEvent",
+    "Nemesis",
+    "NemesisContext",
+    "ProcessControl",
+    "Remote",
+    "RemoteError",
+    "RemoteTimeoutError",
+    "heal_all",
+    "parse_nemesis",
+    "run_schedule",
+]

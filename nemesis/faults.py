@@ -1,0 +1,328 @@
+"""Faults as data: each kind starts and stops, and says what it did as a `FaultEvent`.
+
+Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halves`):
+
+    partition-halves          random halves cut from each other (smaller side floor(n/2))
+    partition-one             one random node cut from the rest
+    partition-leader          the current leader cut from the rest (nothing if unknown)
+    partition-majorities-ring every node hears a different majority
+    partition-bridge          two halves joined by one node that hears both
+    partition-one-way         one node hears nothing, the others still hear it
+    kill                      SIGKILL targets; stop restarts them (same argv, same data)
+    pause                     SIGSTOP targets; stop sends SIGCONT
+
+Kill and pause pick their targets at random among: one random node, a random minority
+((n-1)//2 nodes, when that is 2 or more), or the leader (one random node when the leader
+is unknown). A minority keeps the cluster able to make progress while the fault lasts.
+
+Every start and stop runs under `ctx.lock`, so a heal never interleaves with a half-applied
+fault. `start`/`stop` block (they call Remote and ProcessControl); async callers run them in
+a thread (see `nemesis.schedule`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from nemesis import grudge as grudges
+from nemesis import iptables
+from nemesis.remote import ProcessControl, Remote
+
+__all__ = [
+    "KINDS",
+    "FaultEvent",
+    "KillNemesis",
+    "Nemesis",
+    "NemesisContext",
+    "PartitionNemesis",
+    "PauseNemesis",
+    "parse_nemesis",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """One nemesis history record. `value` is JSON-able.
+
+    `f` is "start" or "stop"; `fault` the kind's name. `phase` is "invoke" just before the
+    nemesis acts (value None) and "complete" after (value: what it did). Values: partitions
+    record the grudge as {node: sorted list of nodes it drops}; their stop records
+    "network-healed"; kill and pause record the sorted list of nodes they acted on.
+    `error` is set when the fault could not be applied in full (an operating error).
+    """
+
+    f: Literal["start", "stop"]
+    fault: str
+    value: object
+    error: str | None = None
+    phase: Literal["invoke", "complete"] = "complete"
+
+    def as_op(self) -> dict[str, Any]:
+        """The fields of a history op: Jepsen's nemesis ops are `info` ops of process nemesis."""
+        op: dict[str, Any] = {
+            "type": "info",
+            "process": "nemesis",
+            "f": self.f,
+            "value": self.value,
+            "fault": self.fault,
+        }
+        if self.error is not None:
+            op["error"] = self.error
+        return op
+
+
+def _unknown_leader() -> str | None:
+    return None
+
+
+@dataclass
+class NemesisContext:
+    """What faults act on.
+
+    `remotes` maps each node name to its Remote; `procs` controls the service processes;
+    `rng` is the seeded source of every random choice; `leader()` returns the node the cluster
+    says leads, or None if unknown (it blocks, so keep it bounded: a few seconds at most).
+    `killed` and `paused` record the nodes faults have killed or paused and not yet healed,
+    and `network_faulted` whether a partition may be in place, so `heal_all` can undo them
+    even if a fault object is lost. `lock` serializes faults.
+    """
+
+    remotes: dict[str, Remote]
+    procs: ProcessControl
+    rng: random.Random
+    leader: Callable[[], str | None] = _unknown_leader
+    killed: set[str] = field(default_factory=set)
+    paused: set[str] = field(default_factory=set)
+    network_faulted: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        for name, remote in self.remotes.items():
+            if remote.node != name:
+                raise ValueError(f"remote for {name!r} says it is {remote.node!r}")
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(self.remotes)
+
+
+class Nemesis(Protocol):
+    """One fault kind. `start` applies it and returns what it did; `stop` heals it.
+
+    `stop` is idempotent and safe when nothing is active. Both may raise RemoteError when a
+    node cannot be reached; the fault then counts as possibly applied, and a later `stop` or
+    `heal_all` undoes whatever part of it took effect.
+    """
+
+    name: str
+    min_nodes: int
+
+    def start(self, ctx: NemesisContext) -> FaultEvent: ...
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent: ...
+
+
+def for_each_node(nodes: Iterable[str], action: Callable[[str], None]) -> None:
+    """Run `action` on every node at once (so a partition lands on all nodes together).
+
+    Waits for all; then raises the first failure, if any, after logging the others.
+    """
+    node_list = list(nodes)
+    if not node_list:
+        return
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=len(node_list), thread_name_prefix="nemesis") as pool:
+        futures = [pool.submit(action, node) for node in node_list]
+        for future in futures:
+            exc = future.exception()
+            if exc is not None:
+                errors.append(exc)
+    for extra in errors[1:]:
+        log.warning("nemesis: %s", extra)
+    if errors:
+        raise errors[0]
+
+
+def heal_partitions(ctx: NemesisContext) -> None:
+    """Flush our iptables chain on every node."""
+    for_each_node(ctx.nodes, lambda n: iptables.heal(ctx.remotes[n]))
+
+
+def apply_grudge(ctx: NemesisContext, grudge: grudges.Grudge) -> None:
+    """Make every node drop exactly the sources its grudge names (others: nothing)."""
+    full = grudges.complete(grudge, ctx.nodes)
+    ctx.network_faulted = True
+
+    def one(node: str) -> None:
+        iptables.apply(ctx.remotes[node], [ctx.remotes[d].address for d in full[node]])
+
+    for_each_node(ctx.nodes, one)
+
+
+GrudgeMaker = Callable[[NemesisContext], "grudges.Grudge | None"]
+
+
+@dataclass
+class PartitionNemesis:
+    """Cuts the network as the grudge `make_grudge` returns (None: nothing to do)."""
+
+    name: str
+    min_nodes: int
+    make_grudge: GrudgeMaker
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            grudge = self.make_grudge(ctx)
+            if grudge is None:
+                return FaultEvent("start", self.name, None, error="leader unknown: nothing done")
+            apply_grudge(ctx, grudge)
+            return FaultEvent("start", self.name, grudges.to_json(grudge))
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            heal_partitions(ctx)
+            ctx.network_faulted = False
+            return FaultEvent("stop", self.name, "network-healed")
+
+
+def pick_targets(ctx: NemesisContext) -> list[str]:
+    """One random node, a random minority, or the leader (see the module docstring)."""
+    nodes = ctx.nodes
+    minority = (len(nodes) - 1) // 2
+    modes = ["one", "leader"] + (["minority"] if minority >= 2 else [])
+    mode = ctx.rng.choice(modes)
+    if mode == "minority":
+        return sorted(ctx.rng.sample(nodes, minority))
+    if mode == "leader":
+        leader = ctx.leader()
+        if leader in nodes:
+            return [leader]
+    return [ctx.rng.choice(nodes)]
+
+
+@dataclass
+class KillNemesis:
+    """SIGKILLs targets; stop restarts every node faults killed (ctx.killed)."""
+
+    name: str = "kill"
+    min_nodes: int = 1
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            targets = pick_targets(ctx)
+            # Recorded before acting: a kill that fails halfway is still restarted on heal.
+            ctx.killed.update(targets)
+            for node in targets:
+                ctx.procs.kill(node)
+            return FaultEvent("start", self.name, targets)
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            done = sorted(ctx.killed)
+            for node in done:
+                ctx.procs.restart(node)
+                ctx.killed.discard(node)
+            return FaultEvent("stop", self.name, done)
+
+
+@dataclass
+class PauseNemesis:
+    """SIGSTOPs targets; stop resumes every node faults paused (ctx.paused)."""
+
+    name: str = "pause"
+    min_nodes: int = 1
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            targets = pick_targets(ctx)
+            ctx.paused.update(targets)
+            for node in targets:
+                ctx.procs.pause(node)
+            return FaultEvent("start", self.name, targets)
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            done = sorted(ctx.paused)
+            for node in done:
+                ctx.procs.resume(node)
+                ctx.paused.discard(node)
+            return FaultEvent("stop", self.name, done)
+
+
+def _leader_grudge(ctx: NemesisContext) -> grudges.Grudge | None:
+    leader = ctx.leader()
+    return grudges.leader(ctx.nodes, leader) if leader in ctx.nodes else None
+
+
+# Partition kinds: name -> (minimum cluster size, grudge maker). Order is the order of `all`.
+_PARTITIONS: dict[str, tuple[int, GrudgeMaker]] = {
+    "partition-halves": (2, lambda c: grudges.halves(c.nodes, c.rng)),
+    "partition-one": (2, lambda c: grudges.one(c.nodes, c.rng)),
+    "partition-leader": (2, _leader_grudge),
+    "partition-majorities-ring": (3, lambda c: grudges.majorities_ring(c.nodes, c.rng)),
+    "partition-bridge": (3, lambda c: grudges.bridge(c.nodes, c.rng)),
+    "partition-one-way": (2, lambda c: grudges.one_way(c.nodes, c.rng)),
+}
+# Every kind name -> the smallest cluster it applies to.
+KINDS: dict[str, int] = {
+    **{name: least for name, (least, _) in _PARTITIONS.items()},
+    KillNemesis.name: KillNemesis.min_nodes,
+    PauseNemesis.name: PauseNemesis.min_nodes,
+}
+ALIASES = {"partition": "partition-halves"}
+
+
+def parse_nemesis(spec: str, nodes: int) -> list[Nemesis]:
+    """The fault kinds a `--nemesis` value names, for a cluster of `nodes` nodes.
+
+    `spec` is a comma-separated list of kind names (see the module docstring), `all` (every
+    kind that applies to this cluster size) or `none` (no faults: an empty list). Duplicates
+    are dropped. Raises ValueError naming the problem for an unknown name, an empty spec,
+    `none` mixed with faults, or a kind the cluster is too small for (partitions need 2
+    nodes; bridge and majorities-ring need 3).
+    """
+    if nodes < 1:
+        raise ValueError(f"a cluster needs at least 1 node, got {nodes}")
+    names = [part.strip().lower() for part in spec.split(",")]
+    if not spec.strip() or any(not n for n in names):
+        raise ValueError(f"empty nemesis name in {spec!r}; try one of: {_known()}")
+    if "none" in names:
+        if len(set(names)) > 1:
+            raise ValueError("nemesis 'none' cannot be combined with other faults")
+        return []
+    chosen: list[str] = []
+    for name in names:
+        if name == "all":
+            chosen.extend(k for k, least in KINDS.items() if nodes >= least)
+            continue
+        kind = ALIASES.get(name, name)
+        if kind not in KINDS:
+            raise ValueError(f"unknown nemesis {name!r}; known: {_known()}")
+        least = KINDS[kind]
+        if nodes < least:
+            raise ValueError(
+                f"nemesis {name!r} needs at least {least} nodes; the cluster has {nodes}"
+            )
+        chosen.append(kind)
+    return [_make(kind) for kind in dict.fromkeys(chosen)]
+
+
+def _known() -> str:
+    return ", ".join([*KINDS, *ALIASES, "all", "none"])
+
+
+def _make(kind: str) -> Nemesis:
+    if kind == KillNemesis.name:
+        return KillNemesis()
+    if kind == PauseNemesis.name:
+        return PauseNemesis()
+    least, make = _PARTITIONS[kind]
+    return PartitionNemesis(kind, least, make)

@@ -1,0 +1,141 @@
+"""The nemesis schedule: start and stop faults on a clock, and heal everything at the end.
+
+`run_schedule` is a coroutine for the runner's event loop. Faults block (they run commands
+on nodes), so each start, stop and heal runs in a worker thread via `asyncio.to_thread`;
+the loop keeps serving clients meanwhile. `NemesisContext.lock` keeps a heal from running
+while a start is still half done, even when the coroutine was cancelled mid-fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from nemesis import iptables
+from nemesis.faults import FaultEvent, Nemesis, NemesisContext, for_each_node
+from nemesis.remote import RemoteError
+
+__all__ = ["Emit", "heal_all", "run_schedule"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[FaultEvent], None]
+
+
+async def run_schedule(
+    ctx: NemesisContext,
+    nemeses: Sequence[Nemesis],
+    *,
+    interval_s: float,
+    emit: Emit,
+    stop: asyncio.Event,
+) -> None:
+    """Every `interval_s` seconds alternately start a random kind from `nemeses` (chosen with
+    `ctx.rng`) and stop it, until `stop` is set; then heal everything, always.
+
+    Each action emits an invoke event, then a complete event (with `error` set when a node
+    could not be reached: the fault may be partly applied; the next stop heals it). With no
+    nemeses it only waits. On any exit, cancellation included, it stops the active fault and
+    runs `heal_all`, emitting their events; an abort path should still call `heal_all` itself
+    afterwards (idempotent) in case this coroutine was cancelled again while healing.
+    Programmer errors (and exceptions from `emit`) propagate after the heal.
+    """
+    if interval_s <= 0:
+        raise ValueError(f"nemesis interval must be positive, got {interval_s}")
+    active: Nemesis | None = None
+    try:
+        while not await _stopped_within(stop, interval_s):
+            if not nemeses:
+                continue
+            if active is None:
+                active = ctx.rng.choice(list(nemeses))
+                await _act(active, "start", ctx, emit)
+            else:
+                current, active = active, None
+                await _act(current, "stop", ctx, emit)
+    finally:
+        final = [active] if active is not None else []
+        for event in await asyncio.shield(asyncio.to_thread(heal_all, ctx, final)):
+            emit(event)
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _act(
+    nemesis: Nemesis, f: Literal["start", "stop"], ctx: NemesisContext, emit: Emit
+) -> None:
+    emit(FaultEvent(f, nemesis.name, None, phase="invoke"))
+    action = nemesis.start if f == "start" else nemesis.stop
+    try:
+        event = await asyncio.to_thread(action, ctx)
+    except RemoteError as exc:
+        log.warning("nemesis %s %s: %s", nemesis.name, f, exc)
+        event = FaultEvent(f, nemesis.name, None, error=str(exc))
+    emit(event)
+
+
+def heal_all(ctx: NemesisContext, nemeses: Sequence[Nemesis] = ()) -> list[FaultEvent]:
+    """Undo every fault; never raises (failures are logged and reported in the events).
+
+    Stops each of `nemeses` (the ones that may be active), then, whatever those did: SIGCONT
+    every node, restart every node in `ctx.killed`, and flush our iptables chain on every node
+    if any partition was applied in this context. Idempotent: a second call finds nothing to
+    undo. Returns the stop events of `nemeses`, then one `heal-all` stop event whose value
+    lists what it resumed, restarted and healed.
+    """
+    events: list[FaultEvent] = []
+    with ctx.lock:
+        for nemesis in nemeses:
+            try:
+                events.append(nemesis.stop(ctx))
+            except Exception as exc:  # healing must go on whatever one fault did
+                log.error("nemesis: stopping %s failed: %s", nemesis.name, exc)
+                events.append(FaultEvent("stop", nemesis.name, None, error=str(exc)))
+        errors: list[str] = []
+        paused = set(ctx.paused)
+        # SIGCONT goes to every node, recorded or not: it is harmless on a running process.
+        resumed = _each(ctx.nodes, ctx.procs.resume, ctx.paused, errors)
+        value = {
+            "resumed": [n for n in resumed if n in paused],
+            "restarted": _each(sorted(ctx.killed), ctx.procs.restart, ctx.killed, errors),
+            "network-healed": _heal_network(ctx, errors),
+        }
+        events.append(FaultEvent("stop", "heal-all", value, error="; ".join(errors) or None))
+    return events
+
+
+def _each(
+    nodes: Sequence[str], action: Callable[[str], None], record: set[str], errors: list[str]
+) -> list[str]:
+    done: list[str] = []
+    for node in nodes:
+        try:
+            action(node)
+        except Exception as exc:  # one unreachable node must not stop the others' heal
+            log.error("nemesis: heal of %s failed: %s", node, exc)
+            errors.append(str(exc))
+            continue
+        record.discard(node)
+        done.append(node)
+    return done
+
+
+def _heal_network(ctx: NemesisContext, errors: list[str]) -> list[str]:
+    if not ctx.network_faulted:
+        return []
+    try:
+        for_each_node(ctx.nodes, lambda n: iptables.heal(ctx.remotes[n]))
+    except Exception as exc:  # reported, and the flag stays set so a later heal retries
+        log.error("nemesis: network heal failed: %s", exc)
+        errors.append(str(exc))
+        return []
+    ctx.network_faulted = False
+    return ctx.nodes
