@@ -1,0 +1,59 @@
+"""The HTTP/JSON face of a node, for people, curl and the seed system's clients.
+
+``POST /command`` takes ``{"op", "key", "value", "expected"}``;
+``GET /read/<key>`` (optional ``?mode=``) reads; ``GET /status`` describes the
+node. Answers are the node's client responses: ``ok`` true, false (certainly
+not done) or null (unknown).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from raftkv.http import Request, start_http_server
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from raftkv.node import Node
+
+
+def _bad(message: str) -> tuple[int, dict[str, Any]]:
+    return 400, {"ok": False, "error": "bad_request", "message": message}
+
+
+async def _route(node: Node, req: Request) -> tuple[int, object]:
+    if req.path == "/status":
+        if req.method != "GET":
+            return 405, {"ok": False, "error": "method_not_allowed", "message": "use GET"}
+        return 200, node.status()
+    if req.path.startswith("/read/"):
+        if req.method != "GET":
+            return 405, {"ok": False, "error": "method_not_allowed", "message": "use GET"}
+        request: dict[str, Any] = {"op": "get", "key": req.path[len("/read/") :]}
+        if "mode" in req.query:
+            request["mode"] = req.query["mode"]
+        return _status_of(await node.handle(request))
+    if req.path == "/command":
+        if req.method != "POST":
+            return 405, {"ok": False, "error": "method_not_allowed", "message": "use POST"}
+        try:
+            body = json.loads(req.body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _bad(f"body is not JSON: {exc}")
+        if not isinstance(body, dict):
+            return _bad("body must be a JSON object")
+        return _status_of(await node.handle(body))
+    return 404, {"ok": False, "error": "not_found", "message": f"no route {req.path!r}"}
+
+
+def _status_of(resp: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return (400 if resp.get("error") == "bad_request" else 200), resp
+
+
+async def serve_http(node: Node, host: str, port: int) -> asyncio.Server:
+    async def handler(req: Request) -> tuple[int, object]:
+        return await _route(node, req)
+
+    return await start_http_server(host, port, handler)

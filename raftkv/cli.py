@@ -1,0 +1,250 @@
+"""The `raftkv` command: run a node, or talk to a cluster.
+
+Client commands exit 0 when the operation is done, 1 when it certainly did not
+happen (fail, cas mismatch, no leader), 2 when it may have (unknown), and 254
+on bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raftkv.client import Client
+from raftkv.node import BUGS, READ_MODES, Node, NodeOptions
+from raftkv.storage import StorageError
+from raftkv.transport import split_addr
+
+EXIT_OK, EXIT_FAIL, EXIT_UNKNOWN, EXIT_USAGE = 0, 1, 2, 254
+
+
+def parse_peers(spec: str) -> dict[str, tuple[str, int]]:
+    """``n1=127.0.0.1:7001,n2=...`` -> {id: (host, port)}; raises click.BadParameter."""
+    peers: dict[str, tuple[str, int]] = {}
+    for item in spec.split(","):
+        node_id, sep, addr = item.strip().partition("=")
+        if not sep or not node_id:
+            raise click.BadParameter(f"{item!r} is not ID=HOST:PORT", param_hint="--peers")
+        if node_id in peers:
+            raise click.BadParameter(f"node {node_id!r} listed twice", param_hint="--peers")
+        try:
+            peers[node_id] = split_addr(addr)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--peers") from None
+    return peers
+
+
+def _addr(value: str | None, hint: str) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        return split_addr(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """raftkv: a durable Raft key-value store."""
+
+
+@cli.command()
+@click.option("--id", "node_id", required=True, help="This node's id; must be in --peers.")
+@click.option("--peers", required=True, help="Every node: ID=HOST:PORT,... (peers and clients).")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--http", "http_addr", default=None, help="HOST:PORT for the HTTP/JSON face.")
+@click.option("--read-mode", type=click.Choice(READ_MODES), default="readindex", show_default=True)
+@click.option("--bug", "bugs", multiple=True, type=click.Choice(BUGS), help="Deliberate bug.")
+@click.option("--tick-ms", type=click.IntRange(1, 10_000), default=25, show_default=True)
+@click.option("--election-ticks", type=click.IntRange(3, 10_000), default=20, show_default=True)
+@click.option("--snapshot-entries", type=click.IntRange(1), default=10_000, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for election timeouts.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+def serve(
+    node_id: str,
+    peers: str,
+    data_dir: Path,
+    http_addr: str | None,
+    read_mode: str,
+    bugs: tuple[str, ...],
+    tick_ms: int,
+    election_ticks: int,
+    snapshot_entries: int,
+    seed: int | None,
+    log_level: str,
+) -> None:
+    """Run one node until SIGTERM or SIGINT."""
+    peer_map = parse_peers(peers)
+    if node_id not in peer_map:
+        raise click.BadParameter(f"{node_id!r} is not in --peers", param_hint="--id")
+    logging.basicConfig(
+        level=log_level.upper(),
+        format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for bug in bugs:
+        logging.getLogger("raftkv").warning("DELIBERATE BUG ENABLED: %s: this node is unsafe", bug)
+    heartbeat = max(1, election_ticks // 10)
+    opts = NodeOptions(
+        id=node_id,
+        peers=peer_map,
+        data_dir=data_dir,
+        http=_addr(http_addr, "--http"),
+        read_mode=read_mode,
+        bugs=frozenset(bugs),
+        tick_ms=tick_ms,
+        election_timeout_ticks=election_ticks,
+        heartbeat_ticks=heartbeat,
+        lease_ticks=max(1, election_ticks - max(2, election_ticks // 5)),
+        snapshot_entries=snapshot_entries,
+        seed=seed,
+    )
+    try:
+        asyncio.run(_serve(opts))
+    except StorageError as exc:
+        click.echo(f"raftkv: refusing to start: {exc}", err=True)
+        sys.exit(EXIT_FAIL)
+    except OSError as exc:
+        click.echo(f"raftkv: cannot start node {node_id}: {exc}", err=True)
+        sys.exit(EXIT_FAIL)
+
+
+async def _serve(opts: NodeOptions) -> None:
+    node = Node(opts)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
+    await node.run()
+
+
+def _client_command(name: str, *arg_names: str) -> Any:
+    """Register a client subcommand taking KEY plus `arg_names`."""
+
+    def decorate(fn: Any) -> Any:
+        fn = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")(fn)
+        fn = click.option("--timeout", type=click.FloatRange(0.1), default=5.0)(fn)
+        fn = click.option("--cluster", required=True, help="HOST:PORT,... of the nodes.")(fn)
+        for arg in reversed(arg_names):
+            fn = click.argument(arg)(fn)
+        fn = click.argument("key")(fn)
+        return cli.command(name)(fn)
+
+    return decorate
+
+
+def _run_request(cluster: str, timeout: float, request: dict[str, Any], as_json: bool) -> None:
+    addrs = [a.strip() for a in cluster.split(",") if a.strip()]
+    for addr in addrs:
+        _addr(addr, "--cluster")
+    if not addrs:
+        raise click.BadParameter("no address given", param_hint="--cluster")
+
+    async def go() -> dict[str, Any]:
+        client = Client(addrs, timeout_s=timeout)
+        try:
+            return await client.request(request)
+        finally:
+            await client.close()
+
+    resp = asyncio.run(go())
+    resp.pop("id", None)
+    if as_json:
+        click.echo(json.dumps(resp))
+    elif resp.get("ok"):
+        value = resp.get("value")
+        click.echo(json.dumps(value) if request["op"] == "get" else "ok")
+    else:
+        detail = resp.get("message") or ""
+        click.echo(f"{resp.get('error')}: {detail}".rstrip(": "), err=True)
+    ok = resp.get("ok")
+    sys.exit(EXIT_OK if ok is True else EXIT_UNKNOWN if ok is None else EXIT_FAIL)
+
+
+def _value(text: str) -> Any:
+    """Values on the command line are JSON when they parse as JSON, else strings."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@_client_command("put", "value")
+def put(key: str, value: str, cluster: str, timeout: float, as_json: bool) -> None:
+    """Write VALUE at KEY."""
+    _run_request(cluster, timeout, {"op": "put", "key": key, "value": _value(value)}, as_json)
+
+
+@_client_command("get")
+@click.option("--mode", type=click.Choice(READ_MODES), default=None, help="Read mode override.")
+def get(key: str, cluster: str, timeout: float, as_json: bool, mode: str | None) -> None:
+    """Read KEY (null when absent)."""
+    req: dict[str, Any] = {"op": "get", "key": key}
+    if mode:
+        req["mode"] = mode
+    _run_request(cluster, timeout, req, as_json)
+
+
+@_client_command("delete")
+def delete(key: str, cluster: str, timeout: float, as_json: bool) -> None:
+    """Delete KEY."""
+    _run_request(cluster, timeout, {"op": "delete", "key": key}, as_json)
+
+
+@_client_command("cas", "old", "new")
+def cas(key: str, old: str, new: str, cluster: str, timeout: float, as_json: bool) -> None:
+    """Set KEY to NEW if it holds OLD (null: absent)."""
+    req = {"op": "cas", "key": key, "expected": _value(old), "value": _value(new)}
+    _run_request(cluster, timeout, req, as_json)
+
+
+@cli.command()
+@click.option("--cluster", required=True, help="HOST:PORT,... of the nodes.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=2.0)
+def status(cluster: str, timeout: float) -> None:
+    """Print each node's status as one JSON line (or its error)."""
+    addrs = [a.strip() for a in cluster.split(",") if a.strip()]
+    for addr in addrs:
+        _addr(addr, "--cluster")
+
+    async def one(addr: str) -> dict[str, Any]:
+        client = Client([addr], timeout_s=timeout)
+        try:
+            return await client.request({"op": "status"}, node=addr)
+        finally:
+            await client.close()
+
+    async def go() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(a) for a in addrs)))
+
+    failed = False
+    for addr, resp in zip(addrs, asyncio.run(go())):
+        resp.pop("id", None)
+        failed |= resp.get("ok") is not True
+        click.echo(json.dumps({"addr": addr, **resp}))
+    sys.exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="raftkv", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+    except click.UsageError as exc:
+        click.echo(f"raftkv: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        return EXIT_FAIL
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""An asyncio client for a raftkv cluster over the msgpack protocol.
+
+It finds the leader itself: a `not_leader` answer (a certain failure, safe to
+retry) sends it to the hinted leader, or to the next node when there is no
+hint. Writes carry a client id and sequence number so a retried write applies
+once. Outcomes are three-valued, as the harness records them:
+``ok`` True (done), False (certainly not done), None (may have happened).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from typing import Any
+
+from raftkv import wire
+from raftkv.transport import split_addr
+
+CONNECT_TIMEOUT_S = 1.0
+NO_LEADER_BACKOFF_S = 0.05
+
+
+class _Connection:
+    """One pipelined connection: requests carry ids, answers may come in any order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._reader_task = asyncio.create_task(self._read_loop(reader))
+
+    @classmethod
+    async def open(cls, addr: str) -> _Connection:
+        host, port = split_addr(addr)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), CONNECT_TIMEOUT_S
+        )
+        writer.write(wire.encode_frame({"hello": "client"}))
+        return cls(reader, writer)
+
+    @property
+    def alive(self) -> bool:
+        return not self._reader_task.done()
+
+    async def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send and await the answer. Raises ConnectionError if the request was
+        certainly not sent, TimeoutError or EOFError if it may have been."""
+        if not self.alive:
+            raise ConnectionError("connection closed")
+        request_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            self._writer.write(wire.encode_frame({**request, "id": request_id}))
+            async with asyncio.timeout(timeout_s):
+                await self._writer.drain()
+                return await fut
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        error: BaseException = EOFError("connection closed by the node")
+        try:
+            while True:
+                resp = await wire.read_frame(reader, None)
+                if not isinstance(resp, dict):
+                    continue
+                fut = self._pending.get(resp.get("id", -1))
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+        except (wire.FrameError, EOFError, OSError, asyncio.IncompleteReadError) as exc:
+            error = EOFError(f"connection lost: {exc}")
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(error)
+
+    async def close(self) -> None:
+        self._reader_task.cancel()
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+class Client:
+    """A client of one cluster; safe to share between tasks of one event loop."""
+
+    def __init__(
+        self, cluster: list[str], *, timeout_s: float = 5.0, client_id: str | None = None
+    ) -> None:
+        if not cluster:
+            raise ValueError("a cluster needs at least one address")
+        for addr in cluster:
+            split_addr(addr)
+        self.cluster = list(cluster)
+        self.timeout_s = timeout_s
+        self.client_id = client_id or uuid.uuid4().hex
+        self._seq = itertools.count(1)
+        self._target = self.cluster[0]
+        self._conns: dict[str, _Connection] = {}
+
+    async def close(self) -> None:
+        for conn in self._conns.values():
+            await conn.close()
+        self._conns.clear()
+
+    async def put(self, key: str, value: Any) -> dict[str, Any]:
+        return await self.request({"op": "put", "key": key, "value": value})
+
+    async def get(self, key: str, mode: str | None = None) -> dict[str, Any]:
+        req: dict[str, Any] = {"op": "get", "key": key}
+        if mode is not None:
+            req["mode"] = mode
+        return await self.request(req)
+
+    async def delete(self, key: str) -> dict[str, Any]:
+        return await self.request({"op": "delete", "key": key})
+
+    async def cas(self, key: str, expected: Any, value: Any) -> dict[str, Any]:
+        return await self.request({"op": "cas", "key": key, "expected": expected, "value": value})
+
+    async def request(self, request: dict[str, Any], node: str | None = None) -> dict[str, Any]:
+        """Send one request to the leader (or to `node`, without redirects)."""
+        if request.get("op") != "get":
+            request = {**request, "client": self.client_id, "seq": next(self._seq)}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        tried_since_progress = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return {"ok": False, "error": "no_leader", "node": self._target}
+            addr = node or self._target
+            try:
+                conn = await self._connection(addr)
+            except (OSError, TimeoutError) as exc:
+                # Not sent: a certain failure, so moving on is safe.
+                if node is not None:
+                    return {"ok": False, "error": "unreachable", "message": str(exc)}
+                self._advance(None)
+                tried_since_progress += 1
+                await self._pause(tried_since_progress)
+                continue
+            try:
+                resp = await conn.call(request, remaining)
+            except (TimeoutError, EOFError) as exc:
+                return {"ok": None, "error": "timeout", "message": str(exc) or "timeout"}
+            except ConnectionError:
+                self._conns.pop(addr, None)
+                continue
+            if resp.get("error") != "not_leader" or node is not None:
+                resp.setdefault("node", addr)
+                return resp
+            self._advance(resp.get("leader_addr"))
+            tried_since_progress += 1
+            await self._pause(tried_since_progress)
+
+    async def _pause(self, tries: int) -> None:
+        if tries >= len(self.cluster):
+            await asyncio.sleep(NO_LEADER_BACKOFF_S)
+
+    def _advance(self, hint: object) -> None:
+        if isinstance(hint, str) and hint in self.cluster:
+            self._target = hint
+        else:
+            i = self.cluster.index(self._target) if self._target in self.cluster else -1
+            self._target = self.cluster[(i + 1) % len(self.cluster)]
+
+    async def _connection(self, addr: str) -> _Connection:
+        conn = self._conns.get(addr)
+        if conn is None or not conn.alive:
+            if conn is not None:
+                await conn.close()
+            conn = await _Connection.open(addr)
+            self._conns[addr] = conn
+        return conn

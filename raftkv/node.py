@@ -1,0 +1,446 @@
+"""The asyncio driver of the Raft core: real TCP, real disk.
+
+One task owns the core, the storage and the state machine (`_raft_loop`);
+everything else (peer readers, client handlers, the ticker) hands it events
+through a queue, so the core is never touched between `ready()` and
+`advance()`. Per batch: persist and fsync, then send, then apply, then
+answer clients: an acknowledged write is always on disk on a majority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raftkv import wire
+from raftkv.core import Config, NotLeader, Raft, Role, hard_state_on_restart
+from raftkv.kv import (
+    BadRequest,
+    Command,
+    KVStore,
+    Result,
+    SnapshotError,
+    encode_command,
+    parse_command,
+)
+from raftkv.storage import Storage, StorageError
+from raftkv.transport import PeerLink
+from raftkv.types import Entry, EntryKind, Ready, Snapshot
+
+log = logging.getLogger("raftkv.node")
+
+READ_MODES = ("log", "readindex", "lease", "local", "follower")
+BUGS = ("no-fsync", "commit-old-term", "vote-amnesia", "stale-leader-read", "skip-log-check")
+HELLO_TIMEOUT_S = 10.0
+PEER_IDLE_TIMEOUT_S = 60.0
+CLIENT_IDLE_TIMEOUT_S = 600.0
+MAX_REQUESTS_IN_FLIGHT = 4096
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Everything a node needs; `peers` maps id -> (host, port) and includes this node."""
+
+    id: str
+    peers: dict[str, tuple[str, int]]
+    data_dir: Path
+    http: tuple[str, int] | None = None
+    read_mode: str = "readindex"
+    bugs: frozenset[str] = frozenset()
+    tick_ms: int = 25
+    election_timeout_ticks: int = 20
+    heartbeat_ticks: int = 2
+    lease_ticks: int = 16
+    snapshot_entries: int = 10_000
+    request_timeout_s: float = 5.0
+    seed: int | None = None
+
+
+def reply(ok: bool | None, **fields: Any) -> dict[str, Any]:
+    """A client response: ok True (done), False (certainly not done), None (unknown)."""
+    return {"ok": ok, **fields}
+
+
+@dataclass
+class _Proposal:
+    term: int
+    future: asyncio.Future[Result]
+
+
+@dataclass
+class _Waiters:
+    """Futures waiting for the state machine to reach an index."""
+
+    by_index: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def add(self, index: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.by_index.append((index, next(self.counter), fut))
+        return fut
+
+    def release(self, applied: int) -> None:
+        keep = []
+        for item in self.by_index:
+            if item[0] <= applied:
+                if not item[2].done():
+                    item[2].set_result(None)
+            else:
+                keep.append(item)
+        self.by_index = keep
+
+
+class Node:
+    """One raftkv node. `await node.run()` serves until `node.stop()`."""
+
+    def __init__(self, opts: NodeOptions) -> None:
+        self.opts = opts
+        self.storage = Storage.open(opts.data_dir, fsync="no-fsync" not in opts.bugs)
+        config = Config(
+            id=opts.id,
+            peers=tuple(sorted(opts.peers)),
+            election_timeout_ticks=opts.election_timeout_ticks,
+            heartbeat_ticks=opts.heartbeat_ticks,
+            lease_ticks=opts.lease_ticks,
+            bugs=frozenset(opts.bugs),
+        )
+        rng = random.Random(opts.seed)
+        snap = self.storage.snapshot
+        hard_state = hard_state_on_restart(config, self.storage.hard_state)
+        self.core = Raft(config, rng, hard_state, snap, list(self.storage.entries))
+        try:
+            self.kv = KVStore.restore(snap.data) if snap else KVStore()
+        except SnapshotError as exc:
+            self.storage.close()
+            raise StorageError(f"snapshot in {opts.data_dir} does not restore: {exc}") from None
+        self.applied = snap.index if snap else 0
+        self.applied_term = snap.term if snap else 0
+        self._events: deque[Callable[[], None]] = deque()
+        self._wake = asyncio.Event()
+        self._proposals: dict[int, _Proposal] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._apply_waiters = _Waiters()
+        self._links: dict[str, PeerLink] = {}
+        self._peer_http: dict[str, str] = {}
+        self._stopping = asyncio.Event()
+        self._inflight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def run(self) -> None:
+        host, port = self.opts.peers[self.opts.id]
+        http_addr = f"{self.opts.http[0]}:{self.opts.http[1]}" if self.opts.http else None
+        if http_addr:
+            self._peer_http[self.opts.id] = http_addr
+        hello = {"hello": "peer", "id": self.opts.id, "http": http_addr}
+        for peer, (phost, pport) in self.opts.peers.items():
+            if peer != self.opts.id:
+                self._links[peer] = PeerLink(hello, peer, phost, pport)
+        server = await asyncio.start_server(self._on_connection, host, port, limit=1 << 20)
+        http_server = None
+        if self.opts.http:
+            from raftkv.api import serve_http
+
+            http_server = await serve_http(self, *self.opts.http)
+        log.info("node %s listening on %s:%d (http %s)", self.opts.id, host, port, http_addr)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for link in self._links.values():
+                    tg.create_task(link.run())
+                tg.create_task(self._ticker())
+                tg.create_task(self._raft_loop())
+                await self._stopping.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            server.close()
+            if http_server is not None:
+                http_server.close()
+            self.storage.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # ---- the loop that owns the core --------------------------------------
+
+    def _submit(self, event: Callable[[], None]) -> None:
+        self._events.append(event)
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        tick_s = self.opts.tick_ms / 1000
+        next_tick = time.monotonic() + tick_s
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            now = time.monotonic()
+            # A late loop (load, SIGSTOP) catches up on the ticks it missed, so
+            # timeouts and leases follow the monotonic clock, up to a cap.
+            due = min(int((now - next_tick) / tick_s) + 1, 4 * self.opts.election_timeout_ticks)
+            next_tick = max(next_tick + due * tick_s, now)
+            for _ in range(due):
+                self._submit(self.core.tick)
+
+    async def _raft_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._events:
+                event = self._events.popleft()
+                event()
+            while self.core.has_ready():
+                await self._handle_ready(self.core.ready())
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.storage.save_snapshot(rd.snapshot)
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            await asyncio.to_thread(self.storage.sync)
+        for msg in rd.messages:
+            link = self._links.get(msg.dst)
+            if link is not None:
+                link.send(msg)
+        if rd.snapshot is not None:
+            self._install_snapshot(rd.snapshot)
+        for entry in rd.committed:
+            self._apply(entry)
+        for rs in rd.reads:
+            fut = self._reads.pop(rs.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        for request_id in rd.dropped_reads:
+            fut = self._reads.pop(request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NotLeader(self.core.leader))
+        self.core.advance(rd)
+        self._apply_waiters.release(self.applied)
+        self._maybe_snapshot()
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        if snap.index <= self.applied:
+            return
+        self.kv = KVStore.restore(snap.data)
+        self.applied, self.applied_term = snap.index, snap.term
+        # Proposals covered by the snapshot may or may not be in it.
+        for index in [i for i in self._proposals if i <= snap.index]:
+            prop = self._proposals.pop(index)
+            if not prop.future.done():
+                prop.future.set_result(Result(ok=False, error="unknown"))
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.index <= self.applied:
+            return
+        assert entry.index == self.applied + 1, f"apply gap: {self.applied} -> {entry.index}"
+        self.applied, self.applied_term = entry.index, entry.term
+        result = Result(ok=True)
+        if entry.kind == EntryKind.NORMAL:
+            # Never raises: an undecodable entry is skipped the same way on every replica.
+            result = self.kv.apply(entry.index, entry.data)
+        prop = self._proposals.pop(entry.index, None)
+        if prop is None or prop.future.done():
+            return
+        if prop.term == entry.term:
+            prop.future.set_result(result)
+        else:
+            # Another leader's entry took this index: ours is certainly not in the log.
+            prop.future.set_result(Result(ok=False, error="dropped"))
+
+    def _maybe_snapshot(self) -> None:
+        if self.applied - self.core.snapshot_index < self.opts.snapshot_entries:
+            return
+        snap = Snapshot(
+            self.applied, self.applied_term, tuple(sorted(self.opts.peers)), self.kv.snapshot()
+        )
+        self.storage.save_snapshot(snap)
+        self.core.compact(snap)
+        log.info("node %s snapshot at index %d", self.opts.id, snap.index)
+
+    # ---- requests ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.opts.id,
+            "role": self.core.role.name.lower(),
+            "term": self.core.term,
+            "leader": self.core.leader,
+            "commit_index": self.core.commit_index,
+            "last_applied": self.applied,
+            "last_index": self.core.last_index,
+            "snapshot_index": self.core.snapshot_index,
+            "read_mode": self.opts.read_mode,
+        }
+
+    def _not_leader(self, leader: str | None) -> dict[str, Any]:
+        addr = None
+        if leader is not None and leader in self.opts.peers:
+            addr = "{}:{}".format(*self.opts.peers[leader])
+        return reply(
+            False,
+            error="not_leader",
+            leader=leader,
+            leader_addr=addr,
+            leader_http=self._peer_http.get(leader) if leader else None,
+        )
+
+    async def handle(self, request: object) -> dict[str, Any]:
+        """Serve one client request (a decoded dict); never raises for bad input."""
+        if isinstance(request, dict) and request.get("op") == "status":
+            return reply(True, **self.status())
+        try:
+            cmd = parse_command(request)
+            mode = request.get("mode") if isinstance(request, dict) else None
+            if mode is None:
+                mode = self.opts.read_mode
+            if mode not in READ_MODES:
+                raise BadRequest(f"unknown read mode {mode!r}; expected one of {READ_MODES}")
+        except BadRequest as exc:
+            return reply(False, error="bad_request", message=str(exc))
+        try:
+            async with asyncio.timeout(self.opts.request_timeout_s):
+                if cmd.op == "get" and mode != "log":
+                    return await self._read(cmd.key, mode)
+                return await self._write(cmd)
+        except NotLeader as exc:
+            return self._not_leader(exc.leader)
+        except TimeoutError:
+            # Fails only where certainly nothing happened; a timeout may hide a commit.
+            return reply(None, error="timeout")
+
+    async def _write(self, cmd: Command) -> dict[str, Any]:
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        data = encode_command(cmd)
+
+        def propose() -> None:
+            try:
+                index = self.core.propose(data)
+            except NotLeader as exc:
+                fut.set_exception(exc)
+                return
+            self._proposals[index] = _Proposal(self.core.term, fut)
+
+        self._submit(propose)
+        result = await fut
+        if result.error == "unknown":
+            return reply(None, error="unknown")
+        if result.error == "dropped":
+            return reply(False, error="dropped")
+        if result.ok:
+            return reply(True, value=result.value)
+        return reply(False, error=result.error, value=result.value)
+
+    async def _read(self, key: str, mode: str) -> dict[str, Any]:
+        if mode == "follower":
+            return reply(True, value=self.kv.get(key))
+        if mode == "local":
+            if self.core.role != Role.LEADER:
+                raise NotLeader(self.core.leader)
+            return reply(True, value=self.kv.get(key))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        request_id = next(self._read_ids)
+
+        def read_index() -> None:
+            try:
+                self.core.read_index(request_id, lease=(mode == "lease"))
+            except NotLeader as exc:
+                fut.set_exception(exc)
+                return
+            self._reads[request_id] = fut
+
+        self._submit(read_index)
+        try:
+            index = await fut
+        finally:
+            self._reads.pop(request_id, None)
+        if self.applied < index:
+            await self._apply_waiters.add(index)
+        return reply(True, value=self.kv.get(key))
+
+    # ---- connections -------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            hello = await wire.read_frame(reader, HELLO_TIMEOUT_S)
+            if isinstance(hello, dict) and hello.get("hello") == "peer":
+                await self._serve_peer(hello, reader)
+            elif isinstance(hello, dict) and hello.get("hello") == "client":
+                await self._serve_client(reader, writer)
+            else:
+                writer.write(
+                    wire.encode_frame(
+                        reply(False, error="bad_request", message="first frame must be a hello")
+                    )
+                )
+        except (
+            wire.FrameError,
+            TimeoutError,
+            EOFError,
+            OSError,
+            asyncio.IncompleteReadError,
+        ) as exc:
+            log.debug("connection closed: %s", exc)
+        finally:
+            writer.close()
+
+    async def _serve_peer(self, hello: dict[Any, Any], reader: asyncio.StreamReader) -> None:
+        peer = hello.get("id")
+        if not isinstance(peer, str) or peer not in self.opts.peers:
+            raise wire.FrameError(f"hello from unknown peer {peer!r}")
+        if isinstance(hello.get("http"), str):
+            self._peer_http[peer] = hello["http"]
+        while True:
+            obj = await wire.read_frame(reader, PEER_IDLE_TIMEOUT_S)
+            msg = wire.message_from_obj(obj)
+            if msg.src != peer or msg.dst != self.opts.id:
+                raise wire.FrameError(f"message {msg.src}->{msg.dst} on the link from {peer}")
+            self._submit(functools.partial(self.core.step, msg))
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Answers go out as they complete, matched by request id; each is
+        # bounded by the request timeout, so none outlives the node for long.
+        tasks: set[asyncio.Task[None]] = set()
+        while True:
+            try:
+                req = await wire.read_frame(reader, CLIENT_IDLE_TIMEOUT_S)
+            except wire.FrameError as exc:
+                error = reply(False, error="bad_request", message=str(exc))
+                writer.write(wire.encode_frame(error))
+                return
+            await self._inflight.acquire()
+            task = asyncio.create_task(self._answer(req, writer))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def _answer(self, req: object, writer: asyncio.StreamWriter) -> None:
+        try:
+            resp = await self.handle(req)
+            if isinstance(req, dict) and "id" in req:
+                resp["id"] = req["id"]
+            if not writer.is_closing():
+                writer.write(wire.encode_frame(resp))
+                await asyncio.wait_for(writer.drain(), 10.0)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self._inflight.release()
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end it cleanly."""
