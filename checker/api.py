@@ -177,6 +177,8 @@ def _resolve(model: str | Model, init: Any, fmt: str, ops: Sequence[Op]) -> Mode
         return make_model(name, default_init if init is _UNSET else init, nil_read_any=nil_read_any)
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected auto or one of {', '.join(MODELS)}")
+    if init is _UNSET:
+        return make_model(model, nil_read_any=nil_read_any)
     return make_model(model, init, nil_read_any=nil_read_any)
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from checker.history import Op
-from checker.models import Model, _show
+from checker.models import ILLEGAL, Model, _show
 from checker.search import Search
 
 __all__ = ["ANOMALY_NAMES", "Anomaly", "explain"]
@@ -98,11 +98,21 @@ def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
     ops = sorted(search.comp + search.info, key=lambda o: o.call)
     window = shrink(model, ops, blocker, deadline=time.monotonic() + shrink_s)
     name, detail = classify(model, ops, blocker)
-    shown = ", ".join(_show(s) for s in states) or "none"
-    reason = (
-        f"{model.describe(blocker)} (process {blocker.process}) cannot be linearized: "
-        f"in every state it could have seen ({shown}) it is illegal"
-    )
+    if name == "other" and blocker in window:
+        name, detail = classify(model, window, blocker, everything=ops)
+        if name != "other":
+            detail["summary"] = f"within the window: {detail['summary']}"
+    step = model.step(blocker)
+    legal = [s for s in states if step(s) is not ILLEGAL]
+    illegal = ", ".join(_show(s) for s in states if step(s) is ILLEGAL) or "none"
+    reason = f"{model.describe(blocker)} (process {blocker.process}) cannot be linearized: "
+    if legal:
+        reason += (
+            f"it is illegal in states {illegal}, and from states "
+            f"{', '.join(_show(s) for s in legal)} no order of the remaining operations works"
+        )
+    else:
+        reason += f"it is illegal in every state it could have seen ({illegal})"
     anomaly = Anomaly(
         key=key,
         name=name,
@@ -144,30 +154,23 @@ def _fails(model: Model, ops: list[Op], steps: int = 20_000) -> bool:
     return search.run(steps) is False
 
 
-def _supported(model: Model, ops: list[Op]) -> bool:
-    """Every observed value still has an operation that produces it (or is initial)."""
-    produced = {model.initial()}
-    for op in ops:
-        produced.update(model.produces(op))
-    return all(v in produced for op in ops for v in model.observes(op))
-
-
 def shrink(model: Model, ops: list[Op], blocker: Op, *, deadline: float) -> list[Op]:
     """A small subset of `ops`, containing `blocker`, that is still not linearizable.
 
-    Chunks of operations are removed while the rest still fails and, for registers, every
-    value read still has a writer; stops at `deadline` (the result then is merely smaller).
+    Chunks of operations are removed while the rest still fails and every value read that
+    had a writer keeps one; stops at `deadline` (the result then is merely smaller).
     """
     cut = blocker.ret if blocker.ret is not None else max(o.call for o in ops)
     current = [op for op in ops if op.call <= cut]
     if not _fails(model, current):
         current = list(ops)
+    allowed = model.unsupported(current)
     chunk = max(1, len(current) // 2)
     while chunk >= 1 and time.monotonic() < deadline:
         i = 0
         while i < len(current) and time.monotonic() < deadline:
             trial = current[:i] + current[i + chunk :]
-            if blocker in trial and _supported(model, trial) and _fails(model, trial):
+            if blocker in trial and model.unsupported(trial) <= allowed and _fails(model, trial):
                 current = trial
             else:
                 i += chunk
@@ -175,8 +178,11 @@ def shrink(model: Model, ops: list[Op], blocker: Op, *, deadline: float) -> list
     return current
 
 
-def classify(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[str, Any]]:
-    """Name the anomaly that `blocker` (the op that cannot be placed) shows."""
+def classify(
+    model: Model, ops: list[Op], blocker: Op, everything: list[Op] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Name the anomaly that `blocker` (the op that cannot be placed) shows among `ops`;
+    whether a write was lost is judged on `everything` (default: `ops`)."""
     if blocker.f == "cas":
         return "cas anomaly", {"summary": "a compare-and-set succeeded from an impossible value"}
     seen = model.observes(blocker)
@@ -206,19 +212,21 @@ def classify(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[str, A
         f"{_show(value)} had certainly been overwritten (by {model.describe(last)}, "
         f"line {last.line}) before the read began"
     )
-    if _lost(model, ops, last):
+    if _lost(model, ops if everything is None else everything, last, blocker):
         return "lost write", {"summary": summary + "; no later read ever saw it or anything newer"}
     return "stale read", {"summary": summary}
 
 
-def _lost(model: Model, ops: list[Op], write: Op) -> bool:
-    """No read that began after `write` returned saw a value written at or after it."""
+def _lost(model: Model, ops: list[Op], write: Op, blocker: Op) -> bool:
+    """Other reads began after `write` returned, and none saw a value written at or after it."""
     assert write.ret is not None
     newer: set[Any] = set()
     for op in ops:
         if op.call >= write.call:
             newer.update(model.produces(op))
-    later_reads = [op for op in ops if model.pure(op) and op.call > write.ret]
+    later_reads = [
+        op for op in ops if model.pure(op) and op.call > write.ret and op.id != blocker.id
+    ]
     return bool(later_reads) and not any(
         v in newer for op in later_reads for v in model.observes(op)
     )

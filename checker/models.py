@@ -87,6 +87,15 @@ class Model:
     def produces(self, op: Op) -> tuple[Any, ...]:
         return ()
 
+    def unsupported(self, ops: list[Op]) -> set[Any]:
+        """Values the ops observe that no op among them (nor the initial state) produces.
+        The shrinker never adds to them, so a window never shows a read whose writer was
+        cut away."""
+        produced = {self.initial()}
+        for op in ops:
+            produced.update(self.produces(op))
+        return {v for op in ops for v in self.observes(op) if v not in produced}
+
     def describe(self, op: Op) -> str:
         key = "" if op.key is None else f"[{op.key!r}] "
         return f"{op.f} {key}{_show(op.value)}"
@@ -198,6 +207,29 @@ class AppendRegister(Model):
 
     def unconstrained(self, op: Op) -> bool:
         return op.f == "get" and op.ret is None
+
+    def unsupported(self, ops: list[Op]) -> set[Any]:
+        starts = {self.init} | {op.value for op in ops if op.f == "put"}
+        pieces = {op.value for op in ops if op.f == "append" and op.value}
+        return {
+            op.value
+            for op in ops
+            if op.f == "get" and op.ret is not None and not _spelled(op.value, starts, pieces)
+        }
+
+
+def _spelled(text: str, starts: set[str], pieces: set[str]) -> bool:
+    """Whether `text` is one of `starts` followed by any sequence of `pieces`."""
+    reach = [False] * (len(text) + 1)
+    for start in starts:
+        if isinstance(start, str) and text.startswith(start):
+            reach[len(start)] = True
+    for i in range(len(text)):
+        if reach[i]:
+            for piece in pieces:
+                if text.startswith(piece, i):
+                    reach[i + len(piece)] = True
+    return reach[len(text)]
 
 
 class AppendKV(KV):
@@ -315,6 +347,14 @@ class SetModel(Model):
 
     def unconstrained(self, op: Op) -> bool:
         return op.f == "read" and (op.ret is None or op.value is None)
+
+    def observes(self, op: Op) -> tuple[Any, ...]:
+        if op.f == "read" and op.ret is not None and op.value is not None:
+            return tuple(op.value)
+        return ()
+
+    def produces(self, op: Op) -> tuple[Any, ...]:
+        return (op.value,) if op.f == "add" else ()
 
 
 MODELS: dict[str, type[Model]] = {

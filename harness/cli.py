@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from harness.check_cmd import check_command
+
 EXIT_USAGE = 254
 EXIT_CRASH = 255
 
@@ -16,9 +18,12 @@ def cli() -> None:
     """Linearizability tests for replicated stores."""
 
 
+cli.add_command(check_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="harness", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="harness", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
@@ -27,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except click.exceptions.Abort:
         return EXIT_CRASH
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
