@@ -23,7 +23,6 @@ __all__ = [
     "apply",
     "check_hook_argv",
     "delete_chain_argv",
-    "drop_sources_argv",
     "ensure_chain",
     "flush_argv",
     "heal",
@@ -31,6 +30,7 @@ __all__ = [
     "list_argv",
     "new_chain_argv",
     "remove",
+    "set_rules",
     "unhook_argv",
 ]
 
@@ -80,11 +80,6 @@ def append_argv(rule: Sequence[str], chain: str = CHAIN) -> list[str]:
     return [*_BASE, "-A", chain, *rule]
 
 
-def drop_sources_argv(addresses: Sequence[str], chain: str = CHAIN) -> list[str]:
-    # One call: iptables expands a comma-separated source list into one rule per address.
-    return append_argv(["-s", ",".join(addresses), "-j", "DROP"], chain)
-
-
 def _run(remote: Remote, argv: Sequence[str], ok: Iterable[int] = (0,)) -> ExecResult:
     try:
         result = remote.execute(argv, timeout=COMMAND_TIMEOUT_S, check=False)
@@ -109,6 +104,23 @@ def ensure_chain(
     _run(remote, hook_argv(chain, hook, match))
 
 
+def set_rules(
+    remote: Remote,
+    rules: Sequence[Sequence[str]],
+    chain: str = CHAIN,
+    hook: str = HOOK,
+    match: Sequence[str] = (),
+) -> None:
+    """Make `chain` (created and hooked into `hook` if needed) hold exactly `rules`.
+
+    Each rule is the argv after `-A <chain>`, e.g. ["-s", "10.0.0.1", "-j", "DROP"].
+    """
+    ensure_chain(remote, chain, hook, match)
+    _run(remote, flush_argv(chain))
+    for rule in rules:
+        _run(remote, append_argv(rule, chain))
+
+
 def apply(remote: Remote, dropped_from: Iterable[str], chain: str = CHAIN) -> None:
     """Make the node drop every packet from the given source addresses, and only those.
 
@@ -116,10 +128,9 @@ def apply(remote: Remote, dropped_from: Iterable[str], chain: str = CHAIN) -> No
     (with a clear reason when iptables is missing) on failure.
     """
     addresses = sorted(set(dropped_from))
-    ensure_chain(remote, chain)
-    _run(remote, flush_argv(chain))
-    if addresses:
-        _run(remote, drop_sources_argv(addresses, chain))
+    # One rule: iptables expands a comma-separated source list into one rule per address.
+    rules = [["-s", ",".join(addresses), "-j", "DROP"]] if addresses else []
+    set_rules(remote, rules, chain)
 
 
 def heal(remote: Remote, chain: str = CHAIN) -> None:
