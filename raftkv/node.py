@@ -34,7 +34,7 @@ from raftkv.kv import (
 )
 from raftkv.storage import Storage, StorageError
 from raftkv.transport import PeerLink
-from raftkv.types import Entry, EntryKind, Ready, Snapshot
+from raftkv.types import Entry, EntryKind, Message, MsgType, Ready, Snapshot
 
 log = logging.getLogger("raftkv.node")
 
@@ -44,6 +44,7 @@ HELLO_TIMEOUT_S = 10.0
 PEER_IDLE_TIMEOUT_S = 60.0
 CLIENT_IDLE_TIMEOUT_S = 600.0
 MAX_REQUESTS_IN_FLIGHT = 4096
+LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Node:
         except SnapshotError as exc:
             self.storage.close()
             raise StorageError(f"snapshot in {opts.data_dir} does not restore: {exc}") from None
+        self._durable_vote = (self.storage.hard_state.term, self.storage.hard_state.vote)
         self.applied = snap.index if snap else 0
         self.applied_term = snap.term if snap else 0
         self._events: deque[Callable[[], None]] = deque()
@@ -206,14 +208,27 @@ class Node:
             self.storage.save_snapshot(rd.snapshot)
         if rd.entries:
             self.storage.append(rd.entries)
-        if rd.hard_state is not None:
-            self.storage.set_hard_state(rd.hard_state)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        hs = rd.hard_state
+        if hs is not None:
+            self.storage.set_hard_state(hs)
+        # The commit index is a hint: a change of it alone rides with the next fsync.
+        vote_changed = hs is not None and (hs.term, hs.vote) != self._durable_vote
+        if rd.snapshot is not None or rd.entries or vote_changed:
+            # A leader's own messages may leave before its own fsync (Raft thesis
+            # 10.2.1): commits are only counted after this batch, once it is durable.
+            later = []
+            for msg in rd.messages:
+                if msg.type in LEADER_MESSAGES:
+                    self._send(msg)
+                else:
+                    later.append(msg)
             await asyncio.to_thread(self.storage.sync)
-        for msg in rd.messages:
-            link = self._links.get(msg.dst)
-            if link is not None:
-                link.send(msg)
+            if hs is not None:
+                self._durable_vote = (hs.term, hs.vote)
+        else:
+            later = rd.messages
+        for msg in later:
+            self._send(msg)
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)
         for entry in rd.committed:
@@ -229,6 +244,11 @@ class Node:
         self.core.advance(rd)
         self._apply_waiters.release(self.applied)
         self._maybe_snapshot()
+
+    def _send(self, msg: Message) -> None:
+        link = self._links.get(msg.dst)
+        if link is not None:
+            link.send(msg)
 
     def _install_snapshot(self, snap: Snapshot) -> None:
         if snap.index <= self.applied:

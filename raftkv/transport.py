@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Mapping
 
 from raftkv import wire
@@ -21,33 +20,41 @@ log = logging.getLogger("raftkv.transport")
 CONNECT_TIMEOUT_S = 1.0
 WRITE_TIMEOUT_S = 3.0
 RECONNECT_BACKOFF_S = 0.1
-MAX_QUEUED_FRAMES = 8192
+MAX_BUFFERED_BYTES = 32 << 20
+HEALTH_CHECK_S = 0.2
 
 
 class PeerLink:
-    """The outbound half of the connection to one peer."""
+    """The outbound half of the connection to one peer.
+
+    `send` writes straight into the socket's buffer: no task hop on the hot
+    path. `run` keeps the connection up and replaces it when it breaks or stops
+    draining (a partition drops packets without closing anything).
+    """
 
     def __init__(self, hello: Mapping[str, object], peer_id: str, host: str, port: int) -> None:
         self.peer_id = peer_id
         self._host = host
         self._port = port
-        self._hello = wire.encode_frame(hello)
-        self._queue: deque[bytes] = deque()
-        self._ready = asyncio.Event()
-        self._connected = False
+        self._hello = wire.encode_frame(dict(hello))
+        self._writer: asyncio.StreamWriter | None = None
         self.dropped_frames = 0
 
     def send(self, msg: Message) -> None:
-        # While disconnected, messages are lost as a network would lose them:
-        # replaying a backlog after a partition only delays fresh traffic.
-        if not self._connected or len(self._queue) >= MAX_QUEUED_FRAMES:
+        writer = self._writer
+        # While disconnected or stalled, messages are lost as a network would lose
+        # them: replaying a backlog after a partition only delays fresh traffic.
+        if (
+            writer is None
+            or writer.is_closing()
+            or writer.transport.get_write_buffer_size() > MAX_BUFFERED_BYTES
+        ):
             self.dropped_frames += 1
             return
-        self._queue.append(wire.encode_frame(wire.message_to_obj(msg)))
-        self._ready.set()
+        writer.write(wire.encode_frame(wire.message_to_obj(msg)))
 
     async def run(self) -> None:
-        """Connect, stream queued frames, reconnect on any error, until cancelled."""
+        """Connect, watch the connection, reconnect on any error, until cancelled."""
         while True:
             writer = None
             try:
@@ -56,27 +63,17 @@ class PeerLink:
                 )
                 writer.write(self._hello)
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
-                self._connected = True
-                await self._pump(writer)
+                self._writer = writer
+                while not writer.is_closing():
+                    await asyncio.sleep(HEALTH_CHECK_S)
+                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.debug("link to %s: %s", self.peer_id, exc)
             finally:
-                self._connected = False
-                self._queue.clear()
+                self._writer = None
                 if writer is not None:
                     writer.close()
             await asyncio.sleep(RECONNECT_BACKOFF_S)
-
-    async def _pump(self, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            if not self._queue:
-                continue
-            frames = b"".join(self._queue)
-            self._queue.clear()
-            writer.write(frames)
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
 
 
 def split_addr(addr: str) -> tuple[str, int]:
