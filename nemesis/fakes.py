@@ -92,7 +92,9 @@ class FakeRemote:
         return ExecResult(args, 0, "", "")
 
     def _iptables(self, args: tuple[str, ...]) -> ExecResult:
-        rest = [a for a in args[1:] if a != "-w"]
+        rest = list(args[1:])
+        if rest[:1] == ["-w"]:
+            rest = rest[2:] if rest[1:2] and rest[1].isdigit() else rest[1:]
         op, chain, spec = rest[0], rest[1], tuple(rest[2:])
         if op == "-I" and spec[:1] == ("1",):
             spec = spec[1:]

@@ -167,7 +167,7 @@ def apply_grudge(ctx: NemesisContext, grudge: grudges.Grudge) -> None:
     for_each_node(ctx.nodes, one)
 
 
-GrudgeMaker = Callable[[NemesisContext], "grudges.Grudge | None"]
+GrudgeMaker = Callable[[NemesisContext], grudges.Grudge | None]
 
 
 @dataclass

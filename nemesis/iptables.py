@@ -19,6 +19,7 @@ __all__ = [
     "CHAIN",
     "COMMAND_TIMEOUT_S",
     "IPTABLES",
+    "XTABLES_WAIT_S",
     "append_argv",
     "apply",
     "check_hook_argv",
@@ -37,8 +38,10 @@ __all__ = [
 CHAIN = "HARNESS-NEMESIS"
 HOOK = "INPUT"
 IPTABLES = "iptables"
-# -w: wait for the xtables lock instead of failing when another iptables runs.
-_BASE = (IPTABLES, "-w")
+# -w: wait for the xtables lock instead of failing when another iptables runs, but for
+# less than the command timeout, so a held lock gives iptables' own clear message.
+XTABLES_WAIT_S = 5
+_BASE = (IPTABLES, "-w", str(XTABLES_WAIT_S))
 COMMAND_TIMEOUT_S = 10.0
 # iptables exits 1 for "no such chain / rule" and "chain already exists"; other codes are
 # real failures (2 bad parameters, 4 resource problem such as a busy chain or no privilege).

@@ -47,6 +47,7 @@ class Backend(Protocol):
       `restart`. Raises BackendError if one is already running there.
     - `kill` (SIGKILL), `restart` (same argv and log; no-op if running), `pause` (SIGSTOP),
       `resume` (SIGCONT): the `nemesis.remote.ProcessControl` contract, all idempotent.
+      On a node where nothing was started, kill, pause and resume do nothing.
     - `stop_process(node, timeout)`: SIGTERM, then SIGKILL after `timeout` seconds; no-op if
       not running.
     - `fetch_logs(node, dest_dir)`: copy the node's service log into `dest_dir`.

@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -188,19 +189,26 @@ class NetnsBackend:
     def __init__(
         self, run_id: str | None = None, subnet: str | None = None, pool: str = DEFAULT_POOL
     ) -> None:
+        self._random_id = run_id is None
         self.run_id = run_id if run_id is not None else secrets.token_hex(2)
         if not _RUN_RE.match(self.run_id):
             raise ValueError(f"run id must be 4 hex digits, got {self.run_id!r}")
         self._subnet_arg = subnet
         self._pool = pool
         self.subnet: ipaddress.IPv4Network | None = None
-        self.bridge = f"{PREFIX}{self.run_id}-br"
-        self.forward_chain = f"HNS-{self.run_id}"
         self.nodes: list[str] = []
         self._remotes: dict[str, NetnsRemote] = {}
         self._services: dict[str, ServiceProcess] = {}
         self._lock = threading.RLock()
         self._atexit_registered = False
+
+    @property
+    def bridge(self) -> str:
+        return f"{PREFIX}{self.run_id}-br"
+
+    @property
+    def forward_chain(self) -> str:
+        return f"HNS-{self.run_id}"
 
     def namespace(self, node: str) -> str:
         return f"{PREFIX}-{self.run_id}-{node}"
@@ -221,6 +229,7 @@ class NetnsBackend:
         with self._lock:
             if self.nodes:
                 raise BackendError(f"netns run {self.run_id} is already set up")
+            self._claim_run_id(nodes)
             self.nodes = list(nodes)
             if not self._atexit_registered:
                 atexit.register(self._teardown_at_exit)
@@ -231,8 +240,25 @@ class NetnsBackend:
                 for i, node in enumerate(self.nodes):
                     self._make_node(node, str(self.subnet.network_address + FIRST_NODE_HOST + i))
             except BaseException:
-                self.teardown()
+                self._teardown_at_exit()
                 raise
+
+    def _claim_run_id(self, nodes: Sequence[str]) -> None:
+        """Make sure no name of this run exists yet (another run's teardown would be ours)."""
+        for _ in range(8):
+            taken = set(_namespaces()) | set(_links())
+            ours = (
+                {self.bridge} | {self.namespace(n) for n in nodes} | {self.veth(n) for n in nodes}
+            )
+            if not ours & taken and self.forward_chain not in _forward_chains():
+                return
+            if not self._random_id:
+                raise BackendError(
+                    f"netns run id {self.run_id} is in use: {sorted(ours & taken)}; "
+                    "choose another, or run `harness cleanup` if it is a leftover"
+                )
+            self.run_id = secrets.token_hex(2)
+        raise BackendError("no free netns run id found")
 
     def _validate_nodes(self, nodes: Sequence[str]) -> None:
         if not nodes:
@@ -309,25 +335,28 @@ class NetnsBackend:
                 raise BackendError(f"{node}: cannot start {argv[0]!r}: {exc}") from exc
             self._services[node] = service
 
-    def _service(self, node: str) -> ServiceProcess:
+    def _service(self, node: str) -> ServiceProcess | None:
         self._remote(node)
-        try:
-            return self._services[node]
-        except KeyError:
-            raise ValueError(f"no service was started on {node!r}") from None
+        return self._services.get(node)
 
     def pid(self, node: str) -> int | None:
         """The pid of the node's service if it runs, else None."""
         with self._lock:
-            return self._service(node).pid
+            service = self._service(node)
+            return service.pid if service else None
 
+    # kill, pause, resume and stop of a node where nothing was ever started do nothing,
+    # like on a dead service, so a heal during an aborted startup stays quiet.
     def kill(self, node: str) -> None:
         with self._lock:
-            self._service(node).kill()
+            if service := self._service(node):
+                service.kill()
 
     def restart(self, node: str) -> None:
         with self._lock:
             service = self._service(node)
+            if service is None:
+                raise ValueError(f"restart of {node!r}, where no service was ever started")
             if not service.running():
                 try:
                     service.start()
@@ -336,15 +365,18 @@ class NetnsBackend:
 
     def pause(self, node: str) -> None:
         with self._lock:
-            self._service(node).signal(signal.SIGSTOP)
+            if service := self._service(node):
+                service.signal(signal.SIGSTOP)
 
     def resume(self, node: str) -> None:
         with self._lock:
-            self._service(node).signal(signal.SIGCONT)
+            if service := self._service(node):
+                service.signal(signal.SIGCONT)
 
     def stop_process(self, node: str, timeout: float) -> None:
         with self._lock:
-            self._service(node).stop(timeout)
+            if service := self._service(node):
+                service.stop(timeout)
 
     def fetch_logs(self, node: str, dest_dir: str) -> None:
         """Copy the node's service log into dest_dir (no-op if it is already there)."""
@@ -366,9 +398,14 @@ class NetnsBackend:
         """
         with self._lock:
             errors: list[str] = []
+            # Signal every service first, so they all shut down in one timeout, not in turn.
+            for service in self._services.values():
+                service.signal(signal.SIGTERM)
+                service.signal(signal.SIGCONT)
+            deadline = time.monotonic() + stop_timeout_s
             for node, service in self._services.items():
                 try:
-                    service.stop(stop_timeout_s)
+                    service.stop(max(0.05, deadline - time.monotonic()))
                 except OSError as exc:
                     errors.append(f"{node}: {exc}")
             namespaces = [self.namespace(n) for n in self.nodes]
@@ -407,7 +444,7 @@ def _kill_namespace_processes(namespace: str) -> list[int]:
     for _ in range(100):
         if not _host(["ip", "netns", "pids", namespace]).stdout.split():
             break
-        threading.Event().wait(0.05)
+        time.sleep(0.05)
     return pids
 
 

@@ -57,6 +57,12 @@ def connect_from(backend: NetnsBackend, node: str, address: str, port: int) -> b
     )
 
 
+def has_address(backend: NetnsBackend, node: str) -> bool:
+    remote = backend.remote(node)
+    shown = remote.execute(["ip", "-o", "-4", "addr", "show", "eth0"], timeout=10).stdout
+    return f"inet {remote.address}/" in shown
+
+
 def wait_listening(address: str, port: int, deadline_s: float = 10.0) -> None:
     end = time.monotonic() + deadline_s
     while True:
@@ -177,18 +183,33 @@ def test_cleanup_leftovers_removes_a_forgotten_run(tmp_path: Path) -> None:
     assert cleanup_leftovers(run_id) == []
 
 
-def test_a_failed_setup_leaves_nothing_behind() -> None:
+def test_a_failed_setup_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = NetnsBackend._make_node
+
+    def fail_on_b(self: NetnsBackend, node: str, address: str) -> None:
+        real(self, node, address)
+        if node == "b":
+            raise BackendError("injected failure")
+
+    monkeypatch.setattr(NetnsBackend, "_make_node", fail_on_b)
     backend = NetnsBackend()
-    # Occupy the name the second node's veth needs, so setup fails halfway. The blocker
-    # carries our run's name, so the teardown after the failure removes it as well.
-    blocker = backend.veth("b")
-    subprocess.run(["ip", "link", "add", blocker, "type", "bridge"], check=True, timeout=10)
-    try:
-        with pytest.raises(BackendError, match=blocker):
-            backend.setup(["a", "b"])
-        assert traces_of(backend.run_id) == []
-    finally:
-        subprocess.run(["ip", "link", "delete", blocker], capture_output=True, timeout=10)
+    with pytest.raises(BackendError, match="injected"):
+        backend.setup(["a", "b", "c"])
+    assert traces_of(backend.run_id) == []
+
+
+def test_a_run_id_in_use_is_refused_without_touching_the_other_run() -> None:
+    with NetnsBackend() as first:
+        first.setup(["a"])
+        second = NetnsBackend(run_id=first.run_id)
+        with pytest.raises(BackendError, match="is in use"):
+            second.setup(["a"])
+        assert has_address(first, "a")
+        randomly_named = NetnsBackend()
+        randomly_named.run_id = first.run_id
+        randomly_named.setup(["a"])
+        assert randomly_named.run_id != first.run_id, "a random id is drawn again"
+        randomly_named.teardown()
 
 
 def test_two_runs_get_different_subnets() -> None:
@@ -196,7 +217,7 @@ def test_two_runs_get_different_subnets() -> None:
         one.setup(["a"])
         two.setup(["a"])
         assert one.subnet != two.subnet
-        assert connect_from(one, "a", one.host_address, 1) is False
+        assert has_address(one, "a") and has_address(two, "a")
 
 
 def test_bad_node_names_are_rejected_before_anything_is_made() -> None:

@@ -164,5 +164,5 @@ def test_partitions_use_only_our_chain() -> None:
         nemesis.stop(ctx)
     for node in ctx.nodes:
         for argv in fake(ctx, node).calls:
-            if argv[2] in ("-F", "-A", "-N", "-X"):
-                assert argv[3] == iptables.CHAIN
+            if argv[3] in ("-F", "-A", "-N", "-X"):
+                assert argv[4] == iptables.CHAIN

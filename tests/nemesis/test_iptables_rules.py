@@ -16,7 +16,7 @@ def test_every_command_is_an_argv_list_with_the_wait_flag() -> None:
     iptables.remove(remote)
     assert remote.calls
     for argv in remote.calls:
-        assert argv[:2] == ("iptables", "-w")
+        assert argv[:3] == ("iptables", "-w", "5")
 
 
 def test_apply_hooks_our_chain_into_input_and_drops_the_given_sources() -> None:
@@ -46,7 +46,7 @@ def test_heal_flushes_only_our_chain_and_twice_is_fine() -> None:
     assert remote.dropped_sources() == set()
     assert ("-s", "192.0.2.1", "-j", "DROP") in remote.chains["INPUT"]
     assert remote.chains["OTHER"] == [("-j", "ACCEPT")]
-    flushed = {argv[3] for argv in remote.calls if argv[2] == "-F"}
+    flushed = {argv[4] for argv in remote.calls if argv[3] == "-F"}
     assert flushed == {iptables.CHAIN}
 
 
@@ -82,9 +82,9 @@ def test_missing_iptables_is_a_clear_remote_error() -> None:
 
 def test_a_real_failure_names_node_argv_and_stderr() -> None:
     remote = FakeRemote("n2", "10.0.0.12")
-    remote.add_script(["iptables", "-w", "-F"], returncode=4, stderr="Permission denied")
+    remote.add_script(["iptables", "-w", "5", "-F"], returncode=4, stderr="Permission denied")
     with pytest.raises(RemoteError) as info:
         iptables.heal(remote)
     message = str(info.value)
-    assert "n2" in message and "iptables -w -F HARNESS-NEMESIS" in message
+    assert "n2" in message and "iptables -w 5 -F HARNESS-NEMESIS" in message
     assert "Permission denied" in message and "exited 4" in message
