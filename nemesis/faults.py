@@ -89,7 +89,9 @@ class NemesisContext:
 
     `remotes` maps each node name to its Remote; `procs` controls the service processes;
     `rng` is the seeded source of every random choice; `leader()` returns the node the cluster
-    says leads, or None if unknown (it blocks, so keep it bounded: a few seconds at most).
+    says leads, or None if unknown. Faults call `leader()` from a worker thread and it may
+    block, so keep it bounded (a few seconds); an asyncio harness can bridge to its loop with
+    `asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=...)`.
     `killed` and `paused` record the nodes faults have killed or paused and not yet healed,
     and `network_faulted` whether a partition may be in place, so `heal_all` can undo them
     even if a fault object is lost. `lock` serializes faults.
