@@ -233,13 +233,12 @@ def _run_group(
                 if search.exhausted:
                     reason = "memory limit"
                 if v is False and extra_steps is None:
-                    extra_steps = max(200_000, sum(s.steps for _, s in searches))
+                    extra_steps = _extra_effort(searches, explain_anomalies)
                     if stop is not None:
                         stop.set()
-        spent = sum(searches[i][1].steps for i in active)
         why = budget.exceeded()
         if why is None and stop is not None and extra_steps is None and stop.is_set():
-            extra_steps = max(200_000, spent)
+            extra_steps = _extra_effort(searches, explain_anomalies)
         if why is None and extra_steps is not None:
             extra_steps -= _SLICE_STEPS * len(active)
             why = "stopped after an invalid key" if extra_steps < 0 else None
@@ -252,9 +251,17 @@ def _run_group(
     if explain_anomalies:
         for idx, verdict in verdicts.items():
             if verdict is False:
-                anomalies.append(explain(searches[idx][0], searches[idx][1]))
+                anomalies.append(explain(searches[idx][0], searches[idx][1], shrink_s=0.25))
     steps = sum(searches[i][1].steps for i in verdicts)
     return verdicts, anomalies, steps, reason
+
+
+def _extra_effort(searches: Sequence[tuple[Hashable, Search]], explain_anomalies: bool) -> int:
+    """Steps the other keys still get once one key is invalid: none for a bare verdict; for
+    explanations, as many again as spent so far (at least enough for a few rounds)."""
+    if not explain_anomalies:
+        return 0
+    return max(40_000, sum(s.steps for _, s in searches))
 
 
 def _can_fork() -> bool:

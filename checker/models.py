@@ -47,6 +47,10 @@ def _identity(state: Any) -> Any:
     return state
 
 
+def _never(state: Any) -> bool:
+    return False
+
+
 class Model:
     """A sequential specification.
 
@@ -86,6 +90,12 @@ class Model:
 
     def produces(self, op: Op) -> tuple[Any, ...]:
         return ()
+
+    def rescue_plan(self, ops: list[Op]) -> dict[int, tuple[Callable[[Any], bool], list[Op]]]:
+        """For pure ops (by id): `(reachable, rescuers)` such that, once every rescuer is
+        linearized, a state `s` with `reachable(s)` False can never again lead to a state in
+        which the op is legal. The search abandons such configurations. Empty: no pruning."""
+        return {}
 
     def unsupported(self, ops: list[Op]) -> set[Any]:
         """Values the ops observe that no op among them (nor the initial state) produces.
@@ -138,6 +148,21 @@ class CasRegister(Model):
 
     def unconstrained(self, op: Op) -> bool:
         return op.f == "read" and (op.ret is None or (op.value is None and self.nil_read_any))
+
+    def rescue_plan(self, ops: list[Op]) -> dict[int, tuple[Callable[[Any], bool], list[Op]]]:
+        # Only an op producing v can make the register hold v.
+        producers: dict[Any, list[Op]] = {}
+        for op in ops:
+            for v in self.produces(op):
+                producers.setdefault(v, []).append(op)
+        plan: dict[int, tuple[Callable[[Any], bool], list[Op]]] = {}
+        for op in ops:
+            if op.f == "read" and op.ret is not None and not self.unconstrained(op):
+                try:
+                    plan[op.id] = (_never, producers.get(op.value, []))
+                except TypeError:
+                    continue
+        return plan
 
     def observes(self, op: Op) -> tuple[Any, ...]:
         if op.f == "read" and op.ret is not None and not self.unconstrained(op):
@@ -207,6 +232,17 @@ class AppendRegister(Model):
 
     def unconstrained(self, op: Op) -> bool:
         return op.f == "get" and op.ret is None
+
+    def rescue_plan(self, ops: list[Op]) -> dict[int, tuple[Callable[[Any], bool], list[Op]]]:
+        # Appends only extend the string; only a put of a prefix of v can restart it.
+        puts = [op for op in ops if op.f == "put"]
+        plan: dict[int, tuple[Callable[[Any], bool], list[Op]]] = {}
+        for op in ops:
+            if op.f == "get" and op.ret is not None and isinstance(op.value, str):
+                v = op.value
+                rescuers = [p for p in puts if isinstance(p.value, str) and v.startswith(p.value)]
+                plan[op.id] = (v.startswith, rescuers)
+        return plan
 
     def unsupported(self, ops: list[Op]) -> set[Any]:
         starts = {self.init} | {op.value for op in ops if op.f == "put"}
@@ -352,6 +388,14 @@ class SetModel(Model):
         if op.f == "read" and op.ret is not None and op.value is not None:
             return tuple(op.value)
         return ()
+
+    def rescue_plan(self, ops: list[Op]) -> dict[int, tuple[Callable[[Any], bool], list[Op]]]:
+        # The set only grows.
+        plan: dict[int, tuple[Callable[[Any], bool], list[Op]]] = {}
+        for op in ops:
+            if op.f == "read" and op.ret is not None and op.value is not None:
+                plan[op.id] = (frozenset(op.value).__ge__, [])
+        return plan
 
     def produces(self, op: Op) -> tuple[Any, ...]:
         return (op.value,) if op.f == "add" else ()

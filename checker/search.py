@@ -16,7 +16,7 @@ the window of concurrent operations, however long the history.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from checker.history import Op
@@ -31,6 +31,8 @@ _NEVER = 1 << 62  # the return of an operation that never returns
 # `path` is a linked list (op, rest) of what was linearized, newest first: completed ops as
 # their index, indeterminate ones as ~index.
 Config = tuple[int, int, int, int, Any, Any]
+# For a completed pure op: (reachable(state), completed rescuers, indeterminate rescuers).
+_Rescue = tuple[Callable[[Any], bool], list[int], list[int]]
 
 
 def prepare(model: Model, ops: list[Op]) -> list[Op]:
@@ -75,6 +77,7 @@ class Search:
         self.i_step: list[Step] = [model.step(op) for op in self.info]
         self.i_prev = _previous_identical(self.info)
         self.init = model.initial()
+        self.c_rescue = self._rescues(model, ops)
         self.memo_limit = memo_limit
         root: Config = (0, 0, 0, 0, self.init, None)
         self.stack: list[Config] = [root]
@@ -115,11 +118,29 @@ class Search:
         self.verdict = False
         return False
 
-    def _close(self, cfg: Config) -> tuple[Config, list[tuple[int, Any]], int]:
+    def _rescues(self, model: Model, ops: list[Op]) -> list[_Rescue | None]:
+        plan = model.rescue_plan(ops)
+        c_index = {op.id: j for j, op in enumerate(self.comp)}
+        i_index = {op.id: i for i, op in enumerate(self.info)}
+        out: list[_Rescue | None] = []
+        for op in self.comp:
+            entry = plan.get(op.id)
+            if entry is None:
+                out.append(None)
+                continue
+            reach, rescuers = entry
+            comp = [c_index[r.id] for r in rescuers if r.id in c_index]
+            info = [i_index[r.id] for r in rescuers if r.id in i_index]
+            out.append((reach, comp, info))
+        return out
+
+    def _close(self, cfg: Config) -> tuple[Config, list[tuple[int, Any]] | None, int]:
         """Commit every completed candidate that is legal and never changes a state; then the
-        remaining candidates with their next states, and the earliest pending return."""
+        remaining candidates with their next states (None if the configuration is dead), and
+        the earliest pending return."""
         lo, lin, ilo, ilin, s, path = cfg
         call, ret, step, pure = self.c_call, self.c_ret, self.c_step, self.c_pure
+        rescue = self.c_rescue
         n = len(call)
         while True:
             runmin = _NEVER
@@ -135,7 +156,17 @@ class Search:
                     if r < runmin:
                         runmin = r
                     ns = step[j](s)
-                    if ns is not ILLEGAL:
+                    if ns is ILLEGAL:
+                        plan = rescue[j]
+                        # It must still be linearized, and nothing left can make it legal.
+                        if (
+                            plan is not None
+                            and not plan[0](s)
+                            and all(k < lo or (lin >> (k - lo)) & 1 for k in plan[1])
+                            and all(i < ilo or (ilin >> (i - ilo)) & 1 for i in plan[2])
+                        ):
+                            return (lo, lin, ilo, ilin, s, path), None, runmin
+                    else:
                         if ns is s and pure[j]:
                             # A legal op that never changes any state: linearizing it now
                             # loses nothing.
@@ -162,6 +193,8 @@ class Search:
             if key in self.memo:
                 return []
             self.memo.add(key)
+        if cands is None:
+            return []
         if lo == len(self.c_call):
             # Only indeterminate operations remain, and they need not take effect.
             self.best = cfg

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
 from harness.check_cmd import check_command
+from harness.test_cmd import cleanup_command, test_command
 
 EXIT_USAGE = 254
 EXIT_CRASH = 255
@@ -19,6 +21,8 @@ def cli() -> None:
 
 
 cli.add_command(check_command)
+cli.add_command(test_command)
+cli.add_command(cleanup_command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"harness: {exc.format_message()}", err=True)
         return EXIT_USAGE
     except click.exceptions.Abort:
+        return EXIT_CRASH
+    except Exception:
+        # A crash is our bug, never the user's: keep the traceback, exit as Jepsen does.
+        traceback.print_exc()
+        click.echo("harness: crashed (exit 255); the traceback above is a bug", err=True)
         return EXIT_CRASH
     return rc if isinstance(rc, int) else 0
 

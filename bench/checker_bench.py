@@ -1,0 +1,168 @@
+"""Benchmark of the linearizability checker (a script, not a test).
+
+1. The reference corpus (tests/data/histories, 231 histories): parse and check times, total
+   and per set, with and without explanations of the invalid ones.
+2. Generated linearizable kv histories with unique written values (10 keys, 12 clients, some
+   info and fail): 100,000 and 1,000,000 operations, written as history.jsonl, then parsed
+   and checked; peak memory (RSS) is reported too.
+
+Usage: python bench/checker_bench.py [--sizes 100000,1000000] [--seed 1] [--skip-corpus]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from checker import check, read_history  # noqa: E402
+
+CORPUS = ROOT / "tests" / "data" / "histories"
+
+
+def bench_corpus(explain: bool) -> dict[str, Any]:
+    manifest = json.loads((CORPUS / "manifest.json").read_text())
+    sets: dict[str, dict[str, float]] = {}
+    wrong = 0
+    for entry in manifest:
+        name = (
+            "/".join(entry["path"].split("/")[:2]) if entry["source"] == "porcupine" else "knossos"
+        )
+        t0 = time.perf_counter()
+        history = read_history(str(CORPUS / entry["path"]))
+        t1 = time.perf_counter()
+        result = check(history, explain_anomalies=explain)
+        t2 = time.perf_counter()
+        wrong += result.valid is not (entry["expected"] == "ok")
+        acc = sets.setdefault(name, {"files": 0, "parse_s": 0.0, "check_s": 0.0})
+        acc["files"] += 1
+        acc["parse_s"] += t1 - t0
+        acc["check_s"] += t2 - t1
+    total = {
+        "files": sum(s["files"] for s in sets.values()),
+        "parse_s": sum(s["parse_s"] for s in sets.values()),
+        "check_s": sum(s["check_s"] for s in sets.values()),
+        "wrong_verdicts": wrong,
+    }
+    return {"explain": explain, "total": total, "sets": sets}
+
+
+def generate(path: Path, n_ops: int, seed: int, keys: int = 10, clients: int = 12) -> None:
+    """A linearizable history of `n_ops` operations: each op takes effect at one instant
+    between its invoke and its completion; written values are unique."""
+    rng = random.Random(seed)
+    store: dict[int, int | None] = {k: None for k in range(keys)}
+    process = list(range(clients))
+    # Per client: None (idle) or [f, key, value, applied, result].
+    pending: list[list[Any] | None] = [None] * clients
+    next_value = 0
+    started = 0
+    index = 0
+    with path.open("w") as out:
+
+        def emit(typ: str, c: int, f: str, key: int, value: Any) -> None:
+            nonlocal index
+            rec = {
+                "index": index,
+                "time": index * 1000,
+                "type": typ,
+                "process": process[c],
+                "f": f,
+                "key": key,
+                "value": value,
+            }
+            out.write(json.dumps(rec) + "\n")
+            index += 1
+
+        while started < n_ops or any(p is not None for p in pending):
+            c = rng.randrange(clients)
+            op = pending[c]
+            if op is None:
+                if started >= n_ops:
+                    continue
+                started += 1
+                key = rng.randrange(keys)
+                r = rng.random()
+                if r < 0.5:
+                    op = ["read", key, None]
+                elif r < 0.85:
+                    next_value += 1
+                    op = ["write", key, next_value]
+                else:
+                    next_value += 1
+                    old = store[key] if rng.random() < 0.7 else rng.randrange(next_value)
+                    op = ["cas", key, [old, next_value]]
+                pending[c] = [*op, False, None]
+                emit("invoke", c, op[0], key, op[2])
+            elif not op[3]:
+                op[3] = True
+                f, key, value = op[0], op[1], op[2]
+                if f == "read":
+                    op[4] = store[key]
+                elif f == "write":
+                    store[key] = value
+                elif store[key] == value[0]:
+                    store[key] = value[1]
+                else:
+                    op[4] = "fail"
+            else:
+                pending[c] = None
+                f, key, value, _, res = op
+                if f != "read" and rng.random() < 0.01:
+                    emit("info", c, f, key, value)
+                    process[c] += clients
+                elif res == "fail":
+                    emit("fail", c, f, key, value)
+                else:
+                    emit("ok", c, f, key, res if f == "read" else value)
+
+
+def bench_generated(n_ops: int, seed: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.jsonl"
+        t0 = time.perf_counter()
+        generate(path, n_ops, seed)
+        t1 = time.perf_counter()
+        history = read_history(str(path))
+        t2 = time.perf_counter()
+        result = check(history, "kv", time_limit_s=600)
+        t3 = time.perf_counter()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "ops": n_ops,
+        "valid": result.valid,
+        "generate_s": round(t1 - t0, 2),
+        "parse_s": round(t2 - t1, 2),
+        "check_s": round(t3 - t2, 2),
+        "steps": result.steps,
+        "peak_rss_mb": round(peak_mb),
+        "peak_rss_worker_mb": round(children_mb),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-corpus", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_corpus:
+        for explain in (False, True):
+            report = bench_corpus(explain)
+            print(json.dumps(report, default=lambda x: round(x, 3)))
+    for size in (int(s) for s in args.sizes.split(",") if s):
+        print(json.dumps(bench_generated(size, args.seed)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
