@@ -93,7 +93,7 @@ def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
     best = search.best
     prefix = search.linearized(best)
     pending = search.pending(best)
-    blocker = pending[0]
+    blocker = pending[0] if search.best_blocker is None else search.comp[search.best_blocker]
     states = search.states_seen_by(blocker)[:10]
     ops = sorted(search.comp + search.info, key=lambda o: o.call)
     window = shrink(model, ops, blocker, deadline=time.monotonic() + shrink_s)

@@ -87,6 +87,9 @@ class Search:
         self.exhausted = False
         self.best: Config = root
         self.best_count = -1
+        # The op that can no longer be linearized in `best`, when a pruning rule found one.
+        self.best_blocker: int | None = None
+        self.dead_op = -1
 
     @property
     def ops(self) -> int:
@@ -165,6 +168,7 @@ class Search:
                             and all(k < lo or (lin >> (k - lo)) & 1 for k in plan[1])
                             and all(i < ilo or (ilin >> (i - ilo)) & 1 for i in plan[2])
                         ):
+                            self.dead_op = j
                             return (lo, lin, ilo, ilin, s, path), None, runmin
                     else:
                         if ns is s and pure[j]:
@@ -193,8 +197,6 @@ class Search:
             if key in self.memo:
                 return []
             self.memo.add(key)
-        if cands is None:
-            return []
         if lo == len(self.c_call):
             # Only indeterminate operations remain, and they need not take effect.
             self.best = cfg
@@ -203,6 +205,9 @@ class Search:
         if count > self.best_count:
             self.best_count = count
             self.best = cfg
+            self.best_blocker = self.dead_op if cands is None else None
+        if cands is None:
+            return []
         children: list[Config] = []
         for j, ns in cands:
             nlin = lin | (1 << (j - lo))
