@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from checker.explain import Anomaly, _jsonable, explain
-from checker.history import Event, HistoryError, Op, pair
+from checker.history import Event, HistoryError, Op, pair, paused_gc
 from checker.models import MODELS, Model, make_model
 from checker.readers import History, _event, _frozen
 from checker.search import Search, prepare
@@ -132,6 +132,21 @@ def check(
     `workers` caps the processes used for big histories (default: the CPU count; small
     histories always run in this process). Raises `HistoryError` on malformed histories.
     """
+    with paused_gc():
+        return _check(
+            history, model, init, time_limit_s, memory_limit_mb, workers, explain_anomalies
+        )
+
+
+def _check(
+    history: History | Sequence[Event] | Sequence[dict[str, Any]],
+    model: str | Model,
+    init: Any,
+    time_limit_s: float | None,
+    memory_limit_mb: float | None,
+    workers: int | None,
+    explain_anomalies: bool,
+) -> Result:
     started = time.monotonic()
     hist = _events(history)
     ops = pair(hist.events, file=hist.file)

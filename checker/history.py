@@ -13,11 +13,13 @@ at any single point after their call, or never.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import gc
+from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NEMESIS", "TYPES", "Event", "HistoryError", "Op", "pair"]
+__all__ = ["NEMESIS", "TYPES", "Event", "HistoryError", "Op", "pair", "paused_gc"]
 
 NEMESIS = "nemesis"
 TYPES = ("invoke", "ok", "fail", "info")
@@ -129,3 +131,16 @@ def pair(events: Iterable[Event], *, file: str | None = None) -> list[Op]:
 def _is_read(inv: Event) -> bool:
     """An invocation whose value is a placeholder for the result (a null argument)."""
     return inv.value is None
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building millions of acyclic records otherwise
+    triggers full collections over an ever larger heap."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

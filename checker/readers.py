@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checker.edn import EdnError, parse_all, parse_atom
-from checker.history import NEMESIS, TYPES, Event, HistoryError
+from checker.history import NEMESIS, TYPES, Event, HistoryError, paused_gc
 
 __all__ = ["FORMATS", "History", "detect_format", "parse_history", "read_history"]
 
@@ -55,7 +55,8 @@ def parse_history(text: str, fmt: str | None = None, *, file: str | None = None)
     if reader is None:
         raise HistoryError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     try:
-        events = reader(text, file)
+        with paused_gc():
+            events = reader(text, file)
     except EdnError as exc:
         raise HistoryError(exc.message, file=file, line=exc.line) from None
     return History(events, fmt, file)
