@@ -454,6 +454,8 @@ class Simulation:
         for msg in messages:
             self.stats["sent"] += 1
             self.stats[msg.type.name] += 1
+            if msg.reject:
+                self.stats[f"{msg.type.name}_REJECT"] += 1
             self.stats["entries_sent"] += len(msg.entries)
             if o.drop_rate and rng.random() < o.drop_rate:
                 self.stats["dropped"] += 1
