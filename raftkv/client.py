@@ -84,11 +84,29 @@ class _Connection:
             await self._writer.wait_closed()
 
 
+# Answers that settle a request even when an earlier attempt is still in flight:
+# the session table makes the first applied attempt's result the only one.
+SETTLED_ERRORS = frozenset({"cas_mismatch", "bad_request"})
+
+
+def _settled(resp: dict[str, Any], sent_before: bool) -> dict[str, Any]:
+    if resp.get("ok") is False and sent_before and resp.get("error") not in SETTLED_ERRORS:
+        # e.g. "dropped" or "stale_seq": this attempt failed, an earlier one may not have.
+        return {**resp, "ok": None}
+    return resp
+
+
 class Client:
     """A client of one cluster; safe to share between tasks of one event loop."""
 
     def __init__(
-        self, cluster: list[str], *, timeout_s: float = 5.0, client_id: str | None = None
+        self,
+        cluster: list[str],
+        *,
+        timeout_s: float = 5.0,
+        client_id: str | None = None,
+        home: str | None = None,
+        attempt_timeout_s: float | None = None,
     ) -> None:
         if not cluster:
             raise ValueError("a cluster needs at least one address")
@@ -96,9 +114,15 @@ class Client:
             split_addr(addr)
         self.cluster = list(cluster)
         self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
         self.client_id = client_id or uuid.uuid4().hex
         self._seq = itertools.count(1)
-        self._target = self.cluster[0]
+        if home is not None and home not in self.cluster:
+            raise ValueError(f"home {home!r} is not in the cluster {self.cluster}")
+        # With a home node every request starts there (as a client bound to one node
+        # would); without one the client sticks to the last leader it found.
+        self.home = home
+        self._target = home or self.cluster[0]
         self._conns: dict[str, _Connection] = {}
 
     async def close(self) -> None:
@@ -122,15 +146,24 @@ class Client:
         return await self.request({"op": "cas", "key": key, "expected": expected, "value": value})
 
     async def request(self, request: dict[str, Any], node: str | None = None) -> dict[str, Any]:
-        """Send one request to the leader (or to `node`, without redirects)."""
+        """Send one request to the leader (or to `node`, without redirects).
+
+        With `attempt_timeout_s`, an attempt that gets no answer in time is sent
+        again to another node under the same session sequence number, so it
+        applies at most once; the outcome stays unknown unless an answer settles it.
+        """
         if request.get("op") != "get":
             request = {**request, "client": self.client_id, "seq": next(self._seq)}
+        if self.home is not None:
+            self._target = self.home
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
-        tried_since_progress = 0
+        tries, sent = 0, False
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if sent:
+                    return {"ok": None, "error": "timeout", "node": self._target}
                 return {"ok": False, "error": "no_leader", "node": self._target}
             addr = node or self._target
             try:
@@ -140,22 +173,27 @@ class Client:
                 if node is not None:
                     return {"ok": False, "error": "unreachable", "message": str(exc)}
                 self._advance(None)
-                tried_since_progress += 1
-                await self._pause(tried_since_progress)
+                tries += 1
+                await self._pause(tries)
                 continue
+            budget = remaining if node else min(remaining, self.attempt_timeout_s or remaining)
             try:
-                resp = await conn.call(request, remaining)
+                resp = await conn.call(request, budget)
             except (TimeoutError, EOFError) as exc:
+                sent = True
+                if node is None and self.attempt_timeout_s and deadline - loop.time() > 0:
+                    self._advance(None)
+                    continue
                 return {"ok": None, "error": "timeout", "message": str(exc) or "timeout"}
             except ConnectionError:
                 self._conns.pop(addr, None)
                 continue
             if resp.get("error") != "not_leader" or node is not None:
                 resp.setdefault("node", addr)
-                return resp
+                return _settled(resp, sent)
             self._advance(resp.get("leader_addr"))
-            tried_since_progress += 1
-            await self._pause(tried_since_progress)
+            tries += 1
+            await self._pause(tries)
 
     async def _pause(self, tries: int) -> None:
         if tries >= len(self.cluster):

@@ -414,6 +414,10 @@ class Node:
             asyncio.IncompleteReadError,
         ) as exc:
             log.debug("connection closed: %s", exc)
+        except asyncio.CancelledError:
+            # The node is stopping; ending quietly keeps asyncio from logging each
+            # cancelled connection as an error.
+            pass
         finally:
             writer.close()
 
