@@ -1,0 +1,57 @@
+"""From a finished history to `results.json`: the verdict and what explains it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import checker
+from harness.analysis import count_ops, pair_ops, stale_reads
+
+if TYPE_CHECKING:
+    from harness.runner import TestOptions
+
+__all__ = ["build_results", "check_history"]
+
+
+def check_history(ops: Sequence[dict[str, Any]], time_limit_s: float) -> dict[str, Any]:
+    """The checker's verdict, per key, and certain stale reads."""
+    result = checker.check(list(ops), "kv", time_limit_s=time_limit_s)
+    spans = pair_ops(list(ops))
+    keys = sorted({s.key for s in spans if s.key is not None}, key=str)
+    bad = {a.key for a in result.anomalies}
+    unknown = set(result.unknown_keys)
+    per_key = {
+        str(k): (False if k in bad else checker.UNKNOWN if k in unknown else True) for k in keys
+    }
+    stale = stale_reads(spans)
+    return {
+        "valid": result.valid,
+        "checker": result.to_json(),
+        "keys": per_key,
+        "stale_reads": len(stale),
+        "stale_read_examples": [s.to_json() for s in stale[:20]],
+        "max_staleness_ms": round(max((s.staleness_ms for s in stale), default=0.0), 3),
+        "counts": count_ops(spans),
+    }
+
+
+def build_results(
+    opts: TestOptions, ops: Sequence[dict[str, Any]], run_dir: Path, nemeses: Sequence[Any]
+) -> dict[str, Any]:
+    checked = check_history(ops, opts.check_time_limit_s)
+    schedule = [op for op in ops if op.get("process") == "nemesis"]
+    options = asdict(opts)
+    options["store"] = str(opts.store)
+    return {
+        "valid": checked["valid"],
+        "test": opts.test_name,
+        "run_dir": str(run_dir),
+        "seed": opts.seed,
+        "options": options,
+        "nemeses": [n.name for n in nemeses],
+        **{k: v for k, v in checked.items() if k != "valid"},
+        "nemesis_schedule": schedule,
+    }

@@ -1,0 +1,312 @@
+"""One `harness test` run, start to finish.
+
+Cluster up on a backend, concurrent clients and the nemesis for `time_s`,
+heal, final reads, check, results. The history reaches disk as it happens.
+Whatever happens (an error, Ctrl-C, SIGTERM) every fault is healed and the
+backend torn down, unless `leave_running` asks to keep the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checker import Verdict
+from harness.backends import Backend, NetnsBackend
+from harness.history import HistoryWriter
+from harness.progress import Progress
+from harness.results import build_results
+from harness.store import new_run_dir, point_latest, write_json
+from harness.targets import TARGETS, ClusterSpec, Target
+from harness.workload import Generator, Invocation, WorkloadOptions
+from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
+from nemesis.schedule import heal_all, run_schedule
+
+__all__ = ["RunOutcome", "TestOptions", "run_test"]
+
+log = logging.getLogger("harness")
+
+LEADER_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 10.0
+STATUS_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class TestOptions:
+    """Everything one run depends on; `seed` makes the random choices repeatable."""
+
+    backend: str = "netns"
+    target: str = "raftkv"
+    nodes: int = 3
+    concurrency: int = 6
+    time_s: float = 60.0
+    rate: float | None = None
+    workload: str = "kv"
+    keys: int = 5
+    nemesis: str = "none"
+    nemesis_interval_s: float = 5.0
+    read_mode: str | None = None
+    seed: int = 0
+    store: Path = Path("store")
+    bugs: tuple[str, ...] = ()
+    leave_running: bool = False
+    op_timeout_s: float = 2.0
+    check_time_limit_s: float = 120.0
+    name: str | None = None
+    live: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_name(self) -> str:
+        mode = f"-{self.read_mode}" if self.read_mode else ""
+        return self.name or f"{self.target}-{self.workload}{mode}-{self.nemesis.replace(',', '+')}"
+
+
+@dataclass
+class RunOutcome:
+    valid: Verdict
+    run_dir: Path
+    results: dict[str, Any]
+
+
+def make_backend(opts: TestOptions, run_id: str) -> Backend:
+    if opts.backend == "netns":
+        return NetnsBackend(run_id=run_id)
+    raise ValueError(f"unknown backend {opts.backend!r}")
+
+
+async def run_test(opts: TestOptions) -> RunOutcome:
+    """Run one test; the caller validated `opts` (see harness.cli)."""
+    target: Target = TARGETS[opts.target]()
+    nemeses = parse_nemesis(opts.nemesis, opts.nodes)
+    run_dir = new_run_dir(opts.store, opts.test_name)
+    point_latest(opts.store, run_dir)
+    handler = _log_to(run_dir / "harness.log")
+    # Not from the seed: two runs of one seed may share the machine.
+    run_id = secrets.token_hex(2)
+    backend = make_backend(opts, run_id)
+    data_root = tempfile.mkdtemp(prefix=f"harness-{run_id}-")
+    nodes = [f"n{i}" for i in range(1, opts.nodes + 1)]
+    history = HistoryWriter(run_dir / "history.jsonl")
+    ctx: NemesisContext | None = None
+    try:
+        log.info("run %s: %s", run_dir, asdict(opts))
+        await asyncio.to_thread(backend.setup, nodes)
+        cluster = ClusterSpec(
+            nodes=tuple(nodes),
+            addresses={n: backend.remote(n).address for n in nodes},
+            data_root=data_root,
+            read_mode=opts.read_mode,
+            bugs=opts.bugs,
+            seed=opts.seed,
+            op_timeout_s=opts.op_timeout_s,
+        )
+        for node in nodes:
+            (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
+            log_path = run_dir / "nodes" / node / f"{target.name}.log"
+            backend.start_process(node, target.node_argv(node, cluster), str(log_path))
+        leader = await wait_for_leader(target, cluster, LEADER_TIMEOUT_S)
+        log.info("cluster up; leader %s", leader)
+        ctx = _nemesis_context(backend, target, cluster, opts.seed, asyncio.get_running_loop())
+        await _drive(opts, target, cluster, ctx, nemeses, history)
+        await _final_reads(opts, target, cluster, history)
+        history.close()
+        results = build_results(opts, history.ops, run_dir, nemeses)
+        write_json(run_dir / "results.json", results)
+        return RunOutcome(results["valid"], run_dir, results)
+    finally:
+        history.close()
+        await _teardown(opts, backend, ctx, nodes, run_dir, data_root)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+async def _teardown(
+    opts: TestOptions,
+    backend: Backend,
+    ctx: NemesisContext | None,
+    nodes: list[str],
+    run_dir: Path,
+    data_root: str,
+) -> None:
+    # Shielded: a second Ctrl-C must not leave faults or namespaces behind.
+    async def go() -> None:
+        if ctx is not None:
+            await asyncio.to_thread(heal_all, ctx)
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                backend.fetch_logs(node, str(run_dir / "nodes" / node))
+        if opts.leave_running:
+            log.warning("leaving the cluster running (--leave-running); `harness cleanup` ends it")
+            return
+        await asyncio.to_thread(backend.teardown)
+        shutil.rmtree(data_root, ignore_errors=True)
+
+    await asyncio.shield(go())
+
+
+def _log_to(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+async def wait_for_leader(target: Target, cluster: ClusterSpec, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(STATUS_TIMEOUT_S):
+                leader = await target.leader(cluster)
+            if leader is not None:
+                return leader
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"no leader within {timeout_s:.0f} s; see the node logs")
+
+
+def _nemesis_context(
+    backend: Backend,
+    target: Target,
+    cluster: ClusterSpec,
+    seed: int,
+    loop: asyncio.AbstractEventLoop,
+) -> NemesisContext:
+    def leader() -> str | None:
+        # Called from a nemesis worker thread: ask on the run's loop, bounded.
+        future = asyncio.run_coroutine_threadsafe(target.leader(cluster), loop)
+        try:
+            return future.result(timeout=STATUS_TIMEOUT_S)
+        except Exception:
+            future.cancel()
+            return None
+
+    remotes = {n: backend.remote(n) for n in cluster.nodes}
+    return NemesisContext(
+        remotes=remotes, procs=backend, rng=random.Random(seed + 1), leader=leader
+    )
+
+
+async def _drive(
+    opts: TestOptions,
+    target: Target,
+    cluster: ClusterSpec,
+    ctx: NemesisContext,
+    nemeses: list[Any],
+    history: HistoryWriter,
+) -> None:
+    gen = Generator(WorkloadOptions(opts.workload, opts.keys), random.Random(opts.seed))
+    progress = Progress(opts.time_s, live=opts.live)
+    stop = asyncio.Event()
+
+    def emit(event: FaultEvent) -> None:
+        op = event.as_op()
+        if event.phase == "invoke":
+            op["type"] = "invoke"
+        history.record(op.pop("type"), op.pop("process"), op.pop("f"), **op)
+        progress.fault(event)
+
+    async def flusher() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.5)
+            history.flush()
+            progress.refresh()
+
+    interval = opts.concurrency / opts.rate if opts.rate else 0.0
+    with progress:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(flusher())
+            tg.create_task(
+                run_schedule(ctx, nemeses, interval_s=opts.nemesis_interval_s, emit=emit, stop=stop)
+            )
+            for slot in range(opts.concurrency):
+                tg.create_task(
+                    _worker(
+                        slot,
+                        opts.concurrency,
+                        interval,
+                        target,
+                        cluster,
+                        gen,
+                        history,
+                        progress,
+                        stop,
+                    )
+                )
+            await asyncio.sleep(opts.time_s)
+            stop.set()
+
+
+async def _worker(
+    slot: int,
+    concurrency: int,
+    interval_s: float,
+    target: Target,
+    cluster: ClusterSpec,
+    gen: Generator,
+    history: HistoryWriter,
+    progress: Progress,
+    stop: asyncio.Event,
+) -> None:
+    """One logical client. After an `info` it continues as a new process (Jepsen's rule)."""
+    process = slot
+    client = target.client(cluster, cluster.nodes[slot % len(cluster.nodes)])
+    rng = random.Random(slot)
+    try:
+        while not stop.is_set():
+            if interval_s:
+                await asyncio.sleep(rng.uniform(0, 2 * interval_s))
+            op = gen.next()
+            process = await invoke_one(client, op, process, concurrency, history, progress)
+    finally:
+        await client.close()
+
+
+async def invoke_one(
+    client: Any,
+    op: Invocation,
+    process: int,
+    concurrency: int,
+    history: HistoryWriter,
+    progress: Progress | None,
+) -> int:
+    """Invoke and record one op; returns the process id to use next."""
+    history.record("invoke", process, op.f, key=op.key, value=op.value)
+    done = await client.invoke(op)
+    fields: dict[str, Any] = {"key": op.key, "value": done.value}
+    if done.error:
+        fields["error"] = done.error
+    history.record(done.type, process, op.f, **fields)
+    if progress is not None:
+        progress.op(done.type)
+    return process + concurrency if done.type == "info" else process
+
+
+async def _final_reads(
+    opts: TestOptions, target: Target, cluster: ClusterSpec, history: HistoryWriter
+) -> None:
+    """Healed: wait for a leader, then read every key once more."""
+    try:
+        await wait_for_leader(target, cluster, LEADER_TIMEOUT_S)
+    except TimeoutError:
+        log.error("no leader after healing: final reads skipped")
+        return
+    leader = await target.leader(cluster)
+    client = target.client(cluster, leader or cluster.nodes[0])
+    process = 10 * opts.concurrency * 1000  # apart from every worker's ids
+    try:
+        for key in Generator(WorkloadOptions(opts.workload, opts.keys), random.Random()).keys:
+            await invoke_one(client, Invocation("read", key, None), process, 1, history, None)
+            process += 1
+    finally:
+        await client.close()

@@ -1,0 +1,71 @@
+"""What a system must provide to be tested: the target plugin interface.
+
+A target says how to run one node (`node_argv`), how to find the leader (for
+leader-aware faults), and how to turn requests into Jepsen outcomes (`client`).
+The backend runs the argv on each node; the nemesis never needs to know the
+system. Outcomes are Jepsen's: `ok` (done), `fail` (certainly not done), `info`
+(may have happened: a timeout, a connection lost after sending).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from harness.workload import Invocation
+
+__all__ = ["ClusterSpec", "Completion", "Target", "TargetClient"]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The cluster a target runs on: node names, their addresses, and run options."""
+
+    nodes: tuple[str, ...]
+    addresses: dict[str, str]
+    data_root: str
+    read_mode: str | None = None
+    bugs: tuple[str, ...] = ()
+    seed: int = 0
+    op_timeout_s: float = 2.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How an invocation ended: `type` ok | fail | info, with the value seen or written."""
+
+    type: Literal["ok", "fail", "info"]
+    value: Any = None
+    error: str | None = None
+
+
+class TargetClient(Protocol):
+    """One logical client. `invoke` must never raise for an operating error: it
+    returns `fail` only when the op certainly did not happen, else `info`."""
+
+    async def invoke(self, op: Invocation) -> Completion: ...
+
+    async def close(self) -> None: ...
+
+
+class Target(Protocol):
+    """A system under test."""
+
+    name: str
+    read_modes: tuple[str, ...]
+    default_read_mode: str
+    bugs: tuple[str, ...]
+
+    def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
+        """The command that runs `node` in the foreground (the backend supervises it)."""
+        ...
+
+    def client(self, cluster: ClusterSpec, node: str) -> TargetClient:
+        """A client bound to `node`: its requests start there (Jepsen binds each
+        worker to a node, so faults of one node show in what its clients see)."""
+        ...
+
+    async def leader(self, cluster: ClusterSpec) -> str | None:
+        """The node that currently leads, if the system has one and it is known."""
+        ...

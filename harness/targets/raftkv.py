@@ -1,0 +1,110 @@
+"""raftkv as a target: nodes run `raftkv serve`, clients speak its msgpack protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from harness.targets.base import ClusterSpec, Completion
+from harness.workload import Invocation
+from raftkv.client import Client
+from raftkv.node import BUGS, READ_MODES
+
+__all__ = ["RaftkvTarget"]
+
+PEER_PORT = 7001
+HTTP_PORT = 8001
+
+
+def _addr(cluster: ClusterSpec, node: str) -> str:
+    return f"{cluster.addresses[node]}:{PEER_PORT}"
+
+
+class RaftkvClient:
+    """Maps raftkv answers to Jepsen outcomes: ok True -> ok, False -> fail, None -> info."""
+
+    def __init__(self, cluster: ClusterSpec, node: str) -> None:
+        self._client = Client(
+            [_addr(cluster, n) for n in cluster.nodes],
+            timeout_s=cluster.op_timeout_s,
+            home=_addr(cluster, node),
+            attempt_timeout_s=cluster.op_timeout_s / 4,
+        )
+        self._read_mode = cluster.read_mode
+
+    async def invoke(self, op: Invocation) -> Completion:
+        try:
+            resp = await self._call(op)
+        except (OSError, EOFError, TimeoutError) as exc:
+            return Completion("info", error=f"indeterminate: {exc}")
+        ok = resp.get("ok")
+        error = resp.get("error")
+        if ok is None:
+            return Completion("info", error=error or "unknown")
+        if ok is False:
+            return Completion("fail", value=op.value, error=error)
+        value = resp.get("value") if op.f == "read" else op.value
+        return Completion("ok", value=value)
+
+    async def _call(self, op: Invocation) -> dict[str, Any]:
+        if op.f == "read":
+            return await self._client.get(op.key, mode=self._read_mode)
+        if op.f == "write":
+            return await self._client.put(op.key, op.value)
+        if op.f == "cas":
+            old, new = op.value
+            return await self._client.cas(op.key, old, new)
+        raise ValueError(f"raftkv cannot run op {op.f!r}")
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class RaftkvTarget:
+    """The project's own Raft store."""
+
+    name = "raftkv"
+    read_modes: tuple[str, ...] = READ_MODES
+    default_read_mode = "readindex"
+    bugs: tuple[str, ...] = BUGS
+
+    def __init__(self, tick_ms: int = 25, election_ticks: int = 20) -> None:
+        self.tick_ms = tick_ms
+        self.election_ticks = election_ticks
+
+    def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
+        peers = ",".join(f"{n}={_addr(cluster, n)}" for n in cluster.nodes)
+        argv = [
+            sys.executable, "-m", "raftkv.cli", "serve",
+            "--id", node,
+            "--peers", peers,
+            "--data-dir", f"{cluster.data_root}/{node}",
+            "--http", f"{cluster.addresses[node]}:{HTTP_PORT}",
+            "--read-mode", cluster.read_mode or self.default_read_mode,
+            "--tick-ms", str(self.tick_ms),
+            "--election-ticks", str(self.election_ticks),
+            "--seed", str(cluster.seed + cluster.nodes.index(node)),
+        ]  # fmt: skip
+        for bug in cluster.bugs:
+            argv += ["--bug", bug]
+        return argv
+
+    def client(self, cluster: ClusterSpec, node: str) -> RaftkvClient:
+        return RaftkvClient(cluster, node)
+
+    async def leader(self, cluster: ClusterSpec) -> str | None:
+        async def status(node: str) -> dict[str, Any]:
+            client = Client([_addr(cluster, node)], timeout_s=1.0)
+            try:
+                return await client.request({"op": "status"}, node=_addr(cluster, node))
+            finally:
+                await client.close()
+
+        answers = await asyncio.gather(*(status(n) for n in cluster.nodes))
+        leaders = [
+            (a.get("term", 0), n)
+            for n, a in zip(cluster.nodes, answers)
+            if a.get("ok") and a.get("role") == "leader"
+        ]
+        return max(leaders)[1] if leaders else None

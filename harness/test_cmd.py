@@ -1,0 +1,221 @@
+"""`harness test` and `harness cleanup`.
+
+Exit codes: 0 valid, 1 invalid, 2 unknown, 254 bad usage (options, a missing
+tool, no root for netns), 255 crash or interrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from checker import Verdict, merge_valid
+from harness.backends import BackendUnavailable, cleanup_leftovers
+from harness.backends.netns import check_available
+from harness.runner import RunOutcome, TestOptions, run_test
+from harness.targets import TARGETS
+from harness.workload import WORKLOADS
+from nemesis.faults import parse_nemesis
+
+__all__ = ["cleanup_command", "test_command"]
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 254, 255
+BACKENDS = ("netns",)
+
+
+def exit_code(valid: Any) -> int:
+    return EXIT_VALID if valid is True else EXIT_INVALID if valid is False else EXIT_UNKNOWN
+
+
+def _bad(message: str, param: str) -> click.BadParameter:
+    return click.BadParameter(message, param_hint=param)
+
+
+def validate(opts: TestOptions) -> None:
+    """Reject impossible options before anything is created (raises click.UsageError)."""
+    target = TARGETS[opts.target]
+    try:
+        parse_nemesis(opts.nemesis, opts.nodes)
+    except ValueError as exc:
+        raise _bad(str(exc), "--nemesis") from None
+    if opts.read_mode is not None and opts.read_mode not in target.read_modes:
+        raise _bad(
+            f"{opts.target} has no read mode {opts.read_mode!r}; "
+            f"expected one of {', '.join(target.read_modes)}",
+            "--read-mode",
+        )
+    for bug in opts.bugs:
+        if bug not in target.bugs:
+            raise _bad(
+                f"{opts.target} has no bug {bug!r}; known: {', '.join(target.bugs)}", "--bug"
+            )
+    if opts.backend == "netns":
+        try:
+            check_available()
+        except BackendUnavailable as exc:
+            raise click.UsageError(f"backend netns: {exc}") from None
+
+
+@click.command("test")
+@click.option("--backend", type=click.Choice(BACKENDS), default="netns", show_default=True)
+@click.option("--target", type=click.Choice(sorted(TARGETS)), default="raftkv", show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Client processes (default: 2 per node).",
+)
+@click.option(
+    "--time",
+    "time_s",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds of workload.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Total ops per second (default: as fast as the clients go).",
+)
+@click.option("--workload", type=click.Choice(WORKLOADS), default="kv", show_default=True)
+@click.option("--keys", type=click.IntRange(1, 10_000), default=5, show_default=True)
+@click.option(
+    "--nemesis",
+    default="none",
+    show_default=True,
+    help="Comma-separated faults: none, partition, partition-leader, partition-one, "
+    "partition-majorities-ring, partition-bridge, partition-one-way, kill, "
+    "pause, all.",
+)
+@click.option(
+    "--nemesis-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between fault starts and stops.",
+)
+@click.option(
+    "--read-mode",
+    default=None,
+    help="Target read mode (raftkv: log, readindex, lease, local, follower).",
+)
+@click.option("--seed", type=int, default=None, help="Seed for every random choice.")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("store"),
+    show_default=True,
+)
+@click.option(
+    "--test-count",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Run the test this many times (stops at the first invalid run).",
+)
+@click.option("--bug", "bugs", multiple=True, help="Deliberate bug to enable in the target.")
+@click.option(
+    "--op-timeout",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds before a client op counts as indeterminate (info).",
+)
+@click.option("--leave-running", is_flag=True, help="Keep the cluster up after the run.")
+@click.option("--no-live", is_flag=True, help="Plain progress lines instead of a live display.")
+def test_command(**kw: Any) -> int:
+    """Run a cluster, drive clients and faults, check linearizability."""
+    nodes = kw["nodes"]
+    seed = kw["seed"] if kw["seed"] is not None else random.SystemRandom().randrange(2**31)
+    opts = TestOptions(
+        backend=kw["backend"], target=kw["target"], nodes=nodes,
+        concurrency=kw["concurrency"] or 2 * nodes, time_s=kw["time_s"], rate=kw["rate"],
+        workload=kw["workload"], keys=kw["keys"], nemesis=kw["nemesis"],
+        nemesis_interval_s=kw["nemesis_interval"], read_mode=kw["read_mode"], seed=seed,
+        store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw["leave_running"],
+        op_timeout_s=kw["op_timeout"], live=not kw["no_live"],
+    )  # fmt: skip
+    validate(opts)
+    verdicts: list[Verdict] = []
+    for i in range(kw["test_count"]):
+        run_opts = opts if i == 0 else _replace_seed(opts, seed + i)
+        outcome = _run(run_opts)
+        if outcome is None:
+            return EXIT_CRASH
+        _summary(outcome)
+        verdicts.append(outcome.valid)
+        if outcome.valid is False:
+            break
+    return exit_code(merge_valid(verdicts))
+
+
+def _replace_seed(opts: TestOptions, seed: int) -> TestOptions:
+    return dataclasses.replace(opts, seed=seed)
+
+
+def _run(opts: TestOptions) -> RunOutcome | None:
+    click.echo(
+        f"harness: {opts.test_name} seed {opts.seed} on {opts.backend}, "
+        f"{opts.nodes} nodes, {opts.time_s:.0f} s",
+        err=True,
+    )
+    # SIGTERM ends a run the way Ctrl-C does: heal, tear down, then exit.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return asyncio.run(run_test(opts))
+    except KeyboardInterrupt:
+        click.echo("harness: interrupted; faults healed and cluster removed", err=True)
+        return None
+    except TimeoutError as exc:
+        click.echo(f"harness: {exc}", err=True)
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _summary(outcome: RunOutcome) -> None:
+    r = outcome.results
+    counts = r["counts"].get("all", {})
+    verdict = (
+        "VALID" if outcome.valid is True else "INVALID" if outcome.valid is False else "UNKNOWN"
+    )
+    click.echo(
+        f"{verdict}: {counts.get('ok', 0)} ok, {counts.get('fail', 0)} fail, "
+        f"{counts.get('info', 0)} info; stale reads {r['stale_reads']}; keys "
+        + json.dumps(r["keys"])
+    )
+    anomaly = r["checker"].get("anomaly")
+    if anomaly:
+        click.echo(f"first anomaly: {anomaly.get('name')}: {anomaly.get('summary', '')}")
+    click.echo(f"results in {outcome.run_dir}")
+
+
+@click.command("cleanup")
+def cleanup_command() -> int:
+    """Remove namespaces, links, firewall chains and processes that killed runs left behind."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        raise click.UsageError("cleanup needs root and the `ip` tool")
+    try:
+        removed = cleanup_leftovers()
+    except BackendUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+    for item in removed:
+        click.echo(f"removed {item}")
+    click.echo(f"cleanup: {len(removed)} leftovers removed", err=True)
+    return EXIT_VALID

@@ -1,0 +1,85 @@
+"""Workloads: what concurrent clients ask of the system, with Jepsen's semantics.
+
+A `Generator` hands out ops (`f`, `key`, `value`) from one seeded rng. Every
+written value is unique in the run, so a read names the write it saw. `kv`
+spreads ops over independent keys; `register` uses one key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["WORKLOADS", "Generator", "Invocation", "WorkloadOptions"]
+
+WORKLOADS = ("kv", "register")
+RECENT_VALUES = 4
+
+
+@dataclass(frozen=True)
+class WorkloadOptions:
+    """`mix` weighs read, write and cas; `keys` is forced to 1 for `register`."""
+
+    workload: str = "kv"
+    keys: int = 5
+    mix: tuple[float, float, float] = (0.5, 0.3, 0.2)
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {self.workload!r}; expected one of {WORKLOADS}")
+        if self.keys < 1:
+            raise ValueError("--keys must be at least 1")
+        if any(w < 0 for w in self.mix) or sum(self.mix) <= 0:
+            raise ValueError("the op mix needs non-negative weights with a positive sum")
+
+    @property
+    def key_count(self) -> int:
+        return 1 if self.workload == "register" else self.keys
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One op to invoke: `value` is None for reads, the new value for writes,
+    and `[old, new]` for cas."""
+
+    f: str
+    key: str
+    value: Any
+
+
+class Generator:
+    """Seeded source of invocations. Not thread-safe; one per run."""
+
+    def __init__(self, opts: WorkloadOptions, rng: random.Random) -> None:
+        self.opts = opts
+        self._rng = rng
+        self._next_value = 0
+        self.keys = [f"k{i}" for i in range(opts.key_count)]
+        # cas guesses an old value among those recently written or read, so some succeed.
+        self._recent: dict[str, deque[Any]] = defaultdict(lambda: deque(maxlen=RECENT_VALUES))
+
+    def _fresh(self) -> int:
+        self._next_value += 1
+        return self._next_value
+
+    def next(self) -> Invocation:
+        key = self._rng.choice(self.keys)
+        f = self._rng.choices(("read", "write", "cas"), weights=self.opts.mix)[0]
+        if f == "read":
+            return Invocation("read", key, None)
+        if f == "write":
+            value = self._fresh()
+            self._recent[key].append(value)
+            return Invocation("write", key, value)
+        recent = self._recent[key]
+        old = self._rng.choice(list(recent)) if recent else None
+        new = self._fresh()
+        recent.append(new)
+        return Invocation("cas", key, [old, new])
+
+    def observe(self, key: str, value: Any) -> None:
+        """A read saw `value` at `key`: a good guess for a later cas."""
+        if value is not None:
+            self._recent[key].append(value)
