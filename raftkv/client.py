@@ -20,6 +20,12 @@ from raftkv.transport import split_addr
 
 CONNECT_TIMEOUT_S = 1.0
 NO_LEADER_BACKOFF_S = 0.05
+DRAIN_ABOVE_BYTES = 1 << 20
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError("no answer in time"))
 
 
 class _Connection:
@@ -52,12 +58,15 @@ class _Connection:
         request_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
+        loop = asyncio.get_running_loop()
+        expire = loop.call_later(timeout_s, _expire, fut)
         try:
             self._writer.write(wire.encode_frame({**request, "id": request_id}))
-            async with asyncio.timeout(timeout_s):
+            if self._writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
                 await self._writer.drain()
-                return await fut
+            return await fut
         finally:
+            expire.cancel()
             self._pending.pop(request_id, None)
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
