@@ -59,7 +59,7 @@ class TestOptions:
     store: Path = Path("store")
     bugs: tuple[str, ...] = ()
     leave_running: bool = False
-    op_timeout_s: float = 2.0
+    op_timeout_s: float = 1.0
     check_time_limit_s: float = 120.0
     name: str | None = None
     live: bool = True

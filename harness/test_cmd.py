@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,16 @@ def _summary(outcome: RunOutcome) -> None:
     click.echo(f"results in {outcome.run_dir}")
 
 
+def _remove_data_dirs() -> list[str]:
+    """Node data directories of killed runs (`harness-<run id>-*` in the temp dir)."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("harness-????-*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
 @click.command("cleanup")
 def cleanup_command() -> int:
     """Remove namespaces, links, firewall chains and processes that killed runs left behind."""
@@ -215,6 +226,7 @@ def cleanup_command() -> int:
         removed = cleanup_leftovers()
     except BackendUnavailable as exc:
         raise click.UsageError(str(exc)) from None
+    removed += _remove_data_dirs()
     for item in removed:
         click.echo(f"removed {item}")
     click.echo(f"cleanup: {len(removed)} leftovers removed", err=True)

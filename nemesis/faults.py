@@ -11,9 +11,11 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     kill                      SIGKILL targets; stop restarts them (same argv, same data)
     pause                     SIGSTOP targets; stop sends SIGCONT
 
-Kill and pause pick their targets at random among: one random node, a random minority
-((n-1)//2 nodes, when that is 2 or more), or the leader (one random node when the leader
-is unknown). A minority keeps the cluster able to make progress while the fault lasts.
+Pause picks its targets at random among: one random node, a random minority ((n-1)//2
+nodes, when that is 2 or more), or the leader (one random node when the leader is unknown).
+A minority keeps the cluster able to make progress while the fault lasts. Kill also picks a
+random majority or every node, as Jepsen's kill does: only a crash of most nodes at once
+shows writes acknowledged before they were durable.
 
 Every start and stop runs under `ctx.lock`, so a heal never interleaves with a half-applied
 fault. `start`/`stop` block (they call Remote and ProcessControl); async callers run them in
@@ -195,14 +197,21 @@ class PartitionNemesis:
             return FaultEvent("stop", self.name, "network-healed")
 
 
-def pick_targets(ctx: NemesisContext) -> list[str]:
-    """One random node, a random minority, or the leader (see the module docstring)."""
+def pick_targets(ctx: NemesisContext, wide: bool = False) -> list[str]:
+    """One random node, a random minority, or the leader; with `wide` also a random
+    majority or every node (see the module docstring)."""
     nodes = ctx.nodes
     minority = (len(nodes) - 1) // 2
     modes = ["one", "leader"] + (["minority"] if minority >= 2 else [])
+    if wide and len(nodes) > 1:
+        modes += ["majority", "all"]
     mode = ctx.rng.choice(modes)
     if mode == "minority":
         return sorted(ctx.rng.sample(nodes, minority))
+    if mode == "majority":
+        return sorted(ctx.rng.sample(nodes, len(nodes) // 2 + 1))
+    if mode == "all":
+        return list(nodes)
     if mode == "leader":
         leader = ctx.leader()
         if leader in nodes:
@@ -219,7 +228,7 @@ class KillNemesis:
 
     def start(self, ctx: NemesisContext) -> FaultEvent:
         with ctx.lock:
-            targets = pick_targets(ctx)
+            targets = pick_targets(ctx, wide=True)
             # Recorded before acting: a kill that fails halfway is still restarted on heal.
             ctx.killed.update(targets)
             for node in targets:

@@ -46,6 +46,7 @@ PEER_IDLE_TIMEOUT_S = 60.0
 CLIENT_IDLE_TIMEOUT_S = 600.0
 MAX_REQUESTS_IN_FLIGHT = 4096
 DRAIN_ABOVE_BYTES = 1 << 20
+LAZY_FLUSH_S = 0.5
 LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 
@@ -154,6 +155,10 @@ class Node:
         self._stopping = asyncio.Event()
         self._inflight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._busy_requests = 0
+        # The no-fsync bug: acknowledge at once, write to the OS only every so often
+        # (as a store that fsyncs "periodically" does); a crash of most nodes loses
+        # acknowledged writes.
+        self._lazy_writes = "no-fsync" in opts.bugs
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -178,6 +183,8 @@ class Node:
                 for link in self._links.values():
                     tg.create_task(link.run())
                 tg.create_task(self._ticker())
+                if self._lazy_writes:
+                    tg.create_task(self._lazy_flusher())
                 tg.create_task(self._raft_loop())
                 await self._stopping.wait()
                 raise _Stop
@@ -211,6 +218,11 @@ class Node:
             for _ in range(due):
                 self._submit(self.core.tick)
 
+    async def _lazy_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(LAZY_FLUSH_S)
+            self.storage.sync()
+
     async def _raft_loop(self) -> None:
         while True:
             await self._wake.wait()
@@ -231,7 +243,8 @@ class Node:
             self.storage.set_hard_state(hs)
         # The commit index is a hint: a change of it alone rides with the next fsync.
         vote_changed = hs is not None and (hs.term, hs.vote) != self._durable_vote
-        if rd.snapshot is not None or rd.entries or vote_changed:
+        needs_sync = rd.snapshot is not None or bool(rd.entries) or vote_changed
+        if needs_sync and not self._lazy_writes:
             # A leader's own messages may leave before its own fsync (Raft thesis
             # 10.2.1): commits are only counted after this batch, once it is durable.
             later = []

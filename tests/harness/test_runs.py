@@ -1,0 +1,213 @@
+"""Whole `harness test` runs on network namespaces: real nodes, real faults, real verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed"),
+    pytest.mark.timeout(600),
+]
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+def harness(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith("hns-")]
+
+
+def results(store: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((store / "latest" / "results.json").read_text())
+
+
+def test_partitioned_readindex_cluster_stays_linearizable(tmp_path: Path) -> None:
+    before = namespaces()
+    proc = harness(
+        "test",
+        "--nemesis",
+        "partition",
+        "--time",
+        "20",
+        "--nemesis-interval",
+        "3",
+        "--seed",
+        "1",
+        "--store",
+        str(tmp_path),
+        "--no-live",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = results(tmp_path)
+    assert r["valid"] is True and r["stale_reads"] == 0
+    assert r["counts"]["all"]["ok"] > 1000
+    starts = [op for op in r["nemesis_schedule"] if op["f"] == "start" and op["type"] == "info"]
+    assert starts and all(op["fault"] == "partition-halves" for op in starts)
+    history = (tmp_path / "latest" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in history] == list(range(len(history)))
+    for node in ("n1", "n2", "n3"):
+        assert (tmp_path / "latest" / "nodes" / node / "raftkv.log").stat().st_size > 0
+    assert namespaces() == before, "the run left namespaces behind"
+
+
+def test_five_nodes_under_kill_and_pause_stay_linearizable(tmp_path: Path) -> None:
+    proc = harness(
+        "test",
+        "--nodes",
+        "5",
+        "--nemesis",
+        "kill,pause",
+        "--time",
+        "15",
+        "--nemesis-interval",
+        "2",
+        "--seed",
+        "2",
+        "--store",
+        str(tmp_path),
+        "--no-live",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = results(tmp_path)
+    faults = {op["fault"] for op in r["nemesis_schedule"] if op["f"] == "start"}
+    assert faults & {"kill", "pause"}
+
+
+def test_local_reads_under_a_leader_partition_are_caught_as_stale(tmp_path: Path) -> None:
+    proc = harness(
+        "test",
+        "--read-mode",
+        "local",
+        "--nemesis",
+        "partition-leader",
+        "--time",
+        "20",
+        "--nemesis-interval",
+        "1",
+        "--concurrency",
+        "9",
+        "--test-count",
+        "3",
+        "--seed",
+        "21",
+        "--store",
+        str(tmp_path),
+        "--no-live",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    r = results(tmp_path)
+    assert r["valid"] is False
+    assert r["checker"]["anomaly"]["name"] in ("stale read", "other", "lost write")
+    assert "INVALID" in proc.stdout
+
+
+def test_acknowledging_before_writing_is_caught_when_nodes_crash(tmp_path: Path) -> None:
+    proc = harness(
+        "test",
+        "--bug",
+        "no-fsync",
+        "--nemesis",
+        "kill",
+        "--time",
+        "20",
+        "--nemesis-interval",
+        "1.5",
+        "--test-count",
+        "3",
+        "--seed",
+        "2",
+        "--store",
+        str(tmp_path),
+        "--no-live",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert results(tmp_path)["valid"] is False
+
+
+def test_a_sigkilled_harness_leaves_a_readable_history_and_cleanup_removes_the_rest(
+    tmp_path: Path,
+) -> None:
+    before = namespaces()
+    proc = subprocess.Popen(
+        [
+            *HARNESS,
+            "test",
+            "--nemesis",
+            "partition",
+            "--time",
+            "60",
+            "--nemesis-interval",
+            "2",
+            "--store",
+            str(tmp_path),
+            "--no-live",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    history = tmp_path / "latest" / "history.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if history.exists() and history.stat().st_size > 20_000:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert len(namespaces()) > len(before), "the killed run's namespaces should still be there"
+    check = harness("check", "--json", str(history), timeout=120)
+    assert check.returncode in (0, 2), check.stdout + check.stderr
+    verdict = json.loads(check.stdout)
+    assert verdict["ops"] > 100
+    cleanup = harness("cleanup", timeout=120)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert namespaces() == [], "cleanup left namespaces behind"
+    leftover = subprocess.run(
+        ["pgrep", "-f", "--", "--data-dir /tmp/harness-"], capture_output=True, timeout=10
+    )
+    assert leftover.returncode == 1, f"node processes survived: {leftover.stdout!r}"
+
+
+def test_bad_options_exit_254_and_leave_nothing(tmp_path: Path) -> None:
+    before = namespaces()
+    cases = [
+        (["--nodes", "1", "--nemesis", "partition"], "at least 2 nodes"),
+        (["--nemesis", "frobnicate"], "frobnicate"),
+        (["--read-mode", "psychic"], "psychic"),
+        (["--bug", "nope"], "nope"),
+        (["--time", "0"], "--time"),
+    ]
+    for args, words in cases:
+        proc = harness("test", *args, "--store", str(tmp_path), timeout=60)
+        assert proc.returncode == 254, (args, proc.stderr)
+        assert words in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert not any(tmp_path.iterdir()), "a rejected run created files"
+    assert namespaces() == before
+
+
+def test_missing_iptables_is_a_usage_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # nothing on PATH: no ip, no iptables
+    proc = subprocess.run(
+        [*HARNESS, "test", "--store", str(tmp_path / "s")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 254, proc.stderr
+    assert "iptables" in proc.stderr or "iproute2" in proc.stderr
