@@ -1,0 +1,132 @@
+"""Pure parts of a run: the generator, the history writer, certain stale reads, results."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.analysis import count_ops, pair_ops, stale_reads
+from harness.history import HistoryWriter
+from harness.results import check_history
+from harness.workload import Generator, WorkloadOptions
+
+
+def test_generator_is_seeded_and_writes_unique_values() -> None:
+    def ops(seed: int) -> list[Any]:
+        gen = Generator(WorkloadOptions("kv", keys=4), random.Random(seed))
+        return [gen.next() for _ in range(2000)]
+
+    first = ops(5)
+    assert first == ops(5) and first != ops(6)
+    written = [o.value for o in first if o.f == "write"] + [
+        o.value[1] for o in first if o.f == "cas"
+    ]
+    assert len(written) == len(set(written)), "written values must be unique"
+    mix = Counter(o.f for o in first)
+    assert mix["read"] > mix["write"] > mix["cas"] > 0
+    assert {o.key for o in first} == {"k0", "k1", "k2", "k3"}
+    cas_olds = [o.value[0] for o in first if o.f == "cas"]
+    assert any(old is not None for old in cas_olds), "cas should guess values it saw"
+
+
+def test_register_workload_uses_one_key_and_bad_options_are_refused() -> None:
+    gen = Generator(WorkloadOptions("register", keys=9), random.Random(1))
+    assert {gen.next().key for _ in range(100)} == {"k0"}
+    with pytest.raises(ValueError, match="workload"):
+        WorkloadOptions("queue")
+    with pytest.raises(ValueError, match="keys"):
+        WorkloadOptions("kv", keys=0)
+
+
+def test_history_writer_flushes_dense_ops_as_it_goes(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    writer = HistoryWriter(path, flush_interval_s=0.0)
+    writer.record("invoke", 0, "write", key="k", value=1)
+    writer.record("ok", 0, "write", key="k", value=1)
+    # Flushed already: a killed harness loses nothing written before the last flush.
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [op["index"] for op in lines] == [0, 1]
+    assert lines[0]["time"] <= lines[1]["time"]
+    assert lines[1] == {**lines[1], "type": "ok", "process": 0, "f": "write", "value": 1}
+    writer.record("invoke", 1, "read", key="k", value=None)
+    writer.close()
+    assert json.loads(path.read_text().splitlines()[-1])["value"] is None
+
+
+def op(index: int, time: int, type_: str, process: int, f: str, key: str, value: Any) -> dict:  # type: ignore[type-arg]
+    return {
+        "index": index,
+        "time": time,
+        "type": type_,
+        "process": process,
+        "f": f,
+        "key": key,
+        "value": value,
+    }
+
+
+def build(events: list[tuple[str, int, str, Any]]) -> list[dict]:  # type: ignore[type-arg]
+    """(type, process, f, value) in order; times are the positions, key is always k."""
+    return [op(i, i * 1_000_000, t, p, f, "k", v) for i, (t, p, f, v) in enumerate(events)]
+
+
+def test_a_read_of_a_value_overwritten_before_it_began_is_certainly_stale() -> None:
+    history = build([
+        ("invoke", 0, "write", 1), ("ok", 0, "write", 1),
+        ("invoke", 0, "write", 2), ("ok", 0, "write", 2),
+        ("invoke", 1, "read", None), ("ok", 1, "read", 1),
+    ])  # fmt: skip
+    [stale] = stale_reads(pair_ops(history))
+    assert (stale.value, stale.overwritten_by) == (1, 2)
+    assert stale.staleness_ms == pytest.approx(1.0)
+    checked = check_history(history, time_limit_s=10)
+    assert checked["valid"] is False and checked["keys"] == {"k": False}
+    assert checked["stale_reads"] == 1
+
+
+def test_concurrent_and_indeterminate_writes_never_make_a_read_certainly_stale() -> None:
+    history = build([
+        ("invoke", 0, "write", 1), ("ok", 0, "write", 1),
+        ("invoke", 0, "write", 2),              # concurrent with the read below
+        ("invoke", 1, "read", None), ("ok", 1, "read", 1),
+        ("info", 0, "write", 2),
+        ("invoke", 2, "write", 3), ("info", 2, "write", 3),   # may never have happened
+        ("invoke", 3, "read", None), ("ok", 3, "read", 2),
+    ])  # fmt: skip
+    assert stale_reads(pair_ops(history)) == []
+    checked = check_history(history, time_limit_s=10)
+    assert checked["valid"] is True and checked["stale_reads"] == 0
+    counts = count_ops(pair_ops(history))
+    assert counts["all"] == {"ok": 3, "info": 2} and counts["read"] == {"ok": 2}
+
+
+def test_reading_the_initial_null_after_a_completed_write_is_stale() -> None:
+    history = build([
+        ("invoke", 0, "write", 7), ("ok", 0, "write", 7),
+        ("invoke", 1, "read", None), ("ok", 1, "read", None),
+    ])  # fmt: skip
+    [stale] = stale_reads(pair_ops(history))
+    assert stale.value is None and stale.overwritten_by == 7
+
+
+def test_nemesis_ops_are_ignored_and_unfinished_ops_are_indeterminate() -> None:
+    history = build([("invoke", 0, "write", 1), ("ok", 0, "write", 1)])
+    history.append(
+        {
+            "index": 2,
+            "time": 5,
+            "type": "info",
+            "process": "nemesis",
+            "f": "start",
+            "value": {"n1": ["n2"]},
+        }
+    )
+    history.append(op(3, 6, "invoke", 1, "write", "k", 2))  # the harness died here
+    spans = pair_ops(history)
+    assert [(s.f, s.type) for s in spans] == [("write", "ok"), ("write", "info")]
+    assert check_history(history, time_limit_s=10)["valid"] is True
