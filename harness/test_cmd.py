@@ -27,7 +27,7 @@ from harness.targets import TARGETS
 from harness.workload import WORKLOADS
 from nemesis.faults import parse_nemesis
 
-__all__ = ["cleanup_command", "test_command"]
+__all__ = ["cleanup_command", "options_from_params", "test_command"]
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 254, 255
 BACKENDS = ("netns",)
@@ -138,16 +138,8 @@ def validate(opts: TestOptions) -> None:
 @click.option("--no-live", is_flag=True, help="Plain progress lines instead of a live display.")
 def test_command(**kw: Any) -> int:
     """Run a cluster, drive clients and faults, check linearizability."""
-    nodes = kw["nodes"]
-    seed = kw["seed"] if kw["seed"] is not None else random.SystemRandom().randrange(2**31)
-    opts = TestOptions(
-        backend=kw["backend"], target=kw["target"], nodes=nodes,
-        concurrency=kw["concurrency"] or 2 * nodes, time_s=kw["time_s"], rate=kw["rate"],
-        workload=kw["workload"], keys=kw["keys"], nemesis=kw["nemesis"],
-        nemesis_interval_s=kw["nemesis_interval"], read_mode=kw["read_mode"], seed=seed,
-        store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw["leave_running"],
-        op_timeout_s=kw["op_timeout"], live=not kw["no_live"],
-    )  # fmt: skip
+    opts = options_from_params(kw)
+    seed = opts.seed
     validate(opts)
     verdicts: list[Verdict] = []
     for i in range(kw["test_count"]):
@@ -160,6 +152,21 @@ def test_command(**kw: Any) -> int:
         if outcome.valid is False:
             break
     return exit_code(merge_valid(verdicts))
+
+
+def options_from_params(kw: dict[str, Any]) -> TestOptions:
+    """`TestOptions` from the parsed options of `test_command` (its `params` are shared with
+    other commands, e.g. compare-reads: map every new option here). Picks a seed if none."""
+    nodes = kw["nodes"]
+    seed = kw["seed"] if kw["seed"] is not None else random.SystemRandom().randrange(2**31)
+    return TestOptions(
+        backend=kw["backend"], target=kw["target"], nodes=nodes,
+        concurrency=kw["concurrency"] or 2 * nodes, time_s=kw["time_s"], rate=kw["rate"],
+        workload=kw["workload"], keys=kw["keys"], nemesis=kw["nemesis"],
+        nemesis_interval_s=kw["nemesis_interval"], read_mode=kw.get("read_mode"), seed=seed,
+        store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw.get("leave_running", False),
+        op_timeout_s=kw["op_timeout"], live=not kw["no_live"],
+    )  # fmt: skip
 
 
 def _replace_seed(opts: TestOptions, seed: int) -> TestOptions:
