@@ -14,22 +14,28 @@ import logging
 import random
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.history import HistoryWriter
+from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.progress import Progress
+from harness.report import write_run_reports
 from harness.results import build_results
 from harness.store import new_run_dir, point_latest, write_json
 from harness.targets import TARGETS, ClusterSpec, Target
 from harness.workload import Generator, Invocation, WorkloadOptions
 from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
 from nemesis.schedule import heal_all, run_schedule
+
+if TYPE_CHECKING:
+    from harness.backends.ssh import SshOptions
 
 __all__ = ["RunOutcome", "TestOptions", "run_test"]
 
@@ -64,6 +70,8 @@ class TestOptions:
     name: str | None = None
     live: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # The ssh backend's hosts and login (required when backend is "ssh").
+    ssh: SshOptions | None = None
 
     @property
     def test_name(self) -> str:
@@ -81,6 +89,12 @@ class RunOutcome:
 def make_backend(opts: TestOptions, run_id: str) -> Backend:
     if opts.backend == "netns":
         return NetnsBackend(run_id=run_id)
+    if opts.backend == "ssh":
+        from harness.backends.ssh import SshBackend  # paramiko only when used
+
+        if opts.ssh is None:
+            raise ValueError("the ssh backend needs TestOptions.ssh")
+        return SshBackend(opts.ssh, run_id=run_id)
     raise ValueError(f"unknown backend {opts.backend!r}")
 
 
@@ -99,12 +113,14 @@ async def run_test(opts: TestOptions) -> RunOutcome:
     history = HistoryWriter(run_dir / "history.jsonl")
     ctx: NemesisContext | None = None
     try:
-        log.info("run %s: %s", run_dir, asdict(opts))
+        log.info("run %s (id %s): %s", run_dir, run_id, asdict(opts))
         await asyncio.to_thread(backend.setup, nodes)
         cluster = ClusterSpec(
             nodes=tuple(nodes),
             addresses={n: backend.remote(n).address for n in nodes},
-            data_root=data_root,
+            # Backends whose nodes have a filesystem of their own say where data goes.
+            data_root=getattr(backend, "data_root", None) or data_root,
+            python=getattr(backend, "python", sys.executable),
             read_mode=opts.read_mode,
             bugs=opts.bugs,
             seed=opts.seed,
@@ -122,6 +138,7 @@ async def run_test(opts: TestOptions) -> RunOutcome:
         history.close()
         results = build_results(opts, history.ops, run_dir, nemeses)
         write_json(run_dir / "results.json", results)
+        write_run_reports(run_dir, results, history.ops)
         return RunOutcome(results["valid"], run_dir, results)
     finally:
         history.close()
@@ -226,6 +243,8 @@ async def _drive(
     with progress:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(flusher())
+            leaders_path = history.path.parent / LEADERS_FILE
+            tg.create_task(sample_leaders(target, cluster, leaders_path, history.now_ns, stop))
             tg.create_task(
                 run_schedule(ctx, nemeses, interval_s=opts.nemesis_interval_s, emit=emit, stop=stop)
             )
@@ -264,8 +283,8 @@ async def _worker(
     rng = random.Random(slot)
     try:
         while not stop.is_set():
-            if interval_s:
-                await asyncio.sleep(rng.uniform(0, 2 * interval_s))
+            # Always yield: a client that never waits must not starve the run's clock.
+            await asyncio.sleep(rng.uniform(0, 2 * interval_s) if interval_s else 0)
             op = gen.next()
             process = await invoke_one(client, op, process, concurrency, history, progress)
     finally:

@@ -14,8 +14,9 @@ import random
 import shutil
 import signal
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -27,10 +28,15 @@ from harness.targets import TARGETS
 from harness.workload import WORKLOADS
 from nemesis.faults import parse_nemesis
 
+if TYPE_CHECKING:
+    from harness.backends.ssh import SshOptions
+
 __all__ = ["cleanup_command", "options_from_params", "test_command"]
 
+T = TypeVar("T")
+
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 254, 255
-BACKENDS = ("netns",)
+BACKENDS = ("netns", "ssh")
 
 
 def exit_code(valid: Any) -> int:
@@ -43,7 +49,7 @@ def _bad(message: str, param: str) -> click.BadParameter:
 
 def validate(opts: TestOptions) -> None:
     """Reject impossible options before anything is created (raises click.UsageError)."""
-    target = TARGETS[opts.target]
+    target = TARGETS[opts.target]()
     try:
         parse_nemesis(opts.nemesis, opts.nodes)
     except ValueError as exc:
@@ -130,12 +136,50 @@ def validate(opts: TestOptions) -> None:
 @click.option(
     "--op-timeout",
     type=click.FloatRange(min=0.1),
-    default=2.0,
+    default=1.0,
     show_default=True,
     help="Seconds before a client op counts as indeterminate (info).",
 )
 @click.option("--leave-running", is_flag=True, help="Keep the cluster up after the run.")
 @click.option("--no-live", is_flag=True, help="Plain progress lines instead of a live display.")
+@click.option(
+    "--node",
+    "ssh_nodes",
+    multiple=True,
+    metavar="HOST",
+    help="ssh backend: a node's host name or IP address (repeat per node; sets --nodes).",
+)
+@click.option(
+    "--nodes-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="ssh backend: a file of node hosts, one per line (# comments).",
+)
+@click.option("--ssh-user", default="root", show_default=True, help="ssh backend: login user.")
+@click.option(
+    "--ssh-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="ssh backend: private key file (default: the ssh agent and ~/.ssh keys).",
+)
+@click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True)
+@click.option(
+    "--ssh-known-hosts",
+    default="~/.ssh/known_hosts",
+    show_default=True,
+    help="ssh backend: host keys are verified against this file.",
+)
+@click.option(
+    "--ssh-accept-new-host-keys",
+    is_flag=True,
+    help="ssh backend: trust (and add to known_hosts) host keys seen for the first time. "
+    "A changed key is always refused.",
+)
+@click.option(
+    "--ssh-remote-dir",
+    default=None,
+    help="ssh backend: base directory on the nodes (default /var/tmp/harness-<user>).",
+)
 def test_command(**kw: Any) -> int:
     """Run a cluster, drive clients and faults, check linearizability."""
     opts = options_from_params(kw)
@@ -158,6 +202,9 @@ def options_from_params(kw: dict[str, Any]) -> TestOptions:
     """`TestOptions` from the parsed options of `test_command` (its `params` are shared with
     other commands, e.g. compare-reads: map every new option here). Picks a seed if none."""
     nodes = kw["nodes"]
+    ssh = _ssh_options(kw)
+    if ssh is not None:
+        nodes = len(ssh.hosts)
     seed = kw["seed"] if kw["seed"] is not None else random.SystemRandom().randrange(2**31)
     return TestOptions(
         backend=kw["backend"], target=kw["target"], nodes=nodes,
@@ -165,8 +212,55 @@ def options_from_params(kw: dict[str, Any]) -> TestOptions:
         workload=kw["workload"], keys=kw["keys"], nemesis=kw["nemesis"],
         nemesis_interval_s=kw["nemesis_interval"], read_mode=kw.get("read_mode"), seed=seed,
         store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw.get("leave_running", False),
-        op_timeout_s=kw["op_timeout"], live=not kw["no_live"],
+        op_timeout_s=kw["op_timeout"], live=not kw["no_live"], ssh=ssh,
     )  # fmt: skip
+
+
+def _ssh_options(kw: dict[str, Any]) -> SshOptions | None:
+    """The ssh backend's options (None for other backends); node i is the i-th host."""
+    hosts = list(kw.get("ssh_nodes") or ())
+    nodes_file = kw.get("nodes_file")
+    if kw["backend"] != "ssh":
+        if hosts or nodes_file:
+            raise _bad("--node and --nodes-file are for --backend ssh", "--node")
+        return None
+    from harness.backends.ssh import SshOptions, read_nodes_file
+
+    if hosts and nodes_file:
+        raise _bad("give the nodes with --node or with --nodes-file, not both", "--node")
+    if nodes_file:
+        try:
+            hosts = read_nodes_file(nodes_file)
+        except (OSError, ValueError) as exc:
+            raise _bad(str(exc), "--nodes-file") from None
+    if not hosts:
+        raise click.UsageError(
+            "backend ssh needs its nodes: --node HOST (once per node) or --nodes-file FILE"
+        )
+    if len(set(hosts)) != len(hosts):
+        raise _bad(f"a host is given twice: {', '.join(hosts)}", "--node")
+    if not 1 <= len(hosts) <= 9:
+        raise _bad(f"{len(hosts)} nodes given; 1 to 9 are supported", "--node")
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is not None and ctx.get_parameter_source("nodes") in (
+        click.core.ParameterSource.COMMANDLINE,
+        click.core.ParameterSource.ENVIRONMENT,
+    )
+    if explicit and kw["nodes"] != len(hosts):
+        raise _bad(
+            f"--nodes {kw['nodes']} does not match the {len(hosts)} hosts given "
+            "(leave --nodes out: the host list sets it)",
+            "--nodes",
+        )
+    return SshOptions(
+        hosts={f"n{i}": host for i, host in enumerate(hosts, start=1)},
+        user=kw.get("ssh_user") or "root",
+        port=kw.get("ssh_port") or 22,
+        key_path=kw.get("ssh_key"),
+        known_hosts=kw.get("ssh_known_hosts") or "~/.ssh/known_hosts",
+        accept_new_host_keys=bool(kw.get("ssh_accept_new_host_keys")),
+        remote_dir=kw.get("ssh_remote_dir"),
+    )
 
 
 def _replace_seed(opts: TestOptions, seed: int) -> TestOptions:
@@ -179,22 +273,32 @@ def _run(opts: TestOptions) -> RunOutcome | None:
         f"{opts.nodes} nodes, {opts.time_s:.0f} s",
         err=True,
     )
-    # SIGTERM ends a run the way Ctrl-C does: heal, tear down, then exit.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return asyncio.run(run_test(opts))
-    except KeyboardInterrupt:
+        return asyncio.run(_cancellable(run_test(opts)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("harness: interrupted; faults healed and cluster removed", err=True)
         return None
     except TimeoutError as exc:
         click.echo(f"harness: {exc}", err=True)
         return None
+    except BackendUnavailable as exc:
+        # Found only once the run began (an ssh host key, a node that cannot be reached):
+        # still the user's setup, and everything made so far was removed on the way out.
+        raise click.UsageError(f"backend {opts.backend}: {exc}") from None
+
+
+async def _cancellable(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` so that SIGTERM and SIGINT cancel it: its finally blocks heal every
+    fault and tear the cluster down before the process exits."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def _summary(outcome: RunOutcome) -> None:

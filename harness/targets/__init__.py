@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from harness.targets.base import ClusterSpec, Completion, Target, TargetClient
+from harness.targets.memory import MemoryTarget
 from harness.targets.raftkv import RaftkvTarget
 
-__all__ = ["TARGETS", "ClusterSpec", "Completion", "RaftkvTarget", "Target", "TargetClient"]
+__all__ = [
+    "TARGETS",
+    "ClusterSpec",
+    "Completion",
+    "MemoryTarget",
+    "RaftkvTarget",
+    "Target",
+    "TargetClient",
+]
 
-TARGETS: dict[str, type[RaftkvTarget]] = {"raftkv": RaftkvTarget}
+TARGETS: dict[str, Callable[[], Target]] = {"raftkv": RaftkvTarget, "memory": MemoryTarget}
