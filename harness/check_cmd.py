@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from checker import FORMATS, MODELS, HistoryError, check, read_history
+from harness.junit import JunitCase, cases_from_check, write_junit
 
 __all__ = ["check_command"]
 
@@ -36,6 +38,13 @@ EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_BAD_INPUT = 0, 1, 2, 254
 @click.option(
     "--memory-limit", type=click.FloatRange(min=1), default=4096.0, show_default=True, help="MB."
 )
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the verdicts as JUnit XML to this file (for CI).",
+)
 @click.argument("files", nargs=-1, required=True)
 @click.pass_context
 def check_command(
@@ -45,17 +54,22 @@ def check_command(
     as_json: bool,
     time_limit: float | None,
     memory_limit: float,
+    junit_path: Path | None,
     files: tuple[str, ...],
 ) -> int:
     """Check history FILEs for linearizability (history.jsonl, Jepsen EDN, Knossos, Porcupine)."""
     codes = []
+    cases: list[JunitCase] = []
     for path in files:
-        report, code = _check_file(path, model, fmt, time_limit, memory_limit)
+        report, code, keys = _check_file(path, model, fmt, time_limit, memory_limit)
         codes.append(code)
+        cases += cases_from_check(path, report, keys)
         if as_json:
             click.echo(json.dumps(report, default=repr))
         else:
             _print_human(report)
+    if junit_path is not None:
+        write_junit(junit_path, cases)
     if EXIT_BAD_INPUT in codes:
         return EXIT_BAD_INPUT
     if EXIT_INVALID in codes:
@@ -65,7 +79,8 @@ def check_command(
 
 def _check_file(
     path: str, model: str, fmt: str | None, time_limit: float | None, memory_limit: float
-) -> tuple[dict[str, Any], int]:
+) -> tuple[dict[str, Any], int, list[Any]]:
+    """The report, the exit code and the keys (sub-histories) of one file."""
     started = time.monotonic()
     try:
         history = read_history(path, fmt)
@@ -75,13 +90,14 @@ def _check_file(
         where = f"{exc.file or path}" + (f":{exc.line}" if exc.line is not None else "")
         message = f"{where}: {exc.message}"
         click.echo(f"harness check: {message}", err=True)
-        return {"file": path, "error": message}, EXIT_BAD_INPUT
+        return {"file": path, "error": message}, EXIT_BAD_INPUT, []
     report: dict[str, Any] = {"file": path, "format": history.format}
     report.update(result.to_json())
     report["parse_s"] = round(parse_s, 6)
+    keys = sorted({e.key for e in history.events if e.process != "nemesis"}, key=repr)
     if result.valid is True:
-        return report, EXIT_VALID
-    return report, EXIT_INVALID if result.valid is False else EXIT_UNKNOWN
+        return report, EXIT_VALID, keys
+    return report, EXIT_INVALID if result.valid is False else EXIT_UNKNOWN, keys
 
 
 def _print_human(report: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ import traceback
 
 import click
 
+from harness.analyze_cmd import analyze_command
 from harness.check_cmd import check_command
+from harness.serve import serve_command
 from harness.test_cmd import cleanup_command, test_command
 
 EXIT_USAGE = 254
@@ -23,6 +25,8 @@ def cli() -> None:
 cli.add_command(check_command)
 cli.add_command(test_command)
 cli.add_command(cleanup_command)
+cli.add_command(analyze_command)
+cli.add_command(serve_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +34,7 @@ def check_history(ops: Sequence[dict[str, Any]], time_limit_s: float) -> dict[st
         "keys": per_key,
         "stale_reads": len(stale),
         "stale_read_examples": [s.to_json() for s in stale[:20]],
+        "stale_reads_by_key": dict(Counter(str(s.key) for s in stale)),
         "max_staleness_ms": round(max((s.staleness_ms for s in stale), default=0.0), 3),
         "counts": count_ops(spans),
     }

@@ -23,6 +23,7 @@ import click
 from checker import Verdict, merge_valid
 from harness.backends import BackendUnavailable, cleanup_leftovers
 from harness.backends.netns import check_available
+from harness.junit import write_runs_junit
 from harness.runner import RunOutcome, TestOptions, run_test
 from harness.targets import TARGETS
 from harness.workload import WORKLOADS
@@ -143,6 +144,13 @@ def validate(opts: TestOptions) -> None:
 @click.option("--leave-running", is_flag=True, help="Keep the cluster up after the run.")
 @click.option("--no-live", is_flag=True, help="Plain progress lines instead of a live display.")
 @click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the verdicts as JUnit XML to this file (for CI).",
+)
+@click.option(
     "--node",
     "ssh_nodes",
     multiple=True,
@@ -186,15 +194,22 @@ def test_command(**kw: Any) -> int:
     seed = opts.seed
     validate(opts)
     verdicts: list[Verdict] = []
+    runs: list[dict[str, Any]] = []
+    junit_path = kw["junit_path"]
     for i in range(kw["test_count"]):
         run_opts = opts if i == 0 else _replace_seed(opts, seed + i)
         outcome = _run(run_opts)
         if outcome is None:
+            if junit_path is not None:
+                write_runs_junit(junit_path, runs, crashed="the run did not finish (exit 255)")
             return EXIT_CRASH
         _summary(outcome)
         verdicts.append(outcome.valid)
+        runs.append(outcome.results)
         if outcome.valid is False:
             break
+    if junit_path is not None:
+        write_runs_junit(junit_path, runs)
     return exit_code(merge_valid(verdicts))
 
 

@@ -111,3 +111,24 @@ class RaftkvTarget:
             if a.get("ok") and a.get("role") == "leader"
         ]
         return max(leaders)[1] if leaders else None
+
+    async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
+        """The leader of the highest term among the nodes that answer, and that term."""
+
+        async def status(node: str) -> dict[str, Any]:
+            client = Client([_addr(cluster, node)], timeout_s=1.0)
+            try:
+                return await client.request({"op": "status"}, node=_addr(cluster, node))
+            finally:
+                await client.close()
+
+        answers = await asyncio.gather(*(status(n) for n in cluster.nodes), return_exceptions=True)
+        leaders = [
+            (int(a.get("term", 0)), n)
+            for n, a in zip(cluster.nodes, answers)
+            if isinstance(a, dict) and a.get("ok") and a.get("role") == "leader"
+        ]
+        if not leaders:
+            return None, None
+        term, node = max(leaders)
+        return node, term
