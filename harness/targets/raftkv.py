@@ -70,6 +70,8 @@ class RaftkvTarget:
     name = "raftkv"
     read_modes: tuple[str, ...] = READ_MODES
     default_read_mode = "readindex"
+    # The modes that promise linearizable reads; local and follower are unsafe on purpose.
+    linearizable_read_modes: tuple[str, ...] = ("log", "readindex", "lease")
     bugs: tuple[str, ...] = BUGS
 
     def __init__(self, tick_ms: int = 25, election_ticks: int = 20) -> None:
