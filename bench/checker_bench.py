@@ -1,12 +1,16 @@
 """Benchmark of the linearizability checker (a script, not a test).
 
 1. The reference corpus (tests/data/histories, 231 histories): parse and check times, total
-   and per set, with and without explanations of the invalid ones.
+   and per set, with and without explanations of the invalid ones; `unique_values` counts
+   the histories the unique-values check decided (at least one key) instead of the search.
 2. Generated linearizable kv histories with unique written values (10 keys, 12 clients, some
    info and fail): 100,000 and 1,000,000 operations, written as history.jsonl, then parsed
    and checked; peak memory (RSS) is reported too.
 
+With `--search-only` the search decides every key (no unique-values check).
+
 Usage: python bench/checker_bench.py [--sizes 100000,1000000] [--seed 1] [--skip-corpus]
+                                     [--search-only]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from checker import check, read_history  # noqa: E402
 CORPUS = ROOT / "tests" / "data" / "histories"
 
 
-def bench_corpus(explain: bool) -> dict[str, Any]:
+def bench_corpus(explain: bool, fast_path: bool) -> dict[str, Any]:
     manifest = json.loads((CORPUS / "manifest.json").read_text())
     sets: dict[str, dict[str, float]] = {}
     wrong = 0
@@ -40,11 +44,14 @@ def bench_corpus(explain: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         history = read_history(str(CORPUS / entry["path"]))
         t1 = time.perf_counter()
-        result = check(history, explain_anomalies=explain)
+        result = check(history, explain_anomalies=explain, fast_path=fast_path)
         t2 = time.perf_counter()
         wrong += result.valid is not (entry["expected"] == "ok")
-        acc = sets.setdefault(name, {"files": 0, "parse_s": 0.0, "check_s": 0.0})
+        acc = sets.setdefault(
+            name, {"files": 0, "parse_s": 0.0, "check_s": 0.0, "unique_values": 0}
+        )
         acc["files"] += 1
+        acc["unique_values"] += result.method != "search"
         acc["parse_s"] += t1 - t0
         acc["check_s"] += t2 - t1
     total = {
@@ -126,7 +133,7 @@ def generate(path: Path, n_ops: int, seed: int, keys: int = 10, clients: int = 1
                     emit("ok", c, f, key, res if f == "read" else value)
 
 
-def bench_generated(n_ops: int, seed: int) -> dict[str, Any]:
+def bench_generated(n_ops: int, seed: int, fast_path: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "history.jsonl"
         t0 = time.perf_counter()
@@ -134,7 +141,7 @@ def bench_generated(n_ops: int, seed: int) -> dict[str, Any]:
         t1 = time.perf_counter()
         history = read_history(str(path))
         t2 = time.perf_counter()
-        result = check(history, "kv", time_limit_s=600)
+        result = check(history, "kv", time_limit_s=600, fast_path=fast_path)
         t3 = time.perf_counter()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -144,6 +151,7 @@ def bench_generated(n_ops: int, seed: int) -> dict[str, Any]:
         "generate_s": round(t1 - t0, 2),
         "parse_s": round(t2 - t1, 2),
         "check_s": round(t3 - t2, 2),
+        "method": result.method,
         "steps": result.steps,
         "peak_rss_mb": round(peak_mb),
         "peak_rss_worker_mb": round(children_mb),
@@ -155,13 +163,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-corpus", action="store_true")
+    parser.add_argument("--search-only", action="store_true")
     args = parser.parse_args()
     if not args.skip_corpus:
         for explain in (False, True):
-            report = bench_corpus(explain)
+            report = bench_corpus(explain, not args.search_only)
             print(json.dumps(report, default=lambda x: round(x, 3)))
     for size in (int(s) for s in args.sizes.split(",") if s):
-        print(json.dumps(bench_generated(size, args.seed)), flush=True)
+        report = bench_generated(size, args.seed, not args.search_only)
+        print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

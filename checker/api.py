@@ -9,11 +9,12 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from checker.explain import Anomaly, _jsonable, explain
+from checker.explain import Anomaly, _jsonable, explain, explain_witness
 from checker.history import Event, HistoryError, Op, pair, paused_gc
 from checker.models import MODELS, Model, make_model
 from checker.readers import History, _event, _frozen
 from checker.search import Search, prepare
+from checker.unique import Decision, decide
 
 __all__ = ["UNKNOWN", "Result", "Verdict", "check", "infer_model", "merge_valid"]
 
@@ -23,6 +24,9 @@ _UNSET: Any = object()
 _SLICE_STEPS = 2_000
 _PARALLEL_MIN_OPS = 20_000
 _BYTES_PER_MEMO_ENTRY = 400
+_EXPLAIN_STEPS = 300_000
+METHOD_UNIQUE = "unique-values"
+METHOD_SEARCH = "search"
 
 
 def merge_valid(verdicts: Sequence[Verdict]) -> Verdict:
@@ -43,7 +47,9 @@ class Result:
     `anomalies` explains every key found invalid; `unknown_keys` lists keys left undecided
     (after a key is found invalid, the others get only a bounded extra effort).
     `elapsed_s` is the time spent checking, parsing excluded; `steps` the configurations
-    the search expanded.
+    the search expanded. `method` says what decided: "unique-values" (every key went through
+    the polynomial check of registers with unique written values), "search" (every key was
+    searched) or "unique-values+search" (some of each).
     """
 
     valid: Verdict
@@ -55,6 +61,7 @@ class Result:
     anomalies: list[Anomaly] = field(default_factory=list)
     unknown_keys: list[Hashable] = field(default_factory=list)
     reason: str | None = None
+    method: str = METHOD_SEARCH
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,6 +71,7 @@ class Result:
             "keys": self.keys,
             "elapsed_s": round(self.elapsed_s, 6),
             "steps": self.steps,
+            "method": self.method,
         }
         if self.anomalies:
             out["anomaly"] = self.anomalies[0].to_json()
@@ -122,6 +130,7 @@ def check(
     memory_limit_mb: float | None = None,
     workers: int | None = None,
     explain_anomalies: bool = True,
+    fast_path: bool = True,
 ) -> Result:
     """Check one history for linearizability.
 
@@ -130,11 +139,21 @@ def check(
     (inferred from the format and the ops); `init` overrides the model's initial state.
     The verdict is "unknown", never True, when `time_limit_s` or `memory_limit_mb` runs out.
     `workers` caps the processes used for big histories (default: the CPU count; small
-    histories always run in this process). Raises `HistoryError` on malformed histories.
+    histories always run in this process). With `fast_path` (the default), keys of register
+    models whose written values are unique are decided in polynomial time without a search;
+    the search then only explains the invalid ones. Raises `HistoryError` on malformed
+    histories.
     """
     with paused_gc():
         return _check(
-            history, model, init, time_limit_s, memory_limit_mb, workers, explain_anomalies
+            history,
+            model,
+            init,
+            time_limit_s,
+            memory_limit_mb,
+            workers,
+            explain_anomalies,
+            fast_path,
         )
 
 
@@ -146,6 +165,7 @@ def _check(
     memory_limit_mb: float | None,
     workers: int | None,
     explain_anomalies: bool,
+    fast_path: bool,
 ) -> Result:
     started = time.monotonic()
     hist = _events(history)
@@ -155,21 +175,34 @@ def _check(
     mem_entries = None
     if memory_limit_mb is not None:
         mem_entries = int(memory_limit_mb * 1e6 / _BYTES_PER_MEMO_ENTRY)
-    searches = [
-        (key, Search(sub, prepare(sub, part), memo_limit=mem_entries or 20_000_000))
-        for key, sub, part in parts
-    ]
+    memo_limit = mem_entries or 20_000_000
     deadline = None if time_limit_s is None else started + time_limit_s
     budget = _Budget(deadline, memory_limit_mb)
+    decided, searches, late = _split(parts, budget, memo_limit, fast_path)
+    invalid = any(not d.valid for *_, d in decided)
     n_workers = min(workers or os.cpu_count() or 1, 2 if len(searches) > 1 else 1)
-    if n_workers > 1 and len(ops) >= _PARALLEL_MIN_OPS and _can_fork():
-        outcome = _run_parallel(searches, budget, explain_anomalies, n_workers)
+    if not searches:
+        outcome: _Outcome = ({}, [], 0, None)
+    elif n_workers > 1 and len(ops) >= _PARALLEL_MIN_OPS and _can_fork():
+        outcome = _run_parallel(searches, budget, explain_anomalies, n_workers, invalid)
     else:
-        outcome = _run_group(searches, budget, explain_anomalies)
+        outcome = _run_group(searches, budget, explain_anomalies, invalid=invalid)
     verdicts, anomalies, steps, reason = outcome
-    unknown = [searches[i][0] for i, v in verdicts.items() if v == UNKNOWN]
-    valid = merge_valid(list(verdicts.values()))
+    unknown = [searches[i][0] for i, v in verdicts.items() if v == UNKNOWN] + late
+    valid = merge_valid([*verdicts.values(), *(d.valid for *_, d in decided)])
+    if late:
+        valid = merge_valid([valid, UNKNOWN])
+        reason = reason or budget.exceeded() or "time limit"
+    if explain_anomalies:
+        for key, sub, part, decision in decided:
+            if not decision.valid:
+                anomaly, more = _explain_decision(key, sub, part, decision, budget, memo_limit)
+                anomalies.append(anomaly)
+                steps += more
     anomalies.sort(key=lambda a: repr(a.key))
+    method = METHOD_SEARCH if not decided else METHOD_UNIQUE
+    if decided and searches:
+        method = f"{METHOD_UNIQUE}+{METHOD_SEARCH}"
     return Result(
         valid=valid,
         model=mdl.name,
@@ -180,6 +213,61 @@ def _check(
         anomalies=anomalies,
         unknown_keys=unknown,
         reason=reason if valid == UNKNOWN else None,
+        method=method,
+    )
+
+
+_Decided = tuple[Hashable, Model, list[Op], Decision]
+
+
+def _split(
+    parts: list[tuple[Hashable, Model, list[Op]]],
+    budget: _Budget,
+    memo_limit: int,
+    fast_path: bool,
+) -> tuple[list[_Decided], list[tuple[Hashable, Search]], list[Hashable]]:
+    """The keys the unique-values check decides, the searches of the others, and the keys
+    left undecided because the budget ran out first."""
+    decided: list[_Decided] = []
+    searches: list[tuple[Hashable, Search]] = []
+    for n, (key, sub, part) in enumerate(parts):
+        decision = decide(sub, part) if fast_path else None
+        if decision is None:
+            searches.append((key, Search(sub, prepare(sub, part), memo_limit=memo_limit)))
+        else:
+            decided.append((key, sub, part, decision))
+        if decision is not None and n + 1 < len(parts) and budget.exceeded():
+            return decided, searches, [k for k, _, _ in parts[n + 1 :]]
+    return decided, searches, []
+
+
+def _explain_decision(
+    key: Hashable,
+    model: Model,
+    ops: list[Op],
+    decision: Decision,
+    budget: _Budget,
+    memo_limit: int,
+) -> tuple[Anomaly, int]:
+    """Explain a key the unique-values check found invalid, with a bounded search of the
+    whole key (the longest linearizable prefix); failing that, from the witness alone."""
+    search = Search(model, prepare(model, ops), memo_limit=min(memo_limit, 4 * _EXPLAIN_STEPS))
+    spent = 0
+    while spent < _EXPLAIN_STEPS and search.verdict is None and not search.exhausted:
+        search.run(_SLICE_STEPS)
+        spent += _SLICE_STEPS
+        if budget.exceeded():
+            break
+    if search.verdict is False:
+        return explain(key, search, shrink_s=0.25), search.steps
+    witness = Search(model, prepare(model, decision.witness), memo_limit=4 * _EXPLAIN_STEPS)
+    if witness.run(_EXPLAIN_STEPS) is False:
+        anomaly = explain(key, witness, shrink_s=0.25)
+        anomaly.reason = f"{decision.why}; {anomaly.reason}"
+        return anomaly, search.steps + witness.steps
+    assert decision.blocker is not None
+    return explain_witness(key, model, decision.witness, decision.blocker, decision.why), (
+        search.steps + witness.steps
     )
 
 
@@ -230,6 +318,8 @@ def _run_group(
     explain_anomalies: bool,
     indices: Sequence[int] | None = None,
     stop: Any = None,
+    *,
+    invalid: bool = False,
 ) -> _Outcome:
     """Interleave the searches in round-robin slices; after the first invalid key, the rest
     get only as much effort again as was spent so far (a single hard key must not hide an
@@ -237,7 +327,7 @@ def _run_group(
     active = list(range(len(searches))) if indices is None else list(indices)
     verdicts: dict[int, Verdict] = {}
     reason: str | None = None
-    extra_steps: int | None = None
+    extra_steps: int | None = _extra_effort(searches, explain_anomalies) if invalid else None
     while active:
         for idx in list(active):
             search = searches[idx][1]
@@ -287,7 +377,14 @@ _WORK: dict[str, Any] = {}
 
 
 def _worker(indices: list[int]) -> _Outcome:
-    return _run_group(_WORK["searches"], _WORK["budget"], _WORK["explain"], indices, _WORK["stop"])
+    return _run_group(
+        _WORK["searches"],
+        _WORK["budget"],
+        _WORK["explain"],
+        indices,
+        _WORK["stop"],
+        invalid=_WORK["invalid"],
+    )
 
 
 def _run_parallel(
@@ -295,6 +392,7 @@ def _run_parallel(
     budget: _Budget,
     explain_anomalies: bool,
     n_workers: int,
+    invalid: bool = False,
 ) -> _Outcome:
     """Split the keys into `n_workers` groups of similar size, one forked process each."""
     groups: list[list[int]] = [[] for _ in range(n_workers)]
@@ -304,7 +402,13 @@ def _run_parallel(
         groups[g].append(idx)
         loads[g] += searches[idx][1].ops
     ctx = multiprocessing.get_context("fork")
-    _WORK.update(searches=searches, budget=budget, explain=explain_anomalies, stop=ctx.Event())
+    _WORK.update(
+        searches=searches,
+        budget=budget,
+        explain=explain_anomalies,
+        stop=ctx.Event(),
+        invalid=invalid,
+    )
     try:
         with ctx.Pool(n_workers) as pool:
             outcomes = pool.map(_worker, groups, chunksize=1)

@@ -38,6 +38,12 @@ _TOKEN = re.compile(
     )""",
     re.X | re.S,
 )
+# A map of atoms, escape-free strings and vectors of atoms (most history records): read in
+# one piece, its items split by `_FLAT_ITEM`.
+_FLAT_BODY = r'\{((?:[^{}\[\]()"#;\\]|"[^"\\]*"|\[[^{}\[\]()"#;\\]*\])*)\}'
+_FLAT_MAP = re.compile(_FLAT_BODY)
+_NEXT_FLAT_MAP = re.compile(r"[\s,]*(?=\{)" + _FLAT_BODY)
+_FLAT_ITEM = re.compile(r'"[^"]*"|\[[^\]]*\]|[^\s,\["]+')
 _INT = re.compile(r"[+-]?\d+N?")
 _FLOAT = re.compile(r"[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?M?")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
@@ -68,6 +74,53 @@ def _string(token: str) -> str:
     if "\\" not in body:
         return body
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), body)
+
+
+class _Atoms(dict[str, Any]):
+    """Values of the tokens `_FLAT_ITEM` finds, each parsed once."""
+
+    def __missing__(self, token: str) -> Any:
+        first = token[0]
+        if first == '"':
+            value: Any = token[1:-1]
+        elif first == "[":
+            value = tuple(self[a] for a in token[1:-1].replace(",", " ").split())
+        else:
+            value = parse_atom(token)
+        self[token] = value
+        return value
+
+
+def _flat_map(body: str, atoms: _Atoms) -> dict[Any, Any] | None:
+    """The map whose text between braces is `body` (matched by `_FLAT_MAP`); None if it is
+    not well formed (a bad number, an odd number of forms), for the general reader to
+    report."""
+    try:
+        items = [atoms[token] for token in _FLAT_ITEM.findall(body)]
+    except ValueError:
+        return None
+    if len(items) % 2:
+        return None
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _more_flat_maps(
+    text: str, pos: int, atoms: _Atoms, items: list[Any], track: list[int] | None, lines: _Lines
+) -> int:
+    """Read the flat maps that follow `pos` into `items` (their lines into `track`); the
+    position after the last."""
+    match = _NEXT_FLAT_MAP.match
+    while True:
+        m = match(text, pos)
+        if m is None:
+            return pos
+        record = _flat_map(m.group(1), atoms)
+        if record is None:
+            return pos
+        if track is not None:
+            track.append(lines.at(m.end() - len(m.group(1)) - 2))
+        items.append(record)
+        pos = m.end()
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -108,6 +161,8 @@ def parse_all(text: str) -> list[Form]:
     discards: list[int] = [0]
     pos = 0
     match = _TOKEN.match
+    flat = _FLAT_MAP.match
+    atoms = _Atoms()
     while True:
         m = match(text, pos)
         assert m is not None
@@ -128,6 +183,23 @@ def parse_all(text: str) -> list[Form]:
         if kind == "discard":
             discards[-1] += 1
             continue
+        if kind == "open" and text[start] == "{":
+            fm = flat(text, start)
+            record = None if fm is None else _flat_map(fm.group(1), atoms)
+            if record is not None:
+                assert fm is not None
+                pos = fm.end()
+                if discards[-1]:
+                    discards[-1] -= 1
+                elif stack:
+                    track = forms[-1].item_lines if len(stack) == 1 else None
+                    if track is not None:
+                        track.append(lines.at(start))
+                    stack[-1][1].append(record)
+                    pos = _more_flat_maps(text, pos, atoms, stack[-1][1], track, lines)
+                else:
+                    forms.append(Form(record, lines.at(start)))
+                continue
         if kind == "open":
             if len(stack) == 0:
                 forms.append(Form(None, lines.at(start)))

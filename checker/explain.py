@@ -23,7 +23,7 @@ from checker.history import Op
 from checker.models import ILLEGAL, Model, _show
 from checker.search import Search
 
-__all__ = ["ANOMALY_NAMES", "Anomaly", "explain"]
+__all__ = ["ANOMALY_NAMES", "Anomaly", "explain", "explain_witness"]
 
 ANOMALY_NAMES = (
     "stale read",
@@ -125,6 +125,27 @@ def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
         detail=detail,
     )
     anomaly.text = render(model, anomaly, window, prefix)
+    return anomaly
+
+
+def explain_witness(
+    key: Hashable, model: Model, witness: list[Op], blocker: Op, why: str
+) -> Anomaly:
+    """Explain a sub-history from a `witness` (a subset of its operations, not linearizable on
+    its own) and the `blocker` among them, without a search: no prefix, no states."""
+    name, detail = classify(model, witness, blocker)
+    anomaly = Anomaly(
+        key=key,
+        name=name,
+        op=_op_dict(blocker),
+        states=[],
+        prefix_len=0,
+        prefix=[],
+        window=[_op_dict(op) for op in witness],
+        reason=why,
+        detail=detail,
+    )
+    anomaly.text = render(model, anomaly, witness, [])
     return anomaly
 
 

@@ -20,7 +20,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from checker.edn import EdnError, parse_all, parse_atom
+from checker.edn import EdnError, Form, parse_all, parse_atom
 from checker.history import NEMESIS, TYPES, Event, HistoryError, paused_gc
 
 __all__ = ["FORMATS", "History", "detect_format", "parse_history", "read_history"]
@@ -141,7 +141,10 @@ def _frozen(value: Any) -> Any:
 
 
 def _edn_maps(text: str, file: str | None) -> list[Event]:
-    forms = parse_all(text)
+    return _op_maps(parse_all(text), file)
+
+
+def _op_maps(forms: list[Form], file: str | None) -> list[Event]:
     if len(forms) == 1 and isinstance(forms[0].value, tuple):
         items, lines = forms[0].value, forms[0].item_lines
     else:
@@ -159,7 +162,7 @@ def _knossos(text: str, file: str | None) -> list[Event]:
     if len(forms) != 1 or not isinstance(forms[0].value, tuple):
         line = forms[1].line if len(forms) > 1 else 1
         raise HistoryError("expected one vector or list of operations", file=file, line=line)
-    return _edn_maps(text, file)
+    return _op_maps(forms, file)
 
 
 _KV_LINE = re.compile(

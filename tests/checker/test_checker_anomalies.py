@@ -102,7 +102,7 @@ def test_failed_write_never_happened() -> None:
 
 
 def test_keys_are_independent_and_every_invalid_key_is_explained() -> None:
-    records = []
+    records: list[dict[str, Any]] = []
     for key in ("a", "b", "c"):
         bad = key != "b"
         for t, p, f, v in [*seq(0, "write", 1), *seq(1, "read", None, 2 if bad else 1)]:
