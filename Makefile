@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OS_PACKAGES := iproute2 iptables procps chromium
+OS_PACKAGES := iproute2 iptables procps chromium openssh-server
 
 .PHONY: venv test demo lint typecheck bench clean os-packages
 
