@@ -21,22 +21,24 @@ BATCH_SIZES = (1, 8, 64)
 ENTRY_BYTES = 100  # about one put command with a short key and value
 
 
-def run(data_dir: Path, batch: int, seconds: float, fsync: bool) -> tuple[float, float]:
-    """Returns (entries per second, mean milliseconds per synced batch)."""
+def run(data_dir: Path, batch: int, seconds: float, fsync: bool) -> tuple[float, float, float]:
+    """Returns (entries per second, mean and p99 milliseconds per synced batch)."""
     st = Storage.open(data_dir, fsync=fsync)
     payload = b"x" * ENTRY_BYTES
-    index, batches = 0, 0
-    start = time.perf_counter()
+    index, times = 0, []
+    start = now = time.perf_counter()
     deadline = start + seconds
-    while time.perf_counter() < deadline:
+    while now < deadline:
         st.append([Entry(1, index + i, EntryKind.NORMAL, payload) for i in range(1, batch + 1)])
         index += batch
         st.set_hard_state(HardState(1, "n1", index - batch))
         st.sync()
-        batches += 1
-    elapsed = time.perf_counter() - start
+        times.append(time.perf_counter() - now)
+        now += times[-1]
+    elapsed = now - start
     st.close()
-    return index / elapsed, elapsed / batches * 1000
+    times.sort()
+    return index / elapsed, elapsed / len(times) * 1000, times[len(times) * 99 // 100] * 1000
 
 
 def main() -> None:
@@ -50,8 +52,11 @@ def main() -> None:
     try:
         print(f"fsync={'on' if fsync else 'off'}  dir={root}  entry={ENTRY_BYTES} B")
         for batch in BATCH_SIZES:
-            rate, ms = run(root / f"b{batch}", batch, args.seconds, fsync)
-            print(f"batch {batch:3d}: {rate:10,.0f} appends/s  {ms:7.3f} ms per synced batch")
+            rate, ms, p99 = run(root / f"b{batch}", batch, args.seconds, fsync)
+            print(
+                f"batch {batch:3d}: {rate:10,.0f} appends/s  {ms:7.3f} ms per synced batch"
+                f"  (p99 {p99:.3f} ms)"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -29,10 +29,17 @@ its own: nearly every batch moves the commit index, and one stream makes "entrie
 vote, commit" one write and one fdatasync instead of two, atomic with each other. Every
 segment header repeats the hard state, so retiring old segments never loses the vote.
 
-Recovery replays the segments in order on top of the snapshot. Only the last record of the
-last segment may be bad (a torn tail, cut off); a bad record anywhere else, a segment gap, a
-log that does not continue the snapshot, or a commit index beyond the recovered log is
-CorruptStorage.
+The active (last) segment is preallocated: zero bytes are written ahead of the write
+position, `_PREALLOC_BYTES` at a time, and made durable by the fdatasync of the batch that
+first needs them. Every other `sync()` overwrites allocated, durable space instead of growing
+the file, so its fdatasync has no size or extent change to journal. A segment is cut to its
+used length when it stops being active (rollover, close): only the last one ends in zeros.
+
+Recovery replays the segments in order on top of the snapshot. Zero bytes from the end of
+the last valid record to the end of the last segment are free space, appended over in place.
+Otherwise only the last record of the last segment may be bad (a torn tail, cut off); a bad
+record anywhere else, a segment gap, a log that does not continue the snapshot, or a commit
+index beyond the recovered log is CorruptStorage.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ MAX_SNAPSHOT_BYTES = 1 << 30
 """Largest snapshot file payload (the KV image plus a few fields)."""
 # Batches are split into records of about this much entry data.
 _CHUNK_BYTES = 8 << 20
+# The active segment is zero-filled this far ahead of its write position at a time.
+_PREALLOC_BYTES = 1 << 20
+_ZEROS = bytes(1 << 20)
 
 _MAGIC = b"\xa7RKw"
 _FRAME = struct.Struct("<4sII")
@@ -118,6 +128,11 @@ def _frame_error(buf: memoryview, off: int, max_payload: int) -> tuple[str | Non
     if zlib.crc32(buf[off + 8 : end]) != crc:
         return "checksum mismatch", off
     return None, end
+
+
+def _all_zero(buf: memoryview, off: int) -> bool:
+    data = buf.obj if isinstance(buf.obj, bytes) else bytes(buf)
+    return data.count(0, off) == len(data) - off
 
 
 def _valid_frame_after(buf: memoryview, off: int, max_payload: int) -> int | None:
@@ -185,8 +200,9 @@ class Storage:
       from `snapshot.index + 1`, or from 1) hold the recovered state after `open` and are kept
       current by the mutators. Treat them as read-only.
     - `append`, `set_hard_state` only buffer; `sync()` writes the buffered batch as one record
-      with one write and one fdatasync (group commit). Nothing is durable before `sync()`
-      returns; `sync()` with nothing buffered costs nothing.
+      with one write and one fdatasync (group commit), plus a zero fill of preallocated space
+      once per `_PREALLOC_BYTES`. Nothing is durable before `sync()` returns; `sync()` with
+      nothing buffered costs nothing.
     - `save_snapshot` is durable when it returns (it syncs any buffered batch first).
     - With `fsync=False` every write still reaches the OS but nothing is fsynced: data
       survives a process kill, not a machine crash (the `no-fsync` deliberate bug).
@@ -207,7 +223,10 @@ class Storage:
         self.entries = []
         self._segments: list[_Segment] = []
         self._fd = -1
+        # Active segment: end of its records (the write position) and of its file, the
+        # zero-filled preallocation lying between the two.
         self._size = 0
+        self._alloc = 0
         # What the records already written say, so a new segment header never runs ahead.
         self._written_hs = HardState()
         self._pending_hs: HardState | None = None
@@ -249,10 +268,10 @@ class Storage:
         snap_term = self.snapshot.term if self.snapshot else 0
         replay = _Replay(snap_index, snap_term)
         self._segments = self._list_segments()
-        torn_at: int | None = None
+        end, torn = 0, False
         for i, seg in enumerate(self._segments):
-            torn_at = self._replay_segment(seg, replay, is_last=i == len(self._segments) - 1)
-        cut_at = f"{self._segments[-1].path} offset {torn_at}" if torn_at is not None else None
+            end, torn = self._replay_segment(seg, replay, is_last=i == len(self._segments) - 1)
+        cut_at = f"{self._segments[-1].path} offset {end}" if torn else None
         if replay.entries and replay.entries[0].term < replay.snap_term:
             raise CorruptStorage(
                 f"{self._dir}: term goes backwards after the snapshot: entry "
@@ -268,14 +287,15 @@ class Storage:
         self.hard_state = self._written_hs = replay.hs
         self.entries = replay.entries
         # Only now that the data is trusted: cut the torn tail so appends follow valid records.
-        if torn_at is not None:
-            self._cut_torn_tail(self._segments[-1], torn_at)
-        if self._segments and self._segments[-1].path.stat().st_size == 0:
+        if torn:
+            self._cut_torn_tail(self._segments[-1], end)
+        if self._segments and end == 0:
             # A segment whose header never reached the disk: the roll did not happen.
             self._segments.pop().path.unlink()
             self._fsync_dir()
+            end = self._segments[-1].path.stat().st_size if self._segments else 0
         if self._segments:
-            self._open_active(self._segments[-1])
+            self._open_active(self._segments[-1], end)
         else:
             self._roll()
 
@@ -292,14 +312,14 @@ class Storage:
                 )
         return segments
 
-    def _replay_segment(self, seg: _Segment, replay: _Replay, is_last: bool) -> int | None:
-        """Apply one segment's records; returns the offset of a torn tail, if there is one."""
+    def _replay_segment(self, seg: _Segment, replay: _Replay, is_last: bool) -> tuple[int, bool]:
+        """Apply one segment's records; returns (end of its valid records, torn tail there)."""
         buf = memoryview(seg.path.read_bytes())
         off = 0
         while off < len(buf):
             error, end = _frame_error(buf, off, MAX_RECORD_BYTES)
             if error is not None:
-                return self._bad_record(seg, buf, off, error, is_last)
+                return off, self._bad_record(seg, buf, off, error, is_last)
             where = f"{seg.path} offset {off}"
             payload = buf[off + _FRAME.size : end]
             try:
@@ -309,22 +329,31 @@ class Storage:
             off = end
         if not buf and not is_last:
             raise CorruptStorage(f"{seg.path} offset 0: empty segment that is not the last")
-        return None
+        return off, False
 
     def _bad_record(
         self, seg: _Segment, buf: memoryview, off: int, error: str, is_last: bool
-    ) -> int:
-        """Raise unless the bad record at `off` is a torn tail; then return `off`."""
+    ) -> bool:
+        """Raise unless the bad record at `off` ends the log; returns whether it is torn.
+
+        Not torn means only zeros follow: preallocated space that no write reached.
+        """
         where = f"{seg.path} offset {off}"
+        # A segment is cut to its used length durably before the next one is created, so
+        # zeros in any other segment are damage, not preallocation.
         if not is_last:
             raise CorruptStorage(f"{where}: {error} (in a segment that is not the last)")
+        if _all_zero(buf, off):
+            return False
         later = _valid_frame_after(buf, off, MAX_RECORD_BYTES)
         if later is not None:
             raise CorruptStorage(f"{where}: {error}, with a valid record after it at {later}")
         # The write that was in progress when the process died.
-        return off
+        return True
 
     def _cut_torn_tail(self, seg: _Segment, off: int) -> None:
+        # Truncating rather than zeroing also drops the preallocation after the torn bytes,
+        # but a torn tail takes a crash mid-write, and the next batch preallocates again.
         fd = os.open(seg.path, os.O_WRONLY)
         try:
             os.ftruncate(fd, off)
@@ -448,10 +477,11 @@ class Storage:
         self._retire_segments(snap.index)
 
     def close(self) -> None:
-        """Sync anything buffered, then release the directory."""
+        """Sync anything buffered, cut the preallocation off, then release the directory."""
         try:
             if self._fd >= 0:
                 self.sync()
+                self._finish_active()
         finally:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -461,7 +491,10 @@ class Storage:
                 self._lock_fd = -1
 
     def disk_bytes(self) -> int:
-        """Bytes used by the log segments and the snapshot file."""
+        """Bytes used by the log segments and the snapshot file.
+
+        Counts the zero-filled preallocation of the active segment (up to 1 MiB) as used.
+        """
         total = 0
         for name in os.listdir(self._dir):
             if name == _SNAPSHOT_FILE or _SEGMENT_NAME.match(name):
@@ -494,10 +527,13 @@ class Storage:
         else:
             out.extend(self._batch_frames(self._dirty_from))
         data = b"".join(out)
+        # The fdatasync of this batch also makes the new zeros durable, once per chunk.
+        self._preallocate(self._size + len(data))
         written = os.write(self._fd, data)
         while written < len(data):
             written += os.write(self._fd, memoryview(data)[written:])
         self._size += len(data)
+        self._alloc = max(self._alloc, self._size)
         self._dirty_from = None
         self._pending_hs = None
         self._written_hs = self.hard_state
@@ -524,31 +560,63 @@ class Storage:
         frames.append(_frame(_pack((_BATCH, hs, first_index, chunk))))
         return frames
 
+    def _preallocate(self, end: int) -> None:
+        """Zero-fill the active segment up to the chunk boundary at or after offset `end`.
+
+        Never fills past the segment size: a write that ends there is the segment's last and
+        just grows the file.
+        """
+        target = min(-(-end // _PREALLOC_BYTES) * _PREALLOC_BYTES, self._segment_bytes)
+        if target <= self._alloc or target < end:
+            return
+        # Real zeros rather than fallocate(): its unwritten extents are converted, and the
+        # conversion journaled, by the fdatasync after each write into a new block, which
+        # measured slower for batches of a few KiB. The batch itself covers [_size, end); a
+        # hole left there by a crash before it is written reads as zeros all the same.
+        pos = max(self._alloc, end)
+        while pos < target:
+            pos += os.pwrite(self._fd, _ZEROS[: min(len(_ZEROS), target - pos)], pos)
+        self._alloc = target
+
+    def _finish_active(self) -> None:
+        """Sync the active segment, cut it to its records and close it."""
+        if self._alloc > self._size:
+            os.ftruncate(self._fd, self._size)
+            self._alloc = self._size
+            self._unsynced = True
+        if self._unsynced and self._fsync:
+            # The size change is metadata that fdatasync(2) flushes.
+            _fdatasync(self._fd)
+        self._unsynced = False
+        os.close(self._fd)
+        self._fd = -1
+
     def _roll(self) -> None:
         """Start a new segment whose header carries the written hard state and snapshot."""
         if self._fd >= 0:
-            if self._unsynced and self._fsync:
-                _fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            # Cut durably before the next segment exists: only the last one may end in zeros.
+            self._finish_active()
         seq = self._segments[-1].seq + 1 if self._segments else 1
         seg = _Segment(seq, self._dir / f"wal-{seq:010d}.seg")
         snap = self.snapshot
         snap_index, snap_term = (snap.index, snap.term) if snap else (0, 0)
         hs = _hs_tuple(self._written_hs)
         header = (_HEADER, "raftkv-wal", _VERSION, seq, snap_index, snap_term, hs)
-        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         data = _frame(_pack(header))
         os.write(fd, data)
         if self._fsync:
             os.fsync(fd)
         self._fsync_dir()
         self._segments.append(seg)
-        self._fd, self._size, self._unsynced = fd, len(data), False
+        self._fd, self._size, self._alloc, self._unsynced = fd, len(data), len(data), False
 
-    def _open_active(self, seg: _Segment) -> None:
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
-        self._size = os.fstat(self._fd).st_size
+    def _open_active(self, seg: _Segment, end: int) -> None:
+        """Continue writing `seg` at offset `end`, over any zeros after it."""
+        self._fd = os.open(seg.path, os.O_WRONLY)
+        self._size, self._alloc = end, os.fstat(self._fd).st_size
+        # Writes go to the file position, which only they move (zero-filling uses pwrite).
+        os.lseek(self._fd, end, os.SEEK_SET)
 
     def _retire_segments(self, snap_index: int) -> None:
         # Only a prefix may go (a later record may have truncated an earlier one), one file

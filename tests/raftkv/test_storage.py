@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -552,3 +553,196 @@ def test_torn_record_at_or_below_the_commit_index_is_corruption(tmp_path: Path) 
     ):
         Storage.open(tmp_path)
     assert seg.read_bytes() == good + torn, "a refused open changes nothing on disk"
+
+
+# ---- preallocated zero tails ----------------------------------------------------------------
+
+
+def write_open(path: Path, segment_bytes: int = 64 << 20) -> tuple[Storage, list[Entry]]:
+    """Two synced batches in a storage left open: its segment ends in preallocated zeros."""
+    st = Storage.open(path, segment_bytes=segment_bytes)
+    st.append(entries(1, 3, 1))
+    st.set_hard_state(HardState(1, "n1", 1))
+    st.sync()
+    st.append(entries(4, 6, 1))
+    st.set_hard_state(HardState(1, "n1", 3))
+    st.sync()
+    return st, list(st.entries)
+
+
+def killed_copy(src: Path, dst: Path) -> Path:
+    """The directory as a kill -9 of the process holding `src` open would leave it."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def used_bytes(seg: Path) -> int:
+    """End of the last frame, read with the documented format (a zero tail is not a frame)."""
+    data = seg.read_bytes()
+    off = 0
+    while off + 12 <= len(data) and data[off : off + 4] == b"\xa7RKw":
+        (length,) = struct.unpack_from("<I", data, off + 8)
+        off += 12 + length
+    return off
+
+
+def test_zero_tail_is_free_space_appended_over_in_place(tmp_path: Path) -> None:
+    st, log = write_open(tmp_path / "live")
+    case = killed_copy(tmp_path / "live", tmp_path / "case")
+    st.close()
+    seg = segments(case)[0]
+    used, size = used_bytes(seg), seg.stat().st_size
+    assert size > used and seg.read_bytes()[used:] == bytes(size - used), "a zero tail"
+    st = Storage.open(case)
+    assert (st.hard_state, st.entries) == (HardState(1, "n1", 3), log)
+    assert seg.stat().st_size == size, "the preallocation is kept"
+    st.append(entries(7, 9, 2))
+    st.sync()
+    assert seg.stat().st_size == size, "the batch overwrote zeros instead of growing the file"
+    assert used_bytes(seg) > used
+    st.close()
+    assert seg.stat().st_size == used_bytes(seg), "close cuts the zeros off"
+    assert reopen_state(case)[2] == [*log, *entries(7, 9, 2)]
+
+
+@pytest.mark.parametrize("landed", ["front", "back", "middle"])
+def test_torn_record_followed_by_zeros_is_a_torn_tail(tmp_path: Path, landed: str) -> None:
+    st, log = write_open(tmp_path / "live")
+    case = killed_copy(tmp_path / "live", tmp_path / "case")
+    st.close()
+    seg = segments(case)[0]
+    used = used_bytes(seg)
+    torn = frame([2, [2, "n2", 3], 7, [[2, 0, b"7@2" * 100]]])
+    # Which sectors of the interrupted write reached the disk before the crash.
+    part = {
+        "front": torn[: len(torn) // 2],
+        "back": bytes(len(torn) // 2) + torn[len(torn) // 2 :],
+        "middle": bytes(20) + torn[20:-20],
+    }[landed]
+    with seg.open("r+b") as f:
+        f.seek(used)
+        f.write(part)
+    st = Storage.open(case)
+    assert (st.hard_state, st.entries) == (HardState(1, "n1", 3), log)
+    assert seg.stat().st_size == used, "the torn bytes are cut off durably before any append"
+    st.append(entries(7, 8, 3))
+    st.sync()
+    st.close()
+    assert reopen_state(case)[2] == [*log, *entries(7, 8, 3)]
+
+
+def test_torn_tail_cut_before_new_records_so_garbage_never_precedes_them(tmp_path: Path) -> None:
+    st, log = write_open(tmp_path / "live")
+    case = killed_copy(tmp_path / "live", tmp_path / "case")
+    st.close()
+    seg = segments(case)[0]
+    used = used_bytes(seg)
+    with seg.open("r+b") as f:
+        f.seek(used)
+        f.write(b"\xa7RKw" + b"\x55" * 300)  # a long torn record
+    st = Storage.open(case)
+    st.append(entries(7, 7, 3))  # a short record: it would not cover all of the garbage
+    st.sync()
+    # Killed again with this batch synced: nothing but records and zeros may be left.
+    again = killed_copy(case, tmp_path / "again")
+    st.close()
+    assert b"\x55" * 8 not in segments(again)[0].read_bytes()
+    assert reopen_state(again)[2] == [*log, *entries(7, 7, 3)]
+
+
+@pytest.mark.parametrize("where", ["crc", "payload"])
+def test_corruption_in_the_middle_is_detected_with_a_zero_tail(tmp_path: Path, where: str) -> None:
+    st, _log = write_open(tmp_path / "live")
+    case = killed_copy(tmp_path / "live", tmp_path / "case")
+    st.close()
+    seg = segments(case)[0]
+    second = record_offsets_before_zeros(seg)[1]
+    data = bytearray(seg.read_bytes())
+    data[second + {"crc": 5, "payload": 20}[where]] ^= 0x40
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptStorage, match=rf"{seg.name} offset {second}: .*valid record after"):
+        Storage.open(case)
+    assert seg.read_bytes() == bytes(data), "a refused open changes nothing on disk"
+
+
+def test_valid_record_inside_the_zero_tail_is_corruption(tmp_path: Path) -> None:
+    st, _log = write_open(tmp_path / "live")
+    case = killed_copy(tmp_path / "live", tmp_path / "case")
+    st.close()
+    seg = segments(case)[0]
+    used = used_bytes(seg)
+    with seg.open("r+b") as f:
+        f.seek(used + 4096)  # a record with lost bytes before it is not free space
+        f.write(frame([2, None, 7, [[1, 0, b"7@1"]]]))
+    with pytest.raises(CorruptStorage, match=rf"offset {used}: bad magic, with a valid record"):
+        Storage.open(case)
+
+
+def test_zeros_at_the_end_of_a_segment_that_is_not_the_last_are_corruption(
+    tmp_path: Path,
+) -> None:
+    st = Storage.open(tmp_path, segment_bytes=300)
+    for first in range(1, 60, 5):
+        st.append(entries(first, first + 4, 1))
+        st.sync()
+    st.close()
+    first_seg = segments(tmp_path)[0]
+    with first_seg.open("ab") as f:
+        f.write(bytes(100))
+    with pytest.raises(CorruptStorage, match=rf"{first_seg.name} .*not the last"):
+        Storage.open(tmp_path)
+
+
+def test_rollover_cuts_finished_segments_to_their_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_mod, "_PREALLOC_BYTES", 2048)
+    st = Storage.open(tmp_path, segment_bytes=8000)
+    zero_tails = 0
+    for first in range(1, 3000, 25):
+        st.append(entries(first, first + 24, 1))
+        st.set_hard_state(HardState(1, "n1", first))
+        st.sync()
+        *finished, active = segments(tmp_path)
+        for seg in finished:
+            assert seg.stat().st_size == used_bytes(seg), f"{seg.name} ends in zeros"
+        zero_tails += active.stat().st_size > used_bytes(active)
+    assert len(segments(tmp_path)) > 3
+    assert zero_tails > 30, "the active segment is preallocated"
+    st.save_snapshot(Snapshot(2000, 1, ("n1",), b"image"))
+    for seg in segments(tmp_path):
+        assert seg.stat().st_size == used_bytes(seg), f"{seg.name} ends in zeros after a roll"
+    expected = state(st)
+    st.close()
+    assert reopen_state(tmp_path) == expected
+
+
+def test_partial_preallocation_is_free_space_and_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill mid-fill leaves zeros up to anywhere, even a hole before them; all is free."""
+    st, log = write_open(tmp_path / "live")
+    st.close()
+    seg = segments(tmp_path / "live")[0]
+    used = seg.stat().st_size
+    for extra in (1, 4095, 70_000):
+        case = tmp_path / f"case{extra}"
+        shutil.copytree(tmp_path / "live", case)
+        with (case / seg.name).open("r+b") as f:
+            f.truncate(used + extra)  # a hole reads as zeros, like an interrupted zero fill
+        st = Storage.open(case)
+        assert st.entries == log
+        st.append(entries(7, 7, 2))
+        st.sync()
+        assert (case / seg.name).stat().st_size == 1 << 20, "the fill is completed"
+        st.close()
+        assert reopen_state(case)[2] == [*log, *entries(7, 7, 2)]
+
+
+def record_offsets_before_zeros(seg: Path) -> list[int]:
+    offsets, off, end = [], 0, used_bytes(seg)
+    while off < end:
+        offsets.append(off)
+        (length,) = struct.unpack_from("<I", seg.read_bytes(), off + 8)
+        off += 12 + length
+    return offsets

@@ -28,17 +28,33 @@ def wait_for_ready(out: Path, proc: subprocess.Popen[bytes], timeout_s: float = 
     raise AssertionError("writer did not start in time")
 
 
-def run_and_kill(data_dir: Path, out: Path, seed: int, delay_s: float) -> list[str]:
-    """Start a writer, SIGKILL it `delay_s` after it is ready; return its output lines."""
+def wait_for_stall(out: Path, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if "\nstalled " in out.read_text():
+            return
+        assert proc.poll() is None, f"writer exited early: {out.read_text()[-300:]!r}"
+        time.sleep(0.005)
+    raise AssertionError("writer did not reach the zero fill to stall in")
+
+
+def run_and_kill(
+    data_dir: Path, out: Path, seed: int, delay_s: float, stall_at_fill: int = 0
+) -> list[str]:
+    """Start a writer, SIGKILL it `delay_s` after it is ready (or once it stalls in the
+    `stall_at_fill`-th zero fill); return its output lines."""
+    stall = [str(stall_at_fill)] if stall_at_fill else []
     with out.open("wb") as stdout:
         proc = subprocess.Popen(
-            [sys.executable, str(CHILD), str(data_dir), str(seed)],
+            [sys.executable, str(CHILD), str(data_dir), str(seed), *stall],
             stdout=stdout,
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
     try:
         wait_for_ready(out, proc)
+        if stall_at_fill:
+            wait_for_stall(out, proc)
         time.sleep(delay_s)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -66,6 +82,8 @@ def check_recovery(data_dir: Path, model: dict[int, int], lines: list[str]) -> d
             acked, pending = apply(acked, *args), None
         elif word == "snap":
             snap_floor = args[0]
+        elif word == "stalled":
+            pass
     st = Storage.open(data_dir)
     try:
         snap_index = st.snapshot.index if st.snapshot else 0
@@ -113,3 +131,31 @@ def test_every_acknowledged_batch_survives_kill_9(tmp_path: Path) -> None:
         model = check_recovery(data_dir, model, lines)
     assert acks >= ROUNDS, f"too few acknowledged batches to mean anything (seed {seed})"
     assert len(list(data_dir.glob("wal-*.seg"))) >= 1
+
+
+def test_kill_9_in_the_middle_of_a_zero_fill_loses_nothing(tmp_path: Path) -> None:
+    seed = int(os.environ.get("STORAGE_KILL_SEED", "20240611"))
+    rng = random.Random(seed)
+    data_dir = tmp_path / "data"
+    model: dict[int, int] = {}
+    acks = 0
+    for round_no in range(6):
+        lines = run_and_kill(
+            data_dir,
+            tmp_path / f"out{round_no}.txt",
+            rng.randrange(1 << 30),
+            0.0,
+            stall_at_fill=rng.randint(1, 8),
+        )
+        assert lines[-1].startswith("stalled"), lines[-3:]
+        stalled_at = int(lines[-1].split()[1])
+        acks += sum(line.startswith("ack") for line in lines)
+        last = sorted(data_dir.glob("wal-*.seg"))[-1]
+        data = last.read_bytes()
+        assert len(data) == stalled_at, "killed with a zero fill half done"
+        assert data.endswith(bytes(64)), "a zero tail"
+        model = check_recovery(data_dir, model, lines)
+        for seg in sorted(data_dir.glob("wal-*.seg")):
+            data = seg.read_bytes()
+            assert not data.endswith(bytes(64)), f"{seg.name}: close leaves no zero tail"
+    assert acks >= 20, f"too few acknowledged batches to mean anything (seed {seed})"
