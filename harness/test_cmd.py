@@ -239,7 +239,7 @@ def _ssh_options(kw: dict[str, Any]) -> SshOptions | None:
         if hosts or nodes_file:
             raise _bad("--node and --nodes-file are for --backend ssh", "--node")
         return None
-    from harness.backends.ssh import SshOptions, read_nodes_file
+    from harness.backends.ssh import SshOptions, check_host, read_nodes_file
 
     if hosts and nodes_file:
         raise _bad("give the nodes with --node or with --nodes-file, not both", "--node")
@@ -252,6 +252,11 @@ def _ssh_options(kw: dict[str, Any]) -> SshOptions | None:
         raise click.UsageError(
             "backend ssh needs its nodes: --node HOST (once per node) or --nodes-file FILE"
         )
+    for host in hosts:
+        try:
+            check_host(host)
+        except ValueError as exc:
+            raise _bad(str(exc), "--node") from None
     if len(set(hosts)) != len(hosts):
         raise _bad(f"a host is given twice: {', '.join(hosts)}", "--node")
     if not 1 <= len(hosts) <= 9:

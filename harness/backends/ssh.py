@@ -64,6 +64,7 @@ __all__ = [
     "SshOptions",
     "SshRemote",
     "build_bundle",
+    "check_host",
     "read_nodes_file",
 ]
 
@@ -144,10 +145,18 @@ def read_nodes_file(path: str | Path) -> list[str]:
         host = line.split("#", 1)[0].strip()
         if not host:
             continue
-        if not _HOST_RE.match(host) or host.startswith("-"):
-            raise ValueError(f"{path} line {number}: {host!r} is not a host name or address")
+        try:
+            check_host(host)
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number}: {exc}") from None
         hosts.append(host)
     return hosts
+
+
+def check_host(host: str) -> None:
+    """Raise ValueError unless `host` looks like a host name or an IP address."""
+    if not _HOST_RE.match(host) or host.startswith("-"):
+        raise ValueError(f"{host!r} is not a host name or address")
 
 
 class HostKeyError(BackendUnavailable):

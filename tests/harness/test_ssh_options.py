@@ -37,6 +37,7 @@ def parse(*args: str) -> dict[str, object]:
         (["--backend", "ssh", "--node", "h1", "--nodes", "5"], "does not match the 1 hosts"),
         (["--backend", "ssh", "--node", "h1", "--node", "h1"], "a host is given twice"),
         (["--backend", "netns", "--node", "h1"], "are for --backend ssh"),
+        (["--backend", "ssh", "--node", "a b"], "'a b' is not a host name"),
         (["--backend", "ssh", "--ssh-key", "/no/such/key", "--node", "h1"], "/no/such/key"),
         (["--backend", "ssh", "--ssh-port", "0", "--node", "h1"], "--ssh-port"),
     ],
