@@ -185,6 +185,8 @@ def parse_all(text: str) -> list[Form]:
             continue
         if kind == "open" and text[start] == "{":
             fm = flat(text, start)
+            if fm is not None and not stack and "\n" in fm.group(1):
+                fm = None  # a top-level form needs the line of each item
             record = None if fm is None else _flat_map(fm.group(1), atoms)
             if record is not None:
                 assert fm is not None
@@ -198,7 +200,9 @@ def parse_all(text: str) -> list[Form]:
                     stack[-1][1].append(record)
                     pos = _more_flat_maps(text, pos, atoms, stack[-1][1], track, lines)
                 else:
-                    forms.append(Form(record, lines.at(start)))
+                    line = lines.at(start)
+                    n_items = len(_FLAT_ITEM.findall(fm.group(1)))
+                    forms.append(Form(record, line, [line] * n_items))
                 continue
         if kind == "open":
             if len(stack) == 0:

@@ -118,7 +118,11 @@ def _event(
             f"type must be one of {'|'.join(TYPES)}, got {typ!r}", file=file, line=lineno
         )
     process = rec.get("process")
-    if process != NEMESIS and (not isinstance(process, int) or isinstance(process, bool)):
+    if (
+        type(process) is not int
+        and process != NEMESIS
+        and (not isinstance(process, int) or isinstance(process, bool))
+    ):
         raise HistoryError(
             f"process must be an integer or {NEMESIS!r}, got {process!r}", file=file, line=lineno
         )
@@ -126,13 +130,15 @@ def _event(
     if not isinstance(f, str):
         raise HistoryError(f"f must be a name, got {f!r}", file=file, line=lineno)
     key = rec.get("key")
-    if not isinstance(key, Hashable):
+    if key is not None and not isinstance(key, Hashable):
         raise HistoryError("key must be a scalar", file=file, line=lineno)
-    return Event(typ, process, f, value, _frozen(key), time_ns, lineno, "value" in rec)
+    return Event(typ, process, f, value, key, time_ns, lineno, "value" in rec)
 
 
 def _frozen(value: Any) -> Any:
     """JSON lists become tuples and objects frozen pairs, so values can be compared and hashed."""
+    if value is None or type(value) is int or type(value) is str:
+        return value
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, dict):

@@ -1,0 +1,84 @@
+"""The EDN reader's shortcut for flat maps reads exactly what the general reader reads."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import checker.edn
+from checker.edn import EdnError, parse_all
+
+NEVER = re.compile(r"(?!)")
+ATOMS = [":type", ":ok", ":f", ":value", "nil", "true", "1", "-2", "3.5", "12N", "foo", "\\c"]
+PIECES = [
+    *ATOMS,
+    '"s"',
+    '""',
+    '"a\\"b"',
+    '"{[;#"',
+    "[1 2]",
+    "[1,:a]",
+    "[]",
+    "[[1]]",
+    "{:a 1}",
+    "{}",
+    "#{1 2}",
+    "(1 2)",
+    "#_",
+    "#_ :x",
+    "#jepsen.history.Op",
+    "; comment\n",
+    ",",
+    "\n",
+    " ",
+    "1x",
+    "}",
+    "]",
+]
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> str:
+    """A vector of maps, mostly well formed, some not."""
+    maps = []
+    for _ in range(draw(st.integers(0, 6))):
+        items = draw(st.lists(st.sampled_from(PIECES), max_size=8))
+        if draw(st.booleans()) and len(items) % 2:
+            items.append("nil")
+        sep = draw(st.sampled_from([" ", ", ", "\n"]))
+        maps.append("{" + sep.join(items) + "}")
+    sep = draw(st.sampled_from(["\n", " ", ",", "\n ", "\n; note\n"]))
+    return (
+        draw(st.sampled_from(["[", "(", ""]))
+        + sep.join(maps)
+        + draw(st.sampled_from(["]", ")", ""]))
+    )
+
+
+def _read(text: str) -> Any:
+    try:
+        return [(f.value, f.line, f.item_lines) for f in parse_all(text)]
+    except EdnError as exc:
+        return ("error", exc.message, exc.line)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_flat_maps_read_as_the_general_reader_reads_them(text: str) -> None:
+    fast = _read(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checker.edn, "_FLAT_MAP", NEVER)
+        mp.setattr(checker.edn, "_NEXT_FLAT_MAP", NEVER)
+        slow = _read(text)
+    assert fast == slow, text
+
+
+def test_records_spread_over_lines_keep_their_lines() -> None:
+    text = '[{:a 1\n :b [1\n 2]}\n\n {:c "x"}, {:d nil}\n#_{:e 1} {:f :g}]'
+    (form,) = parse_all(text)
+    assert form.value == ({"a": 1, "b": (1, 2)}, {"c": "x"}, {"d": None}, {"f": "g"})
+    assert form.item_lines == [1, 5, 5, 6]
