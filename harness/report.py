@@ -292,10 +292,10 @@ def key_timeline(spans: Sequence[Span], key: Any, anomaly: dict[str, Any]) -> di
     # The nearest TIMELINE_OPS_MAX ops (by invocation order) around the blocker.
     lo = max(0, pos - TIMELINE_OPS_MAX // 2)
     shown = key_spans[lo : lo + TIMELINE_OPS_MAX]
-    for s in window + focus:
-        if s not in shown:
-            shown.append(s)
+    shown_ids = {s.index for s in shown}
+    shown += [s for s in {s.index: s for s in focus}.values() if s.index not in shown_ids]
     shown.sort(key=lambda s: (s.start_ns, s.index))
+    shown_ids = {s.index for s in shown}
     view_start = min(s.start_ns for s in focus)
     view_end = max(s.end_ns if s.end_ns is not None else s.start_ns for s in focus)
     return {
@@ -304,7 +304,8 @@ def key_timeline(spans: Sequence[Span], key: Any, anomaly: dict[str, Any]) -> di
         "summary": (anomaly.get("detail") or {}).get("summary", ""),
         "ops": _columns(shown),
         "blocker": blocker.index,
-        "window": [s.index for s in window],
+        "window": [s.index for s in window if s.index in shown_ids],
+        "window_ops": len(window),
         "window_span": _span_ms(window or [blocker]),
         "stale": stale,
         "view": [_ms(view_start), _ms(view_end)],
@@ -405,7 +406,8 @@ def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("harness", "templates"),
         autoescape=True,
-        undefined=jinja2.StrictUndefined,
+        # Lenient: results.json of older runs may lack a field; it then shows empty.
+        undefined=jinja2.Undefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )

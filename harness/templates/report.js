@@ -382,7 +382,7 @@
     var ws = tl.window_span;
     var wb = el("rect", { class: "window-band", x: x(ws[0]), y: 30, height: bottom - 30,
       width: Math.max(2, x(ws[1]) - x(ws[0])) }, body);
-    title(wb, "smallest failing window: " + tl.window.length + " ops");
+    title(wb, "smallest failing window found: " + tl.window_ops + " ops");
     leaderTrack(body, x, this.t0, this.t1, 2, 14);
     text(svg, 4, 13, "leader", "lane-label");
     for (var l = 0; l < lanes; l++) {

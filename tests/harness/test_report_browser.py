@@ -1,0 +1,115 @@
+"""report.html in a real headless Chromium: it draws without errors, marks the anomaly
+and the faults, keeps history values as text, and stays bounded on 100,000 operations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cdp_browser import CHROMIUM, Browser
+from report_runs import EVIL, make_run
+
+from harness.cli import main
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
+    pytest.mark.timeout(600),
+]
+
+COUNT = "document.querySelectorAll(%s).length"
+
+
+def count(browser: Browser, selector: str) -> int:
+    return int(browser.evaluate(COUNT % json.dumps(selector)))
+
+
+def open_report(browser: Browser, run: Path) -> None:
+    browser.open((run / "report.html").resolve().as_uri())
+    assert browser.errors() == []
+
+
+def check_drawn_invalid_report(browser: Browser) -> None:
+    assert browser.evaluate("document.getElementById('verdict').dataset.verdict") == "invalid"
+    assert count(browser, ".timeline path.anomaly-marker") >= 1
+    assert count(browser, ".timeline rect.op.blocker") >= 1
+    for chart in (".leader-chart", ".latency-chart", ".rate-chart", ".timeline-svg"):
+        assert count(browser, f"{chart} rect.fault-band") >= 1, chart
+    assert count(browser, ".leader-chart rect.leader-seg") >= 1
+
+
+def test_an_invalid_report_draws_its_anomaly_and_faults_without_errors(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    assert main(["analyze", str(run)]) == 1
+    with Browser() as browser:
+        open_report(browser, run)
+        check_drawn_invalid_report(browser)
+        # The stale read: the write it saw and the newest completed write are marked.
+        assert count(browser, ".timeline rect.op.saw") == 1
+        assert count(browser, ".timeline rect.op.newest") == 1
+        assert count(browser, ".timeline rect.window-band") == 1
+        story = browser.evaluate("document.querySelector('.timeline .story').textContent")
+        assert EVIL in story and "newer" in story
+        # The value is text everywhere: no extra script element, no dialog, no error.
+        assert count(browser, "script") == 2
+        assert EVIL in browser.evaluate("document.body.textContent")
+        for role in ("zoom-out", "zoom-in", "view-all", "view-window", "view-anomaly"):
+            browser.evaluate(f"document.querySelector('[data-role={role}]').click()")
+        browser.evaluate(
+            "document.querySelector('.timeline .plot').dispatchEvent("
+            "new WheelEvent('wheel', {deltaY: 100, bubbles: true, cancelable: true}))"
+        )
+        browser.evaluate("document.getElementById('jump-first').click()")
+        assert count(browser, ".timeline path.anomaly-marker") >= 1
+        assert browser.errors() == []
+
+
+def test_a_report_of_100000_operations_draws_a_bounded_number_of_elements(
+    tmp_path: Path,
+) -> None:
+    run = make_run(tmp_path, 100_000)
+    assert main(["analyze", str(run)]) == 1
+    with Browser() as browser:
+        open_report(browser, run)
+        check_drawn_invalid_report(browser)
+        browser.evaluate("document.querySelector('[data-role=view-all]').click()")
+        assert count(browser, ".timeline rect.op") <= 3_010
+        shown = browser.evaluate("document.querySelector('.timeline .shown').textContent")
+        assert shown.startswith("drawing 3000 of")
+        # Latency points go to a canvas, not to 100,000 SVG nodes.
+        assert count(browser, "svg *") < 20_000
+        assert browser.errors() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed")
+def test_the_report_of_a_real_invalid_run(tmp_path: Path) -> None:
+    # A deposed leader that keeps serving lease reads: stale reads under a leader partition.
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "harness.cli", "test", "--read-mode", "lease",
+            "--bug", "stale-leader-read", "--nemesis", "partition-leader", "--time", "8",
+            "--nemesis-interval", "1", "--seed", "3", "--store", str(tmp_path), "--no-live",
+            "--junit", str(tmp_path / "junit.xml"), "--test-count", "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    run = (tmp_path / "latest").resolve()
+    for name in ("report.html", "junit.xml", "leaders.jsonl", "results.json"):
+        assert (run / name).is_file(), name
+    samples = [json.loads(line) for line in (run / "leaders.jsonl").read_text().splitlines()]
+    assert any(s["leader"] and isinstance(s["term"], int) for s in samples)
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'type="Nonlinearizable"' in junit and "report.html</system-out>" in junit
+    with Browser() as browser:
+        open_report(browser, run)
+        check_drawn_invalid_report(browser)
+        browser.screenshot(tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 10_000
