@@ -72,6 +72,8 @@ class TestOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     # The ssh backend's hosts and login (required when backend is "ssh").
     ssh: SshOptions | None = None
+    # The docker backend's base image when it builds the node image (None: Debian packages).
+    base_image: str | None = None
 
     @property
     def test_name(self) -> str:
@@ -87,6 +89,10 @@ class RunOutcome:
 
 
 def make_backend(opts: TestOptions, run_id: str) -> Backend:
+    if opts.backend == "docker":
+        from harness.backends.docker import DockerBackend  # the Docker SDK only when used
+
+        return DockerBackend(run_id=run_id, base_image=opts.base_image)
     if opts.backend == "netns":
         return NetnsBackend(run_id=run_id)
     if opts.backend == "ssh":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import random
 import shutil
 import signal
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from checker import Verdict, merge_valid
-from harness.backends import BackendUnavailable, cleanup_leftovers
+from harness.backends import BackendError, BackendUnavailable, cleanup_leftovers
 from harness.backends.netns import check_available
 from harness.junit import write_runs_junit
 from harness.runner import RunOutcome, TestOptions, run_test
@@ -37,7 +36,7 @@ __all__ = ["cleanup_command", "options_from_params", "test_command"]
 T = TypeVar("T")
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 254, 255
-BACKENDS = ("netns", "ssh")
+BACKENDS = ("docker", "netns", "ssh")
 
 
 def exit_code(valid: Any) -> int:
@@ -71,10 +70,43 @@ def validate(opts: TestOptions) -> None:
             check_available()
         except BackendUnavailable as exc:
             raise click.UsageError(f"backend netns: {exc}") from None
+    if opts.backend == "docker":
+        from harness.image import connect  # the Docker SDK only when used
+
+        try:
+            connect(timeout=10).close()
+        except BackendUnavailable as exc:
+            raise click.UsageError(f"backend docker: {exc}") from None
+
+
+def prepare_backend(opts: TestOptions) -> None:
+    """Make what a backend needs before a run (the docker node image, built if missing,
+    with its progress on stderr). Raises click.UsageError if it cannot work here and
+    BackendError if building failed."""
+    if opts.backend != "docker":
+        return
+    from harness.image import connect, ensure_image
+
+    try:
+        client = connect()
+        try:
+            ensure_image(
+                client, opts.base_image, lambda line: click.echo(f"image: {line}", err=True)
+            )
+        finally:
+            client.close()
+    except BackendUnavailable as exc:
+        raise click.UsageError(f"backend docker: {exc}") from None
 
 
 @click.command("test")
-@click.option("--backend", type=click.Choice(BACKENDS), default="netns", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="docker", show_default=True)
+@click.option(
+    "--base-image",
+    default=None,
+    help="docker backend: base of the node image (default: built from Debian's packages; "
+    "e.g. python:3.11-slim where a registry is reachable).",
+)
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="raftkv", show_default=True)
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option(
@@ -193,6 +225,11 @@ def test_command(**kw: Any) -> int:
     opts = options_from_params(kw)
     seed = opts.seed
     validate(opts)
+    try:
+        prepare_backend(opts)
+    except BackendError as exc:
+        click.echo(f"harness: backend {opts.backend}: {exc}", err=True)
+        return EXIT_CRASH
     verdicts: list[Verdict] = []
     runs: list[dict[str, Any]] = []
     junit_path = kw["junit_path"]
@@ -228,6 +265,7 @@ def options_from_params(kw: dict[str, Any]) -> TestOptions:
         nemesis_interval_s=kw["nemesis_interval"], read_mode=kw.get("read_mode"), seed=seed,
         store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw.get("leave_running", False),
         op_timeout_s=kw["op_timeout"], live=not kw["no_live"], ssh=ssh,
+        base_image=kw.get("base_image"),
     )  # fmt: skip
 
 
@@ -305,6 +343,11 @@ def _run(opts: TestOptions) -> RunOutcome | None:
         # Found only once the run began (an ssh host key, a node that cannot be reached):
         # still the user's setup, and everything made so far was removed on the way out.
         raise click.UsageError(f"backend {opts.backend}: {exc}") from None
+    except BackendError as exc:
+        # An operating error of the backend (a command failed on a host, a container would
+        # not start): the run cannot go on; what it made was removed on the way out.
+        click.echo(f"harness: backend {opts.backend}: {exc}", err=True)
+        return None
 
 
 async def _cancellable(main: Coroutine[Any, Any, T]) -> T:
@@ -350,9 +393,8 @@ def _remove_data_dirs() -> list[str]:
 
 @click.command("cleanup")
 def cleanup_command() -> int:
-    """Remove namespaces, links, firewall chains and processes that killed runs left behind."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        raise click.UsageError("cleanup needs root and the `ip` tool")
+    """Remove containers, networks, namespaces, links, firewall chains and processes that
+    killed runs left behind (images stay: they are a cache)."""
     try:
         removed = cleanup_leftovers()
     except BackendUnavailable as exc:

@@ -1,7 +1,8 @@
 """Cluster backends: where the nodes run. See `base.Backend` for the interface.
 
-`netns` (Linux network namespaces on this host, root) is here today; `cleanup_leftovers`
-removes what killed runs of any backend left behind.
+`docker` (containers, the default; `backends.docker`), `netns` (Linux network namespaces on
+this host, root) and `ssh` (real hosts); `cleanup_leftovers` removes what killed runs of the
+local backends left behind.
 """
 
 from __future__ import annotations
@@ -20,8 +21,29 @@ __all__ = [
 
 
 def cleanup_leftovers() -> list[str]:
-    """Remove what killed runs left behind (every backend); returns what was removed.
+    """Remove what killed runs left behind (every backend that can run here: netns as root,
+    docker with a reachable engine); returns what was removed.
 
-    Raises BackendUnavailable when this machine cannot run the cleanup (not root, no `ip`).
+    Raises BackendUnavailable when no backend's cleanup can run here, and BackendError after
+    trying every backend if something could not be removed.
     """
-    return netns.cleanup_leftovers()
+    from harness.backends import docker as docker_backend  # the Docker SDK only when used
+
+    removed: list[str] = []
+    unavailable: list[str] = []
+    errors: list[str] = []
+    for name, cleanup in (
+        ("netns", netns.cleanup_leftovers),
+        ("docker", docker_backend.cleanup_leftovers),
+    ):
+        try:
+            removed += cleanup()
+        except BackendUnavailable as exc:
+            unavailable.append(f"{name}: {exc}")
+        except BackendError as exc:
+            errors.append(f"{name}: {exc}")
+    if errors:
+        raise BackendError("; ".join(errors))
+    if len(unavailable) == 2:
+        raise BackendUnavailable("nothing to clean up with here: " + "; ".join(unavailable))
+    return removed

@@ -9,6 +9,7 @@ system. Outcomes are Jepsen's: `ok` (done), `fail` (certainly not done), `info`
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -29,6 +30,8 @@ class ClusterSpec:
     seed: int = 0
     op_timeout_s: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The Python interpreter on the nodes; the backend says (netns: the harness's own).
+    python: str = sys.executable
 
 
 @dataclass(frozen=True)

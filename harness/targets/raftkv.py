@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 from harness.targets.base import ClusterSpec, Completion
@@ -81,7 +80,7 @@ class RaftkvTarget:
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         peers = ",".join(f"{n}={_addr(cluster, n)}" for n in cluster.nodes)
         argv = [
-            sys.executable, "-m", "raftkv.cli", "serve",
+            cluster.python, "-m", "raftkv.cli", "serve",
             "--id", node,
             "--peers", peers,
             "--data-dir", f"{cluster.data_root}/{node}",

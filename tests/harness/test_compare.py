@@ -148,6 +148,7 @@ def test_every_read_mode_under_a_leader_partition_shows_which_modes_serve_stale_
 ) -> None:
     proc = harness(
         "compare-reads",
+        "--backend", "netns",
         "--nemesis", "partition-leader",
         "--nemesis-interval", "1",
         "--op-timeout", "1",

@@ -91,7 +91,8 @@ def test_the_report_of_a_real_invalid_run(tmp_path: Path) -> None:
     # A deposed leader that keeps serving lease reads: stale reads under a leader partition.
     proc = subprocess.run(
         [
-            sys.executable, "-m", "harness.cli", "test", "--read-mode", "lease",
+            sys.executable, "-m", "harness.cli", "test", "--backend", "netns",
+            "--read-mode", "lease",
             "--bug", "stale-leader-read", "--nemesis", "partition-leader", "--time", "8",
             "--nemesis-interval", "1", "--seed", "3", "--store", str(tmp_path), "--no-live",
             "--junit", str(tmp_path / "junit.xml"), "--test-count", "3",

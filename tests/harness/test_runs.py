@@ -39,6 +39,8 @@ def test_partitioned_readindex_cluster_stays_linearizable(tmp_path: Path) -> Non
     before = namespaces()
     proc = harness(
         "test",
+        "--backend",
+        "netns",
         "--nemesis",
         "partition",
         "--time",
@@ -67,6 +69,8 @@ def test_partitioned_readindex_cluster_stays_linearizable(tmp_path: Path) -> Non
 def test_five_nodes_under_kill_and_pause_stay_linearizable(tmp_path: Path) -> None:
     proc = harness(
         "test",
+        "--backend",
+        "netns",
         "--nodes",
         "5",
         "--nemesis",
@@ -90,6 +94,8 @@ def test_five_nodes_under_kill_and_pause_stay_linearizable(tmp_path: Path) -> No
 def test_local_reads_under_a_leader_partition_are_caught_as_stale(tmp_path: Path) -> None:
     proc = harness(
         "test",
+        "--backend",
+        "netns",
         "--read-mode",
         "local",
         "--nemesis",
@@ -118,6 +124,8 @@ def test_local_reads_under_a_leader_partition_are_caught_as_stale(tmp_path: Path
 def test_acknowledging_before_writing_is_caught_when_nodes_crash(tmp_path: Path) -> None:
     proc = harness(
         "test",
+        "--backend",
+        "netns",
         "--bug",
         "no-fsync",
         "--nemesis",
@@ -146,6 +154,8 @@ def test_a_sigkilled_harness_leaves_a_readable_history_and_cleanup_removes_the_r
         [
             *HARNESS,
             "test",
+            "--backend",
+            "netns",
             "--nemesis",
             "partition",
             "--time",
@@ -193,7 +203,7 @@ def test_bad_options_exit_254_and_leave_nothing(tmp_path: Path) -> None:
         (["--time", "0"], "--time"),
     ]
     for args, words in cases:
-        proc = harness("test", *args, "--store", str(tmp_path), timeout=60)
+        proc = harness("test", "--backend", "netns", *args, "--store", str(tmp_path), timeout=60)
         assert proc.returncode == 254, (args, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
     assert not any(tmp_path.iterdir()), "a rejected run created files"
@@ -203,7 +213,7 @@ def test_bad_options_exit_254_and_leave_nothing(tmp_path: Path) -> None:
 def test_missing_iptables_is_a_usage_error(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path)}  # nothing on PATH: no ip, no iptables
     proc = subprocess.run(
-        [*HARNESS, "test", "--store", str(tmp_path / "s")],
+        [*HARNESS, "test", "--backend", "netns", "--store", str(tmp_path / "s")],
         env=env,
         capture_output=True,
         text=True,

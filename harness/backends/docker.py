@@ -1,0 +1,503 @@
+"""The docker backend (the default): one container per node, on a network of the run's own.
+
+Layout for run id `3fa2` with nodes n1..n3 (everything carries the label `jepsen-py.run=3fa2`,
+so `cleanup_leftovers` finds what a killed run left behind):
+
+    network jepsen-py-3fa2        user-defined bridge, subnet 10.78.K.0/24, gateway .1 (the
+                                  harness host: clients run there and reach every node)
+    container jepsen-py-3fa2-n1   10.78.K.11, image jepsen-py/raftkv:<hash>, NET_ADMIN only
+    ...       jepsen-py-3fa2-n3   10.78.K.13
+
+The subnet is the first /24 of the pool that no Docker network and no host route uses; when
+another run takes it first, the engine refuses and the next one is tried.
+
+In a container, `docker-init` is PID 1 and the container's command only waits. raftkv runs
+beside it, started through `docker exec raftkv-node start ARGV` (docker/node.sh keeps its pid
+in a file), so SIGKILL, SIGSTOP and a restart of raftkv leave the container, its address, its
+firewall rules and its data directory in place. Partitions are iptables rules inside the
+containers (hence NET_ADMIN; never privileged). raftkv's output goes to a log file inside
+the container, copied into the store by `fetch_logs`.
+
+Everything is removed by `teardown()` (also at interpreter exit if nobody called it) and, for
+runs that were killed, by `cleanup_leftovers()`. The image stays: it is cached by content.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import ipaddress
+import logging
+import re
+import secrets
+import tarfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from docker.client import DockerClient
+from docker.errors import APIError, DockerException, NotFound
+from docker.types import IPAMConfig, IPAMPool
+
+from harness.backends.base import BackendError
+from harness.image import Progress, connect, ensure_image
+from nemesis.remote import (
+    CommandNotFoundError,
+    ExecResult,
+    Remote,
+    RemoteError,
+    RemoteTimeoutError,
+)
+
+__all__ = [
+    "DATA_ROOT",
+    "DEFAULT_POOL",
+    "LABEL_RUN",
+    "DockerBackend",
+    "DockerRemote",
+    "cleanup_leftovers",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "jepsen-py"
+LABEL_RUN = "jepsen-py.run"
+LABEL_NODE = "jepsen-py.node"
+DEFAULT_POOL = "10.78.0.0/16"
+FIRST_NODE_HOST = 11  # nodes get .11, .12, ...; .1 is the gateway (the harness host)
+DATA_ROOT = "/var/lib/raftkv"
+NODE_LOG = "/var/log/raftkv/raftkv.log"
+PYTHON = "python3"
+SUPERVISOR = "raftkv-node"
+CONTROL_TIMEOUT_S = 15.0
+# `timeout` (coreutils) ends a command that outlives its budget: TERM, then KILL 1 s later.
+_TIMEOUT_EXITS = (124, 137)
+_NOT_FOUND_EXITS = (126, 127)
+_NODE_RE = re.compile(r"^[A-Za-z0-9_]{1,16}$")
+_RUN_RE = re.compile(r"^[0-9a-f]{4}$")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+class DockerRemote:
+    """`Remote` for a node container: `docker exec` of an argv list (never a shell string)."""
+
+    def __init__(self, node: str, address: str, container: Any) -> None:
+        self.node = node
+        self.address = address
+        self._container = container
+
+    def execute(self, argv: Sequence[str], timeout: float, check: bool = True) -> ExecResult:
+        args = tuple(argv)
+        if not args:
+            raise ValueError("empty argv")
+        wrapped = ["timeout", "-k", "1", f"{timeout:.3f}", *args]
+        try:
+            raw = self._container.exec_run(
+                wrapped, stdout=True, stderr=True, stdin=False, tty=False, demux=True
+            )
+        except (APIError, DockerException, OSError) as exc:
+            raise RemoteError(self.node, args, f"could not run: {_short(exc)}") from None
+        out, err = raw.output if isinstance(raw.output, tuple) else (raw.output, b"")
+        result = ExecResult(
+            args,
+            int(raw.exit_code if raw.exit_code is not None else -1),
+            (out or b"").decode(errors="replace"),
+            (err or b"").decode(errors="replace"),
+        )
+        if result.returncode in _TIMEOUT_EXITS:
+            raise RemoteTimeoutError(self.node, args, f"timed out after {timeout} s", result)
+        if result.returncode in _NOT_FOUND_EXITS:
+            raise CommandNotFoundError(self.node, args, "failed: command not found", result)
+        if check and result.returncode != 0:
+            reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"
+            raise RemoteError(self.node, args, reason, result)
+        return result
+
+
+def _host_routes() -> list[ipaddress.IPv4Network]:
+    """IPv4 routes of this host (from /proc, no tool needed)."""
+    nets: list[ipaddress.IPv4Network] = []
+    with contextlib.suppress(OSError), open("/proc/net/route") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            dest, mask = (int(fields[1], 16), int(fields[7], 16))
+            if mask == 0:
+                continue
+            addr = ipaddress.IPv4Address(dest.to_bytes(4, "little"))
+            net_mask = ipaddress.IPv4Address(mask.to_bytes(4, "little"))
+            nets.append(ipaddress.IPv4Network(f"{addr}/{net_mask}", strict=False))
+    return nets
+
+
+def _used_subnets(client: DockerClient) -> list[ipaddress.IPv4Network]:
+    used = _host_routes()
+    for net in client.api.networks():
+        for config in (net.get("IPAM") or {}).get("Config") or []:
+            with contextlib.suppress(ValueError, TypeError):
+                subnet = ipaddress.ip_network(config.get("Subnet", ""), strict=False)
+                if isinstance(subnet, ipaddress.IPv4Network):
+                    used.append(subnet)
+    return used
+
+
+class DockerBackend:
+    """The `Backend` on Docker containers. See the module docstring for the layout.
+
+    `run_id` (4 hex digits, random by default) names everything this instance makes.
+    `base_image` replaces our debootstrap base when the node image must be built; `image`
+    skips the build and uses that image. `progress` receives one line per build step.
+    Thread-safe: faults may call it from worker threads.
+
+    Nodes share no filesystem with the harness: `python` and `data_root` say where the
+    interpreter and the data directories are inside the containers.
+    """
+
+    name = "docker"
+    python = PYTHON
+    data_root = DATA_ROOT
+
+    def __init__(
+        self,
+        run_id: str | None = None,
+        base_image: str | None = None,
+        image: str | None = None,
+        pool: str = DEFAULT_POOL,
+        progress: Progress | None = None,
+    ) -> None:
+        self._random_id = run_id is None
+        self.run_id = run_id if run_id is not None else secrets.token_hex(2)
+        if not _RUN_RE.match(self.run_id):
+            raise ValueError(f"run id must be 4 hex digits, got {self.run_id!r}")
+        self.base_image = base_image
+        self.image = image
+        self._pool = ipaddress.IPv4Network(pool)
+        self._progress = progress
+        self.subnet: ipaddress.IPv4Network | None = None
+        self.nodes: list[str] = []
+        self._client: DockerClient | None = None
+        self._network: Any = None
+        self._containers: dict[str, Any] = {}
+        self._remotes: dict[str, DockerRemote] = {}
+        self._argv: dict[str, tuple[str, ...]] = {}
+        self._log_names: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._atexit_registered = False
+
+    @property
+    def network_name(self) -> str:
+        return f"{PREFIX}-{self.run_id}"
+
+    def container_name(self, node: str) -> str:
+        return f"{PREFIX}-{self.run_id}-{node}"
+
+    def _labels(self, node: str | None = None) -> dict[str, str]:
+        labels = {LABEL_RUN: self.run_id}
+        if node is not None:
+            labels[LABEL_NODE] = node
+        return labels
+
+    def setup(self, nodes: Sequence[str]) -> None:
+        """Image (built if needed), network, one started container per node."""
+        _validate_nodes(nodes)
+        with self._lock:
+            if self.nodes:
+                raise BackendError(f"docker run {self.run_id} is already set up")
+            client = self._client or connect()
+            self._client = client
+            if self.image is None:
+                say = self._progress or (lambda line: log.info("image: %s", line))
+                self.image = ensure_image(client, self.base_image, say).tag
+            self._claim_run_id(client)
+            self.nodes = list(nodes)
+            if not self._atexit_registered:
+                atexit.register(self._teardown_at_exit)
+                self._atexit_registered = True
+            try:
+                self._make_network(client)
+                self._make_containers(client)
+            except BaseException:
+                self._teardown_at_exit()
+                raise
+
+    def _claim_run_id(self, client: DockerClient) -> None:
+        """Make sure nothing of this run id exists (its teardown would remove another run's)."""
+        for _ in range(8):
+            label = f"{LABEL_RUN}={self.run_id}"
+            try:
+                taken = client.containers.list(all=True, filters={"label": label}) or (
+                    client.networks.list(filters={"label": label})
+                )
+            except (APIError, DockerException) as exc:
+                raise BackendError(f"docker: cannot list containers: {_short(exc)}") from None
+            if not taken:
+                return
+            if not self._random_id:
+                raise BackendError(
+                    f"docker run id {self.run_id} is in use; choose another, "
+                    "or run `harness cleanup` if it is a leftover"
+                )
+            self.run_id = secrets.token_hex(2)
+        raise BackendError("no free docker run id found")
+
+    def _make_network(self, client: DockerClient) -> None:
+        used = _used_subnets(client)
+        last_error = "no /24 left"
+        for candidate in self._pool.subnets(new_prefix=24):
+            if any(candidate.overlaps(u) for u in used):
+                continue
+            gateway = str(candidate.network_address + 1)
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(candidate), gateway=gateway)])
+            try:
+                self._network = client.networks.create(
+                    self.network_name,
+                    driver="bridge",
+                    ipam=ipam,
+                    labels=self._labels(),
+                    check_duplicate=True,
+                    attachable=False,
+                )
+            except APIError as exc:
+                # Another run (or anyone) took this subnet since we looked: try the next one.
+                last_error = _short(exc)
+                if "overlap" in last_error.lower():
+                    continue
+                raise BackendError(f"docker: cannot create network: {last_error}") from None
+            self.subnet = candidate
+            return
+        raise BackendError(f"docker: no free /24 subnet in {self._pool}: {last_error}")
+
+    def _make_containers(self, client: DockerClient) -> None:
+        assert self.subnet is not None and self.image is not None
+        image = client.images.get(self.image)  # never a pull: ensure_image made it here
+        addresses = {
+            node: str(self.subnet.network_address + FIRST_NODE_HOST + i)
+            for i, node in enumerate(self.nodes)
+        }
+
+        def make(node: str) -> Any:
+            endpoint = client.api.create_endpoint_config(ipv4_address=addresses[node])
+            container = client.containers.create(
+                image.id,
+                name=self.container_name(node),
+                hostname=node,
+                labels=self._labels(node),
+                cap_add=["NET_ADMIN"],
+                privileged=False,
+                init=True,
+                detach=True,
+                network=self.network_name,
+                networking_config={self.network_name: endpoint},
+            )
+            # No lock here: setup() holds it while these threads run.
+            made[node] = container
+            container.start()
+            return container
+
+        made: dict[str, Any] = {}
+        errors = _in_parallel(make, self.nodes)
+        self._containers.update(made)
+        if errors:
+            raise BackendError("docker: cannot start containers: " + "; ".join(errors))
+        for node in self.nodes:
+            self._remotes[node] = DockerRemote(node, addresses[node], self._containers[node])
+
+    def remote(self, node: str) -> Remote:
+        return self._remote(node)
+
+    def _remote(self, node: str) -> DockerRemote:
+        try:
+            return self._remotes[node]
+        except KeyError:
+            raise ValueError(f"unknown node {node!r}; nodes: {self.nodes}") from None
+
+    def _control(self, node: str, argv: Sequence[str], timeout: float = CONTROL_TIMEOUT_S) -> str:
+        """Run raftkv-node in the node's container; RemoteError if it fails."""
+        return self._remote(node).execute([SUPERVISOR, *argv], timeout).stdout
+
+    def start_process(self, node: str, argv: Sequence[str], log_path: str) -> None:
+        """Start argv in the node's container; see `Backend.start_process`.
+
+        `log_path` names the file `fetch_logs` writes; the process logs inside the container.
+        """
+        if not argv:
+            raise ValueError("empty argv")
+        self._remote(node)
+        with self._lock:
+            try:
+                self._control(node, ["start", *argv])
+            except RemoteError as exc:
+                raise BackendError(f"{node}: cannot start {argv[0]!r}: {exc.reason}") from None
+            self._argv[node] = tuple(argv)
+            self._log_names[node] = Path(log_path).name
+
+    def running(self, node: str) -> tuple[int, str] | None:
+        """(pid, state letter) of the node's service, or None if it is not running."""
+        result = self._remote(node).execute([SUPERVISOR, "status"], CONTROL_TIMEOUT_S, check=False)
+        if result.returncode != 0:
+            return None
+        pid, state = result.stdout.split()
+        return int(pid), state
+
+    # As on netns: kill, pause, resume and stop of a node where nothing was ever started do
+    # nothing, so a heal during an aborted startup stays quiet.
+    def kill(self, node: str) -> None:
+        with self._lock:
+            if node in self._argv:
+                self._control(node, ["kill"])
+
+    def restart(self, node: str) -> None:
+        with self._lock:
+            argv = self._argv.get(node)
+            if argv is None:
+                self._remote(node)
+                raise ValueError(f"restart of {node!r}, where no service was ever started")
+            if self.running(node) is None:
+                self._control(node, ["start", *argv])
+
+    def pause(self, node: str) -> None:
+        with self._lock:
+            if node in self._argv:
+                self._control(node, ["signal", "STOP"])
+
+    def resume(self, node: str) -> None:
+        with self._lock:
+            if node in self._argv:
+                self._control(node, ["signal", "CONT"])
+
+    def stop_process(self, node: str, timeout: float) -> None:
+        with self._lock:
+            if node in self._argv:
+                self._control(node, ["stop", str(max(1, round(timeout)))], timeout + 5)
+
+    def fetch_logs(self, node: str, dest_dir: str) -> None:
+        """Copy the node's service log out of its container into dest_dir."""
+        with self._lock:
+            container = self._containers.get(node)
+            name = self._log_names.get(node)
+        if container is None or name is None:
+            return
+        try:
+            chunks, _ = container.get_archive(NODE_LOG)
+            data = b"".join(chunks)
+        except (APIError, DockerException) as exc:
+            log.warning("docker: no log from %s: %s", node, _short(exc))
+            return
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = next((m for m in archive.getmembers() if m.isfile()), None)
+            source = archive.extractfile(member) if member else None
+            if source is None:
+                return
+            dest = Path(dest_dir)
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(source.read())
+
+    def teardown(self) -> None:
+        """Remove every container and the network (running processes die with them).
+
+        Idempotent; things already gone are skipped. Raises BackendError after trying
+        everything if something could not be removed.
+        """
+        with self._lock:
+            errors: list[str] = []
+            if self._client is not None:
+                errors = _remove_run(self._client, self.run_id)
+            self._containers.clear()
+            self._remotes.clear()
+            self._argv.clear()
+            self._network = None
+            self.nodes = []
+            if self._atexit_registered:
+                atexit.unregister(self._teardown_at_exit)
+                self._atexit_registered = False
+        if errors:
+            raise BackendError("docker teardown incomplete: " + "; ".join(errors))
+
+    def _teardown_at_exit(self) -> None:
+        try:
+            self.teardown()
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.error("docker: teardown at exit: %s", exc)
+
+    def __enter__(self) -> DockerBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.teardown()
+
+
+def _validate_nodes(nodes: Sequence[str]) -> None:
+    if not nodes:
+        raise ValueError("no nodes")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"duplicate node names in {list(nodes)}")
+    for node in nodes:
+        if not _NODE_RE.match(node):
+            raise ValueError(f"node name {node!r} must be 1-16 letters, digits or _")
+
+
+def _in_parallel(action: Callable[[str], object], items: Sequence[str]) -> list[str]:
+    """Run action on every item at once; the errors, as text, of those that failed."""
+    if not items:
+        return []
+    errors: list[str] = []
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        futures = {item: pool.submit(action, item) for item in items}
+        for item, future in futures.items():
+            try:
+                future.result()
+            except (APIError, DockerException, OSError) as exc:
+                errors.append(f"{item}: {_short(exc)}")
+    return errors
+
+
+def _remove_run(client: DockerClient, run_id: str | None) -> list[str]:
+    """Remove the containers, then the networks, labelled with run_id (any run if None)."""
+    label = LABEL_RUN if run_id is None else f"{LABEL_RUN}={run_id}"
+    try:
+        containers = client.containers.list(all=True, filters={"label": label})
+    except (APIError, DockerException) as exc:
+        return [f"cannot list containers: {_short(exc)}"]
+
+    def remove(name: str) -> None:
+        with contextlib.suppress(NotFound):
+            client.containers.get(name).remove(force=True, v=True)
+
+    errors = _in_parallel(remove, [c.name for c in containers])
+    try:
+        networks = client.networks.list(filters={"label": label})
+    except (APIError, DockerException) as exc:
+        return [*errors, f"cannot list networks: {_short(exc)}"]
+    for network in networks:
+        try:
+            network.remove()
+        except NotFound:
+            pass
+        except (APIError, DockerException) as exc:
+            errors.append(f"network {network.name}: {_short(exc)}")
+    return errors
+
+
+def cleanup_leftovers(client: DockerClient | None = None) -> list[str]:
+    """Remove every container and network that a docker run left behind (found by label).
+
+    Runs still going lose their cluster too: call it when none is. Images stay (cached).
+    Returns what it removed. Raises BackendUnavailable when no engine is reachable,
+    BackendError if something could not be removed.
+    """
+    client = client or connect()
+    try:
+        containers = client.containers.list(all=True, filters={"label": LABEL_RUN})
+        networks = client.networks.list(filters={"label": LABEL_RUN})
+    except (APIError, DockerException) as exc:
+        raise BackendError(f"docker: cannot list leftovers: {_short(exc)}") from None
+    errors = _remove_run(client, None)
+    if errors:
+        raise BackendError("docker cleanup incomplete: " + "; ".join(errors))
+    return [f"container {c.name}" for c in containers] + [f"network {n.name}" for n in networks]

@@ -1,0 +1,383 @@
+"""The container image of a raftkv node, built without any registry.
+
+Two layers of our own, both found again by tag, so an unchanged tree costs a hash and a
+lookup:
+
+    jepsen-py/base:bookworm-<hash>   Debian bookworm from Debian's packages (debootstrap, then
+                                     `docker import`): python3, iptables, iproute2, procps.
+                                     The hash covers the suite and the package list.
+    jepsen-py/raftkv:<hash>          the base + raftkv installed from a wheel built here, its
+                                     dependencies' wheels downloaded here (PyPI from the
+                                     host), `docker/node.sh` as the node's process supervisor.
+                                     The hash covers raftkv's sources, pyproject.toml,
+                                     docker/Dockerfile, docker/node.sh and the base's image id.
+                                     Also tagged `jepsen-py/raftkv:latest` (docker/compose.yaml).
+
+On our own base the build runs with no network at all. `base_image` (e.g. "python:3.11-slim"
+where a registry is reachable) replaces the debootstrap base; it must have a Python 3.11
+`python3` (the wheels are chosen for it) and gets iptables from Debian's archive if it lacks
+them.
+
+Errors: `BackendUnavailable` (no engine, no debootstrap, not root, no source tree: the CLI
+exits 254) and `BackendError` (a step failed: the message names it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docker.client import DockerClient
+from docker.errors import APIError, DockerException, ImageNotFound
+
+import raftkv
+from harness.backends.base import BackendError, BackendUnavailable
+
+__all__ = [
+    "BASE_REPO",
+    "IMAGE_REPO",
+    "BuiltImage",
+    "base_tag",
+    "connect",
+    "ensure_base",
+    "ensure_image",
+    "source_root",
+    "tree_hash",
+]
+
+BASE_REPO = "jepsen-py/base"
+IMAGE_REPO = "jepsen-py/raftkv"
+SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps")
+PYTHON_VERSION = "3.11"  # bookworm's python3, and the wheels we download for it
+ENGINE_TIMEOUT_S = 60
+DEBOOTSTRAP_TIMEOUT_S = 900.0
+PIP_TIMEOUT_S = 300.0
+TAR_TIMEOUT_S = 300.0
+LOCK_TIMEOUT_S = 1200.0
+# Left out of the base: package caches and lists, translations, manual pages.
+_ROOTFS_EXCLUDES = (
+    "./var/cache/apt/archives/*.deb",
+    "./var/cache/apt/*.bin",
+    "./var/lib/apt/lists/*",
+    "./usr/share/locale/*",
+    "./usr/share/man/*",
+)
+_DOCKER_FILES = ("Dockerfile", "node.sh")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """The node image: `tag` to create containers from, `built` False when it was cached."""
+
+    tag: str
+    id: str
+    base: str
+    built: bool
+    seconds: float
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def connect(timeout: int = ENGINE_TIMEOUT_S) -> DockerClient:
+    """A client of the Docker engine that DOCKER_HOST (or the default socket) names.
+
+    Raises BackendUnavailable, naming the netns backend, when no engine answers.
+    """
+    try:
+        client = DockerClient.from_env(timeout=timeout)
+        client.ping()
+    except (DockerException, OSError) as exc:
+        raise BackendUnavailable(
+            f"no Docker engine reachable ({_short(exc)}); start one, "
+            "or use `--backend netns` (Linux namespaces on this host, as root)"
+        ) from None
+    return client
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def source_root() -> Path:
+    """The project tree this harness runs from (raftkv, pyproject.toml, docker/)."""
+    root = Path(raftkv.__file__).resolve().parent.parent
+    needed = [root / "pyproject.toml"] + [root / "docker" / f for f in _DOCKER_FILES]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise BackendUnavailable(
+            f"building the node image needs the project's source tree; missing {missing}"
+        )
+    return root
+
+
+def base_tag() -> str:
+    digest = hashlib.sha256(f"{SUITE} {' '.join(BASE_PACKAGES)}".encode()).hexdigest()
+    return f"{BASE_REPO}:{SUITE}-{digest[:12]}"
+
+
+def tree_hash(root: Path, base_id: str) -> str:
+    """The content hash of everything the node image is made of (see the module docstring)."""
+    h = hashlib.sha256()
+    files = [*sorted((root / "raftkv").rglob("*.py")), root / "pyproject.toml"]
+    files += [root / "docker" / f for f in _DOCKER_FILES]
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        data = path.read_bytes()
+        h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    h.update(f"base\0{base_id}\0python\0{PYTHON_VERSION}".encode())
+    return h.hexdigest()
+
+
+def _find(client: DockerClient, tag: str) -> Any | None:
+    try:
+        return client.images.get(tag)
+    except ImageNotFound:
+        return None
+    except APIError as exc:
+        raise BackendError(f"cannot look up image {tag}: {_short(exc)}") from None
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One image build at a time on this machine: two runs need the same image."""
+    path = Path(tempfile.gettempdir()) / "jepsen-py-image.lock"
+    with open(path, "a") as fh:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BackendError(f"another image build held {path} too long") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_image(
+    client: DockerClient,
+    base_image: str | None = None,
+    progress: Progress = _quiet,
+    force: bool = False,
+) -> BuiltImage:
+    """The node image for this tree, built if no image has its content hash (or `force`)."""
+    started = time.monotonic()
+    root = source_root()
+    with _build_lock():
+        base = (
+            ensure_base(client, progress) if base_image is None else _given_base(client, base_image)
+        )
+        tag = f"{IMAGE_REPO}:{tree_hash(root, base.id)[:16]}"
+        found = _find(client, tag)
+        if found is not None and not force:
+            _tag_latest(found)
+            return BuiltImage(tag, found.id, base_image or base_tag(), False, 0.0)
+        progress(f"building {tag} on {base_image or base_tag()}")
+        with tempfile.TemporaryDirectory(prefix="jepsen-py-image-") as tmp:
+            context = Path(tmp)
+            _fill_context(client, root, context, progress)
+            image_id = _build(
+                client, context, tag, base.id, own_base=base_image is None, progress=progress
+            )
+        image = client.images.get(image_id)
+        _tag_latest(image)
+        if found is not None and found.id != image.id:
+            # A forced rebuild replaced it: leave no untagged image behind.
+            with contextlib.suppress(APIError):
+                client.images.remove(found.id, force=False, noprune=False)
+    seconds = time.monotonic() - started
+    progress(f"built {tag} in {seconds:.0f} s")
+    return BuiltImage(tag, image.id, base_image or base_tag(), True, seconds)
+
+
+def _tag_latest(image: Any) -> None:
+    with contextlib.suppress(APIError):
+        image.tag(IMAGE_REPO, "latest")
+
+
+def _given_base(client: DockerClient, name: str) -> Any:
+    """A base image the user named: local, or pulled (explicitly: the user asked for it)."""
+    found = _find(client, name)
+    if found is not None:
+        return found
+    try:
+        return client.images.pull(name)
+    except (APIError, DockerException) as exc:
+        raise BackendError(
+            f"base image {name} is not here and cannot be pulled ({_short(exc)}); "
+            "leave out --base-image to build one from Debian's packages"
+        ) from None
+
+
+def ensure_base(client: DockerClient, progress: Progress = _quiet) -> Any:
+    """Our Debian base image, made with debootstrap and imported when it is missing."""
+    tag = base_tag()
+    found = _find(client, tag)
+    if found is not None:
+        return found
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        raise BackendUnavailable(
+            "building the base image needs root and debootstrap (apt-get install debootstrap); "
+            "or name one with --base-image (e.g. python:3.11-slim where a registry is reachable)"
+        )
+    started = time.monotonic()
+    progress(f"building base image {tag} from Debian packages (debootstrap, about a minute)")
+    workdir = Path(tempfile.mkdtemp(prefix="jepsen-py-rootfs-", dir="/var/tmp"))
+    try:
+        rootfs = workdir / "rootfs"
+        _run(
+            [
+                "debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                SUITE, str(rootfs),
+            ],
+            DEBOOTSTRAP_TIMEOUT_S,
+            "debootstrap",
+        )  # fmt: skip
+        tarball = workdir / "rootfs.tar"
+        excludes = [f"--exclude={pattern}" for pattern in _ROOTFS_EXCLUDES]
+        _run(
+            ["tar", "--numeric-owner", *excludes, "-C", str(rootfs), "-cf", str(tarball), "."],
+            TAR_TIMEOUT_S,
+            "tar of the root filesystem",
+        )
+        repo, _, version = tag.partition(":")
+        try:
+            client.api.import_image_from_file(str(tarball), repository=repo, tag=version)
+        except (APIError, DockerException) as exc:
+            raise BackendError(f"docker import of the base failed: {_short(exc)}") from None
+    finally:
+        _remove_rootfs(workdir)
+    image = _find(client, tag)
+    if image is None:
+        raise BackendError(f"docker import did not produce {tag}")
+    progress(f"base image {tag} ready in {time.monotonic() - started:.0f} s")
+    return image
+
+
+def _run(argv: list[str], timeout: float, what: str, cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{what} did not finish within {timeout:.0f} s") from None
+    except OSError as exc:
+        raise BackendError(f"{what} could not start: {exc}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-800:]
+        raise BackendError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return proc.stdout
+
+
+def _remove_rootfs(workdir: Path) -> None:
+    """Remove debootstrap's tree; unmount first whatever a failed run left mounted in it."""
+    prefix = str(workdir.resolve()) + "/"
+    with open("/proc/mounts") as fh:
+        mounts = [line.split()[1] for line in fh if line.split()[1].startswith(prefix)]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30, check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _platform_tag(client: DockerClient) -> str:
+    """The manylinux platform of the engine's machine, for the binary wheels it needs."""
+    arch = str(client.version().get("Arch", "")) or platform.machine()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    return f"manylinux2014_{machine}"
+
+
+def _fill_context(client: DockerClient, root: Path, context: Path, progress: Progress) -> None:
+    """Dockerfile, node.sh and wheels/: raftkv's wheel and those of its dependencies."""
+    for name in _DOCKER_FILES:
+        shutil.copy2(root / "docker" / name, context / name)
+    wheels = context / "wheels"
+    wheels.mkdir()
+    # Build from a copy holding only raftkv, so the image carries nothing else of ours.
+    src = context / "src"
+    src.mkdir()
+    shutil.copy2(root / "pyproject.toml", src / "pyproject.toml")
+    if (root / "README.md").is_file():
+        shutil.copy2(root / "README.md", src / "README.md")
+    shutil.copytree(root / "raftkv", src / "raftkv", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    progress("building the raftkv wheel")
+    _run(
+        [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)],
+        PIP_TIMEOUT_S,
+        "pip wheel",
+    )
+    ours = sorted(wheels.glob("*.whl"))
+    if len(ours) != 1:
+        raise BackendError(f"pip wheel made {len(ours)} wheels, expected 1")
+    progress(f"downloading the wheels of raftkv's dependencies for Python {PYTHON_VERSION}")
+    _run(
+        [
+            *pip, "download", "--only-binary=:all:", "--python-version", PYTHON_VERSION,
+            "--implementation", "cp", "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
+            "--platform", _platform_tag(client), "--dest", str(wheels), str(ours[0]),
+        ],
+        PIP_TIMEOUT_S,
+        "pip download of raftkv's dependencies",
+    )  # fmt: skip
+    shutil.rmtree(src)
+
+
+def _build(
+    client: DockerClient,
+    context: Path,
+    tag: str,
+    base_id: str,
+    own_base: bool,
+    progress: Progress,
+) -> str:
+    """`docker build` of the context on `base_id`; returns the image id."""
+    image_id = ""
+    try:
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            pull=False,
+            rm=True,
+            forcerm=True,
+            decode=True,
+            buildargs={"BASE": base_id},
+            # Our base has every tool: prove the build needs no network at all.
+            network_mode="none" if own_base else None,
+            use_config_proxy=False,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise BackendError(f"docker build of {tag} failed: {str(chunk['error']).strip()}")
+            line = str(chunk.get("stream", "")).strip()
+            if line.startswith("Step "):
+                progress(line)
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and "ID" in aux:
+                image_id = str(aux["ID"])
+    except (APIError, DockerException) as exc:
+        raise BackendError(f"docker build of {tag} failed: {_short(exc)}") from None
+    if not image_id:
+        image_id = tag
+    return image_id

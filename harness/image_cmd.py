@@ -1,0 +1,51 @@
+"""`harness image build`: the docker backend's node image, built without any registry.
+
+`harness test` builds it too when it is missing; this command does it ahead of time (and is
+what `docker/compose.yaml` needs first). Exit codes: 0 built or up to date, 254 bad usage (no
+engine, no debootstrap), 255 a build step failed (the message names it).
+"""
+
+from __future__ import annotations
+
+import click
+
+from harness.backends.base import BackendError, BackendUnavailable
+
+__all__ = ["image_group"]
+
+EXIT_OK, EXIT_CRASH = 0, 255
+
+
+@click.group("image")
+def image_group() -> None:
+    """The docker backend's node image."""
+
+
+@image_group.command("build")
+@click.option(
+    "--base-image",
+    default=None,
+    help="Base of the node image (default: built from Debian's packages with debootstrap; "
+    "e.g. python:3.11-slim where a registry is reachable).",
+)
+@click.option("--force", is_flag=True, help="Build even if an image of this tree exists.")
+def build_command(base_image: str | None, force: bool) -> int:
+    """Build the node image (tagged by content hash, and as jepsen-py/raftkv:latest)."""
+    from harness.image import IMAGE_REPO, connect, ensure_image  # the Docker SDK only here
+
+    try:
+        client = connect()
+        try:
+            built = ensure_image(
+                client, base_image, lambda line: click.echo(line, err=True), force=force
+            )
+        finally:
+            client.close()
+    except BackendUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+    except BackendError as exc:
+        click.echo(f"harness: image build failed: {exc}", err=True)
+        return EXIT_CRASH
+    state = f"built in {built.seconds:.0f} s" if built.built else "up to date"
+    click.echo(f"{built.tag} ({IMAGE_REPO}:latest) on {built.base}: {state}")
+    return EXIT_OK
