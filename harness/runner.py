@@ -108,6 +108,11 @@ async def run_test(opts: TestOptions) -> RunOutcome:
     """Run one test; the caller validated `opts` (see harness.cli)."""
     target: Target = TARGETS[opts.target]()
     nemeses = parse_nemesis(opts.nemesis, opts.nodes)
+    # A target may need something on this host first (etcd: its binary); before the run
+    # makes anything, so a BackendUnavailable here leaves nothing behind.
+    prepare = getattr(target, "prepare", None)
+    if prepare is not None:
+        await asyncio.to_thread(prepare, opts.backend)
     run_dir = new_run_dir(opts.store, opts.test_name)
     point_latest(opts.store, run_dir)
     handler = _log_to(run_dir / "harness.log")

@@ -149,7 +149,8 @@ def prepare_backend(opts: TestOptions) -> None:
 @click.option(
     "--read-mode",
     default=None,
-    help="Target read mode (raftkv: log, readindex, lease, local, follower).",
+    help="Target read mode (raftkv: log, readindex, lease, local, follower; "
+    "etcd: linearizable, serializable).",
 )
 @click.option("--seed", type=int, default=None, help="Seed for every random choice.")
 @click.option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from harness.targets.base import ClusterSpec, Completion, Target, TargetClient
+from harness.targets.etcd import EtcdTarget
 from harness.targets.memory import MemoryTarget
 from harness.targets.raftkv import RaftkvTarget
 
@@ -12,10 +13,15 @@ __all__ = [
     "TARGETS",
     "ClusterSpec",
     "Completion",
+    "EtcdTarget",
     "MemoryTarget",
     "RaftkvTarget",
     "Target",
     "TargetClient",
 ]
 
-TARGETS: dict[str, Callable[[], Target]] = {"raftkv": RaftkvTarget, "memory": MemoryTarget}
+TARGETS: dict[str, Callable[[], Target]] = {
+    "raftkv": RaftkvTarget,
+    "memory": MemoryTarget,
+    "etcd": EtcdTarget,
+}
