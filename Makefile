@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OS_PACKAGES := iproute2 iptables procps chromium openssh-server
+OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client
 
 .PHONY: venv test demo lint typecheck bench clean os-packages
 
