@@ -74,9 +74,11 @@ FOOTER = (
     "valid: the checker's verdict (true, false or unknown). stale reads: ok reads that returned "
     "a value certainly overwritten before they began; max staleness: how long before. "
     "read p50/p99: latency of ok reads, invoke to completion. ok ops/s: ok ops (reads, writes "
-    "and cas) per second of test time. availability: ok ops / all ops invoked (ok, fail and "
-    "info). Same seed for every mode: same op sequence and same nemesis choices; fault timing "
-    "is wall-clock and the leader a fault aims at is whichever node leads at that moment."
+    "and cas) per second of test time. availability: ops the system answered definitely (ok, "
+    "or fail: certainly not done, e.g. a cas whose expected value did not match) / all ops "
+    "invoked; info ops (timed out, indeterminate) count against it. Same seed for every mode: "
+    "same op sequence and same nemesis choices; fault timing is wall-clock and the leader a "
+    "fault aims at is whichever node leads at that moment."
 )
 
 
@@ -136,7 +138,7 @@ def mode_row(
         read_p50_ms=None if p50 is None else round(p50, 3),
         read_p99_ms=None if p99 is None else round(p99, 3),
         ops_per_s=round(ok / time_s, 1) if time_s > 0 else 0.0,
-        availability=round(ok / total, 4) if total else None,
+        availability=round((ok + counts.get("fail", 0)) / total, 4) if total else None,
         anomaly=anomaly.get("name") if anomaly else None,
         run_dir=str(results.get("run_dir", "")),
     )

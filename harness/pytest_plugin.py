@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +91,8 @@ def build_options(store: Path, **options: Any) -> TestOptions:
 
 def run_options(opts: TestOptions) -> RunOutcome:
     """Validate `opts` and run one test to the end (a fresh event loop in a worker thread, so
-    it also works from inside a running loop). Bad options fail the calling test."""
+    it also works from inside a running loop). Bad options fail the calling test. Ctrl-C or
+    a pytest timeout cancels the run, which heals and tears down before the error goes on."""
     import click
 
     from harness.runner import run_test
@@ -99,8 +102,27 @@ def run_options(opts: TestOptions) -> RunOutcome:
         validate(opts)
     except click.UsageError as exc:
         pytest.fail(f"harness: {exc.format_message()}", pytrace=False)
+    stop = threading.Event()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+
+    async def main() -> RunOutcome:
+        task = asyncio.current_task()
+        assert task is not None
+        running.append((asyncio.get_running_loop(), task))
+        if stop.is_set():
+            raise asyncio.CancelledError
+        return await run_test(opts)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, run_test(opts)).result()
+        future = pool.submit(asyncio.run, main())
+        try:
+            return future.result()
+        except BaseException:
+            stop.set()
+            for loop, task in running:
+                with contextlib.suppress(RuntimeError):  # the loop already closed
+                    loop.call_soon_threadsafe(task.cancel)
+            raise  # leaving the pool waits for the run's teardown
 
 
 @pytest.fixture

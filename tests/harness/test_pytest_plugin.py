@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,30 @@ def test_a_suite_gates_on_linearizability_with_one_test_function(
     unsafe = sorted((store / "raftkv-kv-local-partition-leader").glob("2*"))[-1]
     with pytest.raises(AssertionError, match="not linearizable"):
         assert_linearizable(unsafe / "history.jsonl")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed")
+@pytest.mark.timeout(200)
+def test_a_pytest_timeout_mid_run_tears_the_cluster_down(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    pytester.makepyfile(
+        """
+        def test_long(linearizability):
+            linearizability(read_mode="readindex", time_s=120, seed=1)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--timeout", "8", "--harness-store", str(store)
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Timeout*"])
+    (log,) = store.glob("*/2*/harness.log")
+    run_id = re.search(r"\(id ([0-9a-f]{4})\)", log.read_text())
+    assert run_id is not None, log.read_text()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    assert f"hns-{run_id.group(1)}-" not in listed.stdout, "the run's namespaces survived"
+    assert not (log.parent / "results.json").exists(), "the run went on to the end"
+    assert (log.parent / "history.jsonl").stat().st_size > 0
