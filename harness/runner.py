@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -30,7 +31,8 @@ from harness.report import write_run_reports
 from harness.results import build_results
 from harness.store import new_run_dir, point_latest, write_json
 from harness.targets import TARGETS, ClusterSpec, Target
-from harness.workload import Generator, Invocation, WorkloadOptions
+from harness.targets.base import TargetSetupError
+from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
 from nemesis.schedule import heal_all, run_schedule
 
@@ -74,6 +76,8 @@ class TestOptions:
     ssh: SshOptions | None = None
     # The docker backend's base image when it builds the node image (None: Debian packages).
     base_image: str | None = None
+    # The workload's ops (None: all, less what the target says it cannot do).
+    ops: tuple[str, ...] | None = None
 
     @property
     def test_name(self) -> str:
@@ -136,13 +140,21 @@ async def run_test(opts: TestOptions) -> RunOutcome:
             bugs=opts.bugs,
             seed=opts.seed,
             op_timeout_s=opts.op_timeout_s,
+            extra=dict(opts.extra),
         )
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
             backend.start_process(node, target.node_argv(node, cluster), str(log_path))
+        wait_ready = getattr(target, "wait_ready", None)
+        if wait_ready is not None:
+            try:
+                await wait_ready(cluster)
+            except TargetSetupError as exc:  # the nodes never answered
+                raise TargetSetupError(f"{exc}; their output: {run_dir}/nodes/") from None
         leader = await wait_for_leader(target, cluster, LEADER_TIMEOUT_S)
         log.info("cluster up; leader %s", leader)
+        opts = await _restrict_ops(opts, target, cluster)
         ctx = _nemesis_context(backend, target, cluster, opts.seed, asyncio.get_running_loop())
         await _drive(opts, target, cluster, ctx, nemeses, history)
         await _final_reads(opts, target, cluster, history)
@@ -203,6 +215,24 @@ async def wait_for_leader(target: Target, cluster: ClusterSpec, timeout_s: float
     raise TimeoutError(f"no leader within {timeout_s:.0f} s; see the node logs")
 
 
+async def _restrict_ops(opts: TestOptions, target: Target, cluster: ClusterSpec) -> TestOptions:
+    """The options with the ops the workload may use: `opts.ops` if given, else what the
+    target's optional `supported_ops(cluster)` finds; a line says what is left out."""
+    ops = opts.ops
+    detect = getattr(target, "supported_ops", None)
+    if ops is None and detect is not None:
+        ops = tuple(await detect(cluster))
+    if ops is None:
+        return opts
+    left_out = [f for f in OPS if f not in ops]
+    if left_out:
+        how = "declared with --ops" if opts.ops is not None else "not supported"
+        line = f"{target.name}: {', '.join(left_out)} {how}: left out of the workload"
+        log.warning("%s", line)
+        print(f"harness: {line}", file=sys.stderr, flush=True)
+    return dataclasses.replace(opts, ops=tuple(f for f in OPS if f in ops))
+
+
 def _nemesis_context(
     backend: Backend,
     target: Target,
@@ -233,7 +263,9 @@ async def _drive(
     nemeses: list[Any],
     history: HistoryWriter,
 ) -> None:
-    gen = Generator(WorkloadOptions(opts.workload, opts.keys), random.Random(opts.seed))
+    gen = Generator(
+        WorkloadOptions(opts.workload, opts.keys, ops=opts.ops or OPS), random.Random(opts.seed)
+    )
     progress = Progress(opts.time_s, live=opts.live)
     stop = asyncio.Event()
 

@@ -25,7 +25,8 @@ from harness.backends.netns import check_available
 from harness.junit import write_runs_junit
 from harness.runner import RunOutcome, TestOptions, run_test
 from harness.targets import TARGETS
-from harness.workload import WORKLOADS
+from harness.targets.base import TargetSetupError
+from harness.workload import OPS, WORKLOADS
 from nemesis.faults import parse_nemesis
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ def validate(opts: TestOptions) -> None:
         parse_nemesis(opts.nemesis, opts.nodes)
     except ValueError as exc:
         raise _bad(str(exc), "--nemesis") from None
+    validate_options = getattr(target, "validate_options", None)
+    if validate_options is not None:  # the http target: --node-cmd
+        try:
+            validate_options(opts.extra, opts.nodes, opts.backend)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if opts.read_mode is not None and opts.read_mode not in target.read_modes:
         raise _bad(
             f"{opts.target} has no read mode {opts.read_mode!r}; "
@@ -221,6 +228,31 @@ def prepare_backend(opts: TestOptions) -> None:
     default=None,
     help="ssh backend: base directory on the nodes (default /var/tmp/harness-<user>).",
 )
+@click.option(
+    "--node-cmd",
+    default=None,
+    help="http target: the command that starts one node, with placeholders {id} {host} "
+    "{port} {peer_port} {peers} {http_peers} {data_dir} {python}.",
+)
+@click.option(
+    "--node-env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="http target: an environment variable for the node command (repeatable).",
+)
+@click.option(
+    "--node-start-timeout",
+    type=click.FloatRange(min=0.5),
+    default=20.0,
+    show_default=True,
+    help="http target: seconds for every node to answer HTTP after starting.",
+)
+@click.option(
+    "--ops",
+    default=None,
+    help="The workload's ops, comma-separated, of read, write, cas (default: all the "
+    "target supports).",
+)
 def test_command(**kw: Any) -> int:
     """Run a cluster, drive clients and faults, check linearizability."""
     opts = options_from_params(kw)
@@ -266,8 +298,35 @@ def options_from_params(kw: dict[str, Any]) -> TestOptions:
         nemesis_interval_s=kw["nemesis_interval"], read_mode=kw.get("read_mode"), seed=seed,
         store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw.get("leave_running", False),
         op_timeout_s=kw["op_timeout"], live=not kw["no_live"], ssh=ssh,
-        base_image=kw.get("base_image"),
+        base_image=kw.get("base_image"), ops=_ops(kw.get("ops")), extra=_node_cmd_extra(kw),
     )  # fmt: skip
+
+
+def _ops(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    ops = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    unknown = [f for f in ops if f not in OPS]
+    if unknown or not ops:
+        raise _bad(f"expected some of {', '.join(OPS)}; got {text!r}", "--ops")
+    if "read" not in ops or len(ops) < 2:
+        raise _bad("the workload needs read and at least one of write, cas", "--ops")
+    return ops
+
+
+def _node_cmd_extra(kw: dict[str, Any]) -> dict[str, Any]:
+    """The http target's options (TestOptions.extra); they belong to no other target."""
+    if kw.get("node_cmd") is None:
+        if kw.get("node_env"):
+            raise _bad("--node-env goes with --node-cmd (--target http)", "--node-env")
+        return {}
+    if kw["target"] != "http":
+        raise _bad("--node-cmd is for --target http", "--node-cmd")
+    return {
+        "node_cmd": kw["node_cmd"],
+        "node_env": list(kw.get("node_env") or ()),
+        "node_start_timeout_s": kw.get("node_start_timeout") or 20.0,
+    }
 
 
 def _ssh_options(kw: dict[str, Any]) -> SshOptions | None:
@@ -340,6 +399,10 @@ def _run(opts: TestOptions) -> RunOutcome | None:
     except TimeoutError as exc:
         click.echo(f"harness: {exc}", err=True)
         return None
+    except TargetSetupError as exc:
+        # The user's node command: it was not found or never answered; the run's cluster
+        # was removed on the way out and its log kept in the run directory.
+        raise click.UsageError(f"target {opts.target}: {exc}") from None
     except BackendUnavailable as exc:
         # Found only once the run began (an ssh host key, a node that cannot be reached):
         # still the user's setup, and everything made so far was removed on the way out.

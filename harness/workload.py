@@ -12,19 +12,22 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WORKLOADS", "Generator", "Invocation", "WorkloadOptions"]
+__all__ = ["OPS", "WORKLOADS", "Generator", "Invocation", "WorkloadOptions"]
 
 WORKLOADS = ("kv", "register")
+OPS = ("read", "write", "cas")
 RECENT_VALUES = 4
 
 
 @dataclass(frozen=True)
 class WorkloadOptions:
-    """`mix` weighs read, write and cas; `keys` is forced to 1 for `register`."""
+    """`mix` weighs read, write and cas; `keys` is forced to 1 for `register`; `ops`
+    restricts the mix to those ops (a system without cas: `("read", "write")`)."""
 
     workload: str = "kv"
     keys: int = 5
     mix: tuple[float, float, float] = (0.5, 0.3, 0.2)
+    ops: tuple[str, ...] = OPS
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
@@ -33,6 +36,16 @@ class WorkloadOptions:
             raise ValueError("--keys must be at least 1")
         if any(w < 0 for w in self.mix) or sum(self.mix) <= 0:
             raise ValueError("the op mix needs non-negative weights with a positive sum")
+        unknown = [f for f in self.ops if f not in OPS]
+        if unknown or not self.ops:
+            raise ValueError(f"ops must be some of {', '.join(OPS)}; got {list(self.ops)}")
+        if sum(w for f, w in zip(OPS, self.mix) if f in self.ops) <= 0:
+            raise ValueError(f"the op mix gives no weight to {', '.join(self.ops)}")
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The mix with the ops left out weighing nothing."""
+        return tuple(w if f in self.ops else 0.0 for f, w in zip(OPS, self.mix))
 
     @property
     def key_count(self) -> int:
@@ -66,7 +79,7 @@ class Generator:
 
     def next(self) -> Invocation:
         key = self._rng.choice(self.keys)
-        f = self._rng.choices(("read", "write", "cas"), weights=self.opts.mix)[0]
+        f = self._rng.choices(OPS, weights=self.opts.weights)[0]
         if f == "read":
             return Invocation("read", key, None)
         if f == "write":

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from harness.targets.base import ClusterSpec, Completion, Target, TargetClient
 from harness.targets.etcd import EtcdTarget
+from harness.targets.http import HttpTarget
 from harness.targets.memory import MemoryTarget
 from harness.targets.raftkv import RaftkvTarget
 
@@ -14,6 +15,7 @@ __all__ = [
     "ClusterSpec",
     "Completion",
     "EtcdTarget",
+    "HttpTarget",
     "MemoryTarget",
     "RaftkvTarget",
     "Target",
@@ -24,4 +26,5 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "raftkv": RaftkvTarget,
     "memory": MemoryTarget,
     "etcd": EtcdTarget,
+    "http": HttpTarget,
 }

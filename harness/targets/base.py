@@ -15,7 +15,12 @@ from typing import Any, Literal, Protocol
 
 from harness.workload import Invocation
 
-__all__ = ["ClusterSpec", "Completion", "Target", "TargetClient"]
+__all__ = ["ClusterSpec", "Completion", "Target", "TargetClient", "TargetSetupError"]
+
+
+class TargetSetupError(Exception):
+    """The target cannot run as the user configured it (a node command that is not found,
+    or nodes that never answer): bad usage, exit 254. The message says what to fix."""
 
 
 @dataclass(frozen=True)
