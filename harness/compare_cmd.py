@@ -227,6 +227,8 @@ def _relpath(path: Path, start: Path) -> str:
 
 
 def _parse_modes(spec: str | None, target: Target) -> list[str]:
+    if not target.read_modes:
+        raise click.UsageError(f"target {target.name} has no read modes to compare")
     if spec is None:
         return list(target.read_modes)
     modes = [m.strip() for m in spec.split(",") if m.strip()]

@@ -58,7 +58,11 @@ class TargetClient(Protocol):
 
 
 class Target(Protocol):
-    """A system under test."""
+    """A system under test.
+
+    Optional: `linearizable_read_modes`, the read modes that promise linearizable reads
+    (`harness compare-reads` fails only on those; without it every mode is held to that).
+    """
 
     name: str
     read_modes: tuple[str, ...]

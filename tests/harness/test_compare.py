@@ -137,6 +137,8 @@ def test_bad_modes_are_usage_errors_that_leave_nothing(tmp_path: Path) -> None:
         proc = harness("compare-reads", "--modes", modes, "--store", str(tmp_path), timeout=60)
         assert proc.returncode == 254, (modes, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr, (modes, proc.stderr)
+    proc = harness("compare-reads", "--target", "http", "--store", str(tmp_path), timeout=60)
+    assert proc.returncode == 254 and "no read modes" in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir()), "a rejected comparison created files"
 
 
