@@ -4,7 +4,8 @@ Two layers of our own, both found again by tag, so an unchanged tree costs a has
 lookup:
 
     jepsen-py/base:bookworm-<hash>   Debian bookworm from Debian's packages (debootstrap, then
-                                     `docker import`): python3, iptables, iproute2, procps.
+                                     `docker import`): python3, iptables, iproute2, procps,
+                                     and etcd-server (members of the etcd target).
                                      The hash covers the suite and the package list.
     jepsen-py/raftkv:<hash>          the base + raftkv installed from a wheel built here, its
                                      dependencies' wheels downloaded here (PyPI from the
@@ -60,7 +61,7 @@ __all__ = [
 BASE_REPO = "jepsen-py/base"
 IMAGE_REPO = "jepsen-py/raftkv"
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps")
+BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps", "etcd-server")
 PYTHON_VERSION = "3.11"  # bookworm's python3, and the wheels we download for it
 ENGINE_TIMEOUT_S = 60
 DEBOOTSTRAP_TIMEOUT_S = 900.0

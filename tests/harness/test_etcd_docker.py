@@ -1,0 +1,69 @@
+"""The etcd target on the Docker backend: etcd comes with the node image (Debian's package
+in the base built by debootstrap), members run in containers on the run's own network."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.backends.base import BackendUnavailable
+from harness.backends.docker import LABEL_RUN
+from harness.image import connect
+
+
+def _engine() -> bool:
+    try:
+        connect(timeout=10).close()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(not _engine(), reason="no Docker engine reachable"),
+    # The first run on a machine builds the node image (a few minutes).
+    pytest.mark.timeout(900),
+]
+
+
+def _leftovers(run_id: str) -> list[str]:
+    client = connect()
+    try:
+        label = {"label": f"{LABEL_RUN}={run_id}"}
+        names = [c.name for c in client.containers.list(all=True, filters=label)]
+        names += [n.name for n in client.networks.list(filters=label)]
+    finally:
+        client.close()
+    return names
+
+
+def test_etcd_in_containers_stays_linearizable_under_partitions_and_kills(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "harness.cli", "test", "--backend", "docker",
+            "--target", "etcd", "--nemesis", "partition,kill", "--time", "12",
+            "--nemesis-interval", "2", "--seed", "4", "--store", str(tmp_path), "--no-live",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "latest"
+    r = json.loads((run / "results.json").read_text())
+    assert r["valid"] is True and r["options"]["backend"] == "docker"
+    assert r["counts"]["all"]["ok"] > 100
+    assert {op["fault"] for op in r["nemesis_schedule"] if op["f"] == "start"}
+    for node in ("n1", "n2", "n3"):
+        # etcd's own log, copied out of the member's container.
+        assert '"msg":"serving client traffic' in (run / "nodes" / node / "etcd.log").read_text()
+    run_id = re.search(r"\(id ([0-9a-f]{4})\)", (run / "harness.log").read_text())
+    assert run_id is not None
+    assert _leftovers(run_id[1]) == [], "the run left containers or its network behind"
