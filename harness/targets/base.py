@@ -61,7 +61,10 @@ class Target(Protocol):
     """A system under test.
 
     Optional: `linearizable_read_modes`, the read modes that promise linearizable reads
-    (`harness compare-reads` fails only on those; without it every mode is held to that).
+    (`harness compare-reads` fails only on those; without it every mode is held to that);
+    `prepare(backend)`, called in a thread before a run makes anything, to make sure the
+    system can run on that backend (etcd installs its binary for netns; raise
+    BackendUnavailable, exit 254, when it cannot).
     """
 
     name: str

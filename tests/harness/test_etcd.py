@@ -296,7 +296,7 @@ def test_serializable_reads_on_a_cut_off_member_are_stale(tmp_path: Path) -> Non
     concurrency, nodes = 9, ["n1", "n2", "n3"]
     proc = harness(
         "test", "--backend", "netns", "--target", "etcd", "--read-mode", "serializable",
-        "--nemesis", "partition-leader", "--time", "15", "--nemesis-interval", "1",
+        "--nemesis", "partition-one", "--time", "15", "--nemesis-interval", "1.5",
         "--concurrency", str(concurrency), "--test-count", "3", "--seed", "21",
         "--store", str(tmp_path), "--no-live",
     )  # fmt: skip
