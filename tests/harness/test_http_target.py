@@ -124,6 +124,17 @@ def test_bad_node_commands_exit_254_and_leave_nothing(tmp_path: Path) -> None:
         assert proc.returncode == 254, (cmd, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr, (cmd, proc.stderr)
         assert not store.exists(), "a rejected run created files"
+    for args, words in [
+        (["--target", "raftkv", "--node-cmd", "srv {port}"], "--node-cmd is for --target http"),
+        (["--target", "http"], "--target http needs --node-cmd"),
+        (["--ops", "read,frob"], "--ops"),
+        (["--target", "http", "--node-cmd", "srv {port} {peers}", "--node-env", "X"], "X"),
+    ]:
+        store = tmp_path / secrets.token_hex(2)
+        proc = harness("test", "--backend", "netns", "--store", str(store), *args, timeout=60)
+        assert proc.returncode == 254, (args, proc.stderr)
+        assert words in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert not store.exists()
     # Starts, but never listens: found when the nodes do not answer.
     marker = f"never-answers-{secrets.token_hex(4)}"
     cmd = f"python3 -c 'import time; time.sleep(600)' {marker} {{port}} {{peers}}"

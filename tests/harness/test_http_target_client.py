@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ import pytest
 
 from harness.targets.base import ClusterSpec
 from harness.targets.http import HttpKvClient, HttpTarget, NodeCommand
-from harness.workload import OPS, Invocation
+from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -285,3 +286,16 @@ def test_node_command_placeholders_are_filled_per_argv_element() -> None:
             NodeCommand.parse(bad)
     with pytest.raises(ValueError, match="NAME=VALUE"):
         NodeCommand.parse("srv {port} {peers}", ["=x"])
+
+
+def test_the_workload_keeps_to_the_ops_a_target_supports() -> None:
+    gen = Generator(WorkloadOptions("kv", 3, ops=("read", "write")), random.Random(7))
+    fs = {gen.next().f for _ in range(500)}
+    assert fs == {"read", "write"}
+    everything = Generator(WorkloadOptions("kv", 3), random.Random(7))
+    assert {everything.next().f for _ in range(500)} == set(OPS)
+    for bad in [("read", "delete"), ()]:
+        with pytest.raises(ValueError, match="ops must be some of"):
+            WorkloadOptions("kv", 3, ops=bad)
+    with pytest.raises(ValueError, match="no weight"):
+        WorkloadOptions("kv", 3, mix=(0, 0, 1), ops=("read", "write"))
