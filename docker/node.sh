@@ -80,6 +80,14 @@ start)
 signal)
     [ -n "$(state)" ] || exit 0
     kill -s "$1" "$(pid_of)" 2>/dev/null || true
+    if [ "$1" = STOP ]; then
+        # A stop takes effect when the process next runs: return once it has (or after 2 s).
+        tries=0
+        while [ "$(state)" != T ] && [ "$(state)" != t ] && [ "$tries" -lt 20 ]; do
+            sleep 0.1
+            tries=$((tries + 1))
+        done
+    fi
     ;;
 kill)
     # SIGKILL, and return only once it is gone (or after 5 s), so a restart can follow.

@@ -456,14 +456,22 @@ def _remove_data_dirs() -> list[str]:
 
 
 @click.command("cleanup")
-def cleanup_command() -> int:
+@click.option(
+    "--backend",
+    "backends",
+    type=click.Choice(["docker", "netns"]),
+    multiple=True,
+    help="Only this backend's leftovers (repeatable; default: every backend).",
+)
+def cleanup_command(backends: tuple[str, ...]) -> int:
     """Remove containers, networks, namespaces, links, firewall chains and processes that
     killed runs left behind (images stay: they are a cache)."""
     try:
-        removed = cleanup_leftovers()
+        removed = cleanup_leftovers(backends or ("netns", "docker"))
     except BackendUnavailable as exc:
         raise click.UsageError(str(exc)) from None
-    removed += _remove_data_dirs()
+    if not backends or "netns" in backends:
+        removed += _remove_data_dirs()
     for item in removed:
         click.echo(f"removed {item}")
     click.echo(f"cleanup: {len(removed)} leftovers removed", err=True)

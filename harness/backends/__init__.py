@@ -20,8 +20,8 @@ __all__ = [
 ]
 
 
-def cleanup_leftovers() -> list[str]:
-    """Remove what killed runs left behind (every backend that can run here: netns as root,
+def cleanup_leftovers(backends: tuple[str, ...] = ("netns", "docker")) -> list[str]:
+    """Remove what killed runs left behind (of `backends` that can run here: netns as root,
     docker with a reachable engine); returns what was removed.
 
     Raises BackendUnavailable when no backend's cleanup can run here, and BackendError after
@@ -32,11 +32,10 @@ def cleanup_leftovers() -> list[str]:
     removed: list[str] = []
     unavailable: list[str] = []
     errors: list[str] = []
-    for name, cleanup in (
-        ("netns", netns.cleanup_leftovers),
-        ("docker", docker_backend.cleanup_leftovers),
-    ):
+    cleanups = {"netns": netns.cleanup_leftovers, "docker": docker_backend.cleanup_leftovers}
+    for name in backends:
         try:
+            cleanup = cleanups[name]
             removed += cleanup()
         except BackendUnavailable as exc:
             unavailable.append(f"{name}: {exc}")
@@ -44,6 +43,6 @@ def cleanup_leftovers() -> list[str]:
             errors.append(f"{name}: {exc}")
     if errors:
         raise BackendError("; ".join(errors))
-    if len(unavailable) == 2:
+    if len(unavailable) == len(backends):
         raise BackendUnavailable("nothing to clean up with here: " + "; ".join(unavailable))
     return removed

@@ -1,0 +1,174 @@
+"""The docker backend against the real engine: containers, process control, iptables, logs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.backends.base import BackendUnavailable
+from harness.backends.docker import LABEL_RUN, DockerBackend
+from harness.image import BuiltImage, connect, ensure_image, source_root, tree_hash
+from nemesis import iptables
+from nemesis.remote import CommandNotFoundError, RemoteError, RemoteTimeoutError
+
+
+def _engine() -> bool:
+    try:
+        connect(timeout=10).close()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(not _engine(), reason="no Docker engine reachable"),
+    pytest.mark.timeout(600),
+]
+
+SERVICE = ["python3", "-c", "import time\nprint('service up', flush=True)\ntime.sleep(1000)"]
+
+
+@pytest.fixture(scope="session")
+def node_image() -> BuiltImage:
+    """The node image of this tree: built once (the base with it) and cached by content."""
+    client = connect()
+    try:
+        return ensure_image(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def backend(node_image: BuiltImage) -> Iterator[DockerBackend]:
+    b = DockerBackend(image=node_image.tag)
+    b.setup(["n1", "n2"])
+    try:
+        yield b
+    finally:
+        b.teardown()
+
+
+def ours(run_id: str) -> tuple[list[str], list[str]]:
+    """Names of the containers and networks labelled with run_id."""
+    client = connect()
+    try:
+        label = {"label": f"{LABEL_RUN}={run_id}"}
+        containers = [c.name for c in client.containers.list(all=True, filters=label)]
+        networks = [n.name for n in client.networks.list(filters=label)]
+    finally:
+        client.close()
+    return containers, networks
+
+
+def test_the_process_is_killed_paused_and_restarted_inside_a_live_container(
+    backend: DockerBackend, tmp_path: Path
+) -> None:
+    backend.kill("n1")  # nothing started there yet: a no-op, like a heal during startup
+    backend.start_process("n1", SERVICE, str(tmp_path / "service.log"))
+    first = backend.running("n1")
+    assert first is not None
+    backend.restart("n1")  # running: nothing to do
+    assert backend.running("n1") == first
+    backend.pause("n1")
+    assert backend.running("n1") == (first[0], "T")
+    backend.resume("n1")
+    resumed = backend.running("n1")
+    assert resumed is not None and resumed[0] == first[0] and resumed[1] != "T"
+    backend.kill("n1")
+    backend.kill("n1")
+    assert backend.running("n1") is None
+    # The container, its address and its filesystem outlive the process.
+    assert backend.remote("n1").execute(["true"], 10).returncode == 0
+    backend.restart("n1")
+    second = backend.running("n1")
+    assert second is not None and second[0] != first[0]
+    backend.stop_process("n1", timeout=2)
+    assert backend.running("n1") is None
+    backend.fetch_logs("n1", str(tmp_path / "copied"))
+    copied = (tmp_path / "copied" / "service.log").read_text()
+    lines = copied.splitlines()
+    assert lines.count("service up") == 2 and copied.count("--- start: python3") == 2
+
+
+def test_a_partition_drops_traffic_between_containers_and_heals(backend: DockerBackend) -> None:
+    n1, n2 = backend.remote("n1"), backend.remote("n2")
+    listener = ["python3", "-m", "http.server", "9000", "--bind", n2.address]
+    backend.start_process("n2", listener, "/unused/http.log")
+    probe = [
+        "python3", "-c",
+        "import socket, sys, time\n"
+        "for _ in range(50):\n"
+        "    try:\n"
+        f"        socket.create_connection(('{n2.address}', 9000), timeout=0.5).close()\n"
+        "        sys.exit(0)\n"
+        "    except ConnectionRefusedError:\n"
+        "        time.sleep(0.1)\n"
+        "    except OSError:\n"
+        "        sys.exit(1)\n"
+        "sys.exit(2)",
+    ]  # fmt: skip
+    assert n1.execute(probe, 15, check=False).returncode == 0
+    iptables.apply(n2, [n1.address])
+    assert n1.execute(probe, 15, check=False).returncode == 1
+    rules = n2.execute(iptables.list_argv(iptables.CHAIN), 10).stdout
+    assert f"-s {n1.address}/32 -j DROP" in rules
+    iptables.heal(n2)
+    assert n1.execute(probe, 15, check=False).returncode == 0
+
+
+def test_commands_report_failures_timeouts_and_missing_programs(backend: DockerBackend) -> None:
+    node = backend.remote("n1")
+    assert node.execute(["sh", "-c", "echo out; echo err >&2"], 10).stdout == "out\n"
+    result = node.execute(["sh", "-c", "echo err >&2; exit 3"], 10, check=False)
+    assert (result.returncode, result.stderr) == (3, "err\n")
+    with pytest.raises(RemoteError, match="exited 3"):
+        node.execute(["sh", "-c", "exit 3"], 10)
+    with pytest.raises(RemoteTimeoutError):
+        node.execute(["sleep", "30"], 1)
+    with pytest.raises(CommandNotFoundError):
+        node.execute(["no-such-program"], 10)
+    # The image holds raftkv and its dependencies, and nothing else of ours.
+    node.execute(["python3", "-c", "import raftkv.node, msgpack, click"], 30)
+    assert node.execute(["python3", "-c", "import harness"], 30, check=False).returncode == 1
+
+
+def test_teardown_leaves_no_container_or_network_and_keeps_the_image(
+    node_image: BuiltImage,
+) -> None:
+    backend = DockerBackend(image=node_image.tag)
+    backend.setup(["n1", "n2"])
+    made = ([f"jepsen-py-{backend.run_id}-{n}" for n in ("n1", "n2")], [backend.network_name])
+    assert tuple(sorted(x) for x in ours(backend.run_id)) == made
+    backend.teardown()
+    backend.teardown()  # everything already gone: quiet
+    assert ours(backend.run_id) == ([], [])
+    client = connect()
+    try:
+        assert client.images.get(node_image.tag).id == node_image.id, "images stay cached"
+    finally:
+        client.close()
+
+
+def test_the_image_tag_follows_raftkv_and_not_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for part in ("raftkv", "docker", "harness"):
+        shutil.copytree(source_root() / part, root / part)
+    shutil.copy2(source_root() / "pyproject.toml", root / "pyproject.toml")
+    before = tree_hash(root, "sha256:base")
+    (root / "harness" / "runner.py").write_text("# changed\n")
+    assert tree_hash(root, "sha256:base") == before
+    assert tree_hash(root, "sha256:other-base") != before
+    (root / "raftkv" / "node.py").write_text("# changed\n")
+    assert tree_hash(root, "sha256:base") != before
+
+
+def test_an_unchanged_tree_reuses_its_image(node_image: BuiltImage) -> None:
+    client = connect()
+    try:
+        again = ensure_image(client)
+    finally:
+        client.close()
+    assert (again.tag, again.id, again.built) == (node_image.tag, node_image.id, False)
