@@ -441,7 +441,8 @@ def _summary(outcome: RunOutcome) -> None:
     )
     anomaly = r["checker"].get("anomaly")
     if anomaly:
-        click.echo(f"first anomaly: {anomaly.get('name')}: {anomaly.get('summary', '')}")
+        reason = anomaly.get("reason") or ""
+        click.echo(f"first anomaly, key {anomaly.get('key')}: {anomaly.get('name')}: {reason}")
     click.echo(f"results in {outcome.run_dir}")
 
 
