@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client
+OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap
 
 .PHONY: venv test demo lint typecheck bench clean os-packages
 
@@ -35,8 +35,9 @@ typecheck: venv
 test: venv lint typecheck
 	$(BIN)/pytest -q
 
+# A minute of partitions on Docker (the first run builds the node image, about two minutes).
 demo: venv
-	$(BIN)/python -m raftkv.demo
+	$(BIN)/harness test --nemesis partition --time 60
 
 bench: venv
 	$(BIN)/python bench/raftkv_bench.py

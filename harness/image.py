@@ -10,8 +10,9 @@ lookup:
     jepsen-py/raftkv:<hash>          the base + raftkv installed from a wheel built here, its
                                      dependencies' wheels downloaded here (PyPI from the
                                      host), `docker/node.sh` as the node's process supervisor.
-                                     The hash covers raftkv's sources, pyproject.toml,
-                                     docker/Dockerfile, docker/node.sh and the base's image id.
+                                     The hash covers raftkv's sources, its requirements in
+                                     pyproject.toml, docker/Dockerfile, docker/node.sh and
+                                     the base's image id.
                                      Also tagged `jepsen-py/raftkv:latest` (docker/compose.yaml).
 
 On our own base the build runs with no network at all. `base_image` (e.g. "python:3.11-slim"
@@ -28,13 +29,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,7 @@ __all__ = [
     "connect",
     "ensure_base",
     "ensure_image",
+    "prune",
     "source_root",
     "tree_hash",
 ]
@@ -62,6 +67,8 @@ BASE_REPO = "jepsen-py/base"
 IMAGE_REPO = "jepsen-py/raftkv"
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps", "etcd-server")
+# What raftkv imports beyond the standard library: the only wheels the image gets.
+NODE_PACKAGES = ("msgpack", "click")
 PYTHON_VERSION = "3.11"  # bookworm's python3, and the wheels we download for it
 ENGINE_TIMEOUT_S = 60
 DEBOOTSTRAP_TIMEOUT_S = 900.0
@@ -77,6 +84,8 @@ _ROOTFS_EXCLUDES = (
     "./usr/share/man/*",
 )
 _DOCKER_FILES = ("Dockerfile", "node.sh")
+_REQ_NAME_RE = re.compile(r"[\s<>=!~;\[]")
+_DEPENDENCIES_RE = re.compile(r"^dependencies = \[.*?^\]", re.MULTILINE | re.DOTALL)
 
 Progress = Callable[[str], None]
 
@@ -134,17 +143,28 @@ def base_tag() -> str:
     return f"{BASE_REPO}:{SUITE}-{digest[:12]}"
 
 
+def node_requirements(root: Path) -> list[str]:
+    """raftkv's third-party requirements, with the bounds pyproject.toml gives them."""
+    with open(root / "pyproject.toml", "rb") as fh:
+        dependencies = tomllib.load(fh)["project"]["dependencies"]
+    chosen = [d for d in dependencies if _REQ_NAME_RE.split(d, 1)[0].lower() in NODE_PACKAGES]
+    if len(chosen) != len(NODE_PACKAGES):
+        raise BackendUnavailable(f"pyproject.toml must list each of {NODE_PACKAGES}")
+    return chosen
+
+
 def tree_hash(root: Path, base_id: str) -> str:
     """The content hash of everything the node image is made of (see the module docstring)."""
     h = hashlib.sha256()
-    files = [*sorted((root / "raftkv").rglob("*.py")), root / "pyproject.toml"]
+    files = sorted((root / "raftkv").rglob("*.py"))
     files += [root / "docker" / f for f in _DOCKER_FILES]
     for path in files:
         rel = path.relative_to(root).as_posix()
         data = path.read_bytes()
         h.update(f"{rel}\0{len(data)}\0".encode())
         h.update(data)
-    h.update(f"base\0{base_id}\0python\0{PYTHON_VERSION}".encode())
+    requirements = " ".join(node_requirements(root))
+    h.update(f"base\0{base_id}\0python\0{PYTHON_VERSION}\0{requirements}".encode())
     return h.hexdigest()
 
 
@@ -211,6 +231,32 @@ def ensure_image(
     seconds = time.monotonic() - started
     progress(f"built {tag} in {seconds:.0f} s")
     return BuiltImage(tag, image.id, base_image or base_tag(), True, seconds)
+
+
+def prune(client: DockerClient) -> list[str]:
+    """Remove our images other than this tree's node image and its base (older builds).
+
+    An image a container still uses stays. Returns the tags removed.
+    """
+    keep = {base_tag()}
+    base = _find(client, base_tag())
+    if base is not None:
+        keep.add(f"{IMAGE_REPO}:{tree_hash(source_root(), base.id)[:16]}")
+        keep.add(f"{IMAGE_REPO}:latest")
+    removed: list[str] = []
+    for repo in (IMAGE_REPO, BASE_REPO):
+        for image in client.images.list(name=repo):
+            for tag in image.tags:
+                if not tag.startswith(f"{repo}:") or tag in keep:
+                    continue
+                # By tag: an image goes (with its layers) when its last tag does.
+                try:
+                    client.images.remove(tag, force=False, noprune=False)
+                except APIError as exc:
+                    removed.append(f"kept {tag}: {_short(exc)}")
+                    continue
+                removed.append(tag)
+    return removed
 
 
 def _tag_latest(image: Any) -> None:
@@ -318,7 +364,13 @@ def _fill_context(client: DockerClient, root: Path, context: Path, progress: Pro
     # Build from a copy holding only raftkv, so the image carries nothing else of ours.
     src = context / "src"
     src.mkdir()
-    shutil.copy2(root / "pyproject.toml", src / "pyproject.toml")
+    # The wheel declares only what raftkv imports, so the image carries only those wheels.
+    project = (root / "pyproject.toml").read_text()
+    listed = json.dumps(node_requirements(root))
+    project, count = _DEPENDENCIES_RE.subn(f"dependencies = {listed}", project, count=1)
+    if count != 1:
+        raise BackendError("pyproject.toml has no `dependencies = [...]` list")
+    (src / "pyproject.toml").write_text(project)
     if (root / "README.md").is_file():
         shutil.copy2(root / "README.md", src / "README.md")
     shutil.copytree(root / "raftkv", src / "raftkv", ignore=shutil.ignore_patterns("__pycache__"))
@@ -337,7 +389,8 @@ def _fill_context(client: DockerClient, root: Path, context: Path, progress: Pro
         [
             *pip, "download", "--only-binary=:all:", "--python-version", PYTHON_VERSION,
             "--implementation", "cp", "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
-            "--platform", _platform_tag(client), "--dest", str(wheels), str(ours[0]),
+            "--platform", _platform_tag(client), "--dest", str(wheels),
+            *node_requirements(root),
         ],
         PIP_TIMEOUT_S,
         "pip download of raftkv's dependencies",

@@ -49,3 +49,24 @@ def build_command(base_image: str | None, force: bool) -> int:
     state = f"built in {built.seconds:.0f} s" if built.built else "up to date"
     click.echo(f"{built.tag} ({IMAGE_REPO}:latest) on {built.base}: {state}")
     return EXIT_OK
+
+
+@image_group.command("prune")
+def prune_command() -> int:
+    """Remove older node and base images (those of other trees); this tree's stay."""
+    from harness.image import connect, prune  # the Docker SDK only here
+
+    try:
+        client = connect()
+        try:
+            removed = prune(client)
+        finally:
+            client.close()
+    except BackendUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+    except BackendError as exc:
+        click.echo(f"harness: image prune failed: {exc}", err=True)
+        return EXIT_CRASH
+    for line in removed:
+        click.echo(f"removed {line}" if not line.startswith("kept ") else line)
+    return EXIT_OK

@@ -10,7 +10,15 @@ import pytest
 
 from harness.backends.base import BackendUnavailable
 from harness.backends.docker import LABEL_RUN, DockerBackend
-from harness.image import BuiltImage, connect, ensure_image, source_root, tree_hash
+from harness.image import (
+    IMAGE_REPO,
+    BuiltImage,
+    connect,
+    ensure_image,
+    prune,
+    source_root,
+    tree_hash,
+)
 from nemesis import iptables
 from nemesis.remote import CommandNotFoundError, RemoteError, RemoteTimeoutError
 
@@ -159,6 +167,8 @@ def test_the_image_tag_follows_raftkv_and_not_the_rest(tmp_path: Path) -> None:
     shutil.copy2(source_root() / "pyproject.toml", root / "pyproject.toml")
     before = tree_hash(root, "sha256:base")
     (root / "harness" / "runner.py").write_text("# changed\n")
+    with open(root / "pyproject.toml", "a") as fh:
+        fh.write("# a change that leaves raftkv's requirements alone\n")
     assert tree_hash(root, "sha256:base") == before
     assert tree_hash(root, "sha256:other-base") != before
     (root / "raftkv" / "node.py").write_text("# changed\n")
@@ -172,3 +182,15 @@ def test_an_unchanged_tree_reuses_its_image(node_image: BuiltImage) -> None:
     finally:
         client.close()
     assert (again.tag, again.id, again.built) == (node_image.tag, node_image.id, False)
+
+
+def test_prune_removes_older_builds_and_keeps_this_trees_image(node_image: BuiltImage) -> None:
+    client = connect()
+    try:
+        client.images.get(node_image.id).tag(IMAGE_REPO, "0000000000000000")
+        removed = prune(client)
+        assert f"{IMAGE_REPO}:0000000000000000" in removed
+        assert node_image.tag not in removed
+        assert client.images.get(node_image.tag).id == node_image.id
+    finally:
+        client.close()
