@@ -1,4 +1,4 @@
-"""The interface every cluster backend implements (netns today; docker and ssh later).
+"""The interface every cluster backend implements (docker, netns, ssh).
 
 A backend makes hosts for the nodes, runs the system under test on them, gives the nemesis
 a `Remote` per node and itself as the `ProcessControl`, and removes everything it made.
@@ -53,6 +53,10 @@ class Backend(Protocol):
     - `fetch_logs(node, dest_dir)`: copy the node's service log into `dest_dir`.
     - `teardown()`: remove every process, host, link and firewall chain this backend made.
       Never raises for something already gone; raises BackendError only after trying all.
+
+    Optional attributes, for backends whose nodes do not share the harness host's files
+    (docker, ssh): `python`, the interpreter on the nodes (default: the harness's own), and
+    `data_root`, where node data directories go there (default: a temp dir on this host).
     """
 
     name: str

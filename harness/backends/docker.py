@@ -4,7 +4,8 @@ Layout for run id `3fa2` with nodes n1..n3 (everything carries the label `jepsen
 so `cleanup_leftovers` finds what a killed run left behind):
 
     network jepsen-py-3fa2        user-defined bridge, subnet 10.78.K.0/24, gateway .1 (the
-                                  harness host: clients run there and reach every node)
+                                  harness host: clients run there and reach every node);
+                                  internal: no route out of it
     container jepsen-py-3fa2-n1   10.78.K.11, image jepsen-py/raftkv:<hash>, NET_ADMIN only
     ...       jepsen-py-3fa2-n3   10.78.K.13
 
@@ -262,6 +263,8 @@ class DockerBackend:
                     labels=self._labels(),
                     check_duplicate=True,
                     attachable=False,
+                    # No route out: nodes talk to each other and to the harness, nothing else.
+                    internal=True,
                 )
             except APIError as exc:
                 # Another run (or anyone) took this subnet since we looked: try the next one.
