@@ -266,13 +266,16 @@ def _tag_latest(image: Any) -> None:
 
 def _given_base(client: DockerClient, name: str) -> Any:
     """A base image the user named: local, or pulled (explicitly: the user asked for it)."""
-    found = _find(client, name)
+    try:
+        found = _find(client, name)
+    except BackendError as exc:
+        raise BackendUnavailable(f"base image {name!r}: {exc}") from None
     if found is not None:
         return found
     try:
         return client.images.pull(name)
     except (APIError, DockerException) as exc:
-        raise BackendError(
+        raise BackendUnavailable(
             f"base image {name} is not here and cannot be pulled ({_short(exc)}); "
             "leave out --base-image to build one from Debian's packages"
         ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,5 +193,48 @@ def test_prune_removes_older_builds_and_keeps_this_trees_image(node_image: Built
         assert f"{IMAGE_REPO}:0000000000000000" in removed
         assert node_image.tag not in removed
         assert client.images.get(node_image.tag).id == node_image.id
+    finally:
+        client.close()
+
+
+def test_a_base_image_given_by_name_gets_raftkv_on_top(node_image: BuiltImage) -> None:
+    client = connect()
+    own_base = client.images.get(node_image.base)
+    # A base of the user's: ours with one more layer, so its id (and the node image) differ.
+    custom, _ = client.images.build(
+        fileobj=io.BytesIO(f"FROM {own_base.id}\nLABEL purpose=test\n".encode()),
+        tag="jepsen-py-test/base:custom",
+        pull=False,
+        rm=True,
+        forcerm=True,
+        network_mode="none",
+    )
+    built: BuiltImage | None = None
+    try:
+        built = ensure_image(client, base_image="jepsen-py-test/base:custom")
+        assert built.built and built.tag != node_image.tag and built.base.endswith(":custom")
+        backend = DockerBackend(image=built.tag)
+        backend.setup(["n1"])
+        try:
+            probe = ["python3", "-c", "import raftkv.node"]
+            assert backend.remote("n1").execute(probe, 30).returncode == 0
+        finally:
+            backend.teardown()
+    finally:
+        assert ensure_image(client).tag == node_image.tag  # points :latest back at ours
+        if built is not None:
+            client.images.remove(built.tag, force=True, noprune=False)
+        client.images.remove(custom.id, force=True, noprune=False)
+        client.close()
+
+
+def test_a_base_image_that_is_not_here_and_cannot_be_pulled_is_a_usage_error() -> None:
+    client = connect()
+    try:
+        # A registry on a closed loopback port: the pull fails without leaving the host.
+        with pytest.raises(BackendUnavailable, match="cannot be pulled"):
+            ensure_image(client, base_image="localhost:1/jepsen-py-test/nothing:here")
+        with pytest.raises(BackendUnavailable, match="Invalid:Name"):
+            ensure_image(client, base_image="Invalid:Name:")
     finally:
         client.close()
