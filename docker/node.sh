@@ -71,6 +71,7 @@ start)
         echo "already running: pid $(pid_of)" >&2
         exit 3
     fi
+    command -v "$1" >/dev/null 2>&1 || { echo "$1: command not found" >&2; exit 127; }
     mkdir -p "$(dirname "$PIDFILE")" "$(dirname "$LOG")"
     echo "--- start: $*" >>"$LOG"
     "$@" >>"$LOG" 2>&1 </dev/null &

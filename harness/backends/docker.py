@@ -1,7 +1,8 @@
 """The docker backend (the default): one container per node, on a network of the run's own.
 
-Layout for run id `3fa2` with nodes n1..n3 (everything carries the label `jepsen-py.run=3fa2`,
-so `cleanup_leftovers` finds what a killed run left behind):
+Layout for run id `3fa2` with nodes n1..n3 (everything carries the labels `jepsen-py.run=3fa2`
+and `jepsen-py.owner=<host>:<harness pid>`, so `cleanup_leftovers` finds what a killed run
+left behind and spares runs still going):
 
     network jepsen-py-3fa2        user-defined bridge, subnet 10.78.K.0/24, gateway .1 (the
                                   harness host: clients run there and reach every node);
@@ -27,13 +28,18 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import io
 import ipaddress
 import logging
+import os
 import re
 import secrets
+import socket
+import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +73,7 @@ log = logging.getLogger(__name__)
 PREFIX = "jepsen-py"
 LABEL_RUN = "jepsen-py.run"
 LABEL_NODE = "jepsen-py.node"
+LABEL_OWNER = "jepsen-py.owner"
 DEFAULT_POOL = "10.78.0.0/16"
 FIRST_NODE_HOST = 11  # nodes get .11, .12, ...; .1 is the gateway (the harness host)
 DATA_ROOT = "/var/lib/raftkv"
@@ -199,7 +206,7 @@ class DockerBackend:
         return f"{PREFIX}-{self.run_id}-{node}"
 
     def _labels(self, node: str | None = None) -> dict[str, str]:
-        labels = {LABEL_RUN: self.run_id}
+        labels = {LABEL_RUN: self.run_id, LABEL_OWNER: owner_label()}
         if node is not None:
             labels[LABEL_NODE] = node
         return labels
@@ -450,14 +457,43 @@ def _in_parallel(action: Callable[[str], object], items: Sequence[str]) -> list[
     if not items:
         return []
     errors: list[str] = []
+
+    def attempt(item: str, run: Callable[[], object]) -> None:
+        try:
+            run()
+        except (APIError, DockerException, OSError) as exc:
+            errors.append(f"{item}: {_short(exc)}")
+
+    if sys.is_finalizing() or not threading.main_thread().is_alive():
+        # At interpreter exit (the atexit teardown) no new thread may start: one by one.
+        for item in items:
+            attempt(item, functools.partial(action, item))
+        return errors
     with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
         futures = {item: pool.submit(action, item) for item in items}
         for item, future in futures.items():
-            try:
-                future.result()
-            except (APIError, DockerException, OSError) as exc:
-                errors.append(f"{item}: {_short(exc)}")
+            attempt(item, future.result)
     return errors
+
+
+def _remove_container(container: Any) -> None:
+    """Force-remove a container; one that another cleanup is removing already is waited for."""
+    try:
+        container.remove(force=True, v=True)
+        return
+    except NotFound:
+        return
+    except APIError as exc:
+        if "already in progress" not in str(exc):
+            raise
+        busy = exc
+    for _ in range(100):
+        try:
+            container.reload()
+        except NotFound:
+            return
+        time.sleep(0.1)
+    raise busy
 
 
 def _remove_run(client: DockerClient, run_id: str | None) -> list[str]:
@@ -467,12 +503,8 @@ def _remove_run(client: DockerClient, run_id: str | None) -> list[str]:
         containers = client.containers.list(all=True, filters={"label": label})
     except (APIError, DockerException) as exc:
         return [f"cannot list containers: {_short(exc)}"]
-
-    def remove(name: str) -> None:
-        with contextlib.suppress(NotFound):
-            client.containers.get(name).remove(force=True, v=True)
-
-    errors = _in_parallel(remove, [c.name for c in containers])
+    by_name = {c.name: c for c in containers}
+    errors = _in_parallel(lambda name: _remove_container(by_name[name]), list(by_name))
     try:
         networks = client.networks.list(filters={"label": label})
     except (APIError, DockerException) as exc:
@@ -487,12 +519,30 @@ def _remove_run(client: DockerClient, run_id: str | None) -> list[str]:
     return errors
 
 
-def cleanup_leftovers(client: DockerClient | None = None) -> list[str]:
-    """Remove every container and network that a docker run left behind (found by label).
+def owner_label() -> str:
+    """Who made a run: this host and the harness's pid (cleanup spares runs still going)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    Runs still going lose their cluster too: call it when none is. Images stay (cached).
-    Returns what it removed. Raises BackendUnavailable when no engine is reachable,
-    BackendError if something could not be removed.
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_leftovers(client: DockerClient | None = None) -> list[str]:
+    """Remove the containers and networks of docker runs whose harness is gone (found by
+    label: a run's owner is the host and pid that made it; runs still going are spared).
+
+    Images stay (cached). Returns what it removed. Raises BackendUnavailable when no engine
+    is reachable, BackendError if something could not be removed.
     """
     client = client or connect()
     try:
@@ -500,7 +550,20 @@ def cleanup_leftovers(client: DockerClient | None = None) -> list[str]:
         networks = client.networks.list(filters={"label": LABEL_RUN})
     except (APIError, DockerException) as exc:
         raise BackendError(f"docker: cannot list leftovers: {_short(exc)}") from None
-    errors = _remove_run(client, None)
+    runs = {
+        _label(thing, LABEL_RUN)
+        for thing in [*containers, *networks]
+        if not _owner_alive(_label(thing, LABEL_OWNER))
+    }
+    errors = [error for run_id in sorted(runs) for error in _remove_run(client, run_id)]
     if errors:
         raise BackendError("docker cleanup incomplete: " + "; ".join(errors))
-    return [f"container {c.name}" for c in containers] + [f"network {n.name}" for n in networks]
+    return [f"container {c.name}" for c in containers if _label(c, LABEL_RUN) in runs] + [
+        f"network {n.name}" for n in networks if _label(n, LABEL_RUN) in runs
+    ]
+
+
+def _label(thing: Any, name: str) -> str:
+    """A label of a container or a network ("" if it has none)."""
+    labels = thing.attrs.get("Labels") or (thing.attrs.get("Config") or {}).get("Labels") or {}
+    return str(labels.get(name, ""))

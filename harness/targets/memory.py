@@ -8,7 +8,6 @@ lines what a target must provide.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from harness.targets.base import ClusterSpec, Completion
@@ -53,7 +52,7 @@ class MemoryTarget:
 
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         # A process to supervise, kill and pause, like any node's.
-        return [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)"]
+        return [cluster.python, "-c", "import time\nwhile True: time.sleep(3600)"]
 
     def client(self, cluster: ClusterSpec, node: str) -> MemoryClient:
         return MemoryClient(self._registers)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.backends.base import BackendUnavailable
+from harness.backends import docker as docker_backend
+from harness.backends.base import BackendError, BackendUnavailable
 from harness.backends.docker import LABEL_RUN, DockerBackend
 from harness.image import (
     IMAGE_REPO,
@@ -139,6 +143,9 @@ def test_commands_report_failures_timeouts_and_missing_programs(backend: DockerB
         node.execute(["sleep", "30"], 1)
     with pytest.raises(CommandNotFoundError):
         node.execute(["no-such-program"], 10)
+    with pytest.raises(BackendError, match="cannot start '/no/such/python'"):
+        backend.start_process("n1", ["/no/such/python", "-c", "pass"], "/unused/x.log")
+    assert backend.running("n1") is None
     # The image holds raftkv and its dependencies, and nothing else of ours.
     node.execute(["python3", "-c", "import raftkv.node, msgpack, click"], 30)
     assert node.execute(["python3", "-c", "import harness"], 30, check=False).returncode == 1
@@ -238,3 +245,44 @@ def test_a_base_image_that_is_not_here_and_cannot_be_pulled_is_a_usage_error() -
             ensure_image(client, base_image="Invalid:Name:")
     finally:
         client.close()
+
+
+def test_cleanup_removes_runs_whose_harness_is_gone_and_spares_live_ones(
+    node_image: BuiltImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = DockerBackend(image=node_image.tag)
+    live.setup(["n1"])
+    try:
+        child = subprocess.Popen(["true"])
+        child.wait(timeout=10)
+        dead_pid = child.pid  # reaped: the harness that made the orphan run is gone
+        host = socket.gethostname()
+        monkeypatch.setattr(docker_backend, "owner_label", lambda: f"{host}:{dead_pid}")
+        orphan = DockerBackend(image=node_image.tag)
+        orphan.setup(["n1", "n2"])
+        monkeypatch.undo()
+        removed = docker_backend.cleanup_leftovers()
+        assert f"container jepsen-py-{orphan.run_id}-n2" in removed
+        assert f"network jepsen-py-{orphan.run_id}" in removed
+        assert ours(orphan.run_id) == ([], [])
+        assert ours(live.run_id) == ([f"jepsen-py-{live.run_id}-n1"], [live.network_name])
+        orphan.teardown()  # already gone: quiet
+    finally:
+        live.teardown()
+
+
+def test_a_harness_that_exits_without_teardown_removes_its_run_at_exit(
+    node_image: BuiltImage,
+) -> None:
+    script = (
+        "from harness.backends.docker import DockerBackend\n"
+        f"b = DockerBackend(image={node_image.tag!r})\n"
+        "b.setup(['n1', 'n2'])\n"
+        "print(b.run_id, flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.strip()
+    assert len(run_id) == 4 and ours(run_id) == ([], [])
