@@ -442,7 +442,7 @@ def _summary(outcome: RunOutcome) -> None:
     anomaly = r["checker"].get("anomaly")
     if anomaly:
         reason = anomaly.get("reason") or ""
-        click.echo(f"first anomaly, key {anomaly.get('key')}: {anomaly.get('name')}: {reason}")
+        click.echo(f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: {reason}")
     click.echo(f"results in {outcome.run_dir}")
 
 
