@@ -15,12 +15,16 @@ Commands run on nodes through `Remote.execute` raise `nemesis.remote.RemoteError
 
 from __future__ import annotations
 
+import atexit
+import logging
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from nemesis.remote import Remote
 
-__all__ = ["Backend", "BackendError", "BackendUnavailable"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "BackendError", "BackendUnavailable", "TeardownOnExit"]
 
 
 class BackendError(Exception):
@@ -80,3 +84,36 @@ class Backend(Protocol):
     def fetch_logs(self, node: str, dest_dir: str) -> None: ...
 
     def teardown(self) -> None: ...
+
+
+class TeardownOnExit:
+    """Mixin for backends: `teardown()` also runs at interpreter exit while hosts exist
+    (so an uncaught error never leaves them behind), and `with backend:` tears down."""
+
+    name: str
+    _atexit_registered: bool = False
+
+    def teardown(self) -> None:
+        raise NotImplementedError
+
+    def _arm_teardown_at_exit(self) -> None:
+        if not self._atexit_registered:
+            atexit.register(self._teardown_at_exit)
+            self._atexit_registered = True
+
+    def _disarm_teardown_at_exit(self) -> None:
+        if self._atexit_registered:
+            atexit.unregister(self._teardown_at_exit)
+            self._atexit_registered = False
+
+    def _teardown_at_exit(self) -> None:
+        try:
+            self.teardown()
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.error("%s: teardown at exit: %s", self.name, exc)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.teardown()

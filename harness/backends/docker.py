@@ -26,7 +26,6 @@ runs that were killed, by `cleanup_leftovers()`. The image stays: it is cached b
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import io
@@ -49,7 +48,7 @@ from docker.client import DockerClient
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import IPAMConfig, IPAMPool
 
-from harness.backends.base import BackendError
+from harness.backends.base import BackendError, TeardownOnExit
 from harness.image import Progress, connect, ensure_image
 from nemesis.remote import (
     CommandNotFoundError,
@@ -155,7 +154,7 @@ def _used_subnets(client: DockerClient) -> list[ipaddress.IPv4Network]:
     return used
 
 
-class DockerBackend:
+class DockerBackend(TeardownOnExit):
     """The `Backend` on Docker containers. See the module docstring for the layout.
 
     `run_id` (4 hex digits, random by default) names everything this instance makes.
@@ -196,7 +195,6 @@ class DockerBackend:
         self._argv: dict[str, tuple[str, ...]] = {}
         self._log_names: dict[str, str] = {}
         self._lock = threading.RLock()
-        self._atexit_registered = False
 
     @property
     def network_name(self) -> str:
@@ -224,9 +222,7 @@ class DockerBackend:
                 self.image = ensure_image(client, self.base_image, say).tag
             self._claim_run_id(client)
             self.nodes = list(nodes)
-            if not self._atexit_registered:
-                atexit.register(self._teardown_at_exit)
-                self._atexit_registered = True
+            self._arm_teardown_at_exit()
             try:
                 self._make_network(client)
                 self._make_containers(client)
@@ -423,23 +419,9 @@ class DockerBackend:
             self._argv.clear()
             self._network = None
             self.nodes = []
-            if self._atexit_registered:
-                atexit.unregister(self._teardown_at_exit)
-                self._atexit_registered = False
+            self._disarm_teardown_at_exit()
         if errors:
             raise BackendError("docker teardown incomplete: " + "; ".join(errors))
-
-    def _teardown_at_exit(self) -> None:
-        try:
-            self.teardown()
-        except Exception as exc:  # at exit there is nobody left to raise to
-            log.error("docker: teardown at exit: %s", exc)
-
-    def __enter__(self) -> DockerBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.teardown()
 
 
 def _validate_nodes(nodes: Sequence[str]) -> None:

@@ -21,7 +21,6 @@ also runs at interpreter exit if nobody called it.
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import json
 import logging
@@ -37,7 +36,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from harness.backends.base import BackendError, BackendUnavailable
+from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
 from harness.backends.local import ServiceProcess, run_bounded
 from nemesis import iptables
 from nemesis.remote import (
@@ -176,7 +175,7 @@ def _pick_subnet(pool: str) -> ipaddress.IPv4Network:
     raise BackendError(f"no free /24 left in {pool}")
 
 
-class NetnsBackend:
+class NetnsBackend(TeardownOnExit):
     """The `Backend` on network namespaces. See the module docstring for the layout.
 
     `run_id` (4 hex digits, random by default) names everything this instance makes;
@@ -200,7 +199,6 @@ class NetnsBackend:
         self._remotes: dict[str, NetnsRemote] = {}
         self._services: dict[str, ServiceProcess] = {}
         self._lock = threading.RLock()
-        self._atexit_registered = False
 
     @property
     def bridge(self) -> str:
@@ -231,9 +229,7 @@ class NetnsBackend:
                 raise BackendError(f"netns run {self.run_id} is already set up")
             self._claim_run_id(nodes)
             self.nodes = list(nodes)
-            if not self._atexit_registered:
-                atexit.register(self._teardown_at_exit)
-                self._atexit_registered = True
+            self._arm_teardown_at_exit()
             try:
                 self.subnet = self._choose_subnet(len(nodes))
                 self._make_bridge()
@@ -414,23 +410,9 @@ class NetnsBackend:
             self._services.clear()
             self._remotes.clear()
             self.nodes = []
-            if self._atexit_registered:
-                atexit.unregister(self._teardown_at_exit)
-                self._atexit_registered = False
+            self._disarm_teardown_at_exit()
         if errors:
             raise BackendError("netns teardown incomplete: " + "; ".join(errors))
-
-    def _teardown_at_exit(self) -> None:
-        try:
-            self.teardown()
-        except Exception as exc:  # at exit there is nobody left to raise to
-            log.error("netns: teardown at exit: %s", exc)
-
-    def __enter__(self) -> NetnsBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.teardown()
 
 
 def _kill_namespace_processes(namespace: str) -> list[int]:

@@ -21,7 +21,6 @@ below are constants and everything variable is a positional parameter.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import importlib.metadata
 import logging
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import paramiko
 
-from harness.backends.base import BackendError, BackendUnavailable
+from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
 from harness.backends.local import run_bounded
 from nemesis import iptables
 from nemesis.remote import (
@@ -442,7 +441,7 @@ class _Service:
     log_name: str
 
 
-class SshBackend:
+class SshBackend(TeardownOnExit):
     """The `Backend` on SSH hosts. See the module docstring for what lives on a node.
 
     `run_id` (4 hex digits, random by default) names this run's directory on the nodes.
@@ -464,7 +463,6 @@ class SshBackend:
         self._services: dict[str, _Service] = {}
         self._lock = threading.RLock()
         self._known_hosts_lock = threading.Lock()
-        self._atexit_registered = False
 
     @property
     def run_dir(self) -> str:
@@ -488,9 +486,7 @@ class SshBackend:
             if self.nodes:
                 raise BackendError(f"ssh run {self.run_id} is already set up")
             self.nodes = list(nodes)
-            if not self._atexit_registered:
-                atexit.register(self._teardown_at_exit)
-                self._atexit_registered = True
+            self._arm_teardown_at_exit()
             try:
                 self._connect_all()
                 self._install()
@@ -724,23 +720,9 @@ class SshBackend:
             self._remotes.clear()
             self._services.clear()
             self.nodes = []
-            if self._atexit_registered:
-                atexit.unregister(self._teardown_at_exit)
-                self._atexit_registered = False
+            self._disarm_teardown_at_exit()
         if errors:
             raise BackendError("ssh teardown incomplete: " + "; ".join(errors))
-
-    def _teardown_at_exit(self) -> None:
-        try:
-            self.teardown()
-        except Exception as exc:  # at exit there is nobody left to raise to
-            log.error("ssh: teardown at exit: %s", exc)
-
-    def __enter__(self) -> SshBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.teardown()
 
 
 def _address_of(host: str) -> str:
