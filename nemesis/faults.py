@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from nemesis import grudge as grudges
 from nemesis import iptables
@@ -220,52 +220,73 @@ def pick_targets(ctx: NemesisContext, wide: bool = False) -> list[str]:
 
 
 @dataclass
-class KillNemesis:
-    """SIGKILLs targets; stop restarts every node faults killed (ctx.killed)."""
+class _ProcessFault:
+    """A fault on the nodes' processes: `_act` on the targets at start, `_undo` on every
+    node in `_record(ctx)` at stop (so a lost fault object is still healed)."""
 
-    name: str = "kill"
+    name: str
     min_nodes: int = 1
+    wide: ClassVar[bool] = False
+
+    def _record(self, ctx: NemesisContext) -> set[str]:
+        raise NotImplementedError
+
+    def _act(self, ctx: NemesisContext, node: str) -> None:
+        raise NotImplementedError
+
+    def _undo(self, ctx: NemesisContext, node: str) -> None:
+        raise NotImplementedError
 
     def start(self, ctx: NemesisContext) -> FaultEvent:
         with ctx.lock:
-            targets = pick_targets(ctx, wide=True)
-            # Recorded before acting: a kill that fails halfway is still restarted on heal.
-            ctx.killed.update(targets)
+            targets = pick_targets(ctx, wide=self.wide)
+            # Recorded before acting: a fault that fails halfway is still undone on heal.
+            self._record(ctx).update(targets)
             for node in targets:
-                ctx.procs.kill(node)
+                self._act(ctx, node)
             return FaultEvent("start", self.name, targets)
 
     def stop(self, ctx: NemesisContext) -> FaultEvent:
         with ctx.lock:
-            done = sorted(ctx.killed)
+            record = self._record(ctx)
+            done = sorted(record)
             for node in done:
-                ctx.procs.restart(node)
-                ctx.killed.discard(node)
+                self._undo(ctx, node)
+                record.discard(node)
             return FaultEvent("stop", self.name, done)
 
 
 @dataclass
-class PauseNemesis:
+class KillNemesis(_ProcessFault):
+    """SIGKILLs targets; stop restarts every node faults killed (ctx.killed)."""
+
+    name: str = "kill"
+    wide: ClassVar[bool] = True
+
+    def _record(self, ctx: NemesisContext) -> set[str]:
+        return ctx.killed
+
+    def _act(self, ctx: NemesisContext, node: str) -> None:
+        ctx.procs.kill(node)
+
+    def _undo(self, ctx: NemesisContext, node: str) -> None:
+        ctx.procs.restart(node)
+
+
+@dataclass
+class PauseNemesis(_ProcessFault):
     """SIGSTOPs targets; stop resumes every node faults paused (ctx.paused)."""
 
     name: str = "pause"
-    min_nodes: int = 1
 
-    def start(self, ctx: NemesisContext) -> FaultEvent:
-        with ctx.lock:
-            targets = pick_targets(ctx)
-            ctx.paused.update(targets)
-            for node in targets:
-                ctx.procs.pause(node)
-            return FaultEvent("start", self.name, targets)
+    def _record(self, ctx: NemesisContext) -> set[str]:
+        return ctx.paused
 
-    def stop(self, ctx: NemesisContext) -> FaultEvent:
-        with ctx.lock:
-            done = sorted(ctx.paused)
-            for node in done:
-                ctx.procs.resume(node)
-                ctx.paused.discard(node)
-            return FaultEvent("stop", self.name, done)
+    def _act(self, ctx: NemesisContext, node: str) -> None:
+        ctx.procs.pause(node)
+
+    def _undo(self, ctx: NemesisContext, node: str) -> None:
+        ctx.procs.resume(node)
 
 
 def _leader_grudge(ctx: NemesisContext) -> grudges.Grudge | None:
