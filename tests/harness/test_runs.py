@@ -133,9 +133,10 @@ def test_acknowledging_before_writing_is_caught_when_nodes_crash(tmp_path: Path)
         "--time",
         "20",
         "--nemesis-interval",
-        "1.5",
+        "1",
+        # A lost write needs a majority killed within a lazy flush: not every run has one.
         "--test-count",
-        "3",
+        "6",
         "--seed",
         "2",
         "--store",
