@@ -142,6 +142,9 @@ async def run_test(opts: TestOptions) -> RunOutcome:
             op_timeout_s=opts.op_timeout_s,
             extra=dict(opts.extra),
         )
+        check_nodes = getattr(target, "check_nodes", None)
+        if check_nodes is not None:  # the http target: its program exists on every node
+            await asyncio.to_thread(check_nodes, cluster, {n: backend.remote(n) for n in nodes})
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"

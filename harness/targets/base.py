@@ -64,7 +64,10 @@ class Target(Protocol):
     (`harness compare-reads` fails only on those; without it every mode is held to that);
     `prepare(backend)`, called in a thread before a run makes anything, to make sure the
     system can run on that backend (etcd installs its binary for netns; raise
-    BackendUnavailable, exit 254, when it cannot).
+    BackendUnavailable, exit 254, when it cannot); `check_nodes(cluster, remotes)`, called in
+    a thread once the nodes exist and before any starts, with each node's `Remote`, to check
+    what only the nodes can tell (the http target: its program is there; raise
+    TargetSetupError, exit 254, naming the node).
     """
 
     name: str

@@ -34,16 +34,18 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from harness.backends.base import BackendError
 from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
 from harness.targets.base import ClusterSpec, Completion, TargetSetupError
 from harness.workload import OPS, Invocation
+from nemesis.remote import CommandNotFoundError, Remote, RemoteError
 
-__all__ = ["PLACEHOLDERS", "HttpTarget", "NodeCommand", "check_options"]
+__all__ = ["PLACEHOLDERS", "HttpTarget", "NodeCommand", "check_options", "check_program"]
 
 HTTP_PORT = 8001
 PEER_PORT = 7001
@@ -51,6 +53,7 @@ START_TIMEOUT_S = 20.0
 CONNECT_TIMEOUT_S = 0.5
 STATUS_TIMEOUT_S = 1.0
 PROBE_TIMEOUT_S = 3.0
+LOOKUP_TIMEOUT_S = 15.0
 
 PLACEHOLDERS: dict[str, str] = {
     "id": "the node's name (n1, n2, ...)",
@@ -111,20 +114,29 @@ class NodeCommand:
 
     def render(self, node: str, cluster: ClusterSpec) -> list[str]:
         """The argv that runs `node` (behind `env NAME=VALUE ...` when env is set)."""
-        values = {
-            "id": node,
-            "host": cluster.addresses[node],
-            "port": str(_http_port(cluster)),
-            "peer_port": str(PEER_PORT),
-            "peers": ",".join(f"{n}={cluster.addresses[n]}:{PEER_PORT}" for n in cluster.nodes),
-            "http_peers": ",".join(f"http://{_http_addr(cluster, n)}" for n in cluster.nodes),
-            "data_dir": f"{cluster.data_root}/{node}",
-            "python": cluster.python,
-        }
+        values = _values(node, cluster)
         argv = [_substitute(arg, values) for arg in self.argv]
         if self.env:
             return ["env", *(f"{k}={v}" for k, v in self.env), *argv]
         return argv
+
+    def program(self, node: str, cluster: ClusterSpec) -> str:
+        """The program that runs `node` (the first word, placeholders filled in)."""
+        return _substitute(self.argv[0], _values(node, cluster))
+
+
+def _values(node: str, cluster: ClusterSpec) -> dict[str, str]:
+    """What each placeholder stands for on `node`."""
+    return {
+        "id": node,
+        "host": cluster.addresses[node],
+        "port": str(_http_port(cluster)),
+        "peer_port": str(PEER_PORT),
+        "peers": ",".join(f"{n}={cluster.addresses[n]}:{PEER_PORT}" for n in cluster.nodes),
+        "http_peers": ",".join(f"http://{_http_addr(cluster, n)}" for n in cluster.nodes),
+        "data_dir": f"{cluster.data_root}/{node}",
+        "python": cluster.python,
+    }
 
 
 def _fields(arg: str) -> set[str]:
@@ -143,7 +155,8 @@ def _substitute(arg: str, values: dict[str, str]) -> str:
 
 def check_options(extra: dict[str, Any], nodes: int, backend: str) -> NodeCommand:
     """Check the http target's options before anything is made; ValueError says what is
-    wrong. On netns (the host's filesystem) the command must exist here."""
+    wrong. On netns (the host's filesystem) the command must exist here; other backends'
+    nodes are asked once they exist (`check_program`)."""
     command = extra.get("node_cmd")
     if not command:
         raise ValueError("--target http needs --node-cmd: the command that starts one node")
@@ -156,6 +169,31 @@ def check_options(extra: dict[str, Any], nodes: int, backend: str) -> NodeComman
             where = "" if os.sep in program else " on PATH"
             raise ValueError(f"--node-cmd: command {program!r} not found{where}")
     return parsed
+
+
+def check_program(
+    command: NodeCommand, cluster: ClusterSpec, remotes: Mapping[str, Remote]
+) -> None:
+    """TargetSetupError, naming the nodes and the command, unless the command's program is
+    found on every node (`command -v` there, through the backend's Remote)."""
+    missing = []
+    for node in cluster.nodes:
+        program = command.program(node, cluster)
+        # Prints the program's path if found; exits 0 either way (sh's own 127 stays apart).
+        lookup = ["sh", "-c", 'command -v "$1" || true', "sh", program]
+        try:
+            found = bool(remotes[node].execute(lookup, LOOKUP_TIMEOUT_S).stdout.strip())
+        except CommandNotFoundError:  # not even sh there
+            found = False
+        except RemoteError as exc:
+            raise BackendError(f"{node}: cannot look for {program!r}: {exc.reason}") from None
+        if not found:
+            missing.append(f"{node} ({cluster.addresses[node]})")
+    if missing:
+        raise TargetSetupError(
+            f"--node-cmd: command {command.program(cluster.nodes[0], cluster)!r} not found "
+            f"on {', '.join(missing)}"
+        )
 
 
 def _http_port(cluster: ClusterSpec) -> int:
@@ -348,6 +386,11 @@ class HttpKvClient:
         await self._http.close()
 
 
+def _node_command(cluster: ClusterSpec) -> NodeCommand:
+    extra = cluster.extra
+    return NodeCommand.parse(extra["node_cmd"], extra.get("node_env", ()), len(cluster.nodes))
+
+
 class HttpTarget:
     """A store started by `--node-cmd` and reached over HTTP (see the module docstring)."""
 
@@ -363,11 +406,12 @@ class HttpTarget:
     def validate_options(extra: dict[str, Any], nodes: int, backend: str) -> None:
         check_options(extra, nodes, backend)
 
+    @staticmethod
+    def check_nodes(cluster: ClusterSpec, remotes: Mapping[str, Remote]) -> None:
+        check_program(_node_command(cluster), cluster, remotes)
+
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
-        command = NodeCommand.parse(
-            cluster.extra["node_cmd"], cluster.extra.get("node_env", ()), len(cluster.nodes)
-        )
-        return command.render(node, cluster)
+        return _node_command(cluster).render(node, cluster)
 
     def client(self, cluster: ClusterSpec, node: str) -> HttpKvClient:
         return HttpKvClient(cluster, node, self._shared)
