@@ -76,6 +76,8 @@ class TestOptions:
     ssh: SshOptions | None = None
     # The docker backend's base image when it builds the node image (None: Debian packages).
     base_image: str | None = None
+    # The docker backend's nodes run this user's image as it is (None: our node image).
+    image: str | None = None
     # The workload's ops (None: all, less what the target says it cannot do).
     ops: tuple[str, ...] | None = None
 
@@ -96,7 +98,7 @@ def make_backend(opts: TestOptions, run_id: str) -> Backend:
     if opts.backend == "docker":
         from harness.backends.docker import DockerBackend  # the Docker SDK only when used
 
-        return DockerBackend(run_id=run_id, base_image=opts.base_image)
+        return DockerBackend(run_id=run_id, base_image=opts.base_image, user_image=opts.image)
     if opts.backend == "netns":
         return NetnsBackend(run_id=run_id)
     if opts.backend == "ssh":

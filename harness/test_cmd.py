@@ -27,7 +27,7 @@ from harness.runner import RunOutcome, TestOptions, run_test
 from harness.targets import TARGETS
 from harness.targets.base import TargetSetupError
 from harness.workload import OPS, WORKLOADS
-from nemesis.faults import parse_nemesis
+from nemesis.faults import PartitionNemesis, parse_nemesis
 
 if TYPE_CHECKING:
     from harness.backends.ssh import SshOptions
@@ -78,19 +78,36 @@ def validate(opts: TestOptions) -> None:
         except BackendUnavailable as exc:
             raise click.UsageError(f"backend netns: {exc}") from None
     if opts.backend == "docker":
-        from harness.image import connect  # the Docker SDK only when used
+        _validate_docker(opts)
 
-        try:
-            connect(timeout=10).close()
-        except BackendUnavailable as exc:
-            raise click.UsageError(f"backend docker: {exc}") from None
+
+def _validate_docker(opts: TestOptions) -> None:
+    """An engine answers; a user's image (--image) is there, and partitions of its
+    containers can be made from this host if the nemesis asks for them."""
+    from harness.backends.docker import check_host_firewall, find_user_image
+    from harness.image import connect  # the Docker SDK only when used
+
+    try:
+        client = connect(timeout=10)
+    except BackendUnavailable as exc:
+        raise click.UsageError(f"backend docker: {exc}") from None
+    try:
+        if opts.image is None:
+            return
+        find_user_image(client, opts.image)
+        if any(isinstance(n, PartitionNemesis) for n in parse_nemesis(opts.nemesis, opts.nodes)):
+            check_host_firewall()
+    except BackendUnavailable as exc:
+        raise _bad(str(exc), "--image") from None
+    finally:
+        client.close()
 
 
 def prepare_backend(opts: TestOptions) -> None:
     """Make what a backend needs before a run (the docker node image, built if missing,
     with its progress on stderr). Raises click.UsageError if it cannot work here and
     BackendError if building failed."""
-    if opts.backend != "docker":
+    if opts.backend != "docker" or opts.image is not None:
         return
     from harness.image import connect, ensure_image
 
@@ -113,6 +130,15 @@ def prepare_backend(opts: TestOptions) -> None:
     default=None,
     help="docker backend: base of the node image (default: built from Debian's packages; "
     "e.g. python:3.11-slim where a registry is reachable).",
+)
+@click.option(
+    "--image",
+    default=None,
+    metavar="IMAGE",
+    help="docker backend: run the nodes in this local image as it is (never pulled), "
+    "e.g. your store's, for --target http. It needs /bin/sh and basic tools (timeout, "
+    "sed, cat...): the harness copies its supervisor in and replaces the image's command; "
+    "partitions are made from this host (root), so the image needs no iptables.",
 )
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="raftkv", show_default=True)
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
@@ -299,7 +325,21 @@ def options_from_params(kw: dict[str, Any]) -> TestOptions:
         store=kw["store"], bugs=tuple(kw["bugs"]), leave_running=kw.get("leave_running", False),
         op_timeout_s=kw["op_timeout"], live=not kw["no_live"], ssh=ssh,
         base_image=kw.get("base_image"), ops=_ops(kw.get("ops")), extra=_node_cmd_extra(kw),
+        image=_image(kw),
     )  # fmt: skip
+
+
+def _image(kw: dict[str, Any]) -> str | None:
+    image = kw.get("image")
+    if image is None:
+        return None
+    if kw["backend"] != "docker":
+        raise _bad("--image is for --backend docker", "--image")
+    if kw.get("base_image") is not None:
+        raise _bad("--image runs that image as it is; --base-image builds ours", "--image")
+    if not image.strip():
+        raise _bad("--image is empty", "--image")
+    return str(image)
 
 
 def _ops(text: str | None) -> tuple[str, ...] | None:

@@ -22,6 +22,18 @@ the container, copied into the store by `fetch_logs`.
 
 Everything is removed by `teardown()` (also at interpreter exit if nobody called it) and, for
 runs that were killed, by `cleanup_leftovers()`. The image stays: it is cached by content.
+
+A user's image (`user_image`, `harness test --image`) runs as it is, never built or pulled.
+Its entrypoint and command are replaced by our supervisor, copied in before the container
+starts (`/jepsen-py/node.sh`, run by `/bin/sh` as root, so the image needs only /bin/sh and
+basic tools: `timeout`, `sed`, `cat`...), so start, kill, pause and restart work as above.
+Such an image may have no iptables, so its containers get no NET_ADMIN and partitions are
+made from this host instead: `UserImageRemote` runs `iptables` argv lists under
+`nsenter --net=/proc/<container pid>/ns/net` (root, nsenter and iptables here; the engine on
+this host) and everything else through `docker exec`. Always from the host for a user's
+image, whether it has iptables or not: one way, and no capability for the container. The
+nemesis does not know: it builds the same argv lists and calls `Remote.execute` as for any
+node. The rules die with the container's namespace.
 """
 
 from __future__ import annotations
@@ -34,7 +46,9 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -48,8 +62,10 @@ from docker.client import DockerClient
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import IPAMConfig, IPAMPool
 
-from harness.backends.base import BackendError, TeardownOnExit
-from harness.image import Progress, connect, ensure_image
+from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
+from harness.backends.local import run_bounded
+from harness.image import Progress, connect, ensure_image, source_root
+from nemesis.iptables import IPTABLES
 from nemesis.remote import (
     CommandNotFoundError,
     ExecResult,
@@ -64,7 +80,10 @@ __all__ = [
     "LABEL_RUN",
     "DockerBackend",
     "DockerRemote",
+    "UserImageRemote",
+    "check_host_firewall",
     "cleanup_leftovers",
+    "find_user_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +98,14 @@ DATA_ROOT = "/var/lib/raftkv"
 NODE_LOG = "/var/log/raftkv/raftkv.log"
 PYTHON = "python3"
 SUPERVISOR = "raftkv-node"
+# A user's image gets our supervisor in a directory of our own at its root: every image has
+# a root, while /usr/local/bin may be missing from a small one.
+SHELL = "/bin/sh"
+USER_SUPERVISOR_DIR = "jepsen-py"
+USER_SUPERVISOR = f"/{USER_SUPERVISOR_DIR}/node.sh"
+# What node.sh and DockerRemote run inside a user's image, besides the shell.
+USER_IMAGE_TOOLS = ("timeout", "cat", "sed", "cut", "sleep", "date", "mkdir", "dirname")
+NSENTER = "nsenter"
 CONTROL_TIMEOUT_S = 15.0
 # `timeout` (coreutils) ends a command that outlives its budget: TERM, then KILL 1 s later.
 _TIMEOUT_EXITS = (124, 137)
@@ -128,6 +155,122 @@ class DockerRemote:
         return result
 
 
+class UserImageRemote(DockerRemote):
+    """`Remote` for a container of a user's image: `iptables` runs on this host inside the
+    container's network namespace (the image may have no iptables), the rest as in
+    `DockerRemote`. `pid` is the container's main process, as the engine reports it."""
+
+    def __init__(self, node: str, address: str, container: Any, pid: int) -> None:
+        super().__init__(node, address, container)
+        self._pid = pid
+
+    def execute(self, argv: Sequence[str], timeout: float, check: bool = True) -> ExecResult:
+        args = tuple(argv)
+        if not args or args[0] != IPTABLES:
+            return super().execute(args, timeout, check)
+        problem = _host_firewall_problem() or self._netns_problem()
+        if problem:
+            raise RemoteError(self.node, args, f"failed: {problem}")
+        try:
+            ran = run_bounded([NSENTER, f"--net=/proc/{self._pid}/ns/net", *args], timeout)
+        except subprocess.TimeoutExpired:
+            raise RemoteTimeoutError(self.node, args, f"timed out after {timeout} s") from None
+        except OSError as exc:
+            raise RemoteError(self.node, args, f"could not run {NSENTER}: {exc}") from None
+        result = ExecResult(args, ran.returncode, ran.stdout, ran.stderr)
+        # nsenter's own failures exit 1, as iptables does for "no such chain": tell them apart.
+        if result.stderr.startswith(f"{NSENTER}:") or (check and result.returncode != 0):
+            reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"
+            raise RemoteError(self.node, args, reason, result)
+        return result
+
+    def _netns_problem(self) -> str | None:
+        # Our supervisor in the process's root proves the pid is this container's on this
+        # host; a remote engine's pid would name some other process here.
+        if os.path.exists(f"/proc/{self._pid}/root{USER_SUPERVISOR}"):
+            return None
+        return (
+            f"the container's process {self._pid} is not on this host (the Docker engine "
+            "must run here for partitions of a user's image)"
+        )
+
+
+def _host_firewall_problem() -> str | None:
+    """Why this host cannot apply a user image's partitions (None if it can)."""
+    missing = [tool for tool in (NSENTER, IPTABLES) if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"{' and '.join(missing)} not installed on the harness host (partitions of a "
+            "user's image are made from here)"
+        )
+    if os.geteuid() != 0:
+        return "partitions of a user's image are made from the harness host: it must run as root"
+    return None
+
+
+def check_host_firewall() -> None:
+    """Raise BackendUnavailable if this host cannot partition containers of a user's image."""
+    problem = _host_firewall_problem()
+    if problem:
+        raise BackendUnavailable(problem)
+
+
+def find_user_image(client: DockerClient, name: str) -> Any:
+    """The user's image `name` on this engine, never pulled; BackendUnavailable if absent."""
+    try:
+        return client.images.get(name)
+    except NotFound:
+        raise BackendUnavailable(
+            f"image {name!r} is not on this Docker engine, and it is never pulled: build or "
+            "load it first (docker build, docker load)"
+        ) from None
+    except (APIError, DockerException) as exc:
+        raise BackendUnavailable(f"image {name!r}: {_short(exc)}") from None
+
+
+def _supervisor_archive() -> bytes:
+    """A tar of docker/node.sh as USER_SUPERVISOR, for put_archive at the container's root."""
+    script = (source_root() / "docker" / "node.sh").read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        folder = tarfile.TarInfo(USER_SUPERVISOR_DIR)
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        archive.addfile(folder)
+        member = tarfile.TarInfo(USER_SUPERVISOR.lstrip("/"))
+        member.size, member.mode = len(script), 0o755
+        archive.addfile(member, io.BytesIO(script))
+    return buffer.getvalue()
+
+
+def _install_supervisor(container: Any, image: str, archive: bytes) -> None:
+    """Copy our supervisor into a created (not yet started) container of a user's image."""
+    try:
+        chunks, _ = container.get_archive(SHELL)
+        for _ in chunks:  # read to the end: the answer holds the connection until then
+            pass
+    except NotFound:
+        raise BackendUnavailable(
+            f"image {image!r} has no {SHELL}: the docker backend runs its supervisor "
+            f"(docker/node.sh) with {SHELL} and basic tools ({', '.join(USER_IMAGE_TOOLS)})"
+        ) from None
+    container.put_archive("/", archive)
+
+
+def _check_user_tools(container: Any, image: str) -> None:
+    """BackendUnavailable naming the tools our supervisor needs that the image lacks."""
+    script = 'for t in "$@"; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done'
+    try:
+        raw = container.exec_run([SHELL, "-c", script, "sh", *USER_IMAGE_TOOLS], demux=False)
+    except (APIError, DockerException) as exc:
+        raise BackendError(f"docker: cannot run {SHELL} in {image}: {_short(exc)}") from None
+    missing = (raw.output or b"").decode(errors="replace").split()
+    if raw.exit_code != 0 or missing:
+        raise BackendUnavailable(
+            f"image {image!r} lacks {', '.join(missing) or 'a working ' + SHELL}: the docker "
+            f"backend's supervisor needs {SHELL} and {', '.join(USER_IMAGE_TOOLS)}"
+        )
+
+
 def _host_routes() -> list[ipaddress.IPv4Network]:
     """IPv4 routes of this host (from /proc, no tool needed)."""
     nets: list[ipaddress.IPv4Network] = []
@@ -159,8 +302,10 @@ class DockerBackend(TeardownOnExit):
 
     `run_id` (4 hex digits, random by default) names everything this instance makes.
     `base_image` replaces our debootstrap base when the node image must be built; `image`
-    skips the build and uses that image. `progress` receives one line per build step.
-    Thread-safe: faults may call it from worker threads.
+    skips the build and uses that image (one of ours: it has raftkv-node). `user_image` runs
+    a user's image as it is (see the module docstring); it goes with neither of the others.
+    `progress` receives one line per build step. Thread-safe: faults may call it from
+    worker threads.
 
     Nodes share no filesystem with the harness: `python` and `data_root` say where the
     interpreter and the data directories are inside the containers.
@@ -177,13 +322,19 @@ class DockerBackend(TeardownOnExit):
         image: str | None = None,
         pool: str = DEFAULT_POOL,
         progress: Progress | None = None,
+        user_image: str | None = None,
     ) -> None:
+        if user_image is not None and (image is not None or base_image is not None):
+            raise ValueError("user_image goes with neither image nor base_image")
         self._random_id = run_id is None
         self.run_id = run_id if run_id is not None else secrets.token_hex(2)
         if not _RUN_RE.match(self.run_id):
             raise ValueError(f"run id must be 4 hex digits, got {self.run_id!r}")
         self.base_image = base_image
-        self.image = image
+        self.image = image if user_image is None else user_image
+        self.user_image = user_image
+        # How to run our supervisor: installed in our image, copied into a user's.
+        self._supervisor = (SUPERVISOR,) if user_image is None else (SHELL, USER_SUPERVISOR)
         self._pool = ipaddress.IPv4Network(pool)
         self._progress = progress
         self.subnet: ipaddress.IPv4Network | None = None
@@ -217,7 +368,9 @@ class DockerBackend(TeardownOnExit):
                 raise BackendError(f"docker run {self.run_id} is already set up")
             client = self._client or connect()
             self._client = client
-            if self.image is None:
+            if self.user_image is not None:
+                find_user_image(client, self.user_image)
+            elif self.image is None:
                 say = self._progress or (lambda line: log.info("image: %s", line))
                 self.image = ensure_image(client, self.base_image, say).tag
             self._claim_run_id(client)
@@ -226,6 +379,8 @@ class DockerBackend(TeardownOnExit):
             try:
                 self._make_network(client)
                 self._make_containers(client)
+                if self.user_image is not None:
+                    _check_user_tools(self._containers[self.nodes[0]], self.user_image)
             except BaseException:
                 self._teardown_at_exit()
                 raise
@@ -287,6 +442,8 @@ class DockerBackend(TeardownOnExit):
             for i, node in enumerate(self.nodes)
         }
 
+        archive = _supervisor_archive() if self.user_image is not None else b""
+
         def make(node: str) -> Any:
             endpoint = client.api.create_endpoint_config(ipv4_address=addresses[node])
             container = client.containers.create(
@@ -294,15 +451,17 @@ class DockerBackend(TeardownOnExit):
                 name=self.container_name(node),
                 hostname=node,
                 labels=self._labels(node),
-                cap_add=["NET_ADMIN"],
                 privileged=False,
                 init=True,
                 detach=True,
                 network=self.network_name,
                 networking_config={self.network_name: endpoint},
+                **self._container_options(),
             )
             # No lock here: setup() holds it while these threads run.
             made[node] = container
+            if self.user_image is not None:
+                _install_supervisor(container, self.user_image, archive)
             container.start()
             return container
 
@@ -312,7 +471,24 @@ class DockerBackend(TeardownOnExit):
         if errors:
             raise BackendError("docker: cannot start containers: " + "; ".join(errors))
         for node in self.nodes:
-            self._remotes[node] = DockerRemote(node, addresses[node], self._containers[node])
+            self._remotes[node] = self._make_remote(node, addresses[node])
+
+    def _container_options(self) -> dict[str, Any]:
+        if self.user_image is None:
+            return {"cap_add": ["NET_ADMIN"]}  # iptables inside, for partitions
+        # Only our supervisor runs as the container's command; as root, since it keeps its
+        # pid and log files in system directories (the image may name another user).
+        return {"entrypoint": [SHELL, USER_SUPERVISOR], "command": ["idle"], "user": "0:0"}
+
+    def _make_remote(self, node: str, address: str) -> DockerRemote:
+        container = self._containers[node]
+        if self.user_image is None:
+            return DockerRemote(node, address, container)
+        try:
+            container.reload()
+        except (APIError, DockerException) as exc:
+            raise BackendError(f"docker: cannot inspect {container.name}: {_short(exc)}") from None
+        return UserImageRemote(node, address, container, int(container.attrs["State"]["Pid"]))
 
     def remote(self, node: str) -> Remote:
         return self._remote(node)
@@ -325,7 +501,7 @@ class DockerBackend(TeardownOnExit):
 
     def _control(self, node: str, argv: Sequence[str], timeout: float = CONTROL_TIMEOUT_S) -> str:
         """Run raftkv-node in the node's container; RemoteError if it fails."""
-        return self._remote(node).execute([SUPERVISOR, *argv], timeout).stdout
+        return self._remote(node).execute([*self._supervisor, *argv], timeout).stdout
 
     def start_process(self, node: str, argv: Sequence[str], log_path: str) -> None:
         """Start argv in the node's container; see `Backend.start_process`.
@@ -345,7 +521,8 @@ class DockerBackend(TeardownOnExit):
 
     def running(self, node: str) -> tuple[int, str] | None:
         """(pid, state letter) of the node's service, or None if it is not running."""
-        result = self._remote(node).execute([SUPERVISOR, "status"], CONTROL_TIMEOUT_S, check=False)
+        status = [*self._supervisor, "status"]
+        result = self._remote(node).execute(status, CONTROL_TIMEOUT_S, check=False)
         if result.returncode != 0:
             return None
         pid, state = result.stdout.split()
