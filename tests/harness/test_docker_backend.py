@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker_runs import engine_reachable
 
 from harness.backends import docker as docker_backend
 from harness.backends.base import BackendError, BackendUnavailable
@@ -27,17 +28,8 @@ from harness.image import (
 from nemesis import iptables
 from nemesis.remote import CommandNotFoundError, RemoteError, RemoteTimeoutError
 
-
-def _engine() -> bool:
-    try:
-        connect(timeout=10).close()
-    except BackendUnavailable:
-        return False
-    return True
-
-
 pytestmark = [
-    pytest.mark.skipif(not _engine(), reason="no Docker engine reachable"),
+    pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
     pytest.mark.timeout(600),
 ]
 

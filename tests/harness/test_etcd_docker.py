@@ -10,36 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from harness.backends.base import BackendUnavailable
-from harness.backends.docker import LABEL_RUN
-from harness.image import connect
-
-
-def _engine() -> bool:
-    try:
-        connect(timeout=10).close()
-    except BackendUnavailable:
-        return False
-    return True
-
+from docker_runs import engine_reachable, leftovers
 
 pytestmark = [
-    pytest.mark.skipif(not _engine(), reason="no Docker engine reachable"),
+    pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
     # The first run on a machine builds the node image (a few minutes).
     pytest.mark.timeout(900),
 ]
-
-
-def _leftovers(run_id: str) -> list[str]:
-    client = connect()
-    try:
-        label = {"label": f"{LABEL_RUN}={run_id}"}
-        names = [c.name for c in client.containers.list(all=True, filters=label)]
-        names += [n.name for n in client.networks.list(filters=label)]
-    finally:
-        client.close()
-    return names
 
 
 def test_etcd_in_containers_stays_linearizable_under_partitions_and_kills(
@@ -66,4 +43,4 @@ def test_etcd_in_containers_stays_linearizable_under_partitions_and_kills(
         assert '"msg":"serving client traffic' in (run / "nodes" / node / "etcd.log").read_text()
     run_id = re.search(r"\(id ([0-9a-f]{4})\)", (run / "harness.log").read_text())
     assert run_id is not None
-    assert _leftovers(run_id[1]) == [], "the run left containers or its network behind"
+    assert leftovers(run_id[1]) == [], "the run left containers or its network behind"
