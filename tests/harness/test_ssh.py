@@ -350,3 +350,40 @@ def test_an_unknown_host_key_is_refused_unless_accepted_explicitly(
     with SshBackend(opts) as ssh:
         ssh.setup(NODES)
     assert len(known_hosts.read_text().splitlines()) == 3
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "http_kv_server.py"
+
+
+def test_the_http_target_over_ssh_catches_the_example_server(hosts: Hosts, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "remote"
+    store = tmp_path / "store"
+    proc = harness(
+        "test", *hosts.cli_args(remote_dir), "--target", "http",
+        "--node-cmd", f"python3 {EXAMPLE} --host {{host}} --port {{port}} --peers {{http_peers}}",
+        "--nemesis", "partition", "--nemesis-interval", "2", "--time", "10", "--seed", "1",
+        "--store", str(store), "--no-live",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    results = json.loads((store / "latest" / "results.json").read_text())
+    assert results["options"]["backend"] == "ssh" and results["stale_reads"] > 0
+    assert "stale read" in {a["name"] for a in results["checker"]["anomalies"]}
+    starts = [op for op in results["nemesis_schedule"] if op["f"] == "start"]
+    assert starts and all("error" not in op for op in starts), starts
+    assert "serving on http://" in (store / "latest" / "nodes" / "n2" / "http.log").read_text()
+    assert processes_under(remote_dir) == [], "the run left services behind"
+    assert list((remote_dir / "runs").iterdir()) == []
+
+
+def test_an_http_node_command_missing_on_the_hosts_exits_254(hosts: Hosts, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "remote"
+    proc = harness(
+        "test", *hosts.cli_args(remote_dir), "--target", "http",
+        "--node-cmd", "no-such-kv-server --port {port} --peers {peers}",
+        "--time", "3", "--store", str(tmp_path / "store"), "--no-live",
+    )  # fmt: skip
+    assert proc.returncode == 254, proc.stdout + proc.stderr
+    where = ", ".join(f"{n} ({a})" for n, a in zip(NODES, hosts.addresses))
+    assert f"command 'no-such-kv-server' not found on {where}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert processes_under(remote_dir) == [] and list((remote_dir / "runs").iterdir()) == []
