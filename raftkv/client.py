@@ -10,7 +10,6 @@ once. Outcomes are three-valued, as the harness records them:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import uuid
 from typing import Any
@@ -20,7 +19,6 @@ from raftkv.transport import split_addr
 
 CONNECT_TIMEOUT_S = 1.0
 NO_LEADER_BACKOFF_S = 0.05
-DRAIN_ABOVE_BYTES = 1 << 20
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -28,27 +26,27 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(TimeoutError("no answer in time"))
 
 
-class _Connection:
+class _Connection(asyncio.Protocol):
     """One pipelined connection: requests carry ids, answers may come in any order."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._reader = wire.FrameReader()
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
-        self._reader_task = asyncio.create_task(self._read_loop(reader))
+        self._writable: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, addr: str) -> _Connection:
         host, port = split_addr(addr)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), CONNECT_TIMEOUT_S
-        )
-        writer.write(wire.encode_frame({"hello": "client"}))
-        return cls(reader, writer)
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(loop.create_connection(cls, host, port), CONNECT_TIMEOUT_S)
+        conn._send({"hello": "client"})
+        return conn
 
     @property
     def alive(self) -> bool:
-        return not self._reader_task.done()
+        return self._transport is not None and not self._transport.is_closing()
 
     async def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Send and await the answer. Raises ConnectionError if the request was
@@ -56,41 +54,66 @@ class _Connection:
         if not self.alive:
             raise ConnectionError("connection closed")
         request_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
         loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[request_id] = fut
         expire = loop.call_later(timeout_s, _expire, fut)
         try:
-            self._writer.write(wire.encode_frame({**request, "id": request_id}))
-            if self._writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
-                await self._writer.drain()
+            self._send({**request, "id": request_id})
+            if self._writable is not None:
+                await self._writable  # the node reads slowly: do not pile up requests
             return await fut
         finally:
             expire.cancel()
             self._pending.pop(request_id, None)
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        error: BaseException = EOFError("connection closed by the node")
+    def _send(self, obj: dict[str, Any]) -> None:
+        assert self._transport is not None
+        self._transport.write(wire.encode_frame(obj))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
         try:
-            while True:
-                resp = await wire.read_frame(reader, None)
-                if not isinstance(resp, dict):
-                    continue
+            answers = self._reader.feed(data)
+        except wire.FrameError as exc:
+            self._fail_all(EOFError(f"connection lost: {exc}"))
+            self._drop()
+            return
+        for resp in answers:
+            if isinstance(resp, dict):
                 fut = self._pending.get(resp.get("id", -1))
                 if fut is not None and not fut.done():
                     fut.set_result(resp)
-        except (wire.FrameError, EOFError, OSError, asyncio.IncompleteReadError) as exc:
-            error = EOFError(f"connection lost: {exc}")
-        finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        why = f"connection lost: {exc}" if exc else "connection closed by the node"
+        self._fail_all(EOFError(why))
+        self.resume_writing()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def _drop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
     async def close(self) -> None:
-        self._reader_task.cancel()
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        self._drop()
 
 
 # Answers that settle a request even when an earlier attempt is still in flight:

@@ -45,7 +45,6 @@ HELLO_TIMEOUT_S = 10.0
 PEER_IDLE_TIMEOUT_S = 60.0
 CLIENT_IDLE_TIMEOUT_S = 600.0
 MAX_REQUESTS_IN_FLIGHT = 4096
-DRAIN_ABOVE_BYTES = 1 << 20
 LAZY_FLUSH_S = 0.5
 LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
@@ -153,7 +152,8 @@ class Node:
         self._links: dict[str, PeerLink] = {}
         self._peer_http: dict[str, str] = {}
         self._stopping = asyncio.Event()
-        self._inflight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self._connections: set[_Connection] = set()
+        self._request_tasks: set[asyncio.Task[None]] = set()
         self._busy_requests = 0
         # The no-fsync bug: acknowledge at once, write to the OS only every so often
         # (as a store that fsyncs "periodically" does); a crash of most nodes loses
@@ -171,7 +171,8 @@ class Node:
         for peer, (phost, pport) in self.opts.peers.items():
             if peer != self.opts.id:
                 self._links[peer] = PeerLink(hello, peer, phost, pport)
-        server = await asyncio.start_server(self._on_connection, host, port, limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._connection, host, port)
         http_server = None
         if self.opts.http:
             from raftkv.api import serve_http
@@ -192,6 +193,10 @@ class Node:
             pass
         finally:
             server.close()
+            for conn in list(self._connections):
+                conn.close()
+            for task in list(self._request_tasks):
+                task.cancel()
             if http_server is not None:
                 http_server.close()
             self.storage.close()
@@ -427,82 +432,159 @@ class Node:
 
     # ---- connections -------------------------------------------------------
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            hello = await wire.read_frame(reader, HELLO_TIMEOUT_S)
-            if isinstance(hello, dict) and hello.get("hello") == "peer":
-                await self._serve_peer(hello, reader)
-            elif isinstance(hello, dict) and hello.get("hello") == "client":
-                await self._serve_client(reader, writer)
-            else:
-                writer.write(
-                    wire.encode_frame(
-                        reply(False, error="bad_request", message="first frame must be a hello")
-                    )
-                )
-        except (
-            wire.FrameError,
-            TimeoutError,
-            EOFError,
-            OSError,
-            asyncio.IncompleteReadError,
-        ) as exc:
-            log.debug("connection closed: %s", exc)
-        except asyncio.CancelledError:
-            # The node is stopping; ending quietly keeps asyncio from logging each
-            # cancelled connection as an error.
-            pass
-        finally:
-            writer.close()
+    def _connection(self) -> _Connection:
+        return _Connection(self)
 
-    async def _serve_peer(self, hello: dict[Any, Any], reader: asyncio.StreamReader) -> None:
+    def _peer_message(self, peer: str, obj: object) -> None:
+        msg = wire.message_from_obj(obj)
+        if msg.src != peer or msg.dst != self.opts.id:
+            raise wire.FrameError(f"message {msg.src}->{msg.dst} on the link from {peer}")
+        self._submit(functools.partial(self.core.step, msg))
+
+    def _peer_hello(self, hello: dict[Any, Any]) -> str:
         peer = hello.get("id")
         if not isinstance(peer, str) or peer not in self.opts.peers:
             raise wire.FrameError(f"hello from unknown peer {peer!r}")
         if isinstance(hello.get("http"), str):
             self._peer_http[peer] = hello["http"]
-        while True:
-            obj = await wire.read_frame(reader, PEER_IDLE_TIMEOUT_S)
-            msg = wire.message_from_obj(obj)
-            if msg.src != peer or msg.dst != self.opts.id:
-                raise wire.FrameError(f"message {msg.src}->{msg.dst} on the link from {peer}")
-            self._submit(functools.partial(self.core.step, msg))
+        return peer
 
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        # Answers go out as they complete, matched by request id; each is
-        # bounded by the request timeout, so none outlives the node for long.
-        tasks: set[asyncio.Task[None]] = set()
-        while True:
-            try:
-                req = await wire.read_frame(reader, CLIENT_IDLE_TIMEOUT_S)
-            except wire.FrameError as exc:
-                error = reply(False, error="bad_request", message=str(exc))
-                writer.write(wire.encode_frame(error))
-                return
-            await self._inflight.acquire()
-            task = asyncio.create_task(self._answer(req, writer))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    async def _answer(self, req: object, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, req: object, conn: _Connection) -> None:
         self._busy_requests += 1
         try:
             resp = await self.handle(req)
             if isinstance(req, dict) and "id" in req:
                 resp["id"] = req["id"]
-            if not writer.is_closing():
-                writer.write(wire.encode_frame(resp))
-                if writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
-                    await asyncio.wait_for(writer.drain(), 10.0)
-        except (OSError, TimeoutError):
-            pass
+            conn.write(resp)
         finally:
             self._busy_requests -= 1
-            self._inflight.release()
+            conn.request_done()
+
+
+class _Connection(asyncio.Protocol):
+    """One inbound connection. Its first frame, the hello, says who speaks: a peer (then
+    Raft messages, handed to the loop that owns the core) or a client (then requests,
+    each answered by a task as it completes, matched by request id).
+
+    A protocol rather than a stream: a frame costs no task switch and no timer. Idle
+    connections are closed by one timer per connection that re-arms itself; a client that
+    has MAX_REQUESTS_IN_FLIGHT requests open, or does not read its answers, is not read
+    from until that changes.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._reader = wire.FrameReader()
+        self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
+        self._client = False
+        self._open_requests = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._last_seen = 0.0
+        self._idle_s = HELLO_TIMEOUT_S
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._node._connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._last_seen = loop.time()
+        self._idle_timer = loop.call_later(self._idle_s, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._node._connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._transport = None
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_seen
+        if quiet >= self._idle_s and self._open_requests == 0:
+            log.debug("connection closed: idle for %.0f s", quiet)
+            self.close()
+        else:
+            self._idle_timer = loop.call_later(max(1.0, self._idle_s - quiet), self._check_idle)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_seen = asyncio.get_running_loop().time()
+        try:
+            for obj in self._reader.feed(data):
+                if self._peer is not None:
+                    self._node._peer_message(self._peer, obj)
+                elif self._client:
+                    self._request(obj)
+                else:
+                    self._hello(obj)
+        except wire.FrameError as exc:
+            log.debug("connection closed: %s", exc)
+            if self._client:
+                self.write(reply(False, error="bad_request", message=str(exc)))
+            self.close()
+
+    def eof_received(self) -> bool:
+        try:
+            self._reader.check_eof()
+        except wire.FrameError as exc:
+            log.debug("connection closed: %s", exc)
+        return False  # the transport closes itself
+
+    def _hello(self, hello: object) -> None:
+        if isinstance(hello, dict) and hello.get("hello") == "peer":
+            self._peer = self._node._peer_hello(hello)
+            self._idle_s = PEER_IDLE_TIMEOUT_S
+        elif isinstance(hello, dict) and hello.get("hello") == "client":
+            self._client = True
+            self._idle_s = CLIENT_IDLE_TIMEOUT_S
+        else:
+            self.write(reply(False, error="bad_request", message="first frame must be a hello"))
+            self.close()
+
+    def _request(self, req: object) -> None:
+        self._open_requests += 1
+        if self._open_requests >= MAX_REQUESTS_IN_FLIGHT:
+            self._pause_reading()
+        task = asyncio.create_task(self._node._answer(req, self))
+        self._node._request_tasks.add(task)
+        task.add_done_callback(self._node._request_tasks.discard)
+
+    def request_done(self) -> None:
+        self._open_requests -= 1
+        self._maybe_resume_reading()
+
+    def write(self, obj: object) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(wire.encode_frame(obj))
+
+    # Flow control: the transport tells us when its write buffer is too full.
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._maybe_resume_reading()
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self._reading_paused
+            and not self._writing_paused
+            and self._open_requests < MAX_REQUESTS_IN_FLIGHT // 2
+            and self._transport is not None
+        ):
+            self._reading_paused = False
+            self._transport.resume_reading()
 
 
 class _Stop(Exception):

@@ -4,11 +4,9 @@ A frame is a 4-byte big-endian body length followed by that many bytes of msgpac
 peer is untrusted input: every way a frame can be wrong surfaces as FrameError, never as
 an exception from deep inside the node.
 
-`read_frame` outcomes:
-    object                      one decoded frame;
-    EOFError                    the peer closed cleanly between frames;
-    FrameError                  oversized, truncated (closed mid-frame), undecodable;
-    TimeoutError                the whole frame did not arrive within `timeout` seconds.
+`FrameReader` cuts a connection's bytes into frames as they arrive (asyncio protocols feed
+it, with no task or timer per frame); FrameError says what was wrong: oversized,
+undecodable, or truncated (closed mid-frame).
 `message_from_obj` raises FrameError naming the first bad field ("entries[2].data ...").
 
 Message layout: a map with one-letter keys, fields equal to their default left out;
@@ -17,7 +15,6 @@ entries as [term, index, kind, data], a snapshot as [index, term, peers, data].
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
@@ -28,11 +25,11 @@ from raftkv.types import Entry, EntryKind, Message, MsgType, Snapshot
 __all__ = [
     "MAX_FRAME_BYTES",
     "FrameError",
+    "FrameReader",
     "decode_body",
     "encode_frame",
     "message_from_obj",
     "message_to_obj",
-    "read_frame",
 ]
 
 MAX_FRAME_BYTES = 16 << 20
@@ -62,32 +59,46 @@ def decode_body(body: bytes) -> object:
         raise FrameError(f"undecodable frame body: {type(err).__name__}: {err}") from None
 
 
-async def read_frame(reader: asyncio.StreamReader, timeout: float | None) -> object:
-    """Read one frame within `timeout` seconds; see the module docstring for outcomes.
+class FrameReader:
+    """Splits the bytes of one connection into decoded frames, as they arrive.
 
-    `timeout=None` waits without a deadline: only for a caller that bounds the wait
-    otherwise (a client reading replies on a connection it closes itself).
-
-    The length is checked before any of the body is read, so an oversized announcement
-    costs nothing. After a FrameError or TimeoutError the stream is out of step: close it.
+    `feed` returns the frames completed by `data` (maybe none) and raises FrameError for an
+    oversized announcement (checked before any of its body arrives) or an undecodable body;
+    after a FrameError the stream is out of step: close it. `check_eof` raises FrameError
+    if the stream ended inside a frame.
     """
-    async with asyncio.timeout(timeout):
-        try:
-            header = await reader.readexactly(_HEADER.size)
-        except asyncio.IncompleteReadError as err:
-            if not err.partial:
-                raise EOFError("peer closed the connection") from None
-            raise FrameError(f"truncated frame header: {len(err.partial)} of 4 bytes") from None
-        (length,) = _HEADER.unpack(header)
-        if length > MAX_FRAME_BYTES:
-            raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
-        try:
-            body = await reader.readexactly(length)
-        except asyncio.IncompleteReadError as err:
-            raise FrameError(
-                f"truncated frame body: {len(err.partial)} of {length} bytes"
-            ) from None
-    return decode_body(body)
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[object]:
+        buf = self._buf
+        buf += data
+        frames: list[object] = []
+        pos, size = 0, len(buf)
+        while size - pos >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buf, pos)
+            if length > MAX_FRAME_BYTES:
+                raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            end = pos + _HEADER.size + length
+            if end > size:
+                break
+            frames.append(decode_body(bytes(buf[pos + _HEADER.size : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+    def check_eof(self) -> None:
+        size = len(self._buf)
+        if size == 0:
+            return
+        if size < _HEADER.size:
+            raise FrameError(f"truncated frame header: {size} of {_HEADER.size} bytes")
+        (length,) = _HEADER.unpack_from(self._buf)
+        raise FrameError(f"truncated frame body: {size - _HEADER.size} of {length} bytes")
 
 
 def message_to_obj(msg: Message) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
@@ -15,11 +14,11 @@ from raftkv.types import Entry, EntryKind, Message, MsgType, Snapshot
 from raftkv.wire import (
     MAX_FRAME_BYTES,
     FrameError,
+    FrameReader,
     decode_body,
     encode_frame,
     message_from_obj,
     message_to_obj,
-    read_frame,
 )
 
 ints = st.integers(min_value=0, max_value=(1 << 63) - 1)
@@ -62,19 +61,14 @@ def messages(draw: st.DrawFn) -> Message:
     )
 
 
-def reader_with(data: bytes, *, eof: bool = True) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
+def read(data: bytes, *, eof: bool = True) -> object:
+    """The one frame in `data`; with `eof`, the stream ends after it."""
+    reader = FrameReader()
+    frames = reader.feed(data)
     if eof:
-        reader.feed_eof()
-    return reader
-
-
-def read(data: bytes, *, eof: bool = True, timeout: float = 1.0) -> object:
-    async def go() -> object:
-        return await read_frame(reader_with(data, eof=eof), timeout)
-
-    return asyncio.run(go())
+        reader.check_eof()
+    assert len(frames) == 1, frames
+    return frames[0]
 
 
 @settings(max_examples=300, deadline=None)
@@ -114,27 +108,38 @@ def test_defaults_are_left_out_of_the_encoding() -> None:
 
 
 def test_two_frames_back_to_back() -> None:
-    async def go() -> list[object]:
-        reader = reader_with(encode_frame({"a": 1}) + encode_frame([2, b"x"]))
-        return [await read_frame(reader, 1.0), await read_frame(reader, 1.0)]
+    reader = FrameReader()
+    assert reader.feed(encode_frame({"a": 1}) + encode_frame([2, b"x"])) == [{"a": 1}, [2, b"x"]]
 
-    assert asyncio.run(go()) == [{"a": 1}, [2, b"x"]]
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(json_like, min_size=1, max_size=4), st.data())
+def test_frames_cut_anywhere_arrive_whole_and_in_order(objs: list[object], data: Any) -> None:
+    stream = b"".join(encode_frame(obj) for obj in objs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    reader = FrameReader()
+    got: list[object] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+        got += reader.feed(stream[start:end])
+    reader.check_eof()
+    assert got == objs
 
 
 def test_int_map_keys_are_accepted() -> None:
     assert read(encode_frame({1: "one"})) == {1: "one"}
 
 
-def test_clean_close_between_frames_is_eof() -> None:
-    with pytest.raises(EOFError):
-        read(b"")
+def test_clean_close_between_frames_is_no_error() -> None:
+    reader = FrameReader()
+    assert reader.feed(encode_frame([1])) == [[1]]
+    reader.check_eof()
+    assert reader.feed(b"") == []
 
 
-def test_oversized_frame_is_refused_before_reading_the_body() -> None:
-    # No body and no EOF: a reader that waited for the body would time out instead.
+def test_oversized_frame_is_refused_before_its_body_arrives() -> None:
     header = struct.pack(">I", MAX_FRAME_BYTES + 1)
     with pytest.raises(FrameError, match="exceeds"):
-        read(header, eof=False, timeout=5.0)
+        FrameReader().feed(header)
 
 
 def test_encode_refuses_an_oversized_frame() -> None:
@@ -152,9 +157,11 @@ def test_truncated_body() -> None:
         read(struct.pack(">I", 10) + b"abc")
 
 
-def test_a_stalled_frame_times_out() -> None:
-    with pytest.raises(TimeoutError):
-        read(struct.pack(">I", 10) + b"abc", eof=False, timeout=0.05)
+def test_an_incomplete_frame_waits_for_the_rest() -> None:
+    reader = FrameReader()
+    frame = encode_frame({"k": b"v" * 100})
+    assert reader.feed(frame[:50]) == []
+    assert reader.feed(frame[50:]) == [{"k": b"v" * 100}]
 
 
 @pytest.mark.parametrize(
@@ -264,13 +271,6 @@ def test_frame_body_is_plain_msgpack() -> None:
     (length,) = struct.unpack(">I", frame[:4])
     assert length == len(frame) - 4
     assert msgpack.unpackb(frame[4:]) == {"y": 3, "s": "a", "d": "b", "t": 2, "l": 1, "i": 1}
-
-
-def test_no_deadline_still_reads_a_frame() -> None:
-    async def go() -> object:
-        return await read_frame(reader_with(encode_frame([1])), None)
-
-    assert asyncio.run(go()) == [1]
 
 
 entry_parts = st.integers(-2, 14) | st.booleans() | st.binary(max_size=2) | st.none() | st.just([1])
