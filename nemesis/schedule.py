@@ -62,8 +62,10 @@ async def run_schedule(
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation.
     try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     except TimeoutError:
         return False
     return True

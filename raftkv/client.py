@@ -18,6 +18,8 @@ from raftkv import wire
 from raftkv.transport import split_addr
 
 CONNECT_TIMEOUT_S = 1.0
+# Unsent requests a connection may hold before new ones are refused as not sent.
+PAUSE_ABOVE_BYTES = 1 << 20
 NO_LEADER_BACKOFF_S = 0.05
 
 
@@ -34,13 +36,16 @@ class _Connection(asyncio.Protocol):
         self._reader = wire.FrameReader()
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
-        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
 
     @classmethod
     async def open(cls, addr: str) -> _Connection:
         host, port = split_addr(addr)
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(loop.create_connection(cls, host, port), CONNECT_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the connection completes, and a cancelled caller would run on.
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            _, conn = await loop.create_connection(cls, host, port)
         conn._send({"hello": "client"})
         return conn
 
@@ -53,6 +58,10 @@ class _Connection(asyncio.Protocol):
         certainly not sent, TimeoutError or EOFError if it may have been."""
         if not self.alive:
             raise ConnectionError("connection closed")
+        if self._paused:
+            # The node has not read its connection for a while (it is stopped, or
+            # overwhelmed): adding to the pile only delays the answers.
+            raise ConnectionError("the node is not reading its connection")
         request_id = next(self._ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -60,20 +69,22 @@ class _Connection(asyncio.Protocol):
         expire = loop.call_later(timeout_s, _expire, fut)
         try:
             self._send({**request, "id": request_id})
-            if self._writable is not None:
-                await self._writable  # the node reads slowly: do not pile up requests
             return await fut
         finally:
             expire.cancel()
             self._pending.pop(request_id, None)
 
     def _send(self, obj: dict[str, Any]) -> None:
-        assert self._transport is not None
+        # The node may have closed the connection before we wrote anything (it was killed
+        # as we connected): then the request was certainly not sent.
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionError("connection closed")
         self._transport.write(wire.encode_frame(obj))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        transport.set_write_buffer_limits(high=PAUSE_ABOVE_BYTES)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -90,9 +101,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        why = f"connection lost: {exc}" if exc else "connection closed by the node"
+        why = f"connection lost: {exc}" if exc else "connection closed"
         self._fail_all(EOFError(why))
-        self.resume_writing()
 
     def _fail_all(self, error: BaseException) -> None:
         for fut in self._pending.values():
@@ -100,13 +110,10 @@ class _Connection(asyncio.Protocol):
                 fut.set_exception(error)
 
     def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
+        self._paused = True
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        self._paused = False
 
     def _drop(self) -> None:
         if self._transport is not None:
@@ -218,7 +225,7 @@ class Client:
                     continue
                 return {"ok": None, "error": "timeout", "message": str(exc) or "timeout"}
             except ConnectionError:
-                self._conns.pop(addr, None)
+                await self._drop(addr)
                 continue
             if resp.get("error") != "not_leader" or node is not None:
                 resp.setdefault("node", addr)
@@ -238,11 +245,15 @@ class Client:
             i = self.cluster.index(self._target) if self._target in self.cluster else -1
             self._target = self.cluster[(i + 1) % len(self.cluster)]
 
+    async def _drop(self, addr: str) -> None:
+        conn = self._conns.pop(addr, None)
+        if conn is not None:
+            await conn.close()
+
     async def _connection(self, addr: str) -> _Connection:
         conn = self._conns.get(addr)
         if conn is None or not conn.alive:
-            if conn is not None:
-                await conn.close()
+            await self._drop(addr)
             conn = await _Connection.open(addr)
             self._conns[addr] = conn
         return conn

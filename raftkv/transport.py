@@ -58,15 +58,18 @@ class PeerLink:
         while True:
             writer = None
             try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT_S
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow the
+                # cancellation that stops the node.
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(self._host, self._port)
                 writer.write(self._hello)
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await writer.drain()
                 self._writer = writer
                 while not writer.is_closing():
                     await asyncio.sleep(HEALTH_CHECK_S)
-                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+                    async with asyncio.timeout(WRITE_TIMEOUT_S):
+                        await writer.drain()
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.debug("link to %s: %s", self.peer_id, exc)
             finally:
