@@ -216,26 +216,39 @@ def classify(
         return "read of a value never written", {
             "summary": f"no operation ever wrote {_show(value)}"
         }
-    overwrites = [
+    # Witnesses that the value had changed before the read began: completed writes of
+    # another value, and completed reads of another value (a read that began after every
+    # write of ours ended, and saw something else, saw it overwritten).
+    witnesses = [
         op
         for op in ops
         if op.ret is not None
         and op.ret < blocker.call
-        and any(v != value for v in model.produces(op))
+        and op.id != blocker.id
+        and any(v != value for v in (*model.produces(op), *_reads(model, op)))
     ]
     stale = all(
-        p.ret is not None and any(p.ret < w.call for w in overwrites) for p in producers
-    ) and (not initial or bool(overwrites))
-    if not stale or not overwrites:
+        p.ret is not None and any(p.ret < w.call for w in witnesses) for p in producers
+    ) and (not initial or bool(witnesses))
+    if not stale or not witnesses:
         return "other", {}
-    last = max(overwrites, key=lambda w: w.ret if w.ret is not None else 0)
+    # Name a witness that began after every write of the value ended: a write if one did.
+    after = [w for w in witnesses if all(p.ret is not None and p.ret < w.call for p in producers)]
+    writes = [w for w in after if model.produces(w)]
+    last = max(writes or after or witnesses, key=lambda w: w.ret if w.ret is not None else 0)
+    how = "by" if writes else "as seen by"
     summary = (
-        f"{_show(value)} had certainly been overwritten (by {model.describe(last)}, "
+        f"{_show(value)} had certainly been overwritten ({how} {model.describe(last)}, "
         f"line {last.line}) before the read began"
     )
-    if _lost(model, ops if everything is None else everything, last, blocker):
+    if writes and _lost(model, ops if everything is None else everything, last, blocker):
         return "lost write", {"summary": summary + "; no later read ever saw it or anything newer"}
     return "stale read", {"summary": summary}
+
+
+def _reads(model: Model, op: Op) -> tuple[Any, ...]:
+    """What a completed pure op (a read) observed; nothing for any other op."""
+    return model.observes(op) if model.pure(op) else ()
 
 
 def _lost(model: Model, ops: list[Op], write: Op, blocker: Op) -> bool:

@@ -128,3 +128,19 @@ def test_budgets_end_in_unknown_never_true() -> None:
     assert timed.valid == UNKNOWN and timed.reason == "time limit"
     small = check(big, memory_limit_mb=0.5, workers=1)
     assert small.valid == UNKNOWN and small.reason == "memory limit"
+
+
+def test_a_read_can_witness_the_overwrite() -> None:
+    # The writes of 1 and 2 overlap, so neither certainly came last; but a read of 2 ended
+    # after the write of 1 ended and before the read of 1 began: 1 was overwritten.
+    ops = [
+        ("invoke", 0, "write", 1),
+        ("invoke", 1, "write", 2),
+        ("ok", 0, "write", 1),
+        ("ok", 1, "write", 2),
+        *seq(2, "read", None, 2),
+        *seq(3, "read", None, 1),
+    ]
+    a = anomaly(history(*ops))
+    assert a.name == "stale read", a.text
+    assert "as seen by read" in a.detail["summary"], a.detail
