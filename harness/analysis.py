@@ -1,10 +1,12 @@
 """What a history says beyond the verdict: certain stale reads, op counts, latencies.
 
 A read is *certainly stale* when the value it returned had been overwritten
-before the read began: the write of that value completed, then another write
-to the key began and completed, all before the read's invocation. Only `ok`
-ops prove anything; an `info` write might never have completed, so it never
-makes a read stale. This needs unique written values, which our workloads give.
+before the read began: the write of that value completed, then another op
+began and completed, all before the read's invocation, that showed another
+value: a write of another value, or a read that returned another value. Only
+`ok` ops prove anything; an `info` write might never have completed, so it
+never makes a read stale. This needs unique written values, which our
+workloads give.
 """
 
 from __future__ import annotations
@@ -104,20 +106,11 @@ def stale_reads(spans: list[OpSpan]) -> list[StaleRead]:
         by_key[s.key].append(s)
     found: list[StaleRead] = []
     for key, ops in by_key.items():
-        writes = sorted(
-            (s for s in ops if s.type == "ok" and s.f in ("write", "cas")), key=lambda s: s.start_ns
-        )
         # Writes of a value that may have happened: ok or info, never fail.
         end_of_write = {
             _written(s): s.end_ns for s in ops if s.f in ("write", "cas") and s.type != "fail"
         }
-        starts = [w.start_ns for w in writes]
-        # suffix_min[i]: the earliest completion among writes starting at or after starts[i].
-        suffix_min: list[tuple[float, Any]] = [(INF, None)] * (len(writes) + 1)
-        for i in range(len(writes) - 1, -1, -1):
-            suffix_min[i] = min(
-                suffix_min[i + 1], (writes[i].end_ns, _written(writes[i])), key=lambda t: t[0]
-            )
+        witnesses = _Witnesses(ops)
         for r in ops:
             if r.f != "read" or r.type != "ok":
                 continue
@@ -125,11 +118,44 @@ def stale_reads(spans: list[OpSpan]) -> list[StaleRead]:
             written_end = -1.0 if r.value is None else end_of_write.get(r.value, INF)
             if written_end == INF:
                 continue
-            i = bisect.bisect_right(starts, written_end)
-            end, by = suffix_min[i]
+            end, by = witnesses.first_end_after(written_end, r.value)
             if end < r.start_ns:
                 found.append(StaleRead(key, r.value, r.invoke_index, by, (r.start_ns - end) / 1e6))
     return found
+
+
+class _Witnesses:
+    """The ok ops of one key that show its value at some moment: writes (the value written)
+    and reads (the value read). `first_end_after(t, v)`: the earliest completion, and its
+    value, among those that began after t and show a value other than v."""
+
+    def __init__(self, ops: list[OpSpan]) -> None:
+        shown = [
+            (s.start_ns, s.end_ns, _written(s) if s.f != "read" else s.value)
+            for s in ops
+            if s.type == "ok" and s.f in ("write", "cas", "read")
+        ]
+        shown.sort(key=lambda w: w[0])
+        self._starts = [w[0] for w in shown]
+        # _best[i]: the two earliest completions with different values among shown[i:], so
+        # that one of them differs from whatever value a query excludes.
+        self._best: list[list[tuple[float, Any]]] = [[]] * (len(shown) + 1)
+        for i in range(len(shown) - 1, -1, -1):
+            self._best[i] = _two_earliest([*self._best[i + 1], (shown[i][1], shown[i][2])])
+
+    def first_end_after(self, t: float, value: Any) -> tuple[float, Any]:
+        i = bisect.bisect_right(self._starts, t)
+        return next(((end, v) for end, v in self._best[i] if v != value), (INF, None))
+
+
+def _two_earliest(candidates: list[tuple[float, Any]]) -> list[tuple[float, Any]]:
+    best: list[tuple[float, Any]] = []
+    for end, value in sorted(candidates, key=lambda c: c[0]):
+        if all(value != v for _, v in best):
+            best.append((end, value))
+            if len(best) == 2:
+                break
+    return best
 
 
 def count_ops(spans: list[OpSpan]) -> dict[str, dict[str, int]]:

@@ -130,3 +130,27 @@ def test_nemesis_ops_are_ignored_and_unfinished_ops_are_indeterminate() -> None:
     spans = pair_ops(history)
     assert [(s.f, s.type) for s in spans] == [("write", "ok"), ("write", "info")]
     assert check_history(history, time_limit_s=10)["valid"] is True
+
+
+def test_a_read_of_another_value_can_prove_the_overwrite() -> None:
+    # The writes overlap, so neither is certainly last; the read of 2 began after the write
+    # of 1 ended and ended before the read of 1 began: 1 had been overwritten.
+    history = build([
+        ("invoke", 0, "write", 1), ("invoke", 1, "write", 2),
+        ("ok", 0, "write", 1), ("ok", 1, "write", 2),
+        ("invoke", 2, "read", None), ("ok", 2, "read", 2),
+        ("invoke", 2, "read", None), ("ok", 2, "read", 1),
+        ("invoke", 3, "read", None), ("ok", 3, "read", 1),
+    ])  # fmt: skip
+    found = stale_reads(pair_ops(history))
+    assert [(s.value, s.overwritten_by) for s in found] == [(1, 2), (1, 2)]
+    assert found[0].staleness_ms == pytest.approx(1.0)  # from the end of the read of 2
+
+
+def test_reads_of_the_same_value_prove_nothing() -> None:
+    history = build([
+        ("invoke", 0, "write", 1), ("ok", 0, "write", 1),
+        ("invoke", 1, "read", None), ("ok", 1, "read", 1),
+        ("invoke", 2, "read", None), ("ok", 2, "read", 1),
+    ])  # fmt: skip
+    assert stale_reads(pair_ops(history)) == []
