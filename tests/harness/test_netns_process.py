@@ -63,10 +63,16 @@ def test_the_service_runs_inside_its_namespace(node: tuple[NetnsBackend, Path]) 
     backend, _ = node
     pid = backend.pid("p1")
     assert pid is not None
-    where = subprocess.run(
-        ["ip", "netns", "identify", str(pid)], capture_output=True, text=True, timeout=10
-    )
-    assert where.stdout.strip() == backend.namespace("p1")
+
+    def identify() -> str:
+        where = subprocess.run(
+            ["ip", "netns", "identify", str(pid)], capture_output=True, text=True, timeout=10
+        )
+        return where.stdout.strip()
+
+    # `ip netns exec` enters the namespace and then execs: just after the start the process
+    # may still be in ours.
+    wait_for(lambda: identify() == backend.namespace("p1"), "the service in its namespace")
 
 
 def test_pause_and_resume_reach_the_whole_group(node: tuple[NetnsBackend, Path]) -> None:
