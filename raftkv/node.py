@@ -474,6 +474,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        self._loop = asyncio.get_running_loop()
         self._reader = wire.FrameReader()
         self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
@@ -489,9 +490,8 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._node._connections.add(self)
-        loop = asyncio.get_running_loop()
-        self._last_seen = loop.time()
-        self._idle_timer = loop.call_later(self._idle_s, self._check_idle)
+        self._last_seen = self._loop.time()
+        self._idle_timer = self._loop.call_later(self._idle_s, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node._connections.discard(self)
@@ -500,20 +500,20 @@ class _Connection(asyncio.Protocol):
         self._transport = None
 
     def _check_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        quiet = loop.time() - self._last_seen
+        quiet = self._loop.time() - self._last_seen
         if quiet >= self._idle_s and self._open_requests == 0:
             log.debug("connection closed: idle for %.0f s", quiet)
             self.close()
         else:
-            self._idle_timer = loop.call_later(max(1.0, self._idle_s - quiet), self._check_idle)
+            again_in = max(1.0, self._idle_s - quiet)
+            self._idle_timer = self._loop.call_later(again_in, self._check_idle)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self._last_seen = asyncio.get_running_loop().time()
+        self._last_seen = self._loop.time()
         try:
             for obj in self._reader.feed(data):
                 if self._peer is not None:

@@ -48,7 +48,6 @@ import re
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import tarfile
 import threading
@@ -63,7 +62,7 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import IPAMConfig, IPAMPool
 
 from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
-from harness.backends.local import run_bounded
+from harness.backends.local import execute_on_host
 from harness.image import Progress, connect, ensure_image, source_root
 from nemesis.iptables import IPTABLES
 from nemesis.remote import (
@@ -171,13 +170,8 @@ class UserImageRemote(DockerRemote):
         problem = _host_firewall_problem() or self._netns_problem()
         if problem:
             raise RemoteError(self.node, args, f"failed: {problem}")
-        try:
-            ran = run_bounded([NSENTER, f"--net=/proc/{self._pid}/ns/net", *args], timeout)
-        except subprocess.TimeoutExpired:
-            raise RemoteTimeoutError(self.node, args, f"timed out after {timeout} s") from None
-        except OSError as exc:
-            raise RemoteError(self.node, args, f"could not run {NSENTER}: {exc}") from None
-        result = ExecResult(args, ran.returncode, ran.stdout, ran.stderr)
+        wrapped = [NSENTER, f"--net=/proc/{self._pid}/ns/net", *args]
+        result = execute_on_host(self.node, args, wrapped, timeout, check=False)
         # nsenter's own failures exit 1, as iptables does for "no such chain": tell them apart.
         if result.stderr.startswith(f"{NSENTER}:") or (check and result.returncode != 0):
             reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"

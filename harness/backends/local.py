@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from nemesis.remote import ExecResult
+from nemesis.remote import CommandNotFoundError, ExecResult, RemoteError, RemoteTimeoutError
 
-__all__ = ["ServiceProcess", "run_bounded"]
+__all__ = ["ServiceProcess", "execute_on_host", "run_bounded"]
 
 # After a SIGKILL, how long to wait for the kernel to reap: only a stuck (D state) process
 # takes longer, and we must not hang on it.
@@ -51,6 +52,30 @@ def run_bounded(argv: Sequence[str], timeout: float) -> ExecResult:
     return ExecResult(
         args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
     )
+
+
+def execute_on_host(
+    node: str, argv: Sequence[str], wrapped: Sequence[str], timeout: float, check: bool
+) -> ExecResult:
+    """Run `wrapped` on this host (argv, maybe behind `ip netns exec` or `nsenter`) and judge
+    it as `argv` on `node`: the Remote contract's errors. Nodes that share this host's
+    filesystem (namespaces) find their programs on its PATH."""
+    args = tuple(argv)
+    if not args:
+        raise ValueError("empty argv")
+    if shutil.which(args[0]) is None:
+        raise CommandNotFoundError(node, args, "failed: command not found")
+    try:
+        raw = run_bounded(wrapped, timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RemoteTimeoutError(node, args, f"timed out after {timeout} s") from exc
+    except OSError as exc:
+        raise RemoteError(node, args, f"could not start: {exc}") from exc
+    result = ExecResult(args, raw.returncode, raw.stdout, raw.stderr)
+    if check and result.returncode != 0:
+        reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"
+        raise RemoteError(node, args, reason, result)
+    return result
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> bool:

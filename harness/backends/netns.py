@@ -37,14 +37,12 @@ from functools import partial
 from pathlib import Path
 
 from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
-from harness.backends.local import ServiceProcess, run_bounded
+from harness.backends.local import ServiceProcess, execute_on_host, run_bounded
 from nemesis import iptables
 from nemesis.remote import (
-    CommandNotFoundError,
     ExecResult,
     Remote,
     RemoteError,
-    RemoteTimeoutError,
 )
 
 __all__ = [
@@ -109,29 +107,6 @@ def _links() -> list[str]:
     return [str(link["ifname"]) for link in _json_list(["ip", "-j", "link", "show"])]
 
 
-def _execute(
-    node: str, argv: Sequence[str], wrapped: Sequence[str], timeout: float, check: bool
-) -> ExecResult:
-    """Run `wrapped` (argv, maybe behind `ip netns exec`) and judge it as `argv` on `node`."""
-    args = tuple(argv)
-    if not args:
-        raise ValueError("empty argv")
-    # Namespaces share the host's filesystem, so the host's PATH answers for the node too.
-    if shutil.which(args[0]) is None:
-        raise CommandNotFoundError(node, args, "failed: command not found")
-    try:
-        raw = run_bounded(wrapped, timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise RemoteTimeoutError(node, args, f"timed out after {timeout} s") from exc
-    except OSError as exc:
-        raise RemoteError(node, args, f"could not start: {exc}") from exc
-    result = ExecResult(args, raw.returncode, raw.stdout, raw.stderr)
-    if check and result.returncode != 0:
-        reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"
-        raise RemoteError(node, args, reason, result)
-    return result
-
-
 class NetnsRemote:
     """`Remote` for a node in a network namespace: runs `ip netns exec <namespace> argv`."""
 
@@ -142,7 +117,7 @@ class NetnsRemote:
 
     def execute(self, argv: Sequence[str], timeout: float, check: bool = True) -> ExecResult:
         wrapped = ["ip", "netns", "exec", self.namespace, *argv]
-        return _execute(self.node, argv, wrapped, timeout, check)
+        return execute_on_host(self.node, argv, wrapped, timeout, check)
 
 
 class HostRemote:
@@ -153,7 +128,7 @@ class HostRemote:
         self.address = address
 
     def execute(self, argv: Sequence[str], timeout: float, check: bool = True) -> ExecResult:
-        return _execute(self.node, argv, argv, timeout, check)
+        return execute_on_host(self.node, argv, argv, timeout, check)
 
 
 def _pick_subnet(pool: str) -> ipaddress.IPv4Network:

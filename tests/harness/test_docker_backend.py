@@ -36,16 +36,6 @@ pytestmark = [
 SERVICE = ["python3", "-c", "import time\nprint('service up', flush=True)\ntime.sleep(1000)"]
 
 
-@pytest.fixture(scope="session")
-def node_image() -> BuiltImage:
-    """The node image of this tree: built once (the base with it) and cached by content."""
-    client = connect()
-    try:
-        return ensure_image(client)
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def backend(node_image: BuiltImage) -> Iterator[DockerBackend]:
     b = DockerBackend(image=node_image.tag)

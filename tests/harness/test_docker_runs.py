@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 from docker_runs import HARNESS, engine_reachable, harness, leftovers, results, run_ids
 
-from harness.image import BuiltImage, connect, ensure_image
+from harness.image import BuiltImage, connect
 
 pytestmark = [
     pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
     pytest.mark.timeout(600),
 ]
-
-
-@pytest.fixture(scope="session")
-def node_image() -> BuiltImage:
-    """Built once per session (cached by content hash, so usually found at once)."""
-    client = connect()
-    try:
-        return ensure_image(client)
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize(
