@@ -150,7 +150,8 @@ class _Gateway:
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """(status, body, keep-alive) of one HTTP/1.1 response; chunked or sized bodies."""
+    """(status, body, keep-alive) of one HTTP/1.1 response: chunked, sized, or (neither)
+    read until the member closes the connection."""
     status_line = await reader.readline()
     if not status_line:
         raise EOFError("connection closed before an answer")
@@ -173,7 +174,18 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
         if length > MAX_RESPONSE_BYTES:
             raise ValueError(f"answer of {length} bytes is too large")
         return status, await reader.readexactly(length), keep_alive
-    return status, await reader.read(MAX_RESPONSE_BYTES), False
+    return status, await _read_to_eof(reader), False
+
+
+async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """A body without a length: everything up to the end of the stream (RFC 9112 §6.3),
+    however many reads it arrives in; the caller's op timeout bounds the wait."""
+    body = bytearray()
+    while chunk := await reader.read(65536):
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise ValueError(f"answer without a length is too large: over {MAX_RESPONSE_BYTES} B")
+    return bytes(body)
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

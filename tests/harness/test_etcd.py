@@ -5,6 +5,8 @@ on network namespaces."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import re
@@ -143,6 +145,49 @@ def test_chunked_answers_with_trailers_over_one_kept_connection() -> None:
     assert absent == {"key": "azE=", "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
     assert present["target"] == "VALUE" and present["value"] == "MQ=="  # JSON text "1"
     assert seen[1]["success"] == [{"request_put": {"key": "azE=", "value": "Mg=="}}]
+
+
+def test_an_answer_without_a_length_is_read_to_the_end_of_the_stream() -> None:
+    value = {"kvs": [{"key": "azA=", "value": _b64_json(list(range(2000)))}], "count": "1"}
+    payload = json.dumps(value).encode()
+
+    async def in_pieces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        for start in range(0, len(payload), 1000):
+            writer.write(payload[start : start + 1000])
+            await writer.drain()
+            await asyncio.sleep(0.02)  # each piece arrives on its own
+        writer.close()
+
+    async def too_large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(40):
+                writer.write(b" " * 65536)
+                await writer.drain()
+        writer.close()
+
+    async def on_pieces(port: int) -> None:
+        client = _client(port, timeout_s=5.0)
+        for _ in range(2):  # the closed connection is replaced by a new one
+            done = await client.invoke(Invocation("read", "k0", None))
+            assert (done.type, done.value) == ("ok", list(range(2000))), done
+        await client.close()
+
+    async def on_too_large(port: int) -> None:
+        client = _client(port, timeout_s=5.0)
+        done = await client.invoke(Invocation("write", "k0", 1))
+        assert done.type == "info" and "too large" in str(done.error), done
+        await client.close()
+
+    asyncio.run(_serve(in_pieces, on_pieces))
+    asyncio.run(_serve(too_large, on_too_large))
+
+
+def _b64_json(value: Any) -> str:
+    return base64.b64encode(json.dumps(value).encode()).decode("ascii")
 
 
 def test_refused_is_fail_silence_after_sending_is_info_and_a_lost_read_is_no_write() -> None:
