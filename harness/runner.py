@@ -44,7 +44,6 @@ __all__ = ["RunOutcome", "TestOptions", "run_test"]
 log = logging.getLogger("harness")
 
 LEADER_TIMEOUT_S = 30.0
-DRAIN_TIMEOUT_S = 10.0
 STATUS_TIMEOUT_S = 5.0
 
 

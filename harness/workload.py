@@ -70,7 +70,7 @@ class Generator:
         self._rng = rng
         self._next_value = 0
         self.keys = [f"k{i}" for i in range(opts.key_count)]
-        # cas guesses an old value among those recently written or read, so some succeed.
+        # cas guesses an old value among those recently written, so some succeed.
         self._recent: dict[str, deque[Any]] = defaultdict(lambda: deque(maxlen=RECENT_VALUES))
 
     def _fresh(self) -> int:
@@ -91,8 +91,3 @@ class Generator:
         new = self._fresh()
         recent.append(new)
         return Invocation("cas", key, [old, new])
-
-    def observe(self, key: str, value: Any) -> None:
-        """A read saw `value` at `key`: a good guess for a later cas."""
-        if value is not None:
-            self._recent[key].append(value)
