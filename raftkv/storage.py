@@ -37,7 +37,8 @@ used length when it stops being active (rollover, close): only the last one ends
 
 Recovery replays the segments in order on top of the snapshot. Zero bytes from the end of
 the last valid record to the end of the last segment are free space, appended over in place.
-Otherwise only the last record of the last segment may be bad (a torn tail, cut off); a bad
+Otherwise only the last record of the last segment may be bad (a torn tail: cut off, with a
+warning on the "raftkv.storage" logger naming the file, the offset and the bytes cut); a bad
 record anywhere else, a segment gap, a log that does not continue the snapshot, or a commit
 index beyond the recovered log is CorruptStorage.
 """
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import logging
 import os
 import re
 import struct
@@ -58,6 +60,8 @@ from typing import Any
 import msgpack
 
 from raftkv.types import Entry, EntryKind, HardState, Snapshot
+
+log = logging.getLogger("raftkv.storage")
 
 __all__ = ["MAX_RECORD_BYTES", "MAX_SNAPSHOT_BYTES", "CorruptStorage", "Storage", "StorageError"]
 
@@ -128,6 +132,30 @@ def _frame_error(buf: memoryview, off: int, max_payload: int) -> tuple[str | Non
     if zlib.crc32(buf[off + 8 : end]) != crc:
         return "checksum mismatch", off
     return None, end
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path, fsync: bool) -> None:
+    """`mkdir -p path`, each directory it creates made durable: a directory's name is an
+    entry of its parent, which only an fsync of the parent saves from a power loss."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:
+            continue  # another process made it meanwhile; its durability is its own
+        if fsync:
+            _fsync_path(new.parent)
 
 
 def _all_zero(buf: memoryview, off: int) -> bool:
@@ -246,7 +274,7 @@ class Storage:
         """
         assert segment_bytes > 0, segment_bytes
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path, fsync)
         lock_fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -268,10 +296,10 @@ class Storage:
         snap_term = self.snapshot.term if self.snapshot else 0
         replay = _Replay(snap_index, snap_term)
         self._segments = self._list_segments()
-        end, torn = 0, False
+        end, torn = 0, None
         for i, seg in enumerate(self._segments):
             end, torn = self._replay_segment(seg, replay, is_last=i == len(self._segments) - 1)
-        cut_at = f"{self._segments[-1].path} offset {end}" if torn else None
+        cut_at = f"{self._segments[-1].path} offset {end}" if torn is not None else None
         if replay.entries and replay.entries[0].term < replay.snap_term:
             raise CorruptStorage(
                 f"{self._dir}: term goes backwards after the snapshot: entry "
@@ -287,8 +315,8 @@ class Storage:
         self.hard_state = self._written_hs = replay.hs
         self.entries = replay.entries
         # Only now that the data is trusted: cut the torn tail so appends follow valid records.
-        if torn:
-            self._cut_torn_tail(self._segments[-1], end)
+        if torn is not None:
+            self._cut_torn_tail(self._segments[-1], end, torn)
         if self._segments and end == 0:
             # A segment whose header never reached the disk: the roll did not happen.
             self._segments.pop().path.unlink()
@@ -312,8 +340,11 @@ class Storage:
                 )
         return segments
 
-    def _replay_segment(self, seg: _Segment, replay: _Replay, is_last: bool) -> tuple[int, bool]:
-        """Apply one segment's records; returns (end of its valid records, torn tail there)."""
+    def _replay_segment(
+        self, seg: _Segment, replay: _Replay, is_last: bool
+    ) -> tuple[int, str | None]:
+        """Apply one segment's records; returns (end of its valid records, what is wrong with
+        the torn tail there, or None when there is none)."""
         buf = memoryview(seg.path.read_bytes())
         off = 0
         while off < len(buf):
@@ -329,33 +360,37 @@ class Storage:
             off = end
         if not buf and not is_last:
             raise CorruptStorage(f"{seg.path} offset 0: empty segment that is not the last")
-        return off, False
+        return off, None
 
     def _bad_record(
         self, seg: _Segment, buf: memoryview, off: int, error: str, is_last: bool
-    ) -> bool:
-        """Raise unless the bad record at `off` ends the log; returns whether it is torn.
-
-        Not torn means only zeros follow: preallocated space that no write reached.
-        """
+    ) -> str | None:
+        """Raise unless the bad record at `off` ends the log; returns `error` if it is a torn
+        tail, None if only zeros follow (preallocated space that no write reached)."""
         where = f"{seg.path} offset {off}"
         # A segment is cut to its used length durably before the next one is created, so
         # zeros in any other segment are damage, not preallocation.
         if not is_last:
             raise CorruptStorage(f"{where}: {error} (in a segment that is not the last)")
         if _all_zero(buf, off):
-            return False
+            return None
         later = _valid_frame_after(buf, off, MAX_RECORD_BYTES)
         if later is not None:
             raise CorruptStorage(f"{where}: {error}, with a valid record after it at {later}")
         # The write that was in progress when the process died.
-        return True
+        return error
 
-    def _cut_torn_tail(self, seg: _Segment, off: int) -> None:
+    def _cut_torn_tail(self, seg: _Segment, off: int, error: str) -> None:
         # Truncating rather than zeroing also drops the preallocation after the torn bytes,
         # but a torn tail takes a crash mid-write, and the next batch preallocates again.
         fd = os.open(seg.path, os.O_WRONLY)
         try:
+            cut_bytes = os.fstat(fd).st_size - off
+            # Right for a write that never completed, but it drops bytes: say so.
+            log.warning(
+                "%s: cut a torn last record at offset %d (%s): %d bytes cut",
+                seg.path, off, error, cut_bytes,
+            )  # fmt: skip
             os.ftruncate(fd, off)
             if self._fsync:
                 os.fsync(fd)
@@ -644,10 +679,5 @@ class Storage:
         self._fsync_dir()
 
     def _fsync_dir(self) -> None:
-        if not self._fsync:
-            return
-        fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self._fsync:
+            _fsync_path(self._dir)

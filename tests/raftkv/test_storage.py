@@ -746,3 +746,48 @@ def record_offsets_before_zeros(seg: Path) -> list[int]:
         (length,) = struct.unpack_from("<I", seg.read_bytes(), off + 8)
         off += 12 + length
     return offsets
+
+
+# ---- what recovery says, and directories made durable ------------------------------------------
+
+
+def test_cutting_a_torn_tail_is_logged_with_file_offset_and_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_three_batches(tmp_path)
+    seg = segments(tmp_path)[0]
+    data = seg.read_bytes()
+    last = record_offsets(seg)[-1]
+    seg.write_bytes(data[:-5])
+    with caplog.at_level("WARNING", logger="raftkv.storage"):
+        reopen_state(tmp_path)
+    (record,) = [r for r in caplog.records if r.name == "raftkv.storage"]
+    message = record.getMessage()
+    assert str(seg) in message and f"offset {last}" in message, message
+    assert f"{len(data) - 5 - last} bytes" in message, message
+
+
+def test_a_clean_reopen_logs_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_three_batches(tmp_path)
+    with caplog.at_level("DEBUG", logger="raftkv.storage"):
+        reopen_state(tmp_path)
+    assert [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
+
+
+def test_new_data_directories_are_fsynced_in_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(storage_mod.os, "fsync", recording_fsync)
+    Storage.open(tmp_path / "a" / "b").close()
+    assert str(tmp_path) in synced, "the new directory 'a' is a name in tmp_path"
+    assert str(tmp_path / "a") in synced, "the new directory 'b' is a name in 'a'"
+    synced.clear()
+    Storage.open(tmp_path / "a" / "b").close()
+    assert str(tmp_path) not in synced, "an existing directory is not created again"
