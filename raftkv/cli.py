@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from raftkv.client import Client
-from raftkv.node import BUGS, READ_MODES, Node, NodeOptions
+from raftkv.core import BUGS
+from raftkv.node import READ_MODES, Node, NodeOptions
 from raftkv.storage import StorageError
 from raftkv.transport import split_addr
 
@@ -61,7 +62,9 @@ def cli() -> None:
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--http", "http_addr", default=None, help="HOST:PORT for the HTTP/JSON face.")
 @click.option("--read-mode", type=click.Choice(READ_MODES), default="readindex", show_default=True)
-@click.option("--bug", "bugs", multiple=True, type=click.Choice(BUGS), help="Deliberate bug.")
+@click.option(
+    "--bug", "bugs", multiple=True, type=click.Choice(sorted(BUGS)), help="Deliberate bug."
+)
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=25, show_default=True)
 @click.option("--election-ticks", type=click.IntRange(3, 10_000), default=20, show_default=True)
 @click.option("--snapshot-entries", type=click.IntRange(1), default=10_000, show_default=True)

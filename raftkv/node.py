@@ -40,7 +40,6 @@ log = logging.getLogger("raftkv.node")
 T = TypeVar("T")
 
 READ_MODES = ("log", "readindex", "lease", "local", "follower")
-BUGS = ("no-fsync", "commit-old-term", "vote-amnesia", "stale-leader-read", "skip-log-check")
 HELLO_TIMEOUT_S = 10.0
 PEER_IDLE_TIMEOUT_S = 60.0
 CLIENT_IDLE_TIMEOUT_S = 600.0

@@ -8,7 +8,8 @@ from typing import Any
 from harness.targets.base import ClusterSpec, Completion
 from harness.workload import Invocation
 from raftkv.client import Client
-from raftkv.node import BUGS, READ_MODES
+from raftkv.core import BUGS
+from raftkv.node import READ_MODES
 
 __all__ = ["RaftkvTarget"]
 
@@ -71,7 +72,7 @@ class RaftkvTarget:
     default_read_mode = "readindex"
     # The modes that promise linearizable reads; local and follower are unsafe on purpose.
     linearizable_read_modes: tuple[str, ...] = ("log", "readindex", "lease")
-    bugs: tuple[str, ...] = BUGS
+    bugs: tuple[str, ...] = tuple(sorted(BUGS))
 
     def __init__(self, tick_ms: int = 25, election_ticks: int = 20) -> None:
         self.tick_ms = tick_ms

@@ -73,6 +73,17 @@ def test_every_bug_has_a_hunt() -> None:
     assert set(BUG_HUNTS) == BUGS
 
 
+def test_the_core_s_bugs_are_the_only_list_of_bugs() -> None:
+    import raftkv.node
+    from harness.targets.raftkv import RaftkvTarget
+    from raftkv.cli import serve
+
+    (bug_option,) = [p for p in serve.params if p.name == "bugs"]
+    assert set(bug_option.type.choices) == BUGS  # type: ignore[attr-defined]
+    assert set(RaftkvTarget.bugs) == BUGS
+    assert getattr(raftkv.node, "BUGS", BUGS) is BUGS, "a second definition drifts"
+
+
 @pytest.mark.parametrize("bug", sorted(BUG_HUNTS))
 def test_each_bug_is_caught_and_its_seed_passes_without_it(bug: str) -> None:
     profile, bound = BUG_HUNTS[bug]
