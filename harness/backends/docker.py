@@ -17,7 +17,8 @@ In a container, `docker-init` is PID 1 and the container's command only waits. r
 beside it, started through `docker exec raftkv-node start ARGV` (docker/node.sh keeps its pid
 in a file), so SIGKILL, SIGSTOP and a restart of raftkv leave the container, its address, its
 firewall rules and its data directory in place. Partitions are iptables rules inside the
-containers (hence NET_ADMIN; never privileged). raftkv's output goes to a log file inside
+containers (hence NET_ADMIN; never privileged, and no-new-privileges, a memory limit and a
+pids limit on every container). raftkv's output goes to a log file inside
 the container, copied into the store by `fetch_logs`.
 
 Everything is removed by `teardown()` (also at interpreter exit if nobody called it) and, for
@@ -75,6 +76,8 @@ from nemesis.remote import (
 
 __all__ = [
     "DATA_ROOT",
+    "DEFAULT_MEMORY_LIMIT_BYTES",
+    "DEFAULT_PIDS_LIMIT",
     "DEFAULT_POOL",
     "LABEL_RUN",
     "DockerBackend",
@@ -106,6 +109,10 @@ USER_SUPERVISOR = f"/{USER_SUPERVISOR_DIR}/node.sh"
 USER_IMAGE_TOOLS = ("timeout", "cat", "sed", "cut", "sleep", "date", "mkdir", "dirname")
 NSENTER = "nsenter"
 CONTROL_TIMEOUT_S = 15.0
+# Per container, ours and a user's alike: a runaway node must not take the host's memory or
+# pids with it; generous for a raftkv or etcd node.
+DEFAULT_MEMORY_LIMIT_BYTES = 1 << 30
+DEFAULT_PIDS_LIMIT = 1024
 # `timeout` (coreutils) ends a command that outlives its budget: TERM, then KILL 1 s later.
 _TIMEOUT_EXITS = (124, 137)
 _NOT_FOUND_EXITS = (126, 127)
@@ -298,8 +305,10 @@ class DockerBackend(TeardownOnExit):
     `base_image` replaces our debootstrap base when the node image must be built; `image`
     skips the build and uses that image (one of ours: it has raftkv-node). `user_image` runs
     a user's image as it is (see the module docstring); it goes with neither of the others.
-    `progress` receives one line per build step. Thread-safe: faults may call it from
-    worker threads.
+    `progress` receives one line per build step. Every container is limited to
+    `memory_limit_bytes` of memory (no swap beyond it) and `pids_limit` processes and
+    threads, and runs with no-new-privileges. Thread-safe: faults may call it from worker
+    threads.
 
     Nodes share no filesystem with the harness: `python` and `data_root` say where the
     interpreter and the data directories are inside the containers.
@@ -317,6 +326,8 @@ class DockerBackend(TeardownOnExit):
         pool: str = DEFAULT_POOL,
         progress: Progress | None = None,
         user_image: str | None = None,
+        memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
         if user_image is not None and (image is not None or base_image is not None):
             raise ValueError("user_image goes with neither image nor base_image")
@@ -331,6 +342,8 @@ class DockerBackend(TeardownOnExit):
         self._supervisor = (SUPERVISOR,) if user_image is None else (SHELL, USER_SUPERVISOR)
         self._pool = ipaddress.IPv4Network(pool)
         self._progress = progress
+        self.memory_limit_bytes = memory_limit_bytes
+        self.pids_limit = pids_limit
         self.subnet: ipaddress.IPv4Network | None = None
         self.nodes: list[str] = []
         self._client: DockerClient | None = None
@@ -448,6 +461,11 @@ class DockerBackend(TeardownOnExit):
                 privileged=False,
                 init=True,
                 detach=True,
+                mem_limit=self.memory_limit_bytes,
+                memswap_limit=self.memory_limit_bytes,
+                pids_limit=self.pids_limit,
+                # No setuid gain inside: iptables needs only NET_ADMIN, our supervisor root.
+                security_opt=["no-new-privileges"],
                 network=self.network_name,
                 networking_config={self.network_name: endpoint},
                 **self._container_options(),

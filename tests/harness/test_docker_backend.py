@@ -91,6 +91,14 @@ def test_the_process_is_killed_paused_and_restarted_inside_a_live_container(
 
 
 def test_a_partition_drops_traffic_between_containers_and_heals(backend: DockerBackend) -> None:
+    # Limited containers (memory, pids, no-new-privileges): iptables still works inside.
+    for node in ("n1", "n2"):
+        host_config = backend._containers[node].attrs["HostConfig"]
+        assert host_config["Memory"] == docker_backend.DEFAULT_MEMORY_LIMIT_BYTES
+        assert host_config["MemorySwap"] == docker_backend.DEFAULT_MEMORY_LIMIT_BYTES
+        assert host_config["PidsLimit"] == docker_backend.DEFAULT_PIDS_LIMIT
+        assert host_config["SecurityOpt"] == ["no-new-privileges"]
+        assert host_config["CapAdd"] == ["NET_ADMIN"] and not host_config["Privileged"]
     n1, n2 = backend.remote("n1"), backend.remote("n2")
     listener = ["python3", "-m", "http.server", "9000", "--bind", n2.address]
     backend.start_process("n2", listener, "/unused/http.log")
