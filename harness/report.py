@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import math
-import shlex
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from markupsafe import Markup
 from harness.analysis import pair_ops, stale_reads
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
+from harness.results import options_of_results
 
 __all__ = [
     "REPORT_FILE",
@@ -414,22 +414,16 @@ def _environment() -> jinja2.Environment:
 
 
 def repro_command(options: dict[str, Any]) -> str:
-    """The `harness test` command line that repeats a run (same seed, same options)."""
-    argv = ["harness", "test"]
-    flags = {
-        "backend": "--backend", "target": "--target", "nodes": "--nodes",
-        "concurrency": "--concurrency", "time_s": "--time", "rate": "--rate",
-        "workload": "--workload", "keys": "--keys", "nemesis": "--nemesis",
-        "nemesis_interval_s": "--nemesis-interval", "read_mode": "--read-mode",
-        "seed": "--seed", "op_timeout_s": "--op-timeout",
-    }  # fmt: skip
-    for name, flag in flags.items():
-        value = options.get(name)
-        if value is not None:
-            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    for bug in options.get("bugs") or ():
-        argv += ["--bug", str(bug)]
-    return shlex.join(argv)
+    """The `harness test` command line that repeats a run, from its results.json `options`
+    (see harness.test_cmd.options_to_argv); empty, with a warning, if they do not read back."""
+    # Imported here: harness.test_cmd imports the runner, which imports this module.
+    from harness.test_cmd import reproduce_command
+
+    try:
+        return reproduce_command(options_of_results(options))
+    except (TypeError, ValueError) as exc:
+        log.warning("no command to repeat the run: its options do not read back (%s)", exc)
+        return ""
 
 
 def _run_files(run_dir: Path) -> list[str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ from harness.analysis import count_ops, pair_ops, stale_reads
 if TYPE_CHECKING:
     from harness.runner import TestOptions
 
-__all__ = ["build_results", "check_history"]
+__all__ = ["build_results", "check_history", "options_of_results"]
 
 
 def check_history(ops: Sequence[dict[str, Any]], time_limit_s: float) -> dict[str, Any]:
@@ -57,3 +57,26 @@ def build_results(
         **{k: v for k, v in checked.items() if k != "valid"},
         "nemesis_schedule": schedule,
     }
+
+
+def options_of_results(options: Mapping[str, Any]) -> TestOptions:
+    """The TestOptions that `build_results` wrote as a results.json's `options` (JSON has
+    lists for tuples, an object for `ssh`, a string for `store`). Keys TestOptions lacks
+    are ignored and missing ones take its defaults (results of older runs); a value of
+    the wrong shape is TypeError or ValueError."""
+    from harness.runner import TestOptions  # the runner imports this module
+
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options are {type(options).__name__}, not an object")
+    names = {f.name for f in fields(TestOptions)}
+    kw = {name: value for name, value in options.items() if name in names}
+    if kw.get("ssh") is not None:
+        from harness.backends.ssh import SshOptions  # paramiko only when used
+
+        kw["ssh"] = SshOptions(**kw["ssh"])
+    if "store" in kw:
+        kw["store"] = Path(kw["store"])
+    for name in ("bugs", "ops"):
+        if kw.get(name) is not None:
+            kw[name] = tuple(kw[name])
+    return TestOptions(**kw)

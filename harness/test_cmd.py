@@ -10,10 +10,11 @@ import asyncio
 import dataclasses
 import json
 import random
+import shlex
 import shutil
 import signal
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +33,15 @@ from nemesis.faults import PartitionNemesis, parse_nemesis
 if TYPE_CHECKING:
     from harness.backends.ssh import SshOptions
 
-__all__ = ["cleanup_command", "options_from_params", "test_command"]
+__all__ = [
+    "LOCAL_PARAMS",
+    "argv_to_options",
+    "cleanup_command",
+    "options_from_params",
+    "options_to_argv",
+    "reproduce_command",
+    "test_command",
+]
 
 T = TypeVar("T")
 
@@ -419,6 +428,97 @@ def _ssh_options(kw: dict[str, Any]) -> SshOptions | None:
         accept_new_host_keys=bool(kw.get("ssh_accept_new_host_keys")),
         remote_dir=kw.get("ssh_remote_dir"),
     )
+
+
+# Options of `harness test` that say where this machine keeps or shows a run, not what the
+# run does, left out of the command that repeats it: the store and the JUnit file are paths
+# on the machine that ran it, each run of --test-count has a seed (so a command) of its own,
+# and --no-live suits one terminal.
+LOCAL_PARAMS = frozenset({"store", "junit_path", "test_count", "no_live"})
+
+
+def _ssh(read: Callable[[SshOptions], Any]) -> Callable[[TestOptions], Any]:
+    return lambda opts: None if opts.ssh is None else read(opts.ssh)
+
+
+def _extra(name: str) -> Callable[[TestOptions], Any]:
+    return lambda opts: opts.extra.get(name)
+
+
+# Each option of `harness test` but LOCAL_PARAMS as read back from TestOptions: the
+# inverse of options_from_params (None leaves the option out).
+_PARAM_VALUES: dict[str, Callable[[TestOptions], Any]] = {
+    "backend": lambda o: o.backend,
+    "base_image": lambda o: o.base_image,
+    "image": lambda o: o.image,
+    "target": lambda o: o.target,
+    "nodes": lambda o: o.nodes,
+    "concurrency": lambda o: o.concurrency,
+    "time_s": lambda o: o.time_s,
+    "rate": lambda o: o.rate,
+    "workload": lambda o: o.workload,
+    "keys": lambda o: o.keys,
+    "nemesis": lambda o: o.nemesis,
+    "nemesis_interval": lambda o: o.nemesis_interval_s,
+    "read_mode": lambda o: o.read_mode,
+    "seed": lambda o: o.seed,
+    "bugs": lambda o: o.bugs,
+    "op_timeout": lambda o: o.op_timeout_s,
+    "leave_running": lambda o: o.leave_running,
+    "ssh_nodes": _ssh(lambda ssh: tuple(ssh.hosts.values())),
+    "nodes_file": lambda o: None,  # read into the hosts, given as --node
+    "ssh_user": _ssh(lambda ssh: ssh.user),
+    "ssh_key": _ssh(lambda ssh: ssh.key_path),
+    "ssh_port": _ssh(lambda ssh: ssh.port),
+    "ssh_known_hosts": _ssh(lambda ssh: ssh.known_hosts),
+    "ssh_accept_new_host_keys": _ssh(lambda ssh: ssh.accept_new_host_keys),
+    "ssh_remote_dir": _ssh(lambda ssh: ssh.remote_dir),
+    "node_cmd": _extra("node_cmd"),
+    "node_env": _extra("node_env"),
+    "node_start_timeout": _extra("node_start_timeout_s"),
+    "ops": lambda o: None if o.ops is None else ",".join(o.ops),
+}
+
+
+def options_to_argv(opts: TestOptions) -> list[str]:
+    """The options of `harness test` that repeat the run `opts` describes (its seed, ops,
+    faults, nodes and target), in the order `harness test --help` lists them; those at
+    their default are left out. `argv_to_options` of the result equals `opts` but for
+    LOCAL_PARAMS (and fields no option sets: `name`, `check_time_limit_s`)."""
+    argv: list[str] = []
+    for param in test_command.params:
+        if param.name in LOCAL_PARAMS:
+            continue
+        read = _PARAM_VALUES.get(param.name or "")
+        assert read is not None and isinstance(param, click.Option), (
+            f"option {param.name} of harness test has no way back from TestOptions"
+        )
+        argv += _option_words(param, read(opts))
+    return argv
+
+
+def _option_words(param: click.Option, value: Any) -> list[str]:
+    if value is None or value == param.default:
+        return []
+    flag = next(name for name in param.opts if name.startswith("--"))
+    if param.is_flag:
+        return [flag] if value else []
+    values = value if param.multiple else [value]
+    # repr: the shortest text that parses back to the same float (`:g` rounds to 6 digits).
+    return [w for v in values for w in (flag, repr(v) if isinstance(v, float) else str(v))]
+
+
+def argv_to_options(argv: Sequence[str]) -> TestOptions:
+    """The TestOptions `harness test ARGV` would run, parsed as the command line parses
+    them (click.UsageError when they are bad), without checking this host (see `validate`)
+    or running anything. A seed is picked if ARGV has none."""
+    with test_command.make_context("test", list(argv)) as ctx:
+        return options_from_params(ctx.params)
+
+
+def reproduce_command(opts: TestOptions) -> str:
+    """The shell command line (quoted) that repeats the run `opts` describes."""
+    return shlex.join(["harness", "test", *options_to_argv(opts)])
 
 
 def _replace_seed(opts: TestOptions, seed: int) -> TestOptions:

@@ -145,5 +145,12 @@ def test_repro_command_repeats_the_run() -> None:
         {"backend": "netns", "nemesis": "partition", "seed": 9, "time_s": 30.0, "bugs": ["x"]}
     )
     assert command == (
-        "harness test --backend netns --time 30 --nemesis partition --seed 9 --bug x"
+        "harness test --backend netns --concurrency 6 --time 30.0 --nemesis partition "
+        "--seed 9 --bug x"
     )
+
+
+def test_options_that_do_not_read_back_print_no_command() -> None:
+    # A results.json edited or written by something else: the page still renders.
+    assert repro_command({"seed": 1, "ssh": {"no such field": 1}}) == ""
+    assert repro_command({"seed": 1, "ops": 5}) == ""
