@@ -131,6 +131,53 @@ _UNPACK = (
     "    shutil.rmtree(tmp)\n"
 )
 _PROBE = "import platform, sys; print(sys.version_info[0], sys.version_info[1], platform.machine())"
+# $1 the base directory: make it (mode 0700) unless it exists, then accept it only if it is
+# a real directory of this login's alone, under parents only root or this login may change
+# (or sticky ones, as /var/tmp). Otherwise print why and exit 3. Whoever can write there can
+# plant the programs we run as this login.
+_SECURE_DIR = """
+import os, stat, sys
+path, uid = os.path.abspath(sys.argv[1]), os.getuid()
+def parent_problem():
+    walk = os.path.realpath(os.path.dirname(path))
+    while True:
+        try:
+            info = os.stat(walk)
+        except OSError as exc:
+            return f"its parent {walk} cannot be checked: {exc.strerror}"
+        writable = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, uid) or writable:
+            mode = stat.S_IMODE(info.st_mode)
+            return (f"its parent {walk} may be changed by another user "
+                    f"(owner uid {info.st_uid}, mode {mode:04o})")
+        if walk == "/":
+            return None
+        walk = os.path.dirname(walk)
+def problem():
+    found = parent_problem()
+    if found:
+        return found
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"it cannot be made: {exc.strerror}"
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory"
+    if info.st_uid != uid:
+        return f"it is owned by uid {info.st_uid}, not by {sys.argv[2]} (uid {uid})"
+    if info.st_mode & 0o077:
+        return f"its mode is {stat.S_IMODE(info.st_mode):04o}: group or others may use it"
+    return None
+found = problem()
+if found:
+    print(found)
+    sys.exit(3)
+"""
 
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
@@ -167,8 +214,9 @@ class SshOptions:
     """How to reach the nodes. `hosts` maps node name -> host (name or IP address).
 
     `key_path` None means the user's agent and default keys. `remote_dir` is the base
-    directory on every node (default /var/tmp/harness-<user>). `python` is the node's
-    interpreter (3.11 or newer).
+    directory on every node (default /var/tmp/harness-<user>): made there with mode 0700,
+    or used only if it is already a directory of `user`'s alone (see `SshBackend.setup`).
+    `python` is the node's interpreter (3.11 or newer).
     """
 
     hosts: dict[str, str]
@@ -480,7 +528,13 @@ class SshBackend(TeardownOnExit):
         return posixpath.join(self.run_dir, f"{node}.log")
 
     def setup(self, nodes: Sequence[str]) -> None:
-        """Connect to every node (host keys verified), install, make the run directory."""
+        """Connect to every node (host keys verified), install, make the run directory.
+
+        The base directory must be this login's alone: made with mode 0700 if missing, and
+        refused (BackendUnavailable, before anything is copied or run) if it is a symbolic
+        link, not a directory, owned by another user, open to group or others, or under a
+        parent another user may change.
+        """
         self._validate_nodes(nodes)
         with self._lock:
             if self.nodes:
@@ -525,6 +579,8 @@ class SshBackend(TeardownOnExit):
 
     def _install(self) -> None:
         probes = {node: self._probe(node) for node in self.nodes}
+        for node in self.nodes:
+            self._secure_base_dir(node)
         bundles: dict[tuple[tuple[int, int], str], Path] = {}
         for key in set(probes.values()):
             bundles[key] = build_bundle(*key)
@@ -547,6 +603,24 @@ class SshBackend(TeardownOnExit):
                 f"{node}: {self.python} is {major}.{minor}; the nodes need Python 3.11 or newer"
             )
         return version, machine
+
+    def _secure_base_dir(self, node: str) -> None:
+        """Make the base directory, or check that it is ours alone; see `setup`."""
+        argv = [self.python, "-c", _SECURE_DIR, self.opts.base_dir, self.opts.user]
+        result = self._remote(node).execute(argv, COMMAND_TIMEOUT_S, check=False)
+        if result.returncode == 0:
+            return
+        if result.returncode != 3:
+            raise BackendError(
+                f"{node}: cannot check the remote directory {self.opts.base_dir}: "
+                f"exited {result.returncode}: {result.stderr.strip()[-500:]}"
+            )
+        raise BackendUnavailable(
+            f"{node}: remote directory {self.opts.base_dir} on {self.opts.hosts[node]}: "
+            f"{result.stdout.strip()}; the harness runs what it keeps there as "
+            f"{self.opts.user}, so it uses only a directory of that login's alone (mode 0700): "
+            "remove it, or pass --ssh-remote-dir with a path that does not exist yet"
+        )
 
     def _install_node(self, node: str, bundle: Path) -> str:
         """Upload and unpack the bundle unless the node already has it; its lib directory."""

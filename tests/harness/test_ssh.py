@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends import Backend
+from harness.backends import Backend, BackendUnavailable
 from harness.backends.netns import NetnsBackend
 from harness.backends.ssh import HostKeyError, SshBackend, SshOptions
 from nemesis import iptables
@@ -387,3 +387,74 @@ def test_an_http_node_command_missing_on_the_hosts_exits_254(hosts: Hosts, tmp_p
     assert f"command 'no-such-kv-server' not found on {where}" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert processes_under(remote_dir) == [] and list((remote_dir / "runs").iterdir()) == []
+
+
+# --- the remote directory: made by us, ours alone, or refused -------------------------------
+
+
+def refusal(hosts: Hosts, remote_dir: Path) -> str:
+    """Why setting up n1 with `remote_dir` is refused (the test fails if it is not)."""
+    ssh = SshBackend(hosts.options(remote_dir))
+    with pytest.raises(BackendUnavailable) as refused:
+        ssh.setup(["n1"])
+    ssh.teardown()
+    message = str(refused.value)
+    assert f"n1: remote directory {remote_dir} on {hosts.addresses[0]}" in message, message
+    assert "--ssh-remote-dir" in message
+    return message
+
+
+def test_a_remote_dir_of_another_user_is_refused_and_nothing_runs(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir(mode=0o700)
+    os.chown(remote_dir, 65534, 65534)  # nobody's: it could have planted our programs there
+    store = tmp_path / "store"
+    proc = harness("test", *hosts.cli_args(remote_dir), "--time", "5", "--store", str(store))
+    assert proc.returncode == 254, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"remote directory {remote_dir} on " in proc.stderr, proc.stderr
+    assert "owned by uid 65534, not by root (uid 0)" in proc.stderr, proc.stderr
+    assert list(remote_dir.iterdir()) == [], "nothing installed there"
+    assert processes_under(remote_dir) == [] and not (store / "latest" / "nodes").exists()
+
+
+def test_a_remote_dir_others_may_use_or_a_symlink_or_an_unsafe_parent_is_refused(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    for mode in (0o777, 0o750, 0o701):
+        open_dir = tmp_path / f"mode-{mode:o}"
+        open_dir.mkdir()
+        open_dir.chmod(mode)
+        assert f"its mode is {mode:04o}" in refusal(hosts, open_dir)
+        assert list(open_dir.iterdir()) == []
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(target)
+    assert "is a symbolic link" in refusal(hosts, tmp_path / "link")
+    (tmp_path / "file").write_text("")
+    assert "is not a directory" in refusal(hosts, tmp_path / "file")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename our directory away and put theirs in its place
+    assert f"its parent {shared} may be changed by another user" in refusal(
+        hosts, shared / "remote"
+    )
+    assert not (shared / "remote").exists()
+    assert list(target.iterdir()) == [] and processes_under(tmp_path) == []
+
+
+def test_a_fresh_remote_dir_is_made_ours_alone_and_then_reused(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /var/tmp: others may not move our entries
+    remote_dir = sticky / "remote"
+    for _ in range(2):
+        with SshBackend(hosts.options(remote_dir)) as ssh:
+            ssh.setup(NODES)
+        info = remote_dir.lstat()
+        assert (info.st_uid, info.st_mode & 0o7777) == (0, 0o700)
+        assert (remote_dir / "lib").is_dir()
