@@ -4,7 +4,8 @@ An `Anomaly` holds the longest linearizable prefix the search found, the operati
 cannot be placed after it with the states it could have seen, a minimal window of operations
 that still fails (shrunk automatically), and a name:
 
-- ``stale read``: the value read had certainly been overwritten before the read began;
+- ``stale read``: the value read had certainly been overwritten before the read began
+  (`Overwrites` says when that is certain: never on the word of a read that may be stale);
 - ``lost write``: as a stale read, and no later read ever sees the overwriting write or
   anything newer: the acknowledged write vanished;
 - ``read of a value never written``;
@@ -14,8 +15,11 @@ that still fails (shrunk automatically), and a name:
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
-from collections.abc import Hashable
+from collections import defaultdict
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +27,7 @@ from checker.history import Op
 from checker.models import ILLEGAL, Model, _show
 from checker.search import Search
 
-__all__ = ["ANOMALY_NAMES", "Anomaly", "explain", "explain_witness"]
+__all__ = ["ANOMALY_NAMES", "Anomaly", "Overwrites", "Shown", "explain", "explain_witness"]
 
 ANOMALY_NAMES = (
     "stale read",
@@ -33,6 +37,7 @@ ANOMALY_NAMES = (
     "other",
 )
 _SHOWN_PREFIX = 12
+_INF = math.inf
 
 
 @dataclass(slots=True)
@@ -210,32 +215,17 @@ def classify(
     if not model.pure(blocker) or not seen:
         return "other", {}
     value = seen[0]
-    producers = [op for op in ops if value in model.produces(op)]
-    initial = value == model.initial()
-    if not producers and not initial:
+    if value != model.initial() and not any(value in model.produces(op) for op in ops):
         return "read of a value never written", {
             "summary": f"no operation ever wrote {_show(value)}"
         }
-    # Witnesses that the value had changed before the read began: completed writes of
-    # another value, and completed reads of another value (a read that began after every
-    # write of ours ended, and saw something else, saw it overwritten).
-    witnesses = [
-        op
-        for op in ops
-        if op.ret is not None
-        and op.ret < blocker.call
-        and op.id != blocker.id
-        and any(v != value for v in (*model.produces(op), *_reads(model, op)))
-    ]
-    stale = all(
-        p.ret is not None and any(p.ret < w.call for w in witnesses) for p in producers
-    ) and (not initial or bool(witnesses))
-    if not stale or not witnesses:
+    overwrites = Overwrites(_shown(model, ops), model.initial())
+    proofs = overwrites.proofs(Shown(value, blocker.call, _INF, read=True))
+    if not proofs:
         return "other", {}
-    # Name a witness that began after every write of the value ended: a write if one did.
-    after = [w for w in witnesses if all(p.ret is not None and p.ret < w.call for p in producers)]
-    writes = [w for w in after if model.produces(w)]
-    last = max(writes or after or witnesses, key=lambda w: w.ret if w.ret is not None else 0)
+    # Name the last proof to complete: a write if one is among them.
+    writes = [p for p in proofs if not p.read]
+    last = max(writes or proofs, key=lambda p: p.end).op
     how = "by" if writes else "as seen by"
     summary = (
         f"{_show(value)} had certainly been overwritten ({how} {model.describe(last)}, "
@@ -244,6 +234,16 @@ def classify(
     if writes and _lost(model, ops if everything is None else everything, last, blocker):
         return "lost write", {"summary": summary + "; no later read ever saw it or anything newer"}
     return "stale read", {"summary": summary}
+
+
+def _shown(model: Model, ops: list[Op]) -> list[Shown]:
+    """The values `ops` show: what each wrote, and what each completed read returned."""
+    shown = []
+    for op in ops:
+        end = _INF if op.ret is None else op.ret
+        shown += [Shown(v, op.call, end, read=False, op=op) for v in model.produces(op)]
+        shown += [Shown(v, op.call, end, read=True, op=op) for v in _reads(model, op)]
+    return shown
 
 
 def _reads(model: Model, op: Op) -> tuple[Any, ...]:
@@ -264,3 +264,106 @@ def _lost(model: Model, ops: list[Op], write: Op, blocker: Op) -> bool:
     return bool(later_reads) and not any(
         v in newer for op in later_reads for v in model.observes(op)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """An operation that shows a value of one register: a write (or cas) of `value` that may
+    have happened (never a failed one), or a completed read that returned it (`read`).
+
+    `start` and `end` are times on any one clock; `end` is inf for an op that never returned.
+    `op` is the caller's own handle, handed back unchanged in proofs.
+    """
+
+    value: Any
+    start: float
+    end: float
+    read: bool
+    op: Any = None
+
+
+class Overwrites:
+    """Proofs that the value a read returned had certainly been overwritten before it began.
+
+    Value A had been overwritten before time t when an op showing another value B ended before
+    t and B's write began after every write of A had taken effect (`settled`): B was then
+    written after every A, and before t. A read proves only that its value had been written by
+    the time it returned, never that it was still current (it may be stale): so a read of A
+    can settle A, and a read of B proves the overwrite only when every write of B began after A
+    settled. A stale read is never the proof of another read's staleness.
+    """
+
+    def __init__(self, shown: Iterable[Shown], initial: Any) -> None:
+        self._initial = initial
+        self._writes: dict[Any, list[Shown]] = defaultdict(list)
+        self._reads: dict[Any, list[Shown]] = defaultdict(list)
+        for s in shown:
+            (self._reads if s.read else self._writes)[_key(s.value)].append(s)
+        # Each candidate proof with the time its write of B began: its own start for a
+        # completed write, the earliest start of any write of B for a read of B.
+        proofs = [(s.start, s) for ws in self._writes.values() for s in ws if s.end < _INF]
+        for key, reads in self._reads.items():
+            began = self._write_began(key)
+            proofs += [(began, s) for s in reads if -_INF < began < _INF]
+        proofs.sort(key=lambda p: p[0])
+        self._proofs = proofs
+        self._began = [p[0] for p in proofs]
+        # _earliest[i]: the two earliest-ending proofs, of different values, among proofs[i:],
+        # so one of them differs from whatever value a query excludes.
+        self._earliest: list[list[Shown]] = [[] for _ in range(len(proofs) + 1)]
+        for i in range(len(proofs) - 1, -1, -1):
+            self._earliest[i] = _two_earliest([*self._earliest[i + 1], proofs[i][1]])
+
+    def settled(self, value: Any) -> float:
+        """When every write of `value` had certainly taken effect: -inf for the initial value
+        never written, inf when some write may never have happened and nothing shows it did."""
+        key = _key(value)
+        writes = self._writes.get(key, [])
+        is_initial = _key(self._initial) == key
+        if len(writes) == 1 and not is_initial:
+            # One write: any read of its value shows it had taken effect.
+            return min([writes[0].end, *(r.end for r in self._reads.get(key, []))])
+        if not writes:
+            return -_INF if is_initial else _INF
+        return max(w.end for w in writes)
+
+    def proofs(self, read: Shown) -> list[Shown]:
+        """Every op proving `read`'s value overwritten before `read` began."""
+        settled = self.settled(read.value)
+        key = _key(read.value)
+        return [
+            s
+            for began, s in self._proofs
+            if began > settled and s.end < read.start and _key(s.value) != key
+        ]
+
+    def first_proof(self, read: Shown) -> Shown | None:
+        """The proof that completed first, or None (in log time)."""
+        i = bisect.bisect_right(self._began, self.settled(read.value))
+        key = _key(read.value)
+        first = next((s for s in self._earliest[i] if _key(s.value) != key), None)
+        return first if first is not None and first.end < read.start else None
+
+    def _write_began(self, key: Any) -> float:
+        if _key(self._initial) == key:
+            return -_INF
+        return min((w.start for w in self._writes.get(key, [])), default=_INF)
+
+
+def _two_earliest(candidates: list[Shown]) -> list[Shown]:
+    best: list[Shown] = []
+    for s in sorted(candidates, key=lambda c: c.end):
+        if all(_key(s.value) != _key(b.value) for b in best):
+            best.append(s)
+            if len(best) == 2:
+                break
+    return best
+
+
+def _key(value: Any) -> Hashable:
+    """`value` as a dict key: values read from a history may be lists."""
+    try:
+        hash(value)
+    except TypeError:
+        return ("unhashable", repr(value))
+    return value

@@ -1,21 +1,24 @@
 """What a history says beyond the verdict: certain stale reads, op counts, latencies.
 
 A read is *certainly stale* when the value it returned had been overwritten
-before the read began: the write of that value completed, then another op
-began and completed, all before the read's invocation, that showed another
-value: a write of another value, or a read that returned another value. Only
-`ok` ops prove anything; an `info` write might never have completed, so it
-never makes a read stale. This needs unique written values, which our
-workloads give.
+before the read began: an op showing another value (a completed write of it,
+or a completed read that returned it) ended before the read began, and that
+value's write began after every write of the value read had taken effect.
+A read shows only that its value had been written, never that it was still
+current, so a stale read never makes another read stale (the rule is the
+checker's, `checker.explain.Overwrites`). A failed write never happened; an
+`info` write counts only once a read shows it. This needs unique written
+values, which our workloads give.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
+
+from checker.explain import Overwrites, Shown
 
 __all__ = ["OpSpan", "StaleRead", "count_ops", "pair_ops", "stale_reads"]
 
@@ -106,56 +109,29 @@ def stale_reads(spans: list[OpSpan]) -> list[StaleRead]:
         by_key[s.key].append(s)
     found: list[StaleRead] = []
     for key, ops in by_key.items():
-        # Writes of a value that may have happened: ok or info, never fail.
-        end_of_write = {
-            _written(s): s.end_ns for s in ops if s.f in ("write", "cas") and s.type != "fail"
-        }
-        witnesses = _Witnesses(ops)
-        for r in ops:
-            if r.f != "read" or r.type != "ok":
+        shown = [_shown(s) for s in ops if _shows(s)]
+        overwrites = Overwrites(shown, None)
+        for r in shown:
+            if not r.read:
                 continue
-            # The initial null was "written" before the test began.
-            written_end = -1.0 if r.value is None else end_of_write.get(r.value, INF)
-            if written_end == INF:
-                continue
-            end, by = witnesses.first_end_after(written_end, r.value)
-            if end < r.start_ns:
-                found.append(StaleRead(key, r.value, r.invoke_index, by, (r.start_ns - end) / 1e6))
+            proof = overwrites.first_proof(r)
+            if proof is not None:
+                staleness_ms = (r.start - proof.end) / 1e6
+                found.append(StaleRead(key, r.value, r.op, proof.value, staleness_ms))
     return found
 
 
-class _Witnesses:
-    """The ok ops of one key that show its value at some moment: writes (the value written)
-    and reads (the value read). `first_end_after(t, v)`: the earliest completion, and its
-    value, among those that began after t and show a value other than v."""
-
-    def __init__(self, ops: list[OpSpan]) -> None:
-        shown = [
-            (s.start_ns, s.end_ns, _written(s) if s.f != "read" else s.value)
-            for s in ops
-            if s.type == "ok" and s.f in ("write", "cas", "read")
-        ]
-        shown.sort(key=lambda w: w[0])
-        self._starts = [w[0] for w in shown]
-        # _best[i]: the two earliest completions with different values among shown[i:], so
-        # that one of them differs from whatever value a query excludes.
-        self._best: list[list[tuple[float, Any]]] = [[]] * (len(shown) + 1)
-        for i in range(len(shown) - 1, -1, -1):
-            self._best[i] = _two_earliest([*self._best[i + 1], (shown[i][1], shown[i][2])])
-
-    def first_end_after(self, t: float, value: Any) -> tuple[float, Any]:
-        i = bisect.bisect_right(self._starts, t)
-        return next(((end, v) for end, v in self._best[i] if v != value), (INF, None))
+def _shows(span: OpSpan) -> bool:
+    """Writes that may have happened (never a failed one) and completed reads."""
+    if span.f == "read":
+        return span.type == "ok"
+    return span.type != "fail" and (span.f == "write" or _written(span) is not None)
 
 
-def _two_earliest(candidates: list[tuple[float, Any]]) -> list[tuple[float, Any]]:
-    best: list[tuple[float, Any]] = []
-    for end, value in sorted(candidates, key=lambda c: c[0]):
-        if all(value != v for _, v in best):
-            best.append((end, value))
-            if len(best) == 2:
-                break
-    return best
+def _shown(span: OpSpan) -> Shown:
+    read = span.f == "read"
+    value = span.value if read else _written(span)
+    return Shown(value, span.start_ns, span.end_ns, read=read, op=span.invoke_index)
 
 
 def count_ops(spans: list[OpSpan]) -> dict[str, dict[str, int]]:

@@ -131,15 +131,16 @@ def test_budgets_end_in_unknown_never_true() -> None:
 
 
 def test_a_read_can_witness_the_overwrite() -> None:
-    # The writes of 1 and 2 overlap, so neither certainly came last; but a read of 2 ended
-    # after the write of 1 ended and before the read of 1 began: 1 was overwritten.
+    # The writes of 1 and 2 overlap, but a read of 1 ended before the write of 2 began, so 2
+    # was written after 1; a read of 2 ended before the last read of 1 began: 1 was overwritten.
     ops = [
         ("invoke", 0, "write", 1),
+        *seq(2, "read", None, 1),
         ("invoke", 1, "write", 2),
         ("ok", 0, "write", 1),
-        ("ok", 1, "write", 2),
         *seq(2, "read", None, 2),
         *seq(3, "read", None, 1),
+        ("ok", 1, "write", 2),
     ]
     a = anomaly(history(*ops))
     assert a.name == "stale read", a.text

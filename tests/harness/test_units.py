@@ -133,14 +133,16 @@ def test_nemesis_ops_are_ignored_and_unfinished_ops_are_indeterminate() -> None:
 
 
 def test_a_read_of_another_value_can_prove_the_overwrite() -> None:
-    # The writes overlap, so neither is certainly last; the read of 2 began after the write
-    # of 1 ended and ended before the read of 1 began: 1 had been overwritten.
+    # The writes overlap, but a read of 1 ended before the write of 2 began, so 2 was written
+    # after 1; the read of 2 ended before the reads of 1 began: 1 had been overwritten.
     history = build([
-        ("invoke", 0, "write", 1), ("invoke", 1, "write", 2),
-        ("ok", 0, "write", 1), ("ok", 1, "write", 2),
+        ("invoke", 0, "write", 1),
+        ("invoke", 2, "read", None), ("ok", 2, "read", 1),
+        ("invoke", 1, "write", 2), ("ok", 0, "write", 1),
         ("invoke", 2, "read", None), ("ok", 2, "read", 2),
         ("invoke", 2, "read", None), ("ok", 2, "read", 1),
         ("invoke", 3, "read", None), ("ok", 3, "read", 1),
+        ("ok", 1, "write", 2),
     ])  # fmt: skip
     found = stale_reads(pair_ops(history))
     assert [(s.value, s.overwritten_by) for s in found] == [(1, 2), (1, 2)]
