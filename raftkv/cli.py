@@ -20,6 +20,7 @@ import click
 from raftkv.client import Client
 from raftkv.core import BUGS
 from raftkv.node import READ_MODES, Node, NodeOptions
+from raftkv.peerauth import TokenError, load_token
 from raftkv.storage import StorageError
 from raftkv.transport import split_addr
 
@@ -70,6 +71,16 @@ def cli() -> None:
 @click.option("--snapshot-entries", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for election timeouts.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@click.option(
+    "--cluster-token",
+    "token_spec",
+    default=None,
+    metavar="FILE|env:NAME",
+    help="The secret every node of the cluster shares; peers prove it to each other. Read "
+    "from FILE (mode 600), or from environment variable NAME when given as env:NAME (a file "
+    "named env:... is ./env:...). Never the token itself: ps shows a command line to anyone. "
+    "Without it, anyone who reaches the peer port can speak as a peer.",
+)
 def serve(
     node_id: str,
     peers: str,
@@ -82,11 +93,16 @@ def serve(
     snapshot_entries: int,
     seed: int | None,
     log_level: str,
+    token_spec: str | None,
 ) -> None:
     """Run one node until SIGTERM or SIGINT."""
     peer_map = parse_peers(peers)
     if node_id not in peer_map:
         raise click.BadParameter(f"{node_id!r} is not in --peers", param_hint="--id")
+    try:
+        token = None if token_spec is None else load_token(token_spec)
+    except TokenError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cluster-token") from None
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
@@ -108,6 +124,7 @@ def serve(
         lease_ticks=max(1, election_ticks - max(2, election_ticks // 5)),
         snapshot_entries=snapshot_entries,
         seed=seed,
+        cluster_token=token,
     )
     try:
         asyncio.run(_serve(opts))

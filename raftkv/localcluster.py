@@ -1,7 +1,8 @@
 """A cluster of real `raftkv serve` processes on loopback, for the demo, tests and benches.
 
 Each node is its own OS process with its own data directory, so kill -9 and
-restart are real. Ports are picked free by the kernel at start.
+restart are real. Ports are picked free by the kernel at start. The nodes share a
+random cluster token, in a private file under the cluster's root.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,7 +39,11 @@ def free_ports(count: int) -> list[int]:
 
 
 class LocalCluster:
-    """N nodes n1..nN on 127.0.0.1; `addrs` are their client/peer addresses."""
+    """N nodes n1..nN on 127.0.0.1; `addrs` are their client/peer addresses.
+
+    `cluster_token`: give the nodes a fresh token (True) or none (False: nodes that
+    accept any peer, as before tokens).
+    """
 
     def __init__(
         self,
@@ -47,6 +53,7 @@ class LocalCluster:
         read_mode: str = "readindex",
         bugs: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
+        cluster_token: bool = True,
     ) -> None:
         self.root = Path(root)
         self.ids = [f"n{i}" for i in range(1, nodes + 1)]
@@ -57,6 +64,7 @@ class LocalCluster:
         self.bugs = bugs
         self.extra_args = extra_args
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.token_path = self.root / "cluster-token" if cluster_token else None
 
     @property
     def addrs(self) -> list[str]:
@@ -86,17 +94,27 @@ class LocalCluster:
         ]
         for bug in self.bugs:
             argv += ["--bug", bug]
+        if self.token_path is not None:
+            argv += ["--cluster-token", str(self.token_path)]
         return argv
 
     def start(self, node_id: str | None = None) -> None:
         for i in [node_id] if node_id else self.ids:
             assert i not in self.procs or self.procs[i].poll() is not None, f"{i} is running"
             self.root.mkdir(parents=True, exist_ok=True)
+            self._write_token()
             log = open(self.root / f"{i}.log", "ab")  # noqa: SIM115 - the child owns it
             self.procs[i] = subprocess.Popen(
                 self.argv(i), stdout=log, stderr=log, start_new_session=True
             )
             log.close()
+
+    def _write_token(self) -> None:
+        if self.token_path is None or self.token_path.exists():
+            return
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
 
     def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(node_id)

@@ -32,6 +32,7 @@ from raftkv.kv import (
     encode_command,
     parse_command,
 )
+from raftkv.peerauth import ACCEPTOR, CONNECTOR, Handshake, is_nonce, new_nonce
 from raftkv.storage import Storage, StorageError
 from raftkv.transport import PeerLink
 from raftkv.types import Entry, EntryKind, Message, MsgType, Ready, Snapshot
@@ -40,7 +41,10 @@ log = logging.getLogger("raftkv.node")
 T = TypeVar("T")
 
 READ_MODES = ("log", "readindex", "lease", "local", "follower")
-HELLO_TIMEOUT_S = 10.0
+# A connection must finish its hello (and proof) this soon after it opens, however busy it
+# keeps the line, and only so many may be at it at once: until then nobody is known.
+HELLO_TIMEOUT_S = 5.0
+MAX_CONNECTIONS_BEFORE_HELLO = 64
 PEER_IDLE_TIMEOUT_S = 60.0
 CLIENT_IDLE_TIMEOUT_S = 600.0
 MAX_REQUESTS_IN_FLIGHT = 4096
@@ -50,7 +54,11 @@ LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT
 
 @dataclass(frozen=True)
 class NodeOptions:
-    """Everything a node needs; `peers` maps id -> (host, port) and includes this node."""
+    """Everything a node needs; `peers` maps id -> (host, port) and includes this node.
+
+    `cluster_token`: the secret every node of the cluster shares (see `raftkv.peerauth`);
+    None accepts any peer that names itself, as nodes did before tokens (with a warning).
+    """
 
     id: str
     peers: dict[str, tuple[str, int]]
@@ -65,6 +73,7 @@ class NodeOptions:
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0
     seed: int | None = None
+    cluster_token: bytes | None = None
 
 
 def reply(ok: bool | None, **fields: Any) -> dict[str, Any]:
@@ -152,6 +161,11 @@ class Node:
         self._peer_http: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._connections: set[_Connection] = set()
+        self._greeting: set[_Connection] = set()
+        self._refusing_connections = False
+        self._untokened_warned = False
+        # A received snapshot's state machine, restored (so checked) before the core saw it.
+        self._restored: tuple[Snapshot, KVStore] | None = None
         self._request_tasks: set[asyncio.Task[None]] = set()
         self._busy_requests = 0
         # The no-fsync bug: acknowledge at once, write to the OS only every so often
@@ -167,9 +181,15 @@ class Node:
         if http_addr:
             self._peer_http[self.opts.id] = http_addr
         hello = {"hello": "peer", "id": self.opts.id, "http": http_addr}
+        token = self.opts.cluster_token
+        if token is None:
+            log.warning(
+                "node %s has no cluster token: anyone who reaches port %d can speak as a peer",
+                self.opts.id, port,
+            )  # fmt: skip
         for peer, (phost, pport) in self.opts.peers.items():
             if peer != self.opts.id:
-                self._links[peer] = PeerLink(hello, peer, phost, pport)
+                self._links[peer] = PeerLink(hello, peer, phost, pport, token)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self._connection, host, port)
         http_server = None
@@ -236,6 +256,7 @@ class Node:
                 event()
             while self.core.has_ready():
                 await self._handle_ready(self.core.ready())
+            self._restored = None
 
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -293,7 +314,10 @@ class Node:
     def _install_snapshot(self, snap: Snapshot) -> None:
         if snap.index <= self.applied:
             return
-        self.kv = KVStore.restore(snap.data)
+        if self._restored is not None and self._restored[0] is snap:
+            self.kv = self._restored[1]
+        else:
+            self.kv = KVStore.restore(snap.data)
         self.applied, self.applied_term = snap.index, snap.term
         # Proposals covered by the snapshot may or may not be in it.
         for index in [i for i in self._proposals if i <= snap.index]:
@@ -438,15 +462,43 @@ class Node:
         msg = wire.message_from_obj(obj)
         if msg.src != peer or msg.dst != self.opts.id:
             raise wire.FrameError(f"message {msg.src}->{msg.dst} on the link from {peer}")
-        self._submit(functools.partial(self.core.step, msg))
+        if msg.snapshot is None:
+            self._submit(functools.partial(self.core.step, msg))
+            return
+        # Checked before the core sees it: once stepped, the core would have moved its
+        # term, commit index and log to a snapshot that the driver must then persist.
+        try:
+            kv = KVStore.restore(msg.snapshot.data)
+        except SnapshotError as exc:
+            log.warning(
+                "node %s: refused a snapshot from %s (index %d, term %d): %s",
+                self.opts.id, peer, msg.snapshot.index, msg.snapshot.term, exc,
+            )  # fmt: skip
+            return
+        self._submit(functools.partial(self._step_snapshot, msg, kv))
 
-    def _peer_hello(self, hello: dict[Any, Any]) -> str:
+    def _step_snapshot(self, msg: Message, kv: KVStore) -> None:
+        assert msg.snapshot is not None
+        self._restored = (msg.snapshot, kv)
+        self.core.step(msg)
+
+    def _known_peer(self, hello: dict[Any, Any]) -> str | None:
+        """The peer a hello names, if it is one of ours."""
         peer = hello.get("id")
-        if not isinstance(peer, str) or peer not in self.opts.peers:
-            raise wire.FrameError(f"hello from unknown peer {peer!r}")
-        if isinstance(hello.get("http"), str):
-            self._peer_http[peer] = hello["http"]
+        if not isinstance(peer, str) or peer == self.opts.id or peer not in self.opts.peers:
+            return None
+        if self.opts.cluster_token is None and "nonce" in hello and not self._untokened_warned:
+            self._untokened_warned = True
+            log.warning(
+                "node %s: peer %s proves a cluster token, but this node has none",
+                self.opts.id, peer,
+            )  # fmt: skip
         return peer
+
+    def _peer_joined(self, peer: str, hello: dict[Any, Any]) -> None:
+        http = hello.get("http")
+        if isinstance(http, str):
+            self._peer_http[peer] = http
 
     async def _answer(self, req: object, conn: _Connection) -> None:
         self._busy_requests += 1
@@ -465,19 +517,27 @@ class _Connection(asyncio.Protocol):
     Raft messages, handed to the loop that owns the core) or a client (then requests,
     each answered by a task as it completes, matched by request id).
 
+    Until the hello is done nobody is known: frames are at most MAX_HELLO_FRAME_BYTES, the
+    hello must be done within HELLO_TIMEOUT_S of the connection opening, and a connection
+    beyond MAX_CONNECTIONS_BEFORE_HELLO still at it is closed at once. A peer's hello is
+    done once its proof of the cluster token is checked (`raftkv.peerauth`); then frames
+    may reach wire.MAX_FRAME_BYTES. A client's requests may reach MAX_REQUEST_FRAME_BYTES.
+
     A protocol rather than a stream: a frame costs no task switch and no timer. Idle
-    connections are closed by one timer per connection that re-arms itself; a client that
-    has MAX_REQUESTS_IN_FLIGHT requests open, or does not read its answers, is not read
-    from until that changes.
+    connections are closed by one timer per connection that re-arms itself (its first run
+    is the hello deadline); a client that has MAX_REQUESTS_IN_FLIGHT requests open, or does
+    not read its answers, is not read from until that changes.
     """
 
     def __init__(self, node: Node) -> None:
         self._node = node
         self._loop = asyncio.get_running_loop()
-        self._reader = wire.FrameReader()
+        self._reader = wire.FrameReader(wire.MAX_HELLO_FRAME_BYTES)
         self._transport: asyncio.Transport | None = None
+        self._greeting = True
+        self._handshake: Handshake | None = None
+        self._hello: dict[Any, Any] = {}
         self._peer: str | None = None
-        self._client = False
         self._open_requests = 0
         self._reading_paused = False
         self._writing_paused = False
@@ -488,17 +548,40 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._node._connections.add(self)
+        node = self._node
+        if len(node._greeting) >= MAX_CONNECTIONS_BEFORE_HELLO:
+            if not node._refusing_connections:
+                log.warning(
+                    "node %s: %d connections without a hello: closing new ones until some finish",
+                    node.opts.id, len(node._greeting),
+                )  # fmt: skip
+                node._refusing_connections = True
+            transport.abort()
+            return
+        node._connections.add(self)
+        node._greeting.add(self)
         self._last_seen = self._loop.time()
         self._idle_timer = self._loop.call_later(self._idle_s, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node._connections.discard(self)
+        self._greeted()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._transport = None
 
+    def _greeted(self) -> None:
+        self._greeting = False
+        node = self._node
+        node._greeting.discard(self)
+        if node._refusing_connections and len(node._greeting) < MAX_CONNECTIONS_BEFORE_HELLO:
+            node._refusing_connections = False
+
     def _check_idle(self) -> None:
+        if self._greeting:
+            log.debug("connection closed: no hello within %.1f s", self._idle_s)
+            self.close()
+            return
         quiet = self._loop.time() - self._last_seen
         if quiet >= self._idle_s and self._open_requests == 0:
             log.debug("connection closed: idle for %.0f s", quiet)
@@ -514,16 +597,20 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_seen = self._loop.time()
         try:
+            while self._greeting:
+                # One frame at a time: the hello decides the limit for the frames after it.
+                frames = self._reader.feed(data, max_frames=1)
+                data = b""
+                if not frames or not self._greet(frames[0]):
+                    return
             for obj in self._reader.feed(data):
                 if self._peer is not None:
                     self._node._peer_message(self._peer, obj)
-                elif self._client:
-                    self._request(obj)
                 else:
-                    self._hello(obj)
+                    self._request(obj)
         except wire.FrameError as exc:
             log.debug("connection closed: %s", exc)
-            if self._client:
+            if not self._greeting and self._peer is None:
                 self.write(reply(False, error="bad_request", message=str(exc)))
             self.close()
 
@@ -534,16 +621,64 @@ class _Connection(asyncio.Protocol):
             log.debug("connection closed: %s", exc)
         return False  # the transport closes itself
 
-    def _hello(self, hello: object) -> None:
-        if isinstance(hello, dict) and hello.get("hello") == "peer":
-            self._peer = self._node._peer_hello(hello)
-            self._idle_s = PEER_IDLE_TIMEOUT_S
-        elif isinstance(hello, dict) and hello.get("hello") == "client":
-            self._client = True
-            self._idle_s = CLIENT_IDLE_TIMEOUT_S
-        else:
-            self.write(reply(False, error="bad_request", message="first frame must be a hello"))
-            self.close()
+    def _greet(self, frame: object) -> bool:
+        """Take one frame of the hello; False when the connection was refused."""
+        if self._handshake is not None:
+            return self._check_proof(frame)
+        kind = frame.get("hello") if isinstance(frame, dict) else None
+        if kind == "peer":
+            assert isinstance(frame, dict)
+            return self._peer_hello(frame)
+        if kind == "client":
+            self._open(CLIENT_IDLE_TIMEOUT_S, wire.MAX_REQUEST_FRAME_BYTES)
+            return True
+        self.write(reply(False, error="bad_request", message="first frame must be a hello"))
+        self.close()
+        return False
+
+    def _peer_hello(self, hello: dict[Any, Any]) -> bool:
+        peer = self._node._known_peer(hello)
+        if peer is None:
+            return self._refuse(f"{hello.get('id')!r:.100}", "a hello from an unknown peer")
+        token = self._node.opts.cluster_token
+        if token is None:
+            self._peer_joined(peer, hello)
+            return True
+        if not is_nonce(hello.get("nonce")):
+            return self._refuse(peer, "a hello without a proof of the cluster token")
+        self._hello = hello
+        self._handshake = Handshake(peer, self._node.opts.id, hello["nonce"], new_nonce())
+        proof = self._handshake.proof(token, ACCEPTOR)
+        self.write({"nonce": self._handshake.acceptor_nonce, "proof": proof})
+        return True
+
+    def _check_proof(self, frame: object) -> bool:
+        shake, token = self._handshake, self._node.opts.cluster_token
+        assert shake is not None and token is not None
+        proof = frame.get("proof") if isinstance(frame, dict) else None
+        if not shake.verify(token, CONNECTOR, proof):
+            return self._refuse(shake.connector, "a wrong proof of the cluster token")
+        self._peer_joined(shake.connector, self._hello)
+        return True
+
+    def _peer_joined(self, peer: str, hello: dict[Any, Any]) -> None:
+        self._peer = peer
+        self._node._peer_joined(peer, hello)
+        self._open(PEER_IDLE_TIMEOUT_S, wire.MAX_FRAME_BYTES)
+
+    def _open(self, idle_s: float, max_frame_bytes: int) -> None:
+        self._greeted()
+        self._idle_s = idle_s
+        self._reader.max_frame_bytes = max_frame_bytes
+
+    def _refuse(self, peer: str, what: str) -> bool:
+        addr = self._transport.get_extra_info("peername") if self._transport else None
+        log.warning(
+            "node %s: refused a peer connection as %s from %s: %s",
+            self._node.opts.id, peer, addr, what,
+        )  # fmt: skip
+        self.close()
+        return False
 
     def _request(self, req: object) -> None:
         self._open_requests += 1

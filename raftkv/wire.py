@@ -6,7 +6,10 @@ an exception from deep inside the node.
 
 `FrameReader` cuts a connection's bytes into frames as they arrive (asyncio protocols feed
 it, with no task or timer per frame); FrameError says what was wrong: oversized,
-undecodable, or truncated (closed mid-frame).
+undecodable, or truncated (closed mid-frame). Its size limit depends on who speaks: until a
+connection has said who it is (the hello), nobody is known, so frames stay below
+MAX_HELLO_FRAME_BYTES; a client's requests below MAX_REQUEST_FRAME_BYTES; only an
+(authenticated) peer may send frames of up to MAX_FRAME_BYTES.
 `message_from_obj` raises FrameError naming the first bad field ("entries[2].data ...").
 
 Message layout: a map with one-letter keys, fields equal to their default left out;
@@ -15,6 +18,7 @@ entries as [term, index, kind, data], a snapshot as [index, term, peers, data].
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
@@ -24,15 +28,23 @@ from raftkv.types import Entry, EntryKind, Message, MsgType, Snapshot
 
 __all__ = [
     "MAX_FRAME_BYTES",
+    "MAX_HELLO_FRAME_BYTES",
+    "MAX_REQUEST_FRAME_BYTES",
     "FrameError",
     "FrameReader",
     "decode_body",
     "encode_frame",
     "message_from_obj",
     "message_to_obj",
+    "read_frame",
 ]
 
 MAX_FRAME_BYTES = 16 << 20
+"""Largest frame between peers (a batch of entries, a snapshot)."""
+MAX_HELLO_FRAME_BYTES = 4 << 10
+"""Largest frame before a connection's hello is done (hello, challenge, proof)."""
+MAX_REQUEST_FRAME_BYTES = 1 << 20
+"""Largest client request: well above the largest valid one (a cas with two 64 KiB values)."""
 _HEADER = struct.Struct(">I")
 _INT_MAX = (1 << 63) - 1
 _MSG_TYPES = frozenset(int(t) for t in MsgType)
@@ -62,26 +74,31 @@ def decode_body(body: bytes) -> object:
 class FrameReader:
     """Splits the bytes of one connection into decoded frames, as they arrive.
 
-    `feed` returns the frames completed by `data` (maybe none) and raises FrameError for an
-    oversized announcement (checked before any of its body arrives) or an undecodable body;
-    after a FrameError the stream is out of step: close it. `check_eof` raises FrameError
-    if the stream ended inside a frame.
+    `feed` returns the frames completed by `data` (maybe none; at most `max_frames` when
+    given, the rest staying buffered for the next call, which may pass b"") and raises
+    FrameError for a frame announced above `max_frame_bytes` (checked before any of its body
+    arrives) or an undecodable body; after a FrameError the stream is out of step: close it.
+    `max_frame_bytes` may be changed between calls: a protocol reads its hello with
+    `max_frames=1`, then raises the limit for the frames that follow. `check_eof` raises
+    FrameError if the stream ended inside a frame.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "max_frame_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self._buf = bytearray()
+        self.max_frame_bytes = max_frame_bytes
 
-    def feed(self, data: bytes) -> list[object]:
+    def feed(self, data: bytes, max_frames: int | None = None) -> list[object]:
         buf = self._buf
         buf += data
         frames: list[object] = []
+        limit = self.max_frame_bytes
         pos, size = 0, len(buf)
-        while size - pos >= _HEADER.size:
+        while size - pos >= _HEADER.size and (max_frames is None or len(frames) < max_frames):
             (length,) = _HEADER.unpack_from(buf, pos)
-            if length > MAX_FRAME_BYTES:
-                raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            if length > limit:
+                raise FrameError(f"frame of {length} bytes exceeds {limit}")
             end = pos + _HEADER.size + length
             if end > size:
                 break
@@ -99,6 +116,16 @@ class FrameReader:
             raise FrameError(f"truncated frame header: {size} of {_HEADER.size} bytes")
         (length,) = _HEADER.unpack_from(self._buf)
         raise FrameError(f"truncated frame body: {size - _HEADER.size} of {length} bytes")
+
+
+async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int) -> object:
+    """Read one frame from a stream; FrameError if it is oversized or undecodable,
+    asyncio.IncompleteReadError (an EOFError) if the stream ends first. No timeout of its
+    own: the caller bounds the wait."""
+    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if length > max_frame_bytes:
+        raise FrameError(f"frame of {length} bytes exceeds {max_frame_bytes}")
+    return decode_body(await reader.readexactly(length))
 
 
 def message_to_obj(msg: Message) -> dict[str, Any]:

@@ -243,3 +243,38 @@ def test_corrupt_log_makes_the_node_refuse_to_start(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "refusing to start" in proc.stderr and biggest.name in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_nodes_prove_the_cluster_token_and_a_node_with_another_cannot_join(
+    tmp_path: Path,
+) -> None:
+    cluster = LocalCluster(tmp_path, 3)
+    cluster.start("n1")
+    cluster.start("n2")
+    stranger = tmp_path / "other-token"
+    stranger.write_text("not the cluster's token\n")
+    stranger.chmod(0o600)
+    argv = cluster.argv("n3")
+    argv[argv.index("--cluster-token") + 1] = str(stranger)
+    with open(tmp_path / "n3.log", "ab") as log:
+        cluster.procs["n3"] = subprocess.Popen(argv, stdout=log, stderr=log)
+
+    async def go() -> None:
+        await cluster.wait_for_leader(exclude={"n3"})
+        client = Client(cluster.addrs[:2])
+        assert (await client.put("k", "v"))["ok"] is True
+        await client.close()
+        await asyncio.sleep(1.0)
+        n3 = (await cluster.statuses())["n3"]
+        assert n3["ok"] is True and n3["commit_index"] == 0 and n3["leader"] is None, n3
+
+    try:
+        run(go())
+    finally:
+        cluster.stop()
+    assert str(cluster.token_path) in " ".join(cluster.argv("n1")), "a path, not the token"
+    token = cluster.token_path.read_text().strip() if cluster.token_path else ""
+    assert token and token not in " ".join(cluster.argv("n1"))
+    logs = {n: (tmp_path / f"{n}.log").read_text() for n in cluster.ids}
+    assert "wrong proof of the cluster token" in logs["n3"], logs["n3"]
+    assert "no cluster token" not in logs["n1"] + logs["n2"]

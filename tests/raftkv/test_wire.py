@@ -142,6 +142,17 @@ def test_oversized_frame_is_refused_before_its_body_arrives() -> None:
         FrameReader().feed(header)
 
 
+def test_a_hello_is_read_alone_under_a_small_limit_then_the_limit_rises() -> None:
+    big = {"e": b"x" * 10_000}
+    reader = FrameReader(max_frame_bytes=4096)
+    data = encode_frame({"hello": "peer"}) + encode_frame(big)
+    assert reader.feed(data, max_frames=1) == [{"hello": "peer"}]
+    with pytest.raises(FrameError, match="exceeds 4096"):
+        FrameReader(max_frame_bytes=4096).feed(data)
+    reader.max_frame_bytes = MAX_FRAME_BYTES
+    assert reader.feed(b"") == [big], "the buffered frame, read under the new limit"
+
+
 def test_encode_refuses_an_oversized_frame() -> None:
     with pytest.raises(FrameError, match="exceeds"):
         encode_frame(b"x" * MAX_FRAME_BYTES)
