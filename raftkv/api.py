@@ -8,7 +8,6 @@ not done) or null (unknown).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from raftkv.http import Request, start_http_server
@@ -38,10 +37,7 @@ async def _route(node: Node, req: Request) -> tuple[int, object]:
     if req.path == "/command":
         if req.method != "POST":
             return 405, {"ok": False, "error": "method_not_allowed", "message": "use POST"}
-        try:
-            body = json.loads(req.body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _bad(f"body is not JSON: {exc}")
+        body = req.json() if req.body else None
         if not isinstance(body, dict):
             return _bad("body must be a JSON object")
         return _status_of(await node.handle(body))

@@ -64,11 +64,15 @@ class Request:
     headers: dict[str, str]
 
     def json(self) -> object:
-        """The body as JSON; raises HttpError(400) if it is not."""
+        """The body as JSON; raises HttpError(400) if it is not, or if it is nested too
+        deeply to parse."""
         try:
             return json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as err:
             raise HttpError(400, "bad_request", f"body is not valid JSON: {err}") from None
+        except RecursionError:
+            # The parser recurses per level; a body of brackets alone reaches the limit.
+            raise HttpError(400, "bad_request", "body is JSON nested too deeply") from None
 
 
 Handler = Callable[[Request], Awaitable[tuple[int, object]]]

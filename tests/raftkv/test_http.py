@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from raftkv.api import serve_http
 from raftkv.http import (
     HttpError,
     Request,
@@ -421,5 +422,30 @@ def test_a_client_that_vanishes_mid_body_does_not_hurt_the_server() -> None:
             writer.close()
             status, _, _ = await exchange(port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
         assert status == 200
+
+    run(go)
+
+
+@pytest.mark.parametrize("path", ["/json", "/command"])
+def test_deeply_nested_json_is_a_400_naming_the_nesting(path: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+
+    async def go() -> None:
+        # /command is the node's own route; the body is refused before the node is asked.
+        server = await (
+            serve_http(None, "127.0.0.1", 0)  # type: ignore[arg-type]
+            if path == "/command"
+            else start_http_server("127.0.0.1", 0, echo)
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            head = f"POST {path} HTTP/1.1\r\nContent-Length: {len(deep)}\r\n"
+            request = head.encode() + b"Connection: close\r\n\r\n" + deep
+            status, _, body = await exchange(port, request)
+            assert (status, body["error"]) == (400, "bad_request"), body
+            assert "nested too deeply" in body["message"], body
+        finally:
+            server.close()
+            await server.wait_closed()
 
     run(go)
