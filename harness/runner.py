@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
+import re
 import secrets
 import shutil
 import sys
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
+from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.progress import Progress
@@ -39,12 +42,16 @@ from nemesis.schedule import heal_all, run_schedule
 if TYPE_CHECKING:
     from harness.backends.ssh import SshOptions
 
-__all__ = ["RunOutcome", "TestOptions", "run_test"]
+__all__ = ["RunOutcome", "TestOptions", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
 
 log = logging.getLogger("harness")
 
 LEADER_TIMEOUT_S = 30.0
 STATUS_TIMEOUT_S = 5.0
+# Node data of backends without a filesystem of their own: `<temp dir>/harness-<run id>-*/`,
+# with its owner (`backends.owner`) in `.owner`.
+DATA_DIR_OWNER = ".owner"
+_DATA_DIR_RE = re.compile(r"^harness-[0-9a-f]{4}-")
 
 
 @dataclass(frozen=True)
@@ -93,20 +100,47 @@ class RunOutcome:
     results: dict[str, Any]
 
 
-def make_backend(opts: TestOptions, run_id: str) -> Backend:
+def make_backend(opts: TestOptions) -> Backend:
+    """The run's backend. It draws a random run id and, while that id's names are taken
+    (a leftover, another run), draws again at setup."""
     if opts.backend == "docker":
         from harness.backends.docker import DockerBackend  # the Docker SDK only when used
 
-        return DockerBackend(run_id=run_id, base_image=opts.base_image, user_image=opts.image)
+        return DockerBackend(base_image=opts.base_image, user_image=opts.image)
     if opts.backend == "netns":
-        return NetnsBackend(run_id=run_id)
+        return NetnsBackend()
     if opts.backend == "ssh":
         from harness.backends.ssh import SshBackend  # paramiko only when used
 
         if opts.ssh is None:
             raise ValueError("the ssh backend needs TestOptions.ssh")
-        return SshBackend(opts.ssh, run_id=run_id)
+        return SshBackend(opts.ssh)
     raise ValueError(f"unknown backend {opts.backend!r}")
+
+
+def make_data_dir(run_id: str, root: Path | None = None) -> str:
+    """A new directory for run `run_id`'s node data in the temp dir (or `root`), its owner
+    recorded in it before it gets its name, so `remove_leftover_data_dirs` spares it."""
+    staging = Path(tempfile.mkdtemp(prefix=f".harness-{run_id}-", dir=root))
+    write_owner(staging / DATA_DIR_OWNER, current_owner())
+    path = staging.with_name(staging.name.removeprefix("."))
+    os.rename(staging, path)  # mkdtemp's random part makes the name unique
+    return str(path)
+
+
+def remove_leftover_data_dirs(root: Path | None = None) -> list[str]:
+    """Remove the node data directories (`harness-<run id>-*` in the temp dir, or `root`)
+    of runs whose harness is gone, or unknown (made before owners were recorded); returns
+    their paths. Those of runs still going are spared."""
+    removed = []
+    for path in sorted((root or Path(tempfile.gettempdir())).glob("harness-*")):
+        if not _DATA_DIR_RE.match(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        if owner_alive(read_owner(path / DATA_DIR_OWNER)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
 
 
 async def run_test(opts: TestOptions) -> RunOutcome:
@@ -121,21 +155,25 @@ async def run_test(opts: TestOptions) -> RunOutcome:
     run_dir = new_run_dir(opts.store, opts.test_name)
     point_latest(opts.store, run_dir)
     handler = _log_to(run_dir / "harness.log")
-    # Not from the seed: two runs of one seed may share the machine.
-    run_id = secrets.token_hex(2)
-    backend = make_backend(opts, run_id)
-    data_root = tempfile.mkdtemp(prefix=f"harness-{run_id}-")
+    backend = make_backend(opts)
+    # Backends whose nodes have a filesystem of their own say where data goes.
+    data_root: str | None = getattr(backend, "data_root", None)
+    data_dir: str | None = None  # the temp dir made for the others
     nodes = [f"n{i}" for i in range(1, opts.nodes + 1)]
     history = HistoryWriter(run_dir / "history.jsonl")
     ctx: NemesisContext | None = None
     try:
-        log.info("run %s (id %s): %s", run_dir, run_id, asdict(opts))
+        log.info("run %s: %s", run_dir, asdict(opts))
         await asyncio.to_thread(backend.setup, nodes)
+        # Not from the seed (two runs of one seed may share the machine): the backend's.
+        run_id = getattr(backend, "run_id", None) or secrets.token_hex(2)
+        log.info("cluster up on %s (id %s)", opts.backend, run_id)
+        if data_root is None:
+            data_root = data_dir = make_data_dir(run_id)
         cluster = ClusterSpec(
             nodes=tuple(nodes),
             addresses={n: backend.remote(n).address for n in nodes},
-            # Backends whose nodes have a filesystem of their own say where data goes.
-            data_root=getattr(backend, "data_root", None) or data_root,
+            data_root=data_root,
             python=getattr(backend, "python", sys.executable),
             read_mode=opts.read_mode,
             bugs=opts.bugs,
@@ -146,6 +184,9 @@ async def run_test(opts: TestOptions) -> RunOutcome:
         check_nodes = getattr(target, "check_nodes", None)
         if check_nodes is not None:  # the http target: its program exists on every node
             await asyncio.to_thread(check_nodes, cluster, {n: backend.remote(n) for n in nodes})
+        prepare_nodes = getattr(target, "prepare_nodes", None)
+        if prepare_nodes is not None:  # raftkv: the run's cluster token onto every node
+            await asyncio.to_thread(prepare_nodes, cluster, backend)
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
@@ -169,7 +210,7 @@ async def run_test(opts: TestOptions) -> RunOutcome:
         return RunOutcome(results["valid"], run_dir, results)
     finally:
         history.close()
-        await _teardown(opts, backend, ctx, nodes, run_dir, data_root)
+        await _teardown(opts, backend, ctx, nodes, run_dir, data_dir)
         logging.getLogger().removeHandler(handler)
         handler.close()
 
@@ -180,7 +221,7 @@ async def _teardown(
     ctx: NemesisContext | None,
     nodes: list[str],
     run_dir: Path,
-    data_root: str,
+    data_dir: str | None,
 ) -> None:
     # Shielded: a second Ctrl-C must not leave faults or namespaces behind.
     async def go() -> None:
@@ -193,7 +234,8 @@ async def _teardown(
             log.warning("leaving the cluster running (--leave-running); `harness cleanup` ends it")
             return
         await asyncio.to_thread(backend.teardown)
-        shutil.rmtree(data_root, ignore_errors=True)
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     await asyncio.shield(go())
 

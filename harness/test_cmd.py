@@ -11,9 +11,7 @@ import dataclasses
 import json
 import random
 import shlex
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +22,7 @@ from checker import Verdict, merge_valid
 from harness.backends import BackendError, BackendUnavailable, cleanup_leftovers
 from harness.backends.netns import check_available
 from harness.junit import write_runs_junit
-from harness.runner import RunOutcome, TestOptions, run_test
+from harness.runner import RunOutcome, TestOptions, remove_leftover_data_dirs, run_test
 from harness.targets import TARGETS
 from harness.targets.base import TargetSetupError
 from harness.workload import OPS, WORKLOADS
@@ -586,16 +584,6 @@ def _summary(outcome: RunOutcome) -> None:
     click.echo(f"results in {outcome.run_dir}")
 
 
-def _remove_data_dirs() -> list[str]:
-    """Node data directories of killed runs (`harness-<run id>-*` in the temp dir)."""
-    removed = []
-    for path in Path(tempfile.gettempdir()).glob("harness-????-*"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(str(path))
-    return removed
-
-
 @click.command("cleanup")
 @click.option(
     "--backend",
@@ -605,14 +593,15 @@ def _remove_data_dirs() -> list[str]:
     help="Only this backend's leftovers (repeatable; default: every backend).",
 )
 def cleanup_command(backends: tuple[str, ...]) -> int:
-    """Remove containers, networks, namespaces, links, firewall chains and processes that
-    killed runs left behind (images stay: they are a cache)."""
+    """Remove containers, networks, namespaces, links, firewall chains, processes and data
+    directories that killed runs left behind; runs still going are spared (images stay:
+    they are a cache)."""
     try:
         removed = cleanup_leftovers(backends or ("netns", "docker"))
     except BackendUnavailable as exc:
         raise click.UsageError(str(exc)) from None
     if not backends or "netns" in backends:
-        removed += _remove_data_dirs()
+        removed += remove_leftover_data_dirs()
     for item in removed:
         click.echo(f"removed {item}")
     click.echo(f"cleanup: {len(removed)} leftovers removed", err=True)

@@ -1,8 +1,8 @@
 """The docker backend (the default): one container per node, on a network of the run's own.
 
 Layout for run id `3fa2` with nodes n1..n3 (everything carries the labels `jepsen-py.run=3fa2`
-and `jepsen-py.owner=<host>:<harness pid>`, so `cleanup_leftovers` finds what a killed run
-left behind and spares runs still going):
+and `jepsen-py.owner=<host>:<harness pid>:<its start time>`, so `cleanup_leftovers` finds what
+a killed run left behind and spares runs still going):
 
     network jepsen-py-3fa2        user-defined bridge, subnet 10.78.K.0/24, gateway .1 (the
                                   harness host: clients run there and reach every node);
@@ -48,7 +48,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import sys
 import tarfile
 import threading
@@ -64,6 +63,7 @@ from docker.types import IPAMConfig, IPAMPool
 
 from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
 from harness.backends.local import execute_on_host
+from harness.backends.owner import current_owner, owner_alive
 from harness.image import Progress, connect, ensure_image, source_root
 from nemesis.iptables import IPTABLES
 from nemesis.remote import (
@@ -691,21 +691,9 @@ def _remove_run(client: DockerClient, run_id: str | None) -> list[str]:
 
 
 def owner_label() -> str:
-    """Who made a run: this host and the harness's pid (cleanup spares runs still going)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Who made a run: this host, the harness's pid and its start time (`backends.owner`);
+    cleanup spares runs still going."""
+    return current_owner()
 
 
 def cleanup_leftovers(client: DockerClient | None = None) -> list[str]:
@@ -724,7 +712,7 @@ def cleanup_leftovers(client: DockerClient | None = None) -> list[str]:
     runs = {
         _label(thing, LABEL_RUN)
         for thing in [*containers, *networks]
-        if not _owner_alive(_label(thing, LABEL_OWNER))
+        if not owner_alive(_label(thing, LABEL_OWNER))
     }
     errors = [error for run_id in sorted(runs) for error in _remove_run(client, run_id)]
     if errors:

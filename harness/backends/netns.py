@@ -17,6 +17,11 @@ jumped to from the top of FORWARD, accepts exactly the traffic that stays on our
 Services run as `ip netns exec <ns> argv...` in a session of their own; `ip` execs the
 service, so the tracked pid is the service's. Everything is removed by `teardown()`, which
 also runs at interpreter exit if nobody called it.
+
+Before it makes anything, a run records its owner (`backends.owner`: host, pid, start time)
+in `/run/harness-netns/<run id>.owner`; the file also claims the run id. `cleanup_leftovers`
+spares runs whose owner still runs, and removes the others, and runs with no record (made
+before records were kept, or whose record is lost): nobody can tell that they still run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
 from harness.backends.local import ServiceProcess, execute_on_host, run_bounded
+from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
 from nemesis import iptables
 from nemesis.remote import (
     ExecResult,
@@ -53,6 +59,7 @@ __all__ = [
     "NetnsRemote",
     "check_available",
     "cleanup_leftovers",
+    "owner_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,9 +71,12 @@ HOST_COMMAND_TIMEOUT_S = 10.0
 _NS_RE = re.compile(rf"^{PREFIX}-(?P<run>[0-9a-f]{{4}})-[A-Za-z0-9_]{{1,7}}$")
 _LINK_RE = re.compile(rf"^{PREFIX}(?P<run>[0-9a-f]{{4}})-[A-Za-z0-9_]{{1,7}}$")
 _CHAIN_RE = re.compile(r"^HNS-(?P<run>[0-9a-f]{4})$")
+_RECORD_RE = re.compile(r"^(?P<run>[0-9a-f]{4})\.owner$")
 _NODE_RE = re.compile(r"^[A-Za-z0-9_]{1,7}$")
 _RUN_RE = re.compile(r"^[0-9a-f]{4}$")
 _IFNAMSIZ = 15
+# root's, on a tmpfs: records vanish at reboot, as the namespaces do.
+OWNER_DIR = Path("/run/harness-netns")
 
 
 def check_available() -> None:
@@ -78,6 +88,11 @@ def check_available() -> None:
         raise BackendUnavailable(
             f"the netns backend needs {' and '.join(missing)}: install iproute2 and iptables"
         )
+
+
+def owner_record(run_id: str) -> Path:
+    """The file naming the owner of netns run `run_id` (see the module docstring)."""
+    return OWNER_DIR / f"{run_id}.owner"
 
 
 def _host(argv: Sequence[str], ok: Sequence[int] = (0,)) -> ExecResult:
@@ -173,6 +188,7 @@ class NetnsBackend(TeardownOnExit):
         self.nodes: list[str] = []
         self._remotes: dict[str, NetnsRemote] = {}
         self._services: dict[str, ServiceProcess] = {}
+        self._owner_recorded = False
         self._lock = threading.RLock()
 
     @property
@@ -215,21 +231,33 @@ class NetnsBackend(TeardownOnExit):
                 raise
 
     def _claim_run_id(self, nodes: Sequence[str]) -> None:
-        """Make sure no name of this run exists yet (another run's teardown would be ours)."""
+        """Claim a run id none of whose names exist (another run's teardown would be ours)
+        by recording our owner under it; a random id is drawn again while one is taken."""
         for _ in range(8):
-            taken = set(_namespaces()) | set(_links())
-            ours = (
-                {self.bridge} | {self.namespace(n) for n in nodes} | {self.veth(n) for n in nodes}
-            )
-            if not ours & taken and self.forward_chain not in _forward_chains():
+            taken = self._taken(nodes)
+            if not taken and self._record_owner():
                 return
             if not self._random_id:
+                what = ", ".join(taken) or f"its owner record {owner_record(self.run_id)}"
                 raise BackendError(
-                    f"netns run id {self.run_id} is in use: {sorted(ours & taken)}; "
+                    f"netns run id {self.run_id} is in use: {what}; "
                     "choose another, or run `harness cleanup` if it is a leftover"
                 )
             self.run_id = secrets.token_hex(2)
         raise BackendError("no free netns run id found")
+
+    def _taken(self, nodes: Sequence[str]) -> list[str]:
+        """Which of this run's names exist already."""
+        names = {self.bridge} | {self.namespace(n) for n in nodes} | {self.veth(n) for n in nodes}
+        taken = sorted(names & (set(_namespaces()) | set(_links())))
+        if self.forward_chain in _forward_chains():
+            taken.append(f"iptables chain {self.forward_chain}")
+        return taken
+
+    def _record_owner(self) -> bool:
+        OWNER_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._owner_recorded = write_owner(owner_record(self.run_id), current_owner())
+        return self._owner_recorded
 
     def _validate_nodes(self, nodes: Sequence[str]) -> None:
         if not nodes:
@@ -382,6 +410,9 @@ class NetnsBackend(TeardownOnExit):
             namespaces = [self.namespace(n) for n in self.nodes]
             links = [self.veth(n) for n in self.nodes] + [self.bridge]
             errors += _remove(namespaces, links, [self.forward_chain])
+            if self._owner_recorded:
+                owner_record(self.run_id).unlink(missing_ok=True)
+                self._owner_recorded = False
             self._services.clear()
             self._remotes.clear()
             self.nodes = []
@@ -452,23 +483,33 @@ def _attempt(
 
 def cleanup_leftovers(run_id: str | None = None) -> list[str]:
     """Remove every namespace, veth, bridge, FORWARD chain (and the processes in those
-    namespaces) that a netns run left behind, found by our name prefix; only those of
-    `run_id` if given. Runs still going lose their cluster too: call it when none is.
+    namespaces) that a netns run whose owner is gone left behind, found by our name prefix;
+    only those of `run_id` if given. Runs whose owner still runs are spared; a run without
+    an owner record is a leftover (see the module docstring).
 
     Returns what it removed, one description per item. Raises BackendUnavailable when not
     root or tools are missing, BackendError if something could not be removed.
     """
     check_available()
+    alive: dict[str, bool] = {}
 
-    def ours(match: re.Match[str] | None) -> bool:
-        return match is not None and (run_id is None or match["run"] == run_id)
+    def leftover(match: re.Match[str] | None) -> bool:
+        if match is None or run_id not in (None, match["run"]):
+            return False
+        run = match["run"]
+        if run not in alive:
+            alive[run] = owner_alive(read_owner(owner_record(run)))
+        return not alive[run]
 
-    namespaces = [ns for ns in _namespaces() if ours(_NS_RE.match(ns))]
-    links = [link for link in _links() if ours(_LINK_RE.match(link))]
-    chains = [c for c in _forward_chains() if ours(_CHAIN_RE.match(c))]
+    namespaces = [ns for ns in _namespaces() if leftover(_NS_RE.match(ns))]
+    links = [link for link in _links() if leftover(_LINK_RE.match(link))]
+    chains = [c for c in _forward_chains() if leftover(_CHAIN_RE.match(c))]
     errors = _remove(namespaces, links, chains)
     if errors:
         raise BackendError("cleanup incomplete: " + "; ".join(errors))
+    for record in OWNER_DIR.glob("*.owner"):
+        if leftover(_RECORD_RE.match(record.name)):
+            record.unlink(missing_ok=True)
     return (
         [f"namespace {ns}" for ns in namespaces]
         + [f"link {link}" for link in links]

@@ -159,9 +159,15 @@ def test_teardown_removes_everything_and_is_idempotent(tmp_path: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
 
 
-def test_cleanup_leftovers_removes_a_forgotten_run(tmp_path: Path) -> None:
+def test_cleanup_leftovers_removes_a_forgotten_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    child = subprocess.Popen(["true"])
+    child.wait(timeout=10)  # reaped: the harness that made the run is gone
+    monkeypatch.setattr(netns, "current_owner", lambda: f"{socket.gethostname()}:{child.pid}")
     backend = NetnsBackend()
     backend.setup(["a", "b"])
+    monkeypatch.undo()
     run_id = backend.run_id
     address = backend.remote("a").address
     # A service started behind the backend's back, as a crashed harness would leave it.
