@@ -55,6 +55,9 @@ class Backend(Protocol):
     - `stop_process(node, timeout)`: SIGTERM, then SIGKILL after `timeout` seconds; no-op if
       not running.
     - `fetch_logs(node, dest_dir)`: copy the node's service log into `dest_dir`.
+    - `write_private_file(node, path, data)`: write `data` to `path` on the node (its parent
+      made if missing), readable by its owner alone (mode 0600) before any byte lands: for a
+      secret the service reads, which its command line would show to every user.
     - `teardown()`: remove every process, host, link and firewall chain this backend made.
       Never raises for something already gone; raises BackendError only after trying all.
 
@@ -82,6 +85,8 @@ class Backend(Protocol):
     def stop_process(self, node: str, timeout: float) -> None: ...
 
     def fetch_logs(self, node: str, dest_dir: str) -> None: ...
+
+    def write_private_file(self, node: str, path: str, data: bytes) -> None: ...
 
     def teardown(self) -> None: ...
 

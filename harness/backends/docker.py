@@ -571,6 +571,24 @@ class DockerBackend(TeardownOnExit):
             if node in self._argv:
                 self._control(node, ["stop", str(max(1, round(timeout)))], timeout + 5)
 
+    def write_private_file(self, node: str, path: str, data: bytes) -> None:
+        """Copy `data` into the node's container as `path`, root's, mode 0600 (a tar
+        member carries its mode in); see `Backend.write_private_file`."""
+        parent = str(Path(path).parent)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            member = tarfile.TarInfo(Path(path).name)
+            member.size, member.mode, member.uid, member.gid = len(data), 0o600, 0, 0
+            archive.addfile(member, io.BytesIO(data))
+        try:
+            self._remote(node).execute(["mkdir", "-p", parent], CONTROL_TIMEOUT_S)
+            if not self._containers[node].put_archive(parent, buffer.getvalue()):
+                raise BackendError(f"{node}: cannot write {path}: the engine refused the copy")
+        except RemoteError as exc:
+            raise BackendError(f"{node}: cannot make {parent}: {exc.reason}") from None
+        except (APIError, DockerException) as exc:
+            raise BackendError(f"{node}: cannot write {path}: {_short(exc)}") from None
+
     def fetch_logs(self, node: str, dest_dir: str) -> None:
         """Copy the node's service log out of its container into dest_dir."""
         with self._lock:

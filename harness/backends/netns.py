@@ -377,6 +377,19 @@ class NetnsBackend(TeardownOnExit):
             if service := self._service(node):
                 service.stop(timeout)
 
+    def write_private_file(self, node: str, path: str, data: bytes) -> None:
+        """Write `data` to `path`, mode 0600 (the nodes share this host's files); see
+        `Backend.write_private_file`."""
+        self._remote(node)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+                os.fchmod(f.fileno(), 0o600)  # a file that was there keeps its mode otherwise
+                f.write(data)
+        except OSError as exc:
+            raise BackendError(f"{node}: cannot write {path}: {exc}") from exc
+
     def fetch_logs(self, node: str, dest_dir: str) -> None:
         """Copy the node's service log into dest_dir (no-op if it is already there)."""
         with self._lock:

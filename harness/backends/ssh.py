@@ -736,6 +736,27 @@ class SshBackend(TeardownOnExit):
                 tenths = str(max(1, round(timeout * 10)))
                 self._script(node, _STOP_SCRIPT, self._pidfile(node), tenths, timeout=timeout + 10)
 
+    def write_private_file(self, node: str, path: str, data: bytes) -> None:
+        """Write `data` to `path` on the node over SFTP, made mode 0600 before any byte is
+        written; see `Backend.write_private_file`."""
+        remote = self._remote(node)
+        try:
+            remote.execute(["mkdir", "-p", posixpath.dirname(path)], COMMAND_TIMEOUT_S)
+            sftp = self._clients[node].open_sftp()
+            try:
+                channel = sftp.get_channel()
+                if channel is not None:
+                    channel.settimeout(COMMAND_TIMEOUT_S)
+                with sftp.open(path, "wb") as f:
+                    f.chmod(0o600)
+                    f.write(data)
+            finally:
+                sftp.close()
+        except RemoteError as exc:
+            raise BackendError(f"{node}: cannot make the directory of {path}: {exc}") from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise BackendError(f"{node}: cannot write {path}: {exc}") from exc
+
     def fetch_logs(self, node: str, dest_dir: str) -> None:
         """Copy the node's service log over SFTP into dest_dir (under the local log's name)."""
         with self._lock:

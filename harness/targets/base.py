@@ -67,7 +67,9 @@ class Target(Protocol):
     BackendUnavailable, exit 254, when it cannot); `check_nodes(cluster, remotes)`, called in
     a thread once the nodes exist and before any starts, with each node's `Remote`, to check
     what only the nodes can tell (the http target: its program is there; raise
-    TargetSetupError, exit 254, naming the node).
+    TargetSetupError, exit 254, naming the node); `prepare_nodes(cluster, backend)`, called
+    in a thread after `check_nodes`, to put what the nodes need onto them (raftkv: the run's
+    cluster token, through `Backend.write_private_file`).
     """
 
     name: str

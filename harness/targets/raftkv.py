@@ -1,15 +1,24 @@
-"""raftkv as a target: nodes run `raftkv serve`, clients speak its msgpack protocol."""
+"""raftkv as a target: nodes run `raftkv serve`, clients speak its msgpack protocol.
+
+The nodes of a run share a cluster token made for that run; each finds it in a private
+file beside its data directory (`prepare_nodes`), never on its command line, which any
+user of the host can read.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import secrets
+from typing import TYPE_CHECKING, Any
 
 from harness.targets.base import ClusterSpec, Completion
 from harness.workload import Invocation
 from raftkv.client import Client
 from raftkv.core import BUGS
 from raftkv.node import READ_MODES
+
+if TYPE_CHECKING:
+    from harness.backends.base import Backend
 
 __all__ = ["RaftkvTarget"]
 
@@ -20,6 +29,10 @@ ATTEMPT_TIMEOUT_S = 0.15
 
 def _addr(cluster: ClusterSpec, node: str) -> str:
     return f"{cluster.addresses[node]}:{PEER_PORT}"
+
+
+def _token_path(cluster: ClusterSpec, node: str) -> str:
+    return f"{cluster.data_root}/{node}.cluster-token"
 
 
 class RaftkvClient:
@@ -77,6 +90,14 @@ class RaftkvTarget:
     def __init__(self, tick_ms: int = 25, election_ticks: int = 20) -> None:
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
+        # A target serves one run: its nodes, and only they, can prove this token.
+        self._cluster_token = secrets.token_hex(32)
+
+    def prepare_nodes(self, cluster: ClusterSpec, backend: Backend) -> None:
+        """Put the run's cluster token on every node, mode 0600, before any starts."""
+        data = (self._cluster_token + "\n").encode()
+        for node in cluster.nodes:
+            backend.write_private_file(node, _token_path(cluster, node), data)
 
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         peers = ",".join(f"{n}={_addr(cluster, n)}" for n in cluster.nodes)
@@ -90,6 +111,7 @@ class RaftkvTarget:
             "--tick-ms", str(self.tick_ms),
             "--election-ticks", str(self.election_ticks),
             "--seed", str(cluster.seed + cluster.nodes.index(node)),
+            "--cluster-token", _token_path(cluster, node),
         ]  # fmt: skip
         for bug in cluster.bugs:
             argv += ["--bug", bug]
