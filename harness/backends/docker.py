@@ -380,7 +380,7 @@ class DockerBackend(TeardownOnExit):
             elif self.image is None:
                 say = self._progress or (lambda line: log.info("image: %s", line))
                 self.image = ensure_image(client, self.base_image, say).tag
-            self._claim_run_id(client)
+            self._claim_run_id(client, nodes)
             self.nodes = list(nodes)
             self._arm_teardown_at_exit()
             try:
@@ -392,25 +392,38 @@ class DockerBackend(TeardownOnExit):
                 self._teardown_at_exit()
                 raise
 
-    def _claim_run_id(self, client: DockerClient) -> None:
-        """Make sure nothing of this run id exists (its teardown would remove another run's)."""
+    def _claim_run_id(self, client: DockerClient, nodes: Sequence[str]) -> None:
+        """Make sure nothing of this run id exists (its teardown would remove another run's,
+        and the engine refuses a name twice); a random id is drawn again while one is taken."""
         for _ in range(8):
-            label = f"{LABEL_RUN}={self.run_id}"
             try:
-                taken = client.containers.list(all=True, filters={"label": label}) or (
-                    client.networks.list(filters={"label": label})
-                )
+                taken = self._taken(client, nodes)
             except (APIError, DockerException) as exc:
                 raise BackendError(f"docker: cannot list containers: {_short(exc)}") from None
             if not taken:
                 return
             if not self._random_id:
                 raise BackendError(
-                    f"docker run id {self.run_id} is in use; choose another, "
-                    "or run `harness cleanup` if it is a leftover"
+                    f"docker run id {self.run_id} is in use: {', '.join(taken)}; choose "
+                    "another, or run `harness cleanup` if it is a leftover"
                 )
             self.run_id = secrets.token_hex(2)
         raise BackendError("no free docker run id found")
+
+    def _taken(self, client: DockerClient, nodes: Sequence[str]) -> list[str]:
+        """What exists of this run id: labelled with it, or named as this run's would be."""
+        label = {"label": f"{LABEL_RUN}={self.run_id}"}
+        names = {self.container_name(n) for n in nodes}
+        containers = client.containers.list(all=True, filters=label)
+        networks = client.networks.list(filters=label)
+        # The engine's name filters match parts of names: keep the exact ones.
+        by_name = client.containers.list(all=True, filters={"name": self.network_name})
+        containers += [c for c in by_name if c.name in names]
+        nets_by_name = client.networks.list(names=[self.network_name])
+        networks += [n for n in nets_by_name if n.name == self.network_name]
+        return sorted(
+            {f"container {c.name}" for c in containers} | {f"network {n.name}" for n in networks}
+        )
 
     def _make_network(self, client: DockerClient) -> None:
         used = _used_subnets(client)

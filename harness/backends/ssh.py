@@ -115,6 +115,15 @@ _STOP_SCRIPT = _ALIVE + (
     'while alive "$pid" && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done; '
     'alive "$pid" && exit 4; exit 0'
 )
+# $1 a run directory, $2 our claim: make it (and its parent) holding the claim, or exit 3 if
+# it exists with another's. With ours, it is the one made through another node: nodes may
+# share a filesystem.
+_NEW_DIR_SCRIPT = (
+    'mkdir -p -- "$(dirname -- "$1")" || exit 1; '
+    'if mkdir -- "$1" 2>/dev/null; then printf %s "$2" > "$1/.claim"; exit; fi; '
+    '[ "$(cat -- "$1/.claim" 2>/dev/null)" = "$2" ] && exit 0; '
+    '{ [ -e "$1" ] || [ -h "$1" ]; } && exit 3; mkdir -- "$1"'
+)
 # $1 target dir, $2 temp dir, then wheels: unpack into temp dir, then move it into place.
 _UNPACK = (
     "import os, shutil, sys, zipfile\n"
@@ -492,7 +501,9 @@ class _Service:
 class SshBackend(TeardownOnExit):
     """The `Backend` on SSH hosts. See the module docstring for what lives on a node.
 
-    `run_id` (4 hex digits, random by default) names this run's directory on the nodes.
+    `run_id` (4 hex digits, random by default) names this run's directory on the nodes; a
+    random one is drawn again while a node has that directory already (a leftover, or
+    another harness's run sharing the nodes), a chosen one is then refused (BackendError).
     Thread-safe: faults may call it from worker threads.
     """
 
@@ -500,6 +511,7 @@ class SshBackend(TeardownOnExit):
 
     def __init__(self, opts: SshOptions, run_id: str | None = None) -> None:
         self.opts = opts
+        self._random_id = run_id is None
         self.run_id = run_id if run_id is not None else secrets.token_hex(2)
         if not _RUN_RE.match(self.run_id):
             raise ValueError(f"run id must be 4 hex digits, got {self.run_id!r}")
@@ -509,6 +521,7 @@ class SshBackend(TeardownOnExit):
         self._clients: dict[str, paramiko.SSHClient] = {}
         self._remotes: dict[str, SshRemote] = {}
         self._services: dict[str, _Service] = {}
+        self._run_dir_made: set[str] = set()  # nodes where we made run_dir: only there it goes
         self._lock = threading.RLock()
         self._known_hosts_lock = threading.Lock()
 
@@ -588,8 +601,33 @@ class SshBackend(TeardownOnExit):
         if len(set(libs.values())) != 1:
             raise BackendUnavailable(f"nodes run different Pythons: {probes}; use one version")
         self.lib_dir = next(iter(libs.values()))
-        for node in self.nodes:
-            self._remote(node).execute(["mkdir", "-p", self.run_dir], timeout=COMMAND_TIMEOUT_S)
+        self._claim_run_dir()
+
+    def _claim_run_dir(self) -> None:
+        """Make the run directory on every node, where it must not exist yet (another run's
+        teardown would be ours); see the class docstring."""
+        for _ in range(8):
+            claim = secrets.token_hex(8)
+            taken = [node for node in self.nodes if not self._make_run_dir(node, claim)]
+            if not taken:
+                return
+            for node in list(self._run_dir_made):
+                self._remote(node).execute(["rm", "-rf", self.run_dir], COMMAND_TIMEOUT_S)
+                self._run_dir_made.discard(node)
+            if not self._random_id:
+                raise BackendError(
+                    f"ssh run id {self.run_id} is in use: {self.run_dir} exists on "
+                    f"{', '.join(taken)}; choose another, or remove it if it is a leftover"
+                )
+            self.run_id = secrets.token_hex(2)
+        raise BackendError("no free ssh run id found")
+
+    def _make_run_dir(self, node: str, claim: str) -> bool:
+        """Make run_dir on the node; False if it exists there already, not made by us."""
+        made = self._script(node, _NEW_DIR_SCRIPT, self.run_dir, claim) == 0
+        if made:
+            self._run_dir_made.add(node)
+        return made
 
     def _probe(self, node: str) -> tuple[tuple[int, int], str]:
         try:
@@ -798,7 +836,9 @@ class SshBackend(TeardownOnExit):
                     # No iptables on the node: then no partition ever ran there either.
                     if not isinstance(exc.__cause__, CommandNotFoundError):
                         raise
-                remote.execute(["rm", "-rf", self.run_dir], COMMAND_TIMEOUT_S)
+                if node in self._run_dir_made:
+                    remote.execute(["rm", "-rf", self.run_dir], COMMAND_TIMEOUT_S)
+                    self._run_dir_made.discard(node)
 
             def attempt(node: str) -> None:
                 try:

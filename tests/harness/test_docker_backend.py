@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import secrets
 import shutil
 import socket
 import subprocess
@@ -278,3 +279,28 @@ def test_a_harness_that_exits_without_teardown_removes_its_run_at_exit(
     assert proc.returncode == 0, proc.stderr
     run_id = proc.stdout.strip()
     assert len(run_id) == 4 and ours(run_id) == ([], [])
+
+
+def test_a_run_id_whose_names_are_taken_is_drawn_again_or_refused(
+    node_image: BuiltImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = secrets.token_hex(2)
+    client = connect()
+    # Not ours (no label): a network someone named as our run would name its own.
+    squatter = client.networks.create(f"jepsen-py-{taken}", driver="bridge", internal=True)
+    try:
+        real = secrets.token_hex
+        drawn = iter([taken])
+        monkeypatch.setattr(
+            docker_backend.secrets, "token_hex", lambda n: next(drawn, None) or real(n)
+        )
+        with DockerBackend(image=node_image.tag) as backend:
+            backend.setup(["n1"])
+            assert backend.run_id != taken
+        chosen = DockerBackend(image=node_image.tag, run_id=taken)
+        with pytest.raises(BackendError, match=f"run id {taken} is in use: network jepsen-py-"):
+            chosen.setup(["n1"])
+        squatter.reload()  # still there
+    finally:
+        squatter.remove()
+        client.close()

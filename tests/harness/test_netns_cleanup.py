@@ -39,7 +39,7 @@ def reused_pid_owner() -> str:
 
 def namespaces_of(run_id: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
-    return [line.split()[0] for line in out.stdout.splitlines() if f"-{run_id}-" in line]
+    return sorted(line.split()[0] for line in out.stdout.splitlines() if f"-{run_id}-" in line)
 
 
 @pytest.fixture

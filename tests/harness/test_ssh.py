@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends import Backend, BackendUnavailable
+from harness.backends import Backend, BackendError, BackendUnavailable
+from harness.backends import ssh as ssh_backend
 from harness.backends.netns import NetnsBackend
 from harness.backends.ssh import HostKeyError, SshBackend, SshOptions
 from nemesis import iptables
@@ -458,3 +460,23 @@ def test_a_fresh_remote_dir_is_made_ours_alone_and_then_reused(
         info = remote_dir.lstat()
         assert (info.st_uid, info.st_mode & 0o7777) == (0, 0o700)
         assert (remote_dir / "lib").is_dir()
+
+
+def test_a_run_id_whose_directory_exists_is_drawn_again_or_refused(
+    hosts: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir(mode=0o700)
+    other_run = remote_dir / "runs" / "abcd"
+    other_run.mkdir(parents=True)
+    (other_run / "n1.pid").write_text("1\n")  # another run's (or a leftover): never ours
+    real = secrets.token_hex
+    drawn = iter(["abcd"])
+    monkeypatch.setattr(ssh_backend.secrets, "token_hex", lambda n: next(drawn, None) or real(n))
+    with SshBackend(hosts.options(remote_dir)) as ssh:
+        ssh.setup(NODES)
+        assert ssh.run_id != "abcd" and (remote_dir / "runs" / ssh.run_id).is_dir()
+    chosen = SshBackend(hosts.options(remote_dir), run_id="abcd")
+    with pytest.raises(BackendError, match="ssh run id abcd is in use"):
+        chosen.setup(NODES)
+    assert (other_run / "n1.pid").read_text() == "1\n", "the other run's files stay"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 from collections import Counter
@@ -13,6 +14,7 @@ import pytest
 from harness.analysis import count_ops, pair_ops, stale_reads
 from harness.history import HistoryWriter
 from harness.results import check_history
+from harness.store import new_run_dir
 from harness.workload import Generator, WorkloadOptions
 
 
@@ -156,3 +158,14 @@ def test_reads_of_the_same_value_prove_nothing() -> None:
         ("invoke", 2, "read", None), ("ok", 2, "read", 1),
     ])  # fmt: skip
     assert stale_reads(pair_ops(history)) == []
+
+
+def test_runs_started_in_the_same_millisecond_get_directories_of_their_own(
+    tmp_path: Path,
+) -> None:
+    def now() -> dt.datetime:
+        return dt.datetime(2026, 1, 2, 3, 4, 5, 678_000)
+
+    made = [new_run_dir(tmp_path, "t", now=now) for _ in range(3)]
+    assert len(set(made)) == 3 and all(d.is_dir() for d in made)
+    assert made[0].name == "20260102T030405.678" and made[1].name == "20260102T030405.678-1"
