@@ -12,7 +12,7 @@ from typing import Any, Literal
 from checker.explain import Anomaly, _jsonable, explain, explain_witness
 from checker.history import Event, HistoryError, Op, pair, paused_gc
 from checker.models import MODELS, Model, make_model
-from checker.readers import History, _event, _frozen
+from checker.readers import History, _record_event
 from checker.search import Search, prepare
 from checker.unique import Decision, decide
 
@@ -49,7 +49,8 @@ class Result:
     `elapsed_s` is the time spent checking, parsing excluded; `steps` the configurations
     the search expanded. `method` says what decided: "unique-values" (every key went through
     the polynomial check of registers with unique written values), "search" (every key was
-    searched) or "unique-values+search" (some of each).
+    searched) or "unique-values+search" (some of each). `warnings` repeats the history's
+    (what its reader ignored: a torn last line).
     """
 
     valid: Verdict
@@ -62,6 +63,7 @@ class Result:
     unknown_keys: list[Hashable] = field(default_factory=list)
     reason: str | None = None
     method: str = METHOD_SEARCH
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -80,6 +82,8 @@ class Result:
             out["unknown_keys"] = [_jsonable(k) for k in self.unknown_keys]
         if self.reason:
             out["reason"] = self.reason
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
 
@@ -115,7 +119,7 @@ def _events(history: History | Sequence[Event] | Sequence[dict[str, Any]]) -> Hi
         if isinstance(rec, Event):
             events.append(rec)
         elif isinstance(rec, dict):
-            events.append(_event(rec, n, None, _frozen(rec.get("value")), rec.get("time")))
+            events.append(_record_event(rec, n, None))
         else:
             raise HistoryError(f"expected an Event or a dict, got {type(rec).__name__}", line=n)
     return History(events, "jsonl")
@@ -172,6 +176,8 @@ def _check(
     ops = pair(hist.events, file=hist.file)
     mdl = _resolve(model, init, hist.format, ops)
     parts = mdl.partition(ops)
+    for _, sub, part in parts:
+        sub.validate(part, hist.file)
     mem_entries = None
     if memory_limit_mb is not None:
         mem_entries = int(memory_limit_mb * 1e6 / _BYTES_PER_MEMO_ENTRY)
@@ -214,6 +220,7 @@ def _check(
         unknown_keys=unknown,
         reason=reason if valid == UNKNOWN else None,
         method=method,
+        warnings=list(hist.warnings),
     )
 
 

@@ -2,18 +2,38 @@
 
 Mapping: nil/true/false -> None/True/False; integers and floats -> int/float; strings -> str;
 keywords and symbols -> str without the leading colon (``:read`` -> ``"read"``); vectors and
-lists -> tuple (hashable, so values can be model states); maps -> dict; sets -> frozenset;
-a tagged value (``#jepsen.history.Op {...}``, ``#inst "..."``) -> the value itself; ``#_``
-discards the next form. Comments (``;``) and commas are whitespace.
+lists -> tuple; maps -> `Map` (a dict that hashes); sets -> frozenset. Every value is thus
+hashable, so it can be a map key, a set element or a model state. A tagged value
+(``#jepsen.history.Op {...}``, ``#inst "..."``) -> the value itself; ``#_`` discards the next
+form. Comments (``;``) and commas are whitespace.
+
+Bounds: collections nest at most `DEPTH_MAX` deep and integers have at most
+`INT_DIGITS_MAX` digits (more is an `EdnError`); reading is iterative and linear.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EdnError", "Form", "parse_all", "parse_atom"]
+from checker.history import DEPTH_MAX, brief
+
+__all__ = [
+    "INT_DIGITS_MAX",
+    "SEQUENCE",
+    "EdnError",
+    "Form",
+    "Map",
+    "iter_forms",
+    "parse_all",
+    "parse_atom",
+    "parse_one",
+]
+
+INT_DIGITS_MAX = 4300
+"""Python's own default limit: converting longer digit strings takes quadratic time."""
 
 
 class EdnError(ValueError):
@@ -44,11 +64,36 @@ _FLAT_BODY = r'\{((?:[^{}\[\]()"#;\\]|"[^"\\]*"|\[[^{}\[\]()"#;\\]*\])*)\}'
 _FLAT_MAP = re.compile(_FLAT_BODY)
 _NEXT_FLAT_MAP = re.compile(r"[\s,]*(?=\{)" + _FLAT_BODY)
 _FLAT_ITEM = re.compile(r'"[^"]*"|\[[^\]]*\]|[^\s,\["]+')
+_ATOM = re.compile(r'[^\s,\[\](){}";\#][^\s,\[\](){}";]*')
 _INT = re.compile(r"[+-]?\d+N?")
 _FLOAT = re.compile(r"[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?M?")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 _CLOSERS = {"[": "]", "(": ")", "{": "}", "#{": "}"}
 _CONSTANTS: dict[str, Any] = {"nil": None, "true": True, "false": False}
+_SEQUENCES = ("[", "(")
+_FLAT_RUN_MAX = 1024
+
+
+class _Sequence:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SEQUENCE"
+
+
+SEQUENCE: Any = _Sequence()
+"""The value of the form `iter_forms(unwrap=True)` yields where a top-level vector or list
+opens; its items follow."""
+_ATOMS_MAX = 50_000
+
+
+class Map(dict[Any, Any]):
+    """An EDN map: a dict that hashes by content. Never changed after it is read."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
 
 
 def parse_atom(text: str) -> Any:
@@ -60,10 +105,12 @@ def parse_atom(text: str) -> Any:
         return text[1:]
     if first.isdigit() or (first in "+-" and len(text) > 1 and text[1].isdigit()):
         if _INT.fullmatch(text):
+            if len(text) > INT_DIGITS_MAX:
+                raise ValueError(f"integer of {len(text)} digits (at most {INT_DIGITS_MAX})")
             return int(text.rstrip("N"))
         if _FLOAT.fullmatch(text):
             return float(text.rstrip("M"))
-        raise ValueError(f"bad number {text!r}")
+        raise ValueError(f"bad number {brief(text)}")
     if first == "\\":
         return text[1:]
     return text
@@ -77,9 +124,12 @@ def _string(token: str) -> str:
 
 
 class _Atoms(dict[str, Any]):
-    """Values of the tokens `_FLAT_ITEM` finds, each parsed once."""
+    """Values of the tokens `_FLAT_ITEM` finds, each parsed once (the most recent
+    `_ATOMS_MAX` of them: unique times and indexes would otherwise all be kept)."""
 
     def __missing__(self, token: str) -> Any:
+        if len(self) >= _ATOMS_MAX:
+            self.clear()
         first = token[0]
         if first == '"':
             value: Any = token[1:-1]
@@ -101,16 +151,16 @@ def _flat_map(body: str, atoms: _Atoms) -> dict[Any, Any] | None:
         return None
     if len(items) % 2:
         return None
-    return dict(zip(items[::2], items[1::2], strict=True))
+    return Map(zip(items[::2], items[1::2], strict=True))
 
 
 def _more_flat_maps(
     text: str, pos: int, atoms: _Atoms, items: list[Any], track: list[int] | None, lines: _Lines
 ) -> int:
-    """Read the flat maps that follow `pos` into `items` (their lines into `track`); the
-    position after the last."""
+    """Read the flat maps that follow `pos` into `items` (their lines into `track`), at most
+    `_FLAT_RUN_MAX` of them; the position after the last."""
     match = _NEXT_FLAT_MAP.match
-    while True:
+    for _ in range(_FLAT_RUN_MAX):
         m = match(text, pos)
         if m is None:
             return pos
@@ -121,6 +171,7 @@ def _more_flat_maps(
             track.append(lines.at(m.end() - len(m.group(1)) - 2))
         items.append(record)
         pos = m.end()
+    return pos
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -129,11 +180,14 @@ def _line_of(text: str, pos: int) -> int:
 
 @dataclass(slots=True)
 class Form:
-    """A top-level form, the line it starts on, and the line of each item if a collection."""
+    """A top-level form (`depth` 0) and the line it starts on, with the line of each item if
+    it is a vector or list; or (`depth` 1) a batch of items of an unwrapped top-level vector
+    or list: `value` lists them, `item_lines` gives their lines."""
 
     value: Any
     line: int
     item_lines: list[int] = field(default_factory=list)
+    depth: int = 0
 
 
 class _Lines:
@@ -152,13 +206,36 @@ class _Lines:
         return self.line
 
 
+def parse_one(text: str) -> Any:
+    """The value of the one form `text` holds; raises `EdnError` if it holds another
+    number of forms, or bad input."""
+    if _ATOM.fullmatch(text):
+        try:
+            return parse_atom(text)
+        except ValueError as exc:
+            raise EdnError(str(exc), 1) from None
+    forms = parse_all(text)
+    if len(forms) != 1:
+        raise EdnError(f"expected one form, got {len(forms)}", 1)
+    return forms[0].value
+
+
 def parse_all(text: str) -> list[Form]:
     """Every top-level form of `text`; raises `EdnError` naming the line on bad input."""
-    forms: list[Form] = []
+    return list(iter_forms(text))
+
+
+def iter_forms(text: str, *, unwrap: bool = False) -> Iterator[Form]:
+    """The top-level forms of `text`, each as soon as it is read, so a reader can turn it
+    into a record and let it go; raises `EdnError` naming the line on bad input (after
+    yielding the forms before it). With `unwrap`, a top-level vector or list is not read
+    whole: a form whose value is `SEQUENCE` stands for it, then its items follow in
+    batches (forms of depth 1), as soon as they are read."""
     lines = _Lines(text)
     # Each open collection: (opening token, items, start position); discards per depth.
     stack: list[tuple[str, list[Any], int]] = []
     discards: list[int] = [0]
+    top = Form(None, 0)  # the top-level collection being read
     pos = 0
     match = _TOKEN.match
     flat = _FLAT_MAP.match
@@ -171,11 +248,8 @@ def parse_all(text: str) -> list[Form]:
         start = m.start(kind)
         pos = m.end()
         if kind == "end":
-            if stack:
-                raise EdnError(f"unexpected end of input in {stack[-1][0]!r}", lines.at(pos))
-            if discards[-1]:
-                raise EdnError("unexpected end of input after #_", lines.at(pos))
-            return forms
+            _check_end(stack, discards, lines.at(pos))
+            return
         if kind == "bad":
             raise EdnError(f"unexpected character {m.group(kind)!r}", lines.at(start))
         if kind == "tag":
@@ -183,44 +257,41 @@ def parse_all(text: str) -> list[Form]:
         if kind == "discard":
             discards[-1] += 1
             continue
-        if kind == "open" and text[start] == "{":
+        if kind == "open" and text[start] == "{" and len(stack) <= DEPTH_MAX - 2:
             fm = flat(text, start)
-            if fm is not None and not stack and "\n" in fm.group(1):
-                fm = None  # a top-level form needs the line of each item
             record = None if fm is None else _flat_map(fm.group(1), atoms)
             if record is not None:
                 assert fm is not None
                 pos = fm.end()
                 if discards[-1]:
                     discards[-1] -= 1
-                elif stack:
-                    track = forms[-1].item_lines if len(stack) == 1 else None
+                elif not stack:
+                    yield Form(record, lines.at(start))
+                else:
+                    track = top.item_lines if _tracked(stack, discards) else None
                     if track is not None:
                         track.append(lines.at(start))
                     stack[-1][1].append(record)
                     pos = _more_flat_maps(text, pos, atoms, stack[-1][1], track, lines)
-                else:
-                    line = lines.at(start)
-                    n_items = len(_FLAT_ITEM.findall(fm.group(1)))
-                    forms.append(Form(record, line, [line] * n_items))
+                    if len(stack) == 1 and top.value is SEQUENCE:
+                        yield _batch(top, stack[0][1])
                 continue
         if kind == "open":
-            if len(stack) == 0:
-                forms.append(Form(None, lines.at(start)))
-            elif len(stack) == 1 and not discards[-1]:
-                forms[-1].item_lines.append(lines.at(start))
+            if len(stack) >= DEPTH_MAX:
+                raise EdnError(f"collections nested deeper than {DEPTH_MAX}", lines.at(start))
+            if not stack:
+                top = Form(None, lines.at(start))
+                if unwrap and m.group(kind) in _SEQUENCES and not discards[-1]:
+                    top.value = SEQUENCE
+                    yield Form(SEQUENCE, top.line)
+            elif _tracked(stack, discards):
+                top.item_lines.append(lines.at(start))
             stack.append((m.group(kind), [], start))
             discards.append(0)
             continue
         token = m.group(kind)
         if kind == "close":
-            if not stack:
-                raise EdnError(f"unmatched {token!r}", lines.at(start))
-            opener, items, begin = stack.pop()
-            discards.pop()
-            if _CLOSERS[opener] != token:
-                raise EdnError(f"{opener!r} closed by {token!r}", lines.at(start))
-            value = _collection(opener, items, text, begin)
+            value = _close(token, stack, discards, text, lines.at(start))
         elif kind == "str":
             value = _string(token)
         else:
@@ -230,29 +301,57 @@ def parse_all(text: str) -> list[Form]:
                 raise EdnError(str(exc), lines.at(start)) from None
         if discards[-1]:
             discards[-1] -= 1
-            if not stack and kind == "close":
-                forms.pop()
         elif stack:
-            if len(stack) == 1 and kind != "close":
-                forms[-1].item_lines.append(lines.at(start))
+            if kind != "close" and _tracked(stack, discards):
+                top.item_lines.append(lines.at(start))
             stack[-1][1].append(value)
-        elif kind == "close":
-            forms[-1].value = value
-        else:
-            forms.append(Form(value, lines.at(start)))
+            if len(stack) == 1 and top.value is SEQUENCE:
+                yield _batch(top, stack[0][1])
+        elif kind != "close":
+            yield Form(value, lines.at(start))
+        elif top.value is not SEQUENCE:
+            top.value = value
+            yield top
 
 
-def _collection(opener: str, items: list[Any], text: str, begin: int) -> Any:
+def _batch(top: Form, items: list[Any]) -> Form:
+    """The items read so far of the unwrapped top-level sequence `top`, then forgotten."""
+    batch = Form(items[:], top.item_lines[0], top.item_lines[:], depth=1)
+    items.clear()
+    top.item_lines.clear()
+    return batch
+
+
+def _tracked(stack: list[tuple[str, list[Any], int]], discards: list[int]) -> bool:
+    """Whether the next item is one of a top-level vector or list, whose line is kept."""
+    return len(stack) == 1 and stack[0][0] in _SEQUENCES and not discards[-1]
+
+
+def _check_end(stack: list[tuple[str, list[Any], int]], discards: list[int], line: int) -> None:
+    if stack:
+        raise EdnError(f"unexpected end of input in {stack[-1][0]!r}", line)
+    if discards[-1]:
+        raise EdnError("unexpected end of input after #_", line)
+
+
+def _close(
+    token: str,
+    stack: list[tuple[str, list[Any], int]],
+    discards: list[int],
+    text: str,
+    line: int,
+) -> Any:
+    """The collection `token` closes, taken off `stack`."""
+    if not stack:
+        raise EdnError(f"unmatched {token!r}", line)
+    opener, items, begin = stack.pop()
+    discards.pop()
+    if _CLOSERS[opener] != token:
+        raise EdnError(f"{opener!r} closed by {token!r}", line)
     if opener == "{":
         if len(items) % 2:
             raise EdnError("map with an odd number of forms", _line_of(text, begin))
-        try:
-            return dict(zip(items[::2], items[1::2]))
-        except TypeError:
-            raise EdnError("map key is not hashable", _line_of(text, begin)) from None
+        return Map(zip(items[::2], items[1::2], strict=True))
     if opener == "#{":
-        try:
-            return frozenset(items)
-        except TypeError:
-            raise EdnError("set element is not hashable", _line_of(text, begin)) from None
+        return frozenset(items)
     return tuple(items)

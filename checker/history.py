@@ -19,10 +19,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NEMESIS", "TYPES", "Event", "HistoryError", "Op", "pair", "paused_gc"]
+__all__ = [
+    "DEPTH_MAX",
+    "NEMESIS",
+    "TYPES",
+    "Event",
+    "HistoryError",
+    "Op",
+    "brief",
+    "pair",
+    "paused_gc",
+]
 
 NEMESIS = "nemesis"
 TYPES = ("invoke", "ok", "fail", "info")
+DEPTH_MAX = 100
+"""How deeply values may nest (collections in collections); deeper is a `HistoryError`, so
+nothing downstream (hashing, comparing, printing) recurses without bound."""
+_BRIEF_CHARS = 60
 
 
 class HistoryError(ValueError):
@@ -36,6 +50,12 @@ class HistoryError(ValueError):
         if line is not None:
             where = f"{where}:{line}"
         super().__init__(f"{where}: {message}")
+
+
+def brief(value: Any) -> str:
+    """`repr(value)` cut to a few dozen characters, to quote bad input in a message."""
+    text = repr(value[: _BRIEF_CHARS + 1] if isinstance(value, str) else value)
+    return text if len(text) <= _BRIEF_CHARS else text[:_BRIEF_CHARS] + "..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from checker.history import HistoryError, Op
+from checker.history import HistoryError, Op, brief
 
 __all__ = ["ILLEGAL", "MODELS", "Model", "Step", "make_model"]
 
@@ -54,10 +54,13 @@ def _never(state: Any) -> bool:
 class Model:
     """A sequential specification.
 
-    Contract: `step(op)` returns a pure function of the state; `pure(op)` is True only if that
-    function never changes a state it accepts; `partition` splits a history into independent
-    sub-histories (P-compositionality), each with its own model. `observes` and `produces`
-    name the values an op reads and writes (registers only; empty elsewhere).
+    Contract: `shape_error(op)` says what is wrong with an op this model cannot take (its
+    `f`, or its value's shape), and `validate` refuses a history holding such an op before
+    anything else runs; then `step(op)` returns a pure function of the state; `pure(op)` is
+    True only if that function never changes a state it accepts; `partition` splits a
+    history into independent sub-histories (P-compositionality), each with its own model.
+    `observes` and `produces` name the values an op reads and writes (registers only; empty
+    elsewhere).
     """
 
     name = "model"
@@ -74,6 +77,21 @@ class Model:
 
     def step(self, op: Op) -> Step:
         raise NotImplementedError
+
+    def shape_error(self, op: Op) -> str | None:
+        """Why this model cannot take `op`, or None if it can. Values must be hashable:
+        they become states."""
+        try:
+            hash(op.value)
+        except TypeError:
+            return "value is not hashable"
+        return None
+
+    def validate(self, ops: list[Op], file: str | None = None) -> None:
+        """Raise `HistoryError` naming the first op (its line) this model cannot take."""
+        for op in ops:
+            if self.shape_error(op) is not None:
+                raise self._bad(op, file)
 
     def pure(self, op: Op) -> bool:
         return False
@@ -110,8 +128,16 @@ class Model:
         key = "" if op.key is None else f"[{op.key!r}] "
         return f"{op.f} {key}{_show(op.value)}"
 
-    def _bad(self, op: Op, why: str) -> HistoryError:
-        return HistoryError(f"model {self.name}: {why}: {op.f} {op.value!r}", line=op.line)
+    def _bad(self, op: Op, file: str | None = None) -> HistoryError:
+        why = self.shape_error(op) or "bad operation"
+        where = "" if op.line is not None else f" (operation {op.id})"
+        return HistoryError(
+            f"model {self.name}: {why}: {op.f} {brief(op.value)}{where}", file=file, line=op.line
+        )
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2
 
 
 def _show(value: Any) -> str:
@@ -136,12 +162,17 @@ class CasRegister(Model):
             return lambda s: s if s == v else ILLEGAL
         if f == "write":
             return lambda s: v
-        if f == "cas" and self.allow_cas:
-            if not isinstance(v, tuple) or len(v) != 2:
-                raise self._bad(op, "cas value must be [old new]")
+        if f == "cas" and self.allow_cas and _pair(v):
             old, new = v
             return lambda s: new if s == old else ILLEGAL
-        raise self._bad(op, "unknown operation")
+        raise self._bad(op)
+
+    def shape_error(self, op: Op) -> str | None:
+        if op.f not in ("read", "write", "cas") or (op.f == "cas" and not self.allow_cas):
+            return "unknown operation"
+        if op.f == "cas" and not _pair(op.value):
+            return "cas value must be [old new]"
+        return super().shape_error(op)
 
     def pure(self, op: Op) -> bool:
         return op.f == "read"
@@ -225,7 +256,14 @@ class AppendRegister(Model):
             return lambda s: v
         if f == "append":
             return lambda s: s + v
-        raise self._bad(op, "unknown operation")
+        raise self._bad(op)
+
+    def shape_error(self, op: Op) -> str | None:
+        if op.f not in ("get", "put", "append"):
+            return "unknown operation"
+        if isinstance(op.value, str) or (op.f == "get" and op.ret is None):
+            return None
+        return "value must be a string" + (" (null only for an unfinished get)" * (op.f == "get"))
 
     def pure(self, op: Op) -> bool:
         return op.f == "get"
@@ -325,14 +363,17 @@ class MultiRegister(Model):
         return apply
 
     def _micro(self, op: Op) -> list[tuple[str, int, Any]]:
+        if self.shape_error(op) is not None:
+            raise self._bad(op)
+        return [(m[0], self._slot(m[1]), m[2]) for m in op.value]
+
+    def shape_error(self, op: Op) -> str | None:
         if op.f != "txn" or not isinstance(op.value, tuple):
-            raise self._bad(op, "expected txn with a vector of micro-ops")
-        micro = []
+            return "expected txn with a vector of micro-ops"
         for m in op.value:
             if not isinstance(m, tuple) or len(m) != 3 or m[0] not in ("read", "write"):
-                raise self._bad(op, f"bad micro-op {m!r}")
-            micro.append((m[0], self._slot(m[1]), m[2]))
-        return micro
+                return f"bad micro-op {brief(m)}, expected [read|write key value]"
+        return super().shape_error(op)
 
     def pure(self, op: Op) -> bool:
         return all(m[0] == "read" for m in op.value)
@@ -354,7 +395,10 @@ class Mutex(Model):
             return lambda s: ILLEGAL if s else True
         if op.f == "release":
             return lambda s: False if s else ILLEGAL
-        raise self._bad(op, "unknown operation")
+        raise self._bad(op)
+
+    def shape_error(self, op: Op) -> str | None:
+        return None if op.f in ("acquire", "release") else "unknown operation"
 
 
 class SetModel(Model):
@@ -369,14 +413,19 @@ class SetModel(Model):
         if op.f == "add":
             e = op.value
             return lambda s: s if e in s else s | {e}
-        if op.f == "read":
-            if op.value is None:
-                return _identity
-            if not isinstance(op.value, (tuple, frozenset)):
-                raise self._bad(op, "read value must be a collection")
+        if op.f == "read" and op.value is None:
+            return _identity
+        if op.f == "read" and isinstance(op.value, tuple | frozenset):
             want = frozenset(op.value)
             return lambda s: s if s == want else ILLEGAL
-        raise self._bad(op, "unknown operation")
+        raise self._bad(op)
+
+    def shape_error(self, op: Op) -> str | None:
+        if op.f not in ("add", "read"):
+            return "unknown operation"
+        if op.f == "read" and not isinstance(op.value, tuple | frozenset | None):
+            return "read value must be a collection"
+        return super().shape_error(op)
 
     def pure(self, op: Op) -> bool:
         return op.f == "read"

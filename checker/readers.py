@@ -14,57 +14,117 @@ Every reader returns a `History` or raises `HistoryError` naming the file and li
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
-from collections.abc import Hashable
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
-from checker.edn import EdnError, Form, parse_all, parse_atom
-from checker.history import NEMESIS, TYPES, Event, HistoryError, paused_gc
+from checker.edn import SEQUENCE, EdnError, Form, iter_forms, parse_all, parse_atom, parse_one
+from checker.history import DEPTH_MAX, NEMESIS, TYPES, Event, HistoryError, brief, paused_gc
 
-__all__ = ["FORMATS", "History", "detect_format", "parse_history", "read_history"]
+__all__ = ["FORMATS", "History", "detect_format", "load_json", "parse_history", "read_history"]
 
 FORMATS = ("jsonl", "jepsen-edn", "knossos-edn", "porcupine-kv", "jepsen-etcd-log")
 
 
 @dataclass(slots=True)
 class History:
-    """Events of one history, in record order, and the format they were read from."""
+    """Events of one history, in record order, and the format they were read from.
+
+    `warnings` says what was read but ignored: only ever a torn last line of a ``jsonl``
+    history (a killed test's last write), never anything else. `records` holds the JSON
+    objects of a ``jsonl`` history as read, when asked for (`keep_records`).
+    """
 
     events: list[Event]
     format: str
     file: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] | None = None
 
 
-def read_history(path: str, fmt: str | None = None) -> History:
-    """Read and parse the history file at `path`; `fmt` forces a format."""
+def read_history(path: str, fmt: str | None = None, *, keep_records: bool = False) -> History:
+    """Read and parse the history file at `path` (UTF-8); `fmt` forces a format.
+
+    With `keep_records`, a ``jsonl`` history also keeps its records (`History.records`), and
+    each must have its time. Raises `HistoryError` naming the file and line of what is wrong.
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HistoryError(f"cannot read: {exc}", file=path) from None
-    return parse_history(text, fmt, file=path)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise HistoryError(f"cannot read: {exc.strerror or exc}", file=path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _torn_in_utf8(data, exc, fmt, path, keep_records)
+    del data
+    return parse_history(text, fmt, file=path, keep_records=keep_records)
 
 
-def parse_history(text: str, fmt: str | None = None, *, file: str | None = None) -> History:
-    """Parse history `text`; `fmt` is one of `FORMATS`, or None to detect it."""
+def _torn_in_utf8(
+    data: bytes, exc: UnicodeDecodeError, fmt: str | None, path: str, keep_records: bool
+) -> History:
+    """A jsonl history whose last, unterminated line is a record cut inside a character is
+    torn there; anything else that is not UTF-8 is an error naming its line."""
+    cut = data.rfind(b"\n") + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    if exc.start >= cut and _cut_in_a_character(data[cut:]):
+        try:
+            text = data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and (fmt or detect_format(text, path)) == "jsonl":
+            history = parse_history(text, "jsonl", file=path, keep_records=keep_records)
+            history.warnings.append(_torn(path, line, len(data) - cut))
+            return history
+    column = exc.start - data.rfind(b"\n", 0, exc.start)
+    raise HistoryError(
+        f"not UTF-8: byte {data[exc.start]:#04x} at column {column}", file=path, line=line
+    )
+
+
+def _cut_in_a_character(tail: bytes) -> bool:
+    """Whether `tail` is the start of a record whose last character lost a byte or more."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(tail, final=False)
+    except UnicodeDecodeError:
+        return False
+    return _begins_a_record(text)
+
+
+def _begins_a_record(line: str) -> bool:
+    return line.lstrip().startswith("{")
+
+
+def parse_history(
+    text: str, fmt: str | None = None, *, file: str | None = None, keep_records: bool = False
+) -> History:
+    """Parse history `text`; `fmt` is one of `FORMATS`, or None to detect it. `keep_records`
+    as for `read_history`."""
     if fmt is None:
         fmt = detect_format(text, file)
     reader = _READERS.get(fmt)
-    if reader is None:
-        raise HistoryError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if reader is None and fmt != "jsonl":
+        raise HistoryError(
+            f"unknown format {brief(fmt)}; expected one of {', '.join(FORMATS)}", file=file
+        )
     try:
         with paused_gc():
-            events = reader(text, file)
+            if reader is None:
+                return _jsonl(text, file, keep_records)
+            return History(reader(text, file), fmt, file)
     except EdnError as exc:
         raise HistoryError(exc.message, file=file, line=exc.line) from None
-    return History(events, fmt, file)
 
 
 def detect_format(text: str, file: str | None = None) -> str:
     """Guess the format from the first meaningful line (and the file name if empty)."""
-    for raw in text.splitlines():
+    for lineno, raw, _ in _lines(text):
         line = raw.strip()
         if not line or line.startswith(";"):
             continue
@@ -72,11 +132,11 @@ def detect_format(text: str, file: str | None = None) -> str:
             return "jsonl"
         if line[0] in "[(":
             return "knossos-edn"
-        if _ETCD_LINE.match(line):
+        if _etcd_record(line):
             return "jepsen-etcd-log"
         if line.startswith(("{", "#")):
             return "porcupine-kv" if re.search(r":key\s", text[:4096]) else "jepsen-edn"
-        raise HistoryError("unrecognised history format", file=file, line=1)
+        raise HistoryError("unrecognised history format", file=file, line=lineno)
     name = file or ""
     if name.endswith(".log"):
         return "jepsen-etcd-log"
@@ -85,37 +145,82 @@ def detect_format(text: str, file: str | None = None) -> str:
     return "jsonl"
 
 
-def _jsonl(text: str, file: str | None) -> list[Event]:
-    events: list[Event] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
+def _lines(text: str) -> Iterator[tuple[int, str, bool]]:
+    """(line number, line, whether a newline ends it) for each line of `text`. Lines end
+    only at "\n": JSON strings may hold U+2028, U+0085, form feeds and such unescaped."""
+    start, lineno, size = 0, 1, len(text)
+    find = text.find
+    while start < size:
+        end = find("\n", start)
+        if end < 0:
+            yield lineno, text[start:], False
+            return
+        yield lineno, text[start:end], True
+        start, lineno = end + 1, lineno + 1
+
+
+def _torn(file: str | None, line: int, size_bytes: int) -> str:
+    return f"{file or '<history>'}: last line (line {line}) is torn, {size_bytes} bytes ignored"
+
+
+def _jsonl(text: str, file: str | None, keep_records: bool) -> History:
+    history = History([], "jsonl", file, records=[] if keep_records else None)
+    events, records = history.events, history.records
+    for lineno, raw, ended in _lines(text):
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise HistoryError(f"bad JSON: {exc.msg}", file=file, line=lineno) from None
-        if not isinstance(rec, dict):
-            raise HistoryError("a record must be a JSON object", file=file, line=lineno)
-        if rec.get("index") != len(events):
-            raise HistoryError(
-                f"index {rec.get('index')!r}, expected {len(events)} (dense from 0)",
-                file=file,
-                line=lineno,
-            )
-        time_ns = rec.get("time")
-        if time_ns is not None and (not isinstance(time_ns, int) or isinstance(time_ns, bool)):
-            raise HistoryError("time must be an integer (ns)", file=file, line=lineno)
-        events.append(_event(rec, lineno, file, _frozen(rec.get("value")), time_ns))
-    return events
+            rec = load_json(raw, file, lineno)
+        except HistoryError:
+            if ended or not _begins_a_record(raw):
+                raise
+            history.warnings.append(_torn(file, lineno, len(raw.encode("utf-8"))))
+            break
+        events.append(_jsonl_event(rec, lineno, file, len(events), keep_records))
+        if records is not None:
+            records.append(rec)
+    return history
 
 
-def _event(
-    rec: dict[Any, Any], lineno: int, file: str | None, value: Any, time_ns: Any = None
-) -> Event:
+def load_json(raw: str, file: str | None, line: int | None = None) -> Any:
+    """`json.loads(raw)`; whatever it cannot read is a `HistoryError` at `file`:`line`."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        why = f"bad JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        why = "JSON nested too deeply"
+    except ValueError:
+        # The only other failure: an integer too long to convert in linear time.
+        why = f"an integer has more than {sys.get_int_max_str_digits()} digits"
+    raise HistoryError(why, file=file, line=line)
+
+
+def _jsonl_event(rec: Any, lineno: int, file: str | None, index: int, time_required: bool) -> Event:
+    if isinstance(rec, dict) and rec.get("index") != index:
+        raise HistoryError(
+            f"index {brief(rec.get('index'))}, expected {index} (dense from 0)",
+            file=file,
+            line=lineno,
+        )
+    if time_required and isinstance(rec, dict) and rec.get("time") is None:
+        raise HistoryError("time is missing (ns)", file=file, line=lineno)
+    return _record_event(rec, lineno, file)
+
+
+def _record_event(rec: Any, lineno: int, file: str | None) -> Event:
+    """The event of one record shaped like a ``history.jsonl`` line (a dict of JSON
+    values); raises `HistoryError` at `file`:`lineno` when it is not one."""
+    if not isinstance(rec, dict):
+        raise HistoryError("a record must be a JSON object", file=file, line=lineno)
+    return _event(rec, lineno, file, _frozen(rec.get("value"), file, lineno))
+
+
+def _event(rec: dict[Any, Any], lineno: int, file: str | None, value: Any) -> Event:
     typ = rec.get("type")
     if typ not in TYPES:
         raise HistoryError(
-            f"type must be one of {'|'.join(TYPES)}, got {typ!r}", file=file, line=lineno
+            f"type must be one of {'|'.join(TYPES)}, got {brief(typ)}", file=file, line=lineno
         )
     process = rec.get("process")
     if (
@@ -124,51 +229,77 @@ def _event(
         and (not isinstance(process, int) or isinstance(process, bool))
     ):
         raise HistoryError(
-            f"process must be an integer or {NEMESIS!r}, got {process!r}", file=file, line=lineno
+            f"process must be an integer or {NEMESIS!r}, got {brief(process)}",
+            file=file,
+            line=lineno,
         )
     f = rec.get("f")
     if not isinstance(f, str):
-        raise HistoryError(f"f must be a name, got {f!r}", file=file, line=lineno)
+        raise HistoryError(f"f must be a name, got {brief(f)}", file=file, line=lineno)
     key = rec.get("key")
     if key is not None and not isinstance(key, Hashable):
         raise HistoryError("key must be a scalar", file=file, line=lineno)
+    time_ns = rec.get("time")
+    if time_ns is not None and (type(time_ns) is not int):
+        raise HistoryError("time must be an integer (ns)", file=file, line=lineno)
+    # One string object per type and f, not one per record.
+    typ, f = _TYPE_NAMES[typ], sys.intern(f)
     return Event(typ, process, f, value, key, time_ns, lineno, "value" in rec)
 
 
-def _frozen(value: Any) -> Any:
-    """JSON lists become tuples and objects frozen pairs, so values can be compared and hashed."""
+_TYPE_NAMES = {t: t for t in TYPES}
+
+
+def _frozen(value: Any, file: str | None, line: int, depth: int = 0) -> Any:
+    """JSON lists become tuples and objects frozen pairs, so values can be compared and
+    hashed; nested at most `DEPTH_MAX` deep."""
     if value is None or type(value) is int or type(value) is str:
         return value
+    if depth >= DEPTH_MAX and isinstance(value, list | dict):
+        raise HistoryError(f"value nested deeper than {DEPTH_MAX}", file=file, line=line)
     if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
+        return tuple([_frozen(v, file, line, depth + 1) for v in value])
     if isinstance(value, dict):
-        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+        return tuple(sorted((k, _frozen(v, file, line, depth + 1)) for k, v in value.items()))
     return value
 
 
 def _edn_maps(text: str, file: str | None) -> list[Event]:
-    return _op_maps(parse_all(text), file)
-
-
-def _op_maps(forms: list[Form], file: str | None) -> list[Event]:
-    if len(forms) == 1 and isinstance(forms[0].value, tuple):
-        items, lines = forms[0].value, forms[0].item_lines
-    else:
-        items, lines = tuple(f.value for f in forms), [f.line for f in forms]
-    events = []
-    for rec, lineno in zip(items, lines):
-        if not isinstance(rec, dict):
-            raise HistoryError("an operation must be a map", file=file, line=lineno)
-        events.append(_event(rec, lineno, file, rec.get("value"), rec.get("time")))
-    return events
+    """One map per top-level form, or one vector or list of maps (as Knossos)."""
+    forms = iter_forms(text, unwrap=True)
+    first = next(forms, None)
+    if first is None:
+        return []
+    if first.value is SEQUENCE:
+        return _op_items(forms, file)
+    return [_op(form.value, form.line, file) for form in chain((first,), forms)]
 
 
 def _knossos(text: str, file: str | None) -> list[Event]:
-    forms = parse_all(text)
-    if len(forms) != 1 or not isinstance(forms[0].value, tuple):
-        line = forms[1].line if len(forms) > 1 else 1
+    forms = iter_forms(text, unwrap=True)
+    first = next(forms, None)
+    if first is None or first.value is not SEQUENCE:
+        line = 1 if first is None else first.line
         raise HistoryError("expected one vector or list of operations", file=file, line=line)
-    return _op_maps(forms, file)
+    return _op_items(forms, file)
+
+
+def _op_items(forms: Iterator[Form], file: str | None) -> list[Event]:
+    """The ops of the top-level vector or list whose items `forms` yields next."""
+    events: list[Event] = []
+    for form in forms:
+        if form.depth == 0:
+            raise HistoryError(
+                "expected one vector or list of operations", file=file, line=form.line
+            )
+        events.extend(_op(rec, line, file) for rec, line in zip(form.value, form.item_lines))
+    return events
+
+
+def _op(rec: Any, lineno: int, file: str | None) -> Event:
+    if not isinstance(rec, dict):
+        raise HistoryError("an operation must be a map", file=file, line=lineno)
+    return _event(rec, lineno, file, rec.get("value"))
 
 
 _KV_LINE = re.compile(
@@ -179,7 +310,7 @@ _KV_LINE = re.compile(
 
 def _porcupine_kv(text: str, file: str | None) -> list[Event]:
     events = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw, _ in _lines(text):
         if not raw.strip():
             continue
         m = _KV_LINE.fullmatch(raw)
@@ -200,44 +331,45 @@ def _edn_line(raw: str, lineno: int, file: str | None) -> Event:
         raise HistoryError(exc.message, file=file, line=lineno) from None
     if len(forms) != 1 or not isinstance(forms[0].value, dict):
         raise HistoryError("expected one map per line", file=file, line=lineno)
-    rec = forms[0].value
-    return _event(rec, lineno, file, rec.get("value"), rec.get("time"))
+    return _op(forms[0].value, lineno, file)
 
 
-_ETCD_LINE = re.compile(r"\S+\s+jepsen\.util\s+-\s+")
-_ETCD_FIELDS = re.compile(r"(\S+)\s+:(invoke|ok|fail|info)\s+:(\S+)\s*(.*?)\s*")
+_ETCD_TYPES = {f":{t}": t for t in TYPES}
+
+
+def _etcd_record(line: str) -> str | None:
+    """What follows ``LEVEL jepsen.util -`` on a log line of a jepsen.util record, else
+    None. Split on whitespace, not matched with a regex: runs of spaces stay linear."""
+    if line[:1].isspace():
+        return None
+    parts = line.split(None, 3)
+    if len(parts) < 3 or parts[1] != "jepsen.util" or parts[2] != "-":
+        return None
+    return parts[3] if len(parts) == 4 else ""
 
 
 def _etcd_log(text: str, file: str | None) -> list[Event]:
     events = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        head = _ETCD_LINE.match(raw)
-        if head is None:
+    for lineno, raw, _ in _lines(text):
+        rest = _etcd_record(raw)
+        if rest is None:
             continue  # other log lines
-        m = _ETCD_FIELDS.fullmatch(raw, head.end())
-        if m is None or not m.group(4):
+        fields = rest.split(None, 3)
+        if len(fields) < 4 or fields[1] not in _ETCD_TYPES or fields[2][:1] != ":":
             raise HistoryError("malformed jepsen.util record", file=file, line=lineno)
-        proc, typ, f, value_text = m.groups()
+        proc, typ, f, value_text = fields[0], _ETCD_TYPES[fields[1]], fields[2][1:], fields[3]
         try:
             process: Any = parse_atom(proc)
-            value = _etcd_value(value_text)
+            value = parse_one(value_text)
         except (ValueError, EdnError):
-            raise HistoryError(f"bad value {value_text!r}", file=file, line=lineno) from None
+            raise HistoryError(f"bad value {brief(value_text)}", file=file, line=lineno) from None
         if not isinstance(process, int) and process != NEMESIS:
-            raise HistoryError(f"bad process {proc!r}", file=file, line=lineno)
-        events.append(Event(typ, process, f, value, None, None, lineno))
+            raise HistoryError(f"bad process {brief(proc)}", file=file, line=lineno)
+        events.append(Event(typ, process, sys.intern(f), value, None, None, lineno))
     return events
 
 
-def _etcd_value(text: str) -> Any:
-    forms = parse_all(text)
-    if len(forms) != 1:
-        raise ValueError(text)
-    return forms[0].value
-
-
-_READERS = {
-    "jsonl": _jsonl,
+_READERS: dict[str, Callable[[str, str | None], list[Event]]] = {
     "jepsen-edn": _edn_maps,
     "knossos-edn": _knossos,
     "porcupine-kv": _porcupine_kv,

@@ -103,9 +103,53 @@ def test_malformed_input_names_file_and_line(fmt: str) -> None:
 def test_truncated_input_is_an_error_naming_the_last_line(fmt: str) -> None:
     text = SAMPLES[fmt][0]
     cut = text[: len(text.rstrip("\n")) - 4]
+    if fmt == "jsonl":
+        cut += "\n"  # a newline after it: not the torn write of a killed test
     with pytest.raises(HistoryError) as err:
         check(parse_history(cut, fmt, file="cut"))
-    assert err.value.line == cut.count("\n") + 1 or (fmt == "knossos-edn"), str(err.value)
+    last_line = len(cut.rstrip("\n").split("\n"))
+    assert err.value.line == last_line or (fmt == "knossos-edn"), str(err.value)
+
+
+@pytest.mark.parametrize("cut_bytes", [1, 4, 30])
+def test_jsonl_torn_last_line_is_ignored_and_said(cut_bytes: int) -> None:
+    """A killed test leaves its last line unfinished, without a newline: only that line
+    may be dropped, and the history says so."""
+    torn = JSONL[: len(JSONL) - 1 - cut_bytes]
+    history = parse_history(torn, "jsonl", file="h.jsonl")
+    size = len(JSONL.splitlines()[-1]) - cut_bytes
+    assert history.warnings == [f"h.jsonl: last line (line 5) is torn, {size} bytes ignored"]
+    assert [e.line for e in history.events] == [1, 2, 3, 4]
+    result = check(history)
+    assert result.warnings == history.warnings
+    assert result.to_json()["warnings"] == history.warnings
+    assert result.valid is True and result.ops == 2  # the read is unfinished: honest
+
+
+def test_jsonl_unreadable_line_before_the_last_is_an_error() -> None:
+    lines = JSONL.splitlines(keepends=True)
+    for n in range(len(lines)):
+        for text in (
+            "".join([*lines[:n], lines[n][:-2] + "\n", *lines[n + 1 :]]),
+            "".join([*lines[:n], lines[n][:-2] + "\n"]),
+        ):
+            with pytest.raises(HistoryError) as err:
+                parse_history(text, "jsonl", file="h.jsonl")
+            assert err.value.line == n + 1
+
+
+def test_jsonl_torn_inside_a_character_is_torn(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    last = '{"index": 5, "time": 40, "type": "invoke", "process": 2, "f": "write", "value": "é"'
+    path.write_bytes((JSONL + last).encode()[:-2])
+    history = read_history(str(path))
+    assert len(history.events) == 5
+    size = len(last.encode()) - 2
+    assert history.warnings == [f"{path}: last line (line 6) is torn, {size} bytes ignored"]
+    path.write_bytes((JSONL + last).encode()[:-2] + b"\n")
+    with pytest.raises(HistoryError, match="not UTF-8") as err:
+        read_history(str(path))
+    assert err.value.line == 6
 
 
 def test_jsonl_requires_dense_indices_and_integer_time() -> None:
