@@ -167,7 +167,7 @@ async def run_test(opts: TestOptions) -> RunOutcome:
         await asyncio.to_thread(backend.setup, nodes)
         # Not from the seed (two runs of one seed may share the machine): the backend's.
         run_id = getattr(backend, "run_id", None) or secrets.token_hex(2)
-        log.info("cluster up on %s (id %s)", opts.backend, run_id)
+        log.info("%s hosts ready (id %s)", opts.backend, run_id)
         if data_root is None:
             data_root = data_dir = make_data_dir(run_id)
         cluster = ClusterSpec(
