@@ -609,7 +609,10 @@ class _Connection(asyncio.Protocol):
                 else:
                     self._request(obj)
         except wire.FrameError as exc:
-            log.debug("connection closed: %s", exc)
+            # A peer that breaks the protocol is worth a warning (a bug or an attack); a
+            # client's bad request is answered and is the client's business.
+            level = logging.WARNING if self._peer is not None else logging.DEBUG
+            log.log(level, "connection from %s closed: %s", self._peer or "a client", exc)
             if not self._greeting and self._peer is None:
                 self.write(reply(False, error="bad_request", message=str(exc)))
             self.close()

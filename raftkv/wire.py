@@ -13,13 +13,15 @@ MAX_HELLO_FRAME_BYTES; a client's requests below MAX_REQUEST_FRAME_BYTES; only a
 `message_from_obj` raises FrameError naming the first bad field ("entries[2].data ...").
 
 Message layout: a map with one-letter keys, fields equal to their default left out;
-entries as [term, index, kind, data], a snapshot as [index, term, peers, data].
+entries as [term, index, kind, data], a snapshot as [index, term, peers, data, crc32(data)]:
+the checksum lets a follower refuse an image damaged on the way before it persists it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import zlib
 from typing import Any
 
 import msgpack
@@ -149,7 +151,7 @@ def message_to_obj(msg: Message) -> dict[str, Any]:
         obj["x"] = msg.context
     if msg.snapshot is not None:
         snap = msg.snapshot
-        obj["n"] = [snap.index, snap.term, list(snap.peers), snap.data]
+        obj["n"] = [snap.index, snap.term, list(snap.peers), snap.data, zlib.crc32(snap.data)]
     return obj
 
 
@@ -221,15 +223,18 @@ def _refuse_entry(name: str, row: object, prev_index: int, prev_term: int) -> No
 
 
 def _snapshot(value: object) -> Snapshot:
-    index, term, peers, data = _list(value, "snapshot", 4)
+    index, term, peers, data, crc = _list(value, "snapshot", 5)
     peer_names = tuple(
         _str(peer, f"snapshot.peers[{n}]") for n, peer in enumerate(_list(peers, "snapshot.peers"))
     )
+    data = _bytes(data, "snapshot.data")
+    if _int(crc, "snapshot.crc32") != zlib.crc32(data):
+        raise FrameError(f"field 'snapshot.data' does not match its checksum {crc:#010x}")
     return Snapshot(
         index=_int(index, "snapshot.index"),
         term=_int(term, "snapshot.term"),
         peers=peer_names,
-        data=_bytes(data, "snapshot.data"),
+        data=data,
     )
 
 

@@ -20,6 +20,7 @@ from raftkv import node as node_mod
 from raftkv import wire
 from raftkv.cli import main as cli_main
 from raftkv.client import Client
+from raftkv.kv import KVStore
 from raftkv.localcluster import free_ports
 from raftkv.node import Node, NodeOptions
 from raftkv.peerauth import TokenError, load_token
@@ -157,6 +158,31 @@ def test_garbage_snapshot_is_refused_before_it_is_saved_and_the_node_lives_on(
     with caplog.at_level(logging.WARNING, logger="raftkv.node"):
         run(go)
     assert any("snapshot from n2" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_snapshot_damaged_on_the_way_is_refused_by_its_checksum(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped byte that still decodes as an image is caught by the frame's checksum."""
+    image = KVStore().snapshot()
+    snap = Snapshot(1000, 7, ("n1", "n2"), image)
+    obj = wire.message_to_obj(
+        Message(type=MsgType.SNAPSHOT, src="n2", dst="n1", term=7, snapshot=snap)
+    )
+    obj["n"][4] ^= 1  # the checksum no longer matches the image
+
+    async def go() -> None:
+        async with running(tmp_path) as (node, task):
+            reader, writer = await handshake(node, None)
+            writer.write(wire.encode_frame(obj))
+            assert await closed_by_node(reader)
+            assert not task.done() and node.core.snapshot_index == 0 and node.core.term == 0
+            assert await serves(node)
+        assert not (tmp_path / "snapshot.bin").exists()
+
+    with caplog.at_level(logging.WARNING, logger="raftkv.node"):
+        run(go)
+    assert any("checksum" in r.getMessage() for r in caplog.records), caplog.text
 
 
 # ---- peer authentication ---------------------------------------------------------------------

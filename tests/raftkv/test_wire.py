@@ -241,12 +241,13 @@ def without(key: str) -> dict[str, Any]:
         (with_field("e", [[4, 12, 0, b""]]), r"'entries\[0\].index' must be 11, got 12"),
         (with_field("e", [[4, 11, 0, b""], [4, 13, 0, b""]]), r"'entries\[1\].index' must be 12"),
         (with_field("e", [[3, 11, 0, b""]]), r"'entries\[0\].term' 3 is below"),
-        (with_field("n", [1, 2, 3]), "'snapshot' must have 4 elements"),
+        (with_field("n", [1, 2, 3]), "'snapshot' must have 5 elements"),
+        (with_field("n", [1, 2, [], b"img", 7]), "'snapshot.data' does not match its checksum"),
         (with_field("n", "img"), "'snapshot' must be an array"),
-        (with_field("n", [1, 2, "ab", b""]), "'snapshot.peers' must be an array"),
-        (with_field("n", [1, 2, ["a", 3], b""]), r"'snapshot.peers\[1\]' must be a string"),
-        (with_field("n", [1, -2, [], b""]), "'snapshot.term' must be between"),
-        (with_field("n", [1, 2, [], None]), "'snapshot.data' must be bytes"),
+        (with_field("n", [1, 2, "ab", b"", 0]), "'snapshot.peers' must be an array"),
+        (with_field("n", [1, 2, ["a", 3], b"", 0]), r"'snapshot.peers\[1\]' must be a string"),
+        (with_field("n", [1, -2, [], b"", 0]), "'snapshot.term' must be between"),
+        (with_field("n", [1, 2, [], None, 0]), "'snapshot.data' must be bytes"),
     ],
 )
 def test_wrong_shapes_name_the_field(obj: object, message: str) -> None:
