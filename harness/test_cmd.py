@@ -259,7 +259,8 @@ def prepare_backend(opts: TestOptions) -> None:
 @click.option(
     "--ssh-remote-dir",
     default=None,
-    help="ssh backend: base directory on the nodes (default /var/tmp/harness-<user>).",
+    help="ssh backend: base directory on the nodes, the login's alone with mode 0700 "
+    "(default /var/tmp/harness-<user>).",
 )
 @click.option(
     "--node-cmd",
