@@ -12,9 +12,16 @@ Verdicts merge as Jepsen's do: False beats "unknown" beats True (`merge_valid`).
 
 from checker.api import UNKNOWN, Result, Verdict, check, infer_model, merge_valid
 from checker.explain import ANOMALY_NAMES, Anomaly
-from checker.history import NEMESIS, Event, HistoryError, Op, pair
+from checker.history import NEMESIS, Event, HistoryError, Op, brief, pair
 from checker.models import ILLEGAL, MODELS, Model, make_model
-from checker.readers import FORMATS, History, detect_format, parse_history, read_history
+from checker.readers import (
+    FORMATS,
+    History,
+    detect_format,
+    load_json,
+    parse_history,
+    read_history,
+)
 from checker.search import Search, prepare
 
 __all__ = [
@@ -33,9 +40,11 @@ __all__ = [
     "Result",
     "Search",
     "Verdict",
+    "brief",
     "check",
     "detect_format",
     "infer_model",
+    "load_json",
     "make_model",
     "merge_valid",
     "pair",

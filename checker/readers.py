@@ -182,12 +182,14 @@ def _jsonl(text: str, file: str | None, keep_records: bool) -> History:
     return history
 
 
-def load_json(raw: str, file: str | None, line: int | None = None) -> Any:
-    """`json.loads(raw)`; whatever it cannot read is a `HistoryError` at `file`:`line`."""
+def load_json(raw: str, file: str | None, line: int = 1) -> Any:
+    """`json.loads(raw)`, where `raw` starts at `line` of `file`; whatever it cannot read is
+    a `HistoryError` naming the file and line."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         why = f"bad JSON: {exc.msg} (column {exc.colno})"
+        line += exc.lineno - 1
     except RecursionError:
         why = "JSON nested too deeply"
     except ValueError:

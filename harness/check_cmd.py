@@ -1,7 +1,8 @@
 """`harness check`: re-check history files of any supported format.
 
 Exit codes: 0 all valid, 1 any invalid, 2 any unknown (and none invalid), 254 bad usage or an
-unreadable file (the message names the file and line).
+unreadable file (the message names the file and line). A torn last line of a jsonl history (a
+killed test's last write) is the one thing left out: the verdict's `warnings` say so.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def _print_human(report: dict[str, Any]) -> None:
     click.echo(head)
     if report.get("reason"):
         click.echo(f"  undecided: {report['reason']}")
+    for warning in report.get("warnings", []):
+        click.echo(f"  warning: {warning}")
     for anomaly in report.get("anomalies", []):
         click.echo("  " + anomaly["text"].replace("\n", "\n  "))
     sys.stdout.flush()

@@ -14,7 +14,6 @@ operations around its anomaly (and the page draws only those in view).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+import checker
 from harness.analysis import pair_ops, stale_reads
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
@@ -68,15 +68,12 @@ class Span:
 
 
 def read_ops(path: Path) -> list[dict[str, Any]]:
-    """The ops of a `history.jsonl`; a torn last line (a killed run) is skipped."""
-    ops = []
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                op = json.loads(line)
-                if isinstance(op, dict) and "type" in op and "time" in op:
-                    ops.append(op)
-    return ops
+    """The records of a run's `history.jsonl`, read as `harness check` and `analyze` read it
+    (`checker.read_history`): a torn last line (a killed run) is left out; any other line
+    that does not read is a `checker.HistoryError` naming it."""
+    records = checker.read_history(str(path), "jsonl", keep_records=True).records
+    assert records is not None
+    return records
 
 
 def spans_of(ops: Iterable[dict[str, Any]]) -> list[Span]:

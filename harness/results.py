@@ -17,9 +17,14 @@ if TYPE_CHECKING:
 __all__ = ["build_results", "check_history", "options_of_results"]
 
 
-def check_history(ops: Sequence[dict[str, Any]], time_limit_s: float) -> dict[str, Any]:
-    """The checker's verdict, per key, and certain stale reads."""
-    result = checker.check(list(ops), "kv", time_limit_s=time_limit_s)
+def check_history(
+    ops: Sequence[dict[str, Any]], time_limit_s: float, history: checker.History | None = None
+) -> dict[str, Any]:
+    """The checker's verdict, per key, and certain stale reads. `history` is `ops` as
+    `checker.read_history` read them, if they were read from a file (its errors then name
+    the file and line)."""
+    target = history if history is not None else list(ops)
+    result = checker.check(target, "kv", time_limit_s=time_limit_s)
     spans = pair_ops(list(ops))
     keys = sorted({s.key for s in spans if s.key is not None}, key=str)
     bad = {a.key for a in result.anomalies}
