@@ -112,7 +112,7 @@ def pair(events: Iterable[Event], *, file: str | None = None) -> list[Op]:
         if ev.type == "invoke":
             if ev.process in pending:
                 raise HistoryError(
-                    f"process {ev.process!r} invokes while its previous operation is pending",
+                    f"process {brief(ev.process)} invokes while its previous operation is pending",
                     file=file,
                     line=ev.line,
                 )
@@ -124,13 +124,13 @@ def pair(events: Iterable[Event], *, file: str | None = None) -> list[Op]:
             if ev.type == "info":
                 continue  # an info with nothing pending is noise, as in Jepsen
             raise HistoryError(
-                f"{ev.type} for process {ev.process!r} with no pending invoke",
+                f"{ev.type} for process {brief(ev.process)} with no pending invoke",
                 file=file,
                 line=ev.line,
             )
         if ev.f != invokes[call].f:
             raise HistoryError(
-                f"completion f {ev.f!r} does not match invoke f {invokes[call].f!r}",
+                f"completion f {brief(ev.f)} does not match invoke f {brief(invokes[call].f)}",
                 file=file,
                 line=ev.line,
             )

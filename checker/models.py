@@ -132,7 +132,9 @@ class Model:
         why = self.shape_error(op) or "bad operation"
         where = "" if op.line is not None else f" (operation {op.id})"
         return HistoryError(
-            f"model {self.name}: {why}: {op.f} {brief(op.value)}{where}", file=file, line=op.line
+            f"model {self.name}: {why}: {brief(op.f)} {brief(op.value)}{where}",
+            file=file,
+            line=op.line,
         )
 
 

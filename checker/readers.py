@@ -304,9 +304,11 @@ def _op(rec: Any, lineno: int, file: str | None) -> Event:
     return _event(rec, lineno, file, rec.get("value"))
 
 
+# Porcupine's usual line, read without the EDN reader; any other line (escapes in strings,
+# a process of more digits than an int64 has) goes through it.
 _KV_LINE = re.compile(
-    r'\{:process (\d+), :type :(invoke|ok|fail|info), :f :(\w+), :key "((?:[^"\\]|\\.)*)", '
-    r':value (nil|"(?:[^"\\]|\\.)*")\}\s*'
+    r'\{:process (\d{1,18}), :type :(invoke|ok|fail|info), :f :(\w+), :key "([^"\\]*)", '
+    r':value (nil|"[^"\\]*")\}\s*'
 )
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import checker.edn
-from checker.edn import EdnError, parse_all
+from checker.edn import SEQUENCE, EdnError, iter_forms, parse_all
 
 NEVER = re.compile(r"(?!)")
 ATOMS = [":type", ":ok", ":f", ":value", "nil", "true", "1", "-2", "3.5", "12N", "foo", "\\c"]
@@ -75,6 +75,29 @@ def test_flat_maps_read_as_the_general_reader_reads_them(text: str) -> None:
         mp.setattr(checker.edn, "_NEXT_FLAT_MAP", NEVER)
         slow = _read(text)
     assert fast == slow, text
+
+
+def _unwrapped(text: str) -> Any:
+    """What `_read` gives, rebuilt from the forms `iter_forms(unwrap=True)` yields."""
+    forms: list[Any] = []
+    try:
+        for form in iter_forms(text, unwrap=True):
+            if form.value is SEQUENCE:
+                forms.append([[], form.line, []])
+            elif form.depth == 1:
+                forms[-1][0] += form.value
+                forms[-1][2] += form.item_lines
+            else:
+                forms.append([form.value, form.line, form.item_lines])
+    except EdnError as exc:
+        return ("error", exc.message, exc.line)
+    return [(tuple(v) if isinstance(v, list) else v, line, lines) for v, line, lines in forms]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_unwrapped_sequences_yield_what_the_whole_reader_reads(text: str) -> None:
+    assert _unwrapped(text) == _read(text), text
 
 
 def test_records_spread_over_lines_keep_their_lines() -> None:
