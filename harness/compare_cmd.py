@@ -38,6 +38,7 @@ import jinja2
 from checker import Verdict, merge_valid
 from harness.analysis import pair_ops
 from harness.junit import JunitCase, relative_to_junit, write_junit
+from harness.report import read_ops
 from harness.runner import RunOutcome, TestOptions
 from harness.store import new_run_dir, write_json
 from harness.targets import TARGETS, Target
@@ -142,12 +143,6 @@ def mode_row(
         anomaly=anomaly.get("name") if anomaly else None,
         run_dir=str(results.get("run_dir", "")),
     )
-
-
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "history.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -292,7 +287,10 @@ def compare_exit_code(rows: Sequence[ModeRow]) -> int:
 def _row(opts: TestOptions, outcome: RunOutcome, meant_linearizable: bool) -> ModeRow:
     assert opts.read_mode is not None
     return mode_row(
-        opts.read_mode, meant_linearizable, outcome.results, _read_history(outcome.run_dir)
+        opts.read_mode,
+        meant_linearizable,
+        outcome.results,
+        read_ops(outcome.run_dir / "history.jsonl"),
     )
 
 
