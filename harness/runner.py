@@ -164,7 +164,12 @@ async def run_test(opts: TestOptions) -> RunOutcome:
     ctx: NemesisContext | None = None
     try:
         log.info("run %s: %s", run_dir, asdict(opts))
-        await asyncio.to_thread(backend.setup, nodes)
+        try:
+            await asyncio.to_thread(backend.setup, nodes)
+        except BaseException:
+            # The id names whatever a failed setup may have left: say it (cleanup finds it).
+            log.info("%s hosts not ready (id %s)", opts.backend, getattr(backend, "run_id", "-"))
+            raise
         # Not from the seed (two runs of one seed may share the machine): the backend's.
         run_id = getattr(backend, "run_id", None) or secrets.token_hex(2)
         log.info("%s hosts ready (id %s)", opts.backend, run_id)

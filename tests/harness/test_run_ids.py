@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.backends.netns import NetnsBackend
-from harness.runner import TestOptions, run_test
+from harness.runner import TestOptions as Options
+from harness.runner import run_test
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
@@ -28,7 +29,7 @@ def test_a_netns_run_whose_drawn_id_is_taken_runs_under_another(
         real = secrets.token_hex
         drawn = iter([squatter.run_id])
         monkeypatch.setattr(secrets, "token_hex", lambda n=None: next(drawn, None) or real(n))
-        opts = TestOptions(backend="netns", time_s=1.0, store=tmp_path, live=False, seed=1)
+        opts = Options(backend="netns", time_s=1.0, store=tmp_path, live=False, seed=1)
         outcome = asyncio.run(run_test(opts))
         monkeypatch.undo()
         assert outcome.valid is True
