@@ -122,6 +122,16 @@ def parse_history(
         raise HistoryError(exc.message, file=file, line=exc.line) from None
 
 
+def _porcupine_line(line: str) -> bool:
+    """A record of Porcupine's kv logs: a :key and one of its three ops, and no :time
+    (Jepsen's records have one, and may have a :key too)."""
+    return (
+        ":time" not in line
+        and re.search(r":key\s", line) is not None
+        and re.search(r":f\s+:(?:get|put|append)\b", line) is not None
+    )
+
+
 def detect_format(text: str, file: str | None = None) -> str:
     """Guess the format from the first meaningful line (and the file name if empty)."""
     for lineno, raw, _ in _lines(text):
@@ -135,7 +145,7 @@ def detect_format(text: str, file: str | None = None) -> str:
         if _etcd_record(line):
             return "jepsen-etcd-log"
         if line.startswith(("{", "#")):
-            return "porcupine-kv" if re.search(r":key\s", text[:4096]) else "jepsen-edn"
+            return "porcupine-kv" if _porcupine_line(line) else "jepsen-edn"
         raise HistoryError("unrecognised history format", file=file, line=lineno)
     name = file or ""
     if name.endswith(".log"):

@@ -58,6 +58,13 @@ SAMPLES = {
 }
 
 
+def test_a_jepsen_history_with_keys_is_not_taken_for_porcupine() -> None:
+    keyed = "{:index 0 :type :invoke :process 0 :f :write :key 3 :value 1 :time 1}\n"
+    assert detect_format(keyed) == "jepsen-edn"
+    assert detect_format('{:type :invoke, :f :get, :key "3", :time 5}\n') == "jepsen-edn"
+    assert detect_format(PORCUPINE.splitlines()[4]) == "porcupine-kv"
+
+
 @pytest.mark.parametrize("fmt", sorted(SAMPLES))
 def test_each_format_is_detected_read_and_checked(fmt: str) -> None:
     text, model = SAMPLES[fmt]
