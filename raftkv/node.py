@@ -45,6 +45,8 @@ READ_MODES = ("log", "readindex", "lease", "local", "follower")
 # keeps the line, and only so many may be at it at once: until then nobody is known.
 HELLO_TIMEOUT_S = 5.0
 MAX_CONNECTIONS_BEFORE_HELLO = 64
+# A misconfigured peer reconnects every few ticks: one line per reason this often, with a count.
+REFUSAL_LOG_INTERVAL_S = 10.0
 PEER_IDLE_TIMEOUT_S = 60.0
 CLIENT_IDLE_TIMEOUT_S = 600.0
 MAX_REQUESTS_IN_FLIGHT = 4096
@@ -164,6 +166,8 @@ class Node:
         self._greeting: set[_Connection] = set()
         self._refusing_connections = False
         self._untokened_warned = False
+        # reason -> (when last logged, refusals since): a few fixed reasons, so bounded.
+        self._refusals: dict[str, tuple[float, int]] = {}
         # A received snapshot's state machine, restored (so checked) before the core saw it.
         self._restored: tuple[Snapshot, KVStore] | None = None
         self._request_tasks: set[asyncio.Task[None]] = set()
@@ -482,6 +486,16 @@ class Node:
         self._restored = (msg.snapshot, kv)
         self.core.step(msg)
 
+    def _log_refusal(self, who: str, what: str) -> None:
+        now = time.monotonic()
+        last, quiet = self._refusals.get(what, (-REFUSAL_LOG_INTERVAL_S, 0))
+        if now - last < REFUSAL_LOG_INTERVAL_S:
+            self._refusals[what] = (last, quiet + 1)
+            return
+        self._refusals[what] = (now, 0)
+        more = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
+        log.warning("node %s: refused a peer connection %s: %s%s", self.opts.id, who, what, more)
+
     def _known_peer(self, hello: dict[Any, Any]) -> str | None:
         """The peer a hello names, if it is one of ours."""
         peer = hello.get("id")
@@ -676,10 +690,7 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, peer: str, what: str) -> bool:
         addr = self._transport.get_extra_info("peername") if self._transport else None
-        log.warning(
-            "node %s: refused a peer connection as %s from %s: %s",
-            self._node.opts.id, peer, addr, what,
-        )  # fmt: skip
+        self._node._log_refusal(f"as {peer} from {addr}", what)
         self.close()
         return False
 

@@ -226,6 +226,29 @@ def test_a_wrong_proof_is_refused(tmp_path: Path) -> None:
     run(go)
 
 
+def test_a_peer_refused_again_and_again_is_logged_once_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misconfigured peer reconnects every few ticks; its refusals must not flood the log."""
+
+    async def go() -> None:
+        async with running(tmp_path, cluster_token=TOKEN) as (node, _task):
+            for _ in range(5):
+                reader, writer = await handshake(node, None)
+                assert await closed_by_node(reader)
+                writer.close()
+            # As if the interval had passed since the first line: the next one says how many.
+            node._refusals["a hello without a proof of the cluster token"] = (-1e9, 4)
+            reader, _ = await handshake(node, None)
+            assert await closed_by_node(reader)
+
+    with caplog.at_level(logging.WARNING, logger="raftkv.node"):
+        run(go)
+    lines = [r.getMessage() for r in caplog.records if "refused a peer" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "without a proof" in lines[0] and "4 more like it" in lines[1], lines
+
+
 def test_the_right_proof_opens_the_peer_link(tmp_path: Path) -> None:
     async def go() -> None:
         async with running(tmp_path, cluster_token=TOKEN) as (node, _task):
