@@ -47,6 +47,10 @@ MAX_THREADS = 16
 MAX_WAITING = 512
 # http.server refuses a longer request line (414) or header line (431) itself.
 MAX_HEAD_BYTES = 128 * 1024
+# Connections accepted per wake-up at most: a burst of connects is taken before the listen
+# backlog fills (a SYN dropped there is retried only after a second), and the heads already
+# waiting are still read between bursts.
+MAX_ACCEPTS_PER_WAKEUP = 256
 
 
 @dataclass(frozen=True)
@@ -314,12 +318,13 @@ class StoreServer(HTTPServer):
     per connection (HTTP/1.0), so a thread is held only while it answers.
     """
 
-    request_queue_size = 128
+    request_queue_size = 1024
 
     def __init__(
         self, address: tuple[str, int], handler: Any, *, timeout_s: float, max_threads: int
     ) -> None:
         super().__init__(address, handler)
+        self.socket.setblocking(False)
         self.timeout_s = timeout_s
         self._waiting: dict[socket.socket, _Waiting] = {}
         self._ready: queue.Queue[tuple[socket.socket, Any, bytes]] = queue.Queue(2 * max_threads)
@@ -338,7 +343,7 @@ class StoreServer(HTTPServer):
                 while not self._stop.is_set():
                     for key, _ in selector.select(self._select_timeout(poll_interval)):
                         if key.fileobj is self.socket:
-                            self._accept(selector)
+                            self._accept_burst(selector)
                         else:
                             self._gather(selector, key.fileobj)  # type: ignore[arg-type]
                     self._expire(selector)
@@ -368,7 +373,14 @@ class StoreServer(HTTPServer):
         oldest = next(iter(self._waiting.values()))
         return max(0.0, min(poll_interval, oldest.deadline - time.monotonic()))
 
-    def _accept(self, selector: selectors.BaseSelector) -> None:
+    def _accept_burst(self, selector: selectors.BaseSelector) -> None:
+        for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+            if not self._accept(selector):
+                return
+
+    def _accept(self, selector: selectors.BaseSelector) -> bool:
+        """Accept one connection into the waiting set; False when none was taken (none is
+        queued, or no file descriptor is left)."""
         try:
             sock, address = self.socket.accept()
         except OSError as exc:
@@ -377,12 +389,13 @@ class StoreServer(HTTPServer):
                 self._drop(next(iter(self._waiting)), selector)
             elif exc.errno in (errno.EMFILE, errno.ENFILE):
                 self._stop.wait(0.05)
-            return
+            return False
         if len(self._waiting) >= MAX_WAITING:
             self._drop(next(iter(self._waiting)), selector, HTTPStatus.REQUEST_TIMEOUT)
         sock.setblocking(False)
         self._waiting[sock] = _Waiting(address, time.monotonic() + self.timeout_s)
         selector.register(sock, selectors.EVENT_READ)
+        return True
 
     def _gather(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
         waiting = self._waiting[sock]
