@@ -1,4 +1,4 @@
-"""Live progress on the terminal: elapsed / total, op outcomes, active faults."""
+"""Live progress of a run on the terminal: elapsed / total, op outcomes, active faults."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from rich.text import Text
 
 from nemesis.faults import FaultEvent
 
-__all__ = ["Progress"]
+__all__ = ["ProgressLine"]
 
 PLAIN_EVERY_S = 10.0
 
 
-class Progress:
+class ProgressLine:
     """A rich Live line on a terminal; a plain line every few seconds otherwise."""
 
     def __init__(self, total_s: float, live: bool = True) -> None:
@@ -31,7 +31,7 @@ class Progress:
         self._enabled = live
         self._last_plain = 0.0
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> ProgressLine:
         self._t0 = time.monotonic()
         if self._enabled and self._console.is_terminal:
             self._live = Live(

@@ -29,7 +29,7 @@ from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
-from harness.progress import Progress
+from harness.progress import ProgressLine
 from harness.report import write_run_reports
 from harness.results import build_results
 from harness.store import new_run_dir, point_latest, write_json
@@ -317,7 +317,7 @@ async def _drive(
     gen = Generator(
         WorkloadOptions(opts.workload, opts.keys, ops=opts.ops or OPS), random.Random(opts.seed)
     )
-    progress = Progress(opts.time_s, live=opts.live)
+    progress = ProgressLine(opts.time_s, live=opts.live)
     stop = asyncio.Event()
 
     def emit(event: FaultEvent) -> None:
@@ -368,7 +368,7 @@ async def _worker(
     cluster: ClusterSpec,
     gen: Generator,
     history: HistoryWriter,
-    progress: Progress,
+    progress: ProgressLine,
     stop: asyncio.Event,
 ) -> None:
     """One logical client. After an `info` it continues as a new process (Jepsen's rule)."""
@@ -391,7 +391,7 @@ async def invoke_one(
     process: int,
     concurrency: int,
     history: HistoryWriter,
-    progress: Progress | None,
+    progress: ProgressLine | None,
 ) -> int:
     """Invoke and record one op; returns the process id to use next."""
     history.record("invoke", process, op.f, key=op.key, value=op.value)
