@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness.analysis import quantile
 from raftkv.client import Client
 from raftkv.localcluster import LocalCluster
 
@@ -63,10 +63,11 @@ def measure(addrs: list[str], op: str, clients: int, procs: int, seconds: float)
         latencies = [x for part in parts for x in part]
     if len(latencies) < 2:
         return f"{op:10s} {clients:4d} clients: no successful ops"
-    q = statistics.quantiles(latencies, n=100)
+    latencies.sort()
+    p50_ms, p99_ms = (quantile(latencies, q) * 1000 for q in (0.5, 0.99))
     return (
         f"{op:10s} {clients:4d} clients: {len(latencies) / seconds:8.0f} ops/s  "
-        f"p50 {q[49] * 1000:6.2f} ms  p99 {q[98] * 1000:6.2f} ms"
+        f"p50 {p50_ms:6.2f} ms  p99 {p99_ms:6.2f} ms"
     )
 
 

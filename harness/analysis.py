@@ -1,5 +1,8 @@
 """What a history says beyond the verdict: certain stale reads, op counts, latencies.
 
+Every latency figure (report, compare, benchmarks) is a `quantile` of this module:
+nearest-rank, so p99 is a latency some op really had.
+
 A read is *certainly stale* when the value it returned had been overwritten
 before the read began: an op showing another value (a completed write of it,
 or a completed read that returned it) ended before the read began, and that
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from checker.explain import Overwrites, Shown
 
-__all__ = ["OpSpan", "StaleRead", "count_ops", "pair_ops", "stale_reads"]
+__all__ = ["OpSpan", "StaleRead", "count_ops", "pair_ops", "quantile", "stale_reads"]
 
 INF = math.inf
 
@@ -141,3 +146,15 @@ def count_ops(spans: list[OpSpan]) -> dict[str, dict[str, int]]:
         counts["all"][s.type] += 1
         counts[s.f][s.type] += 1
     return {f: dict(c) for f, c in counts.items()}
+
+
+def quantile(ascending: Sequence[float], q: float) -> float:
+    """The nearest-rank `q`-quantile (0 <= q <= 1) of a non-empty ascending sequence: the
+    smallest value with at least a fraction `q` of the values at or below it, so
+    `quantile(v, 0.5)` of [1, 2, 3, 4] is 2 and `quantile(v, 0.99)` of 100 values is the
+    99th. Always one of the values, never an interpolation. ValueError when empty."""
+    if not ascending:
+        raise ValueError("no values to take a quantile of")
+    # q as the decimal it was written as: 0.07 * 100 is 7.000000000000001 in floats.
+    rank = math.ceil(Fraction(str(q)) * len(ascending))
+    return ascending[max(1, rank) - 1]

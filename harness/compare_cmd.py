@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import click
 import jinja2
 
 from checker import Verdict, merge_valid
-from harness.analysis import pair_ops
+from harness.analysis import pair_ops, quantile
 from harness.junit import JunitCase, relative_to_junit, write_junit
 from harness.report import read_ops
 from harness.runner import RunOutcome, TestOptions
@@ -108,14 +107,6 @@ def linearizable_modes(target: Target) -> tuple[str, ...]:
     return tuple(getattr(target, "linearizable_read_modes", target.read_modes))
 
 
-def _percentile(sorted_values: Sequence[float], pct: float) -> float | None:
-    """Nearest-rank percentile of an ascending sequence (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def mode_row(
     mode: str, meant_linearizable: bool, results: dict[str, Any], history: list[dict[str, Any]]
 ) -> ModeRow:
@@ -129,7 +120,7 @@ def mode_row(
     total = sum(counts.values())
     time_s = float(results.get("options", {}).get("time_s") or 0.0)
     anomaly = results.get("checker", {}).get("anomaly")
-    p50, p99 = _percentile(read_ms, 50), _percentile(read_ms, 99)
+    p50, p99 = (quantile(read_ms, q) if read_ms else None for q in (0.5, 0.99))
     return ModeRow(
         mode=mode,
         meant_linearizable=meant_linearizable,

@@ -29,7 +29,7 @@ import jinja2
 from markupsafe import Markup
 
 import checker
-from harness.analysis import pair_ops, stale_reads
+from harness.analysis import pair_ops, quantile, stale_reads
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
 from harness.results import options_of_results
@@ -181,10 +181,6 @@ def leader_segments(samples: Sequence[dict[str, Any]], end_ns: int) -> list[dict
     return segments
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 def perf_data(spans: Sequence[Span], end_ns: int) -> dict[str, Any]:
     """Latency points (thinned past a bound), quantile lines and throughput per bucket."""
     done = [s for s in spans if s.end_ns is not None]
@@ -205,7 +201,7 @@ def perf_data(spans: Sequence[Span], end_ns: int) -> dict[str, Any]:
     for b in range(n_buckets):
         values = sorted(latencies.get(b, []))
         for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-            quantiles[name].append(round(_quantile(values, q), 3) if values else None)
+            quantiles[name].append(round(quantile(values, q), 3) if values else None)
     per_s = 1000.0 / bucket_ms
     return {
         "points": {
