@@ -87,7 +87,8 @@ _DOCKER_FILES = ("Dockerfile", "node.sh")
 _REQ_NAME_RE = re.compile(r"[\s<>=!~;\[]")
 _DEPENDENCIES_RE = re.compile(r"^dependencies = \[.*?^\]", re.MULTILINE | re.DOTALL)
 
-Progress = Callable[[str], None]
+OnBuildStep = Callable[[str], None]
+"""Receives one line of text per step of an image build."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def _build_lock() -> Iterator[None]:
 def ensure_image(
     client: DockerClient,
     base_image: str | None = None,
-    progress: Progress = _quiet,
+    progress: OnBuildStep = _quiet,
     force: bool = False,
 ) -> BuiltImage:
     """The node image for this tree, built if no image has its content hash (or `force`)."""
@@ -281,7 +282,7 @@ def _given_base(client: DockerClient, name: str) -> Any:
         ) from None
 
 
-def ensure_base(client: DockerClient, progress: Progress = _quiet) -> Any:
+def ensure_base(client: DockerClient, progress: OnBuildStep = _quiet) -> Any:
     """Our Debian base image, made with debootstrap and imported when it is missing."""
     tag = base_tag()
     found = _find(client, tag)
@@ -358,7 +359,7 @@ def _platform_tag(client: DockerClient) -> str:
     return f"manylinux2014_{machine}"
 
 
-def _fill_context(client: DockerClient, root: Path, context: Path, progress: Progress) -> None:
+def _fill_context(client: DockerClient, root: Path, context: Path, progress: OnBuildStep) -> None:
     """Dockerfile, node.sh and wheels/: raftkv's wheel and those of its dependencies."""
     for name in _DOCKER_FILES:
         shutil.copy2(root / "docker" / name, context / name)
@@ -407,7 +408,7 @@ def _build(
     tag: str,
     base_id: str,
     own_base: bool,
-    progress: Progress,
+    progress: OnBuildStep,
 ) -> str:
     """`docker build` of the context on `base_id`; returns the image id."""
     image_id = ""

@@ -64,7 +64,7 @@ from docker.types import IPAMConfig, IPAMPool
 from harness.backends.base import BackendError, BackendUnavailable, TeardownOnExit
 from harness.backends.local import execute_on_host
 from harness.backends.owner import current_owner, owner_alive
-from harness.image import Progress, connect, ensure_image, source_root
+from harness.image import OnBuildStep, connect, ensure_image, source_root
 from nemesis.iptables import IPTABLES
 from nemesis.remote import (
     CommandNotFoundError,
@@ -324,7 +324,7 @@ class DockerBackend(TeardownOnExit):
         base_image: str | None = None,
         image: str | None = None,
         pool: str = DEFAULT_POOL,
-        progress: Progress | None = None,
+        progress: OnBuildStep | None = None,
         user_image: str | None = None,
         memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
         pids_limit: int = DEFAULT_PIDS_LIMIT,
