@@ -2,7 +2,8 @@
 
 Each member listens on its node's address: clients on port 2379, peers on 2380. A client is
 bound to one member (Jepsen's way) and sends every request there; etcd forwards a write to
-its leader itself. Requests (keys and values base64-encoded, values stored as JSON text):
+its leader itself, over one kept-alive connection (`harness.http_client`). Requests (keys
+and values base64-encoded, values stored as JSON text):
 
     write   POST /v3/kv/put    {"key", "value"}
     read    POST /v3/kv/range  {"key"} (+ "serializable": true in that read mode)
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -39,10 +39,11 @@ import subprocess
 from typing import Any
 
 from harness.backends.base import BackendError, BackendUnavailable
+from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError, request_once
 from harness.targets.base import ClusterSpec, Completion
 from harness.workload import Invocation
 
-__all__ = ["EtcdClient", "EtcdTarget", "GatewayError", "ensure_etcd_installed"]
+__all__ = ["EtcdClient", "EtcdTarget", "ensure_etcd_installed"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ BINARY = "etcd"
 PACKAGE = "etcd-server"
 STATUS_TIMEOUT_S = 1.0
 INSTALL_TIMEOUT_S = 600.0
-MAX_RESPONSE_BYTES = 1 << 20
 REFUSED_BACKOFF_S = 0.05
 # Errors etcd returns before a request is proposed: the op certainly did not happen.
 REJECTED_BEFORE_PROPOSAL = (
@@ -65,15 +65,6 @@ REJECTED_BEFORE_PROPOSAL = (
 GRPC_INVALID_ARGUMENT = 3
 
 
-class GatewayError(Exception):
-    """The gateway could not be asked or did not answer. `sent` tells whether any byte of the
-    request left: if not, the member certainly did not act on it."""
-
-    def __init__(self, message: str, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
-
-
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode("ascii")
 
@@ -84,124 +75,6 @@ def _encode_value(value: Any) -> str:
 
 def _decode_value(b64: str) -> Any:
     return json.loads(base64.b64decode(b64))
-
-
-class _Gateway:
-    """One keep-alive HTTP/1.1 connection to a member's JSON gateway; one request at a time.
-
-    `request_sent` says whether the current (or last) request was written, so a caller whose
-    timeout fired knows whether the member may have acted on it."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self.request_sent = False
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """POST `body` as JSON; (HTTP status, decoded JSON answer). Raises GatewayError."""
-        self.request_sent = False
-        payload = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        ).encode()
-        reader, writer = await self._connect()
-        try:
-            self.request_sent = True
-            writer.write(head + payload)
-            await writer.drain()
-            status, raw, keep_alive = await _read_response(reader)
-        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as exc:
-            await self.close()
-            raise GatewayError(f"connection lost after sending: {exc!r}", sent=True) from None
-        except BaseException:
-            # A timeout or cancellation mid-exchange leaves the stream unusable.
-            await self.close()
-            raise
-        if not keep_alive:
-            await self.close()
-        try:
-            answer = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            raise GatewayError(f"unreadable answer (HTTP {status})", sent=True) from None
-        if not isinstance(answer, dict):
-            raise GatewayError(f"unexpected answer (HTTP {status})", sent=True)
-        return status, answer
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is not None and self._writer is not None and not self._reader.at_eof():
-            return self._reader, self._writer
-        await self.close()
-        try:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        except OSError as exc:
-            raise GatewayError(f"cannot connect: {exc}", sent=False) from None
-        return self._reader, self._writer
-
-    async def close(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(0.5):
-                    await writer.wait_closed()
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """(status, body, keep-alive) of one HTTP/1.1 response: chunked, sized, or (neither)
-    read until the member closes the connection."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise EOFError("connection closed before an answer")
-    parts = status_line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
-    status = int(parts[1])
-    headers: dict[str, str] = {}
-    for _ in range(100):
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    keep_alive = headers.get("connection", "").lower() != "close"
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, await _read_chunked(reader), keep_alive
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        if length > MAX_RESPONSE_BYTES:
-            raise ValueError(f"answer of {length} bytes is too large")
-        return status, await reader.readexactly(length), keep_alive
-    return status, await _read_to_eof(reader), False
-
-
-async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
-    """A body without a length: everything up to the end of the stream (RFC 9112 §6.3),
-    however many reads it arrives in; the caller's op timeout bounds the wait."""
-    body = bytearray()
-    while chunk := await reader.read(65536):
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise ValueError(f"answer without a length is too large: over {MAX_RESPONSE_BYTES} B")
-    return bytes(body)
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while True:
-        size = int((await reader.readline()).split(b";")[0].strip(), 16)
-        if size == 0:
-            break
-        if len(body) + size > MAX_RESPONSE_BYTES:
-            raise ValueError("chunked answer is too large")
-        body += await reader.readexactly(size)
-        await reader.readline()
-    for _ in range(100):  # trailers, up to the blank line
-        if (await reader.readline()) in (b"\r\n", b"\n", b""):
-            break
-    return bytes(body)
 
 
 def _request(op: Invocation, serializable: bool) -> tuple[str, dict[str, Any]]:
@@ -257,31 +130,45 @@ class EtcdClient:
     """A client bound to one member; see the module docstring for how outcomes map."""
 
     def __init__(self, cluster: ClusterSpec, node: str) -> None:
-        self._gateway = _Gateway(cluster.addresses[node], CLIENT_PORT)
+        self._address = f"{cluster.addresses[node]}:{CLIENT_PORT}"
+        self._http = HttpClient()
         self._serializable = cluster.read_mode == "serializable"
         self._timeout_s = cluster.op_timeout_s
 
     async def invoke(self, op: Invocation) -> Completion:
         path, body = _request(op, self._serializable)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                status, answer = await self._gateway.post(path, body)
-        except TimeoutError:
-            if not self._gateway.request_sent:
-                return Completion("fail", value=op.value, error="timed out connecting")
-            return Completion("info", value=op.value, error="indeterminate: timed out")
-        except GatewayError as exc:
-            if not exc.sent:
+            response = await self._http.request(
+                self._address, "POST", path, body,
+                timeout_s=self._timeout_s, connect_timeout_s=self._timeout_s,
+            )  # fmt: skip
+        except NotSentError as exc:
+            if not exc.timed_out:
                 # A member that is down refuses at once: pace the retries of its clients.
                 await asyncio.sleep(REFUSED_BACKOFF_S)
-                return Completion("fail", value=op.value, error=str(exc))
-            if op.f == "read":
-                return Completion("fail", error=str(exc))
-            return Completion("info", value=op.value, error=f"indeterminate: {exc}")
-        return completion(op, status, answer)
+            return Completion("fail", value=op.value, error=str(exc))
+        except MaybeSentError as exc:
+            return _lost(op, str(exc), exc.timed_out)
+        answer = _json_object(response)
+        if answer is None:
+            return _lost(op, f"unreadable answer (HTTP {response.status})", timed_out=False)
+        return completion(op, response.status, answer)
 
     async def close(self) -> None:
-        await self._gateway.close()
+        await self._http.close()
+
+
+def _lost(op: Invocation, error: str, timed_out: bool) -> Completion:
+    """The outcome of a request that may have reached the member but got no usable answer."""
+    if op.f == "read" and not timed_out:
+        return Completion("fail", error=error)
+    return Completion("info", value=op.value, error=f"indeterminate: {error}")
+
+
+def _json_object(response: HttpResponse) -> dict[str, Any] | None:
+    """The gateway's JSON answer (an empty body is {}), or None if it is not an object."""
+    answer = response.json() if response.body.strip() else {}
+    return answer if isinstance(answer, dict) else None
 
 
 def ensure_etcd_installed() -> str:
@@ -380,14 +267,12 @@ class EtcdTarget:
     async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
         """The member that calls itself leader in the highest raft term, and that term."""
 
-        async def status(node: str) -> dict[str, Any]:
-            gateway = _Gateway(cluster.addresses[node], CLIENT_PORT)
-            try:
-                async with asyncio.timeout(STATUS_TIMEOUT_S):
-                    _, answer = await gateway.post("/v3/maintenance/status", {})
-                return answer
-            finally:
-                await gateway.close()
+        async def status(node: str) -> dict[str, Any] | None:
+            response = await request_once(
+                f"{cluster.addresses[node]}:{CLIENT_PORT}", "POST", "/v3/maintenance/status", {},
+                timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=STATUS_TIMEOUT_S,
+            )  # fmt: skip
+            return _json_object(response)
 
         answers = await asyncio.gather(*(status(n) for n in cluster.nodes), return_exceptions=True)
         leaders: list[tuple[int, str]] = []

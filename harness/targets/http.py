@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from harness.backends.base import BackendError
-from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
+from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError, request_once
 from harness.targets.base import ClusterSpec, Completion, TargetSetupError
 from harness.workload import OPS, Invocation
 from nemesis.remote import CommandNotFoundError, Remote, RemoteError
@@ -419,16 +419,13 @@ class HttpTarget:
     async def _get_status(self, cluster: ClusterSpec, node: str) -> HttpResponse | None:
         # A connection of its own each time: callers come and go (leader sampling, the
         # nemesis) and nothing is left open between them.
-        http = HttpClient()
         try:
-            return await http.request(
+            return await request_once(
                 _http_addr(cluster, node), "GET", "/status",
                 timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
             )  # fmt: skip
         except (NotSentError, MaybeSentError):
             return None
-        finally:
-            await http.close()
 
     async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
         """From `GET /status` where nodes answer it (the highest term's self-declared

@@ -27,11 +27,6 @@ from harness.targets.etcd import EtcdClient, completion
 from harness.workload import Invocation
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
-# Real etcd members in network namespaces.
-needs_netns = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("iptables") is None or shutil.which("etcd") is None,
-    reason="needs root, iptables and etcd-server (apt-get install etcd-server)",
-)
 
 
 def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -107,7 +102,7 @@ def _client(port: int, timeout_s: float = 0.5) -> EtcdClient:
     import harness.targets.etcd as etcd
 
     client = EtcdClient(spec("127.0.0.1", op_timeout_s=timeout_s), "n1")
-    client._gateway.port = port  # the test server's port instead of 2379
+    client._address = f"127.0.0.1:{port}"  # the test server's port instead of 2379
     assert etcd.CLIENT_PORT == 2379
     return client
 
@@ -230,7 +225,8 @@ def test_refused_is_fail_silence_after_sending_is_info_and_a_lost_read_is_no_wri
 # --- one real etcd member ---------------------------------------------------------------
 
 
-@needs_netns
+@pytest.mark.root
+@pytest.mark.etcd
 @pytest.mark.timeout(120)
 def test_a_real_member_answers_each_op_and_kill_and_pause_map_to_fail_and_info() -> None:
     target = EtcdTarget()
@@ -290,7 +286,8 @@ async def _drive_one_member(target: EtcdTarget, cluster: ClusterSpec, backend: A
 # --- whole runs -------------------------------------------------------------------------
 
 
-@needs_netns
+@pytest.mark.root
+@pytest.mark.etcd
 @pytest.mark.timeout(300)
 def test_etcd_with_linearizable_reads_stays_valid_under_partitions_and_kills(
     tmp_path: Path,
@@ -335,7 +332,8 @@ def _isolation_windows(
     return windows
 
 
-@needs_netns
+@pytest.mark.root
+@pytest.mark.etcd
 @pytest.mark.timeout(300)
 def test_serializable_reads_on_a_cut_off_member_are_stale(tmp_path: Path) -> None:
     concurrency, nodes = 9, ["n1", "n2", "n3"]
