@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftkv.log import LogConflict, RaftLog
-from raftkv.progress import Progress, ProgressState
+from raftkv.progress import FollowerProgress, ProgressState
 from raftkv.types import (
     Entry,
     EntryKind,
@@ -177,7 +177,7 @@ class Raft:
         self._heartbeat_elapsed_ticks = 0
         self._timeout_ticks = self._random_timeout_ticks()
         self._votes: dict[str, bool] = {}
-        self._progress: dict[str, Progress] = {}
+        self._progress: dict[str, FollowerProgress] = {}
         self._msgs: list[Message] = []
         self._reads: list[ReadState] = []
         self._dropped_reads: list[int] = []
@@ -217,7 +217,7 @@ class Raft:
         """The log entry at `index`, or None when compacted or absent."""
         return self.log.entry(index)
 
-    def progress(self, peer: str) -> Progress | None:
+    def progress(self, peer: str) -> FollowerProgress | None:
         """The leader's view of `peer`'s log (None unless leader)."""
         return self._progress.get(peer)
 
@@ -464,7 +464,8 @@ class Raft:
         self._transfer_target = None
         next_index = self.log.last_index() + 1
         self._progress = {
-            p: Progress(next_index=next_index, progress_tick=self._now_tick) for p in self._others
+            p: FollowerProgress(next_index=next_index, progress_tick=self._now_tick)
+            for p in self._others
         }
         self.log.append([Entry(self.term, next_index, EntryKind.NOOP)])
         self._bcast_append()
@@ -602,7 +603,7 @@ class Raft:
         elif msg.type is MsgType.HEARTBEAT_RESP:
             self._handle_heartbeat_resp(pr, msg)
 
-    def _handle_append_reject(self, pr: Progress, msg: Message) -> None:
+    def _handle_append_reject(self, pr: FollowerProgress, msg: Message) -> None:
         if pr.state is ProgressState.REPLICATE:
             current = msg.index > pr.match_index
         else:
@@ -616,7 +617,7 @@ class Raft:
         pr.next_index = max(min(msg.index, probe_index + 1), pr.match_index + 1)
         self._send_append(msg.src)
 
-    def _handle_append_ack(self, pr: Progress, msg: Message) -> None:
+    def _handle_append_ack(self, pr: FollowerProgress, msg: Message) -> None:
         if pr.acknowledge(msg.index, self._now_tick):
             if pr.state is ProgressState.PROBE or (
                 pr.state is ProgressState.SNAPSHOT and pr.match_index >= pr.snapshot_index
@@ -627,7 +628,7 @@ class Raft:
                 self._send_timeout_now(msg.src)
         self._send_append(msg.src)
 
-    def _handle_heartbeat_resp(self, pr: Progress, msg: Message) -> None:
+    def _handle_heartbeat_resp(self, pr: FollowerProgress, msg: Message) -> None:
         pr.lease_stamp_tick = max(pr.lease_stamp_tick, msg.index)
         behind = pr.match_index < self.log.last_index()
         # A lost append or snapshot leaves a follower waiting; retransmit once it is overdue.
@@ -694,7 +695,7 @@ class Raft:
         else:
             pr.probe_sent = True
 
-    def _send_snapshot(self, peer: str, pr: Progress) -> None:
+    def _send_snapshot(self, peer: str, pr: FollowerProgress) -> None:
         snap = self.log.snapshot
         assert snap is not None, "log compacted without a snapshot"
         self._send(MsgType.SNAPSHOT, peer, snapshot=snap)

@@ -6,6 +6,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
+__all__ = ["FollowerProgress", "ProgressState"]
+
 
 class ProgressState(enum.Enum):
     """How the leader currently sends to a follower.
@@ -21,7 +23,7 @@ class ProgressState(enum.Enum):
 
 
 @dataclass(slots=True)
-class Progress:
+class FollowerProgress:
     """Replication state of one follower, owned by the leader.
 
     `match_index` is the highest index known to be replicated on the follower;
