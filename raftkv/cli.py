@@ -22,6 +22,7 @@ from raftkv.core import BUGS
 from raftkv.node import READ_MODES, Node, NodeOptions
 from raftkv.peerauth import TokenError, load_token
 from raftkv.storage import StorageError
+from raftkv.timing import NODE_TIMING, RaftTiming
 from raftkv.transport import split_addr
 
 EXIT_OK, EXIT_FAIL, EXIT_UNKNOWN, EXIT_USAGE = 0, 1, 2, 254
@@ -66,8 +67,16 @@ def cli() -> None:
 @click.option(
     "--bug", "bugs", multiple=True, type=click.Choice(sorted(BUGS)), help="Deliberate bug."
 )
-@click.option("--tick-ms", type=click.IntRange(1, 10_000), default=25, show_default=True)
-@click.option("--election-ticks", type=click.IntRange(3, 10_000), default=20, show_default=True)
+@click.option(
+    "--tick-ms", type=click.IntRange(1, 10_000), default=NODE_TIMING.tick_ms, show_default=True
+)
+@click.option(
+    "--election-ticks",
+    type=click.IntRange(3, 10_000),
+    default=NODE_TIMING.election_timeout_ticks,
+    show_default=True,
+    help="Election timeout; heartbeats and the lease follow from it.",
+)
 @click.option("--snapshot-entries", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for election timeouts.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
@@ -110,7 +119,6 @@ def serve(
     )
     for bug in bugs:
         logging.getLogger("raftkv").warning("DELIBERATE BUG ENABLED: %s: this node is unsafe", bug)
-    heartbeat = max(1, election_ticks // 10)
     opts = NodeOptions(
         id=node_id,
         peers=peer_map,
@@ -118,10 +126,7 @@ def serve(
         http=_addr(http_addr, "--http"),
         read_mode=read_mode,
         bugs=frozenset(bugs),
-        tick_ms=tick_ms,
-        election_timeout_ticks=election_ticks,
-        heartbeat_ticks=heartbeat,
-        lease_ticks=max(1, election_ticks - max(2, election_ticks // 5)),
+        timing=RaftTiming.for_election_timeout(election_ticks, tick_ms=tick_ms),
         snapshot_entries=snapshot_entries,
         seed=seed,
         cluster_token=token,

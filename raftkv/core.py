@@ -27,6 +27,7 @@ from typing import Any
 
 from raftkv.log import LogConflict, RaftLog
 from raftkv.progress import FollowerProgress, ProgressState
+from raftkv.timing import RaftTiming
 from raftkv.types import (
     Entry,
     EntryKind,
@@ -76,25 +77,17 @@ class Role(enum.Enum):
 class Config:
     """Static configuration of one Raft node.
 
-    `peers` lists every voter including `id`. Timeouts are in ticks: an election starts
-    after a randomized timeout in [election_timeout_ticks, 2 * election_timeout_ticks)
-    without hearing from a leader. A lease read is served locally only while a quorum
-    answered heartbeats sent less than `lease_ticks` ago; `lease_ticks` must be below
-    `election_timeout_ticks` (the margin absorbs clock-rate drift between nodes), and
-    leases need `check_quorum` (without it `read_index(lease=True)` runs a ReadIndex round).
-
-    With `check_quorum` a node that heard from a leader (or started) less than an election
-    timeout ago ignores vote requests from higher terms: leader stickiness, which is also
-    what makes a lease safe across a voter's restart.
+    `peers` lists every voter including `id`; `timing` holds the timeouts (in ticks) and
+    `check_quorum`, with their contract. Without `pre_vote` a node that times out starts
+    a real election at once, disrupting a healthy leader when it rejoins. A leader sends
+    at most `max_entries_per_append` entries per append and keeps at most
+    `max_inflight_appends` unacknowledged appends per follower.
     """
 
     id: str
     peers: tuple[str, ...]
-    election_timeout_ticks: int = 10
-    heartbeat_ticks: int = 1
+    timing: RaftTiming = field(default_factory=RaftTiming)
     pre_vote: bool = True
-    check_quorum: bool = True
-    lease_ticks: int = 8
     max_entries_per_append: int = 256
     max_inflight_appends: int = 64
     bugs: frozenset[str] = frozenset()
@@ -102,12 +95,6 @@ class Config:
     def __post_init__(self) -> None:
         if self.id not in self.peers or len(set(self.peers)) != len(self.peers):
             raise ValueError(f"peers {self.peers} must list {self.id!r} once, without repeats")
-        if self.election_timeout_ticks < 2:
-            raise ValueError("election_timeout_ticks must be at least 2")
-        if not 1 <= self.heartbeat_ticks < self.election_timeout_ticks:
-            raise ValueError("heartbeat_ticks must be in [1, election_timeout_ticks)")
-        if not 1 <= self.lease_ticks < self.election_timeout_ticks:
-            raise ValueError("lease_ticks must be in [1, election_timeout_ticks)")
         if self.max_entries_per_append < 1 or self.max_inflight_appends < 1:
             raise ValueError("max_entries_per_append and max_inflight_appends must be >= 1")
         unknown = set(self.bugs) - BUGS
@@ -359,7 +346,7 @@ class Raft:
     # ---- timers and role changes -----------------------------------------------------
 
     def _random_timeout_ticks(self) -> int:
-        et = self.config.election_timeout_ticks
+        et = self.config.timing.election_timeout_ticks
         return et + self._rng.randrange(et)
 
     def _tick_election(self) -> None:
@@ -369,18 +356,18 @@ class Raft:
             self._start_election(pre_vote=self.config.pre_vote)
 
     def _tick_leader(self) -> None:
-        cfg = self.config
+        timing = self.config.timing
         self._leader_contact_elapsed_ticks = 0
         self._election_elapsed_ticks += 1
         if self._transfer_target is not None:
             self._transfer_elapsed_ticks += 1
-            if self._transfer_elapsed_ticks >= cfg.election_timeout_ticks:
+            if self._transfer_elapsed_ticks >= timing.election_timeout_ticks:
                 self._transfer_target = None
-        if self._election_elapsed_ticks >= cfg.election_timeout_ticks:
+        if self._election_elapsed_ticks >= timing.election_timeout_ticks:
             self._election_elapsed_ticks = 0
             if (
-                cfg.check_quorum
-                and "stale-leader-read" not in cfg.bugs
+                timing.check_quorum
+                and "stale-leader-read" not in self.config.bugs
                 and not self._quorum_recently_active()
             ):
                 self._become_follower(self.term, None)
@@ -388,7 +375,7 @@ class Raft:
             for pr in self._progress.values():
                 pr.recent_active = False
         self._heartbeat_elapsed_ticks += 1
-        if self._heartbeat_elapsed_ticks >= cfg.heartbeat_ticks:
+        if self._heartbeat_elapsed_ticks >= timing.heartbeat_ticks:
             self._heartbeat_elapsed_ticks = 0
             context = self._read_rounds[-1].round_id if self._read_rounds else 0
             self._bcast_heartbeat(context)
@@ -479,8 +466,8 @@ class Raft:
 
     def _heard_from_leader_recently(self) -> bool:
         return (
-            self.config.check_quorum
-            and self._leader_contact_elapsed_ticks < self.config.election_timeout_ticks
+            self.config.timing.check_quorum
+            and self._leader_contact_elapsed_ticks < self.config.timing.election_timeout_ticks
         )
 
     def _accept_higher_term(self, msg: Message) -> bool:
@@ -632,7 +619,7 @@ class Raft:
         pr.lease_stamp_tick = max(pr.lease_stamp_tick, msg.index)
         behind = pr.match_index < self.log.last_index()
         # A lost append or snapshot leaves a follower waiting; retransmit once it is overdue.
-        retransmit_ticks = max(2, self.config.election_timeout_ticks // 2)
+        retransmit_ticks = max(2, self.config.timing.election_timeout_ticks // 2)
         overdue = self._now_tick - pr.progress_tick >= retransmit_ticks
         if behind and pr.state is not ProgressState.PROBE and overdue:
             pr.become_probe(self._now_tick)
@@ -727,13 +714,13 @@ class Raft:
     def _lease_valid(self) -> bool:
         if "stale-leader-read" in self.config.bugs:
             return True
-        if not self.config.check_quorum or self._lease_forfeited or self._transfer_target:
+        if not self.config.timing.check_quorum or self._lease_forfeited or self._transfer_target:
             return False
         stamps = sorted(
             [self._now_tick, *(pr.lease_stamp_tick for pr in self._progress.values())],
             reverse=True,
         )
-        return self._now_tick - stamps[self.config.quorum - 1] < self.config.lease_ticks
+        return self._now_tick - stamps[self.config.quorum - 1] < self.config.timing.lease_ticks
 
     def _ack_read_round(self, round_id: int, peer: str) -> None:
         for read_round in self._read_rounds:

@@ -34,6 +34,7 @@ from raftkv.kv import (
 )
 from raftkv.peerauth import ACCEPTOR, CONNECTOR, Handshake, is_nonce, new_nonce
 from raftkv.storage import Storage, StorageError
+from raftkv.timing import NODE_TIMING, RaftTiming
 from raftkv.transport import PeerLink
 from raftkv.types import Entry, EntryKind, Message, MsgType, Ready, Snapshot
 
@@ -68,10 +69,7 @@ class NodeOptions:
     http: tuple[str, int] | None = None
     read_mode: str = "readindex"
     bugs: frozenset[str] = frozenset()
-    tick_ms: int = 25
-    election_timeout_ticks: int = 20
-    heartbeat_ticks: int = 2
-    lease_ticks: int = 16
+    timing: RaftTiming = NODE_TIMING
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0
     seed: int | None = None
@@ -136,9 +134,7 @@ class Node:
         config = Config(
             id=opts.id,
             peers=tuple(sorted(opts.peers)),
-            election_timeout_ticks=opts.election_timeout_ticks,
-            heartbeat_ticks=opts.heartbeat_ticks,
-            lease_ticks=opts.lease_ticks,
+            timing=opts.timing,
             bugs=frozenset(opts.bugs),
         )
         rng = random.Random(opts.seed)
@@ -234,14 +230,15 @@ class Node:
         self._wake.set()
 
     async def _ticker(self) -> None:
-        tick_s = self.opts.tick_ms / 1000
+        timing = self.opts.timing
+        tick_s = timing.tick_ms / 1000
         next_tick = time.monotonic() + tick_s
         while True:
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
             # A late loop (load, SIGSTOP) catches up on the ticks it missed, so
             # timeouts and leases follow the monotonic clock, up to a cap.
-            due = min(int((now - next_tick) / tick_s) + 1, 4 * self.opts.election_timeout_ticks)
+            due = min(int((now - next_tick) / tick_s) + 1, 4 * timing.election_timeout_ticks)
             next_tick = max(next_tick + due * tick_s, now)
             for _ in range(due):
                 self._submit(self.core.tick)

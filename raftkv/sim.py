@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from raftkv.core import Config, NotLeader, Raft, Role, hard_state_on_restart
+from raftkv.timing import RaftTiming
 from raftkv.types import Entry, EntryKind, HardState, Message, ReadState, Ready, Snapshot
 
 __all__ = [
@@ -61,7 +62,8 @@ class InvariantViolation(AssertionError):
 class SimOptions:
     """Cluster, network and state machine settings of one simulation.
 
-    Raft settings mirror `raftkv.core.Config`. Network: each message is dropped with
+    Raft settings are those of `raftkv.core.Config`, with smaller appends and windows so
+    that backtracking and flow control get exercised. Network: each message is dropped with
     `drop_rate`, else delivered after a delay drawn uniformly from
     [`min_delay_ticks`, `max_delay_ticks`], and with `duplicate_rate` delivered twice;
     `reorder` shuffles messages due in the same tick. `unsynced_ready_rounds` is how
@@ -69,11 +71,8 @@ class SimOptions:
     `check_every_ticks` paces the whole-cluster checks of `check_invariants`.
     """
 
-    election_timeout_ticks: int = 10
-    heartbeat_ticks: int = 1
-    lease_ticks: int = 8
+    timing: RaftTiming = field(default_factory=RaftTiming)
     pre_vote: bool = True
-    check_quorum: bool = True
     max_entries_per_append: int = 64
     max_inflight_appends: int = 16
     bugs: frozenset[str] = frozenset()
@@ -243,11 +242,8 @@ class Simulation:
         return Config(
             id=nid,
             peers=self.ids,
-            election_timeout_ticks=o.election_timeout_ticks,
-            heartbeat_ticks=o.heartbeat_ticks,
+            timing=o.timing,
             pre_vote=o.pre_vote,
-            check_quorum=o.check_quorum,
-            lease_ticks=o.lease_ticks,
             max_entries_per_append=o.max_entries_per_append,
             max_inflight_appends=o.max_inflight_appends,
             bugs=o.bugs,
@@ -747,10 +743,8 @@ PROFILES: dict[str, Profile] = {
     "amnesia": Profile(
         3,
         SimOptions(
-            election_timeout_ticks=4,
-            lease_ticks=3,
+            timing=RaftTiming(election_timeout_ticks=4, lease_ticks=3, check_quorum=False),
             pre_vote=False,
-            check_quorum=False,
             max_delay_ticks=4,
             duplicate_rate=0.3,
         ),

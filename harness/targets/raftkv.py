@@ -16,6 +16,7 @@ from harness.workload import Invocation
 from raftkv.client import Client
 from raftkv.core import BUGS
 from raftkv.node import READ_MODES
+from raftkv.timing import NODE_TIMING
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
@@ -33,6 +34,14 @@ def _addr(cluster: ClusterSpec, node: str) -> str:
 
 def _token_path(cluster: ClusterSpec, node: str) -> str:
     return f"{cluster.data_root}/{node}.cluster-token"
+
+
+async def _status(cluster: ClusterSpec, node: str) -> dict[str, Any]:
+    client = Client([_addr(cluster, node)], timeout_s=1.0)
+    try:
+        return await client.request({"op": "status"}, node=_addr(cluster, node))
+    finally:
+        await client.close()
 
 
 class RaftkvClient:
@@ -87,7 +96,11 @@ class RaftkvTarget:
     linearizable_read_modes: tuple[str, ...] = ("log", "readindex", "lease")
     bugs: tuple[str, ...] = tuple(sorted(BUGS))
 
-    def __init__(self, tick_ms: int = 25, election_ticks: int = 20) -> None:
+    def __init__(
+        self,
+        tick_ms: int = NODE_TIMING.tick_ms,
+        election_ticks: int = NODE_TIMING.election_timeout_ticks,
+    ) -> None:
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
         # A target serves one run: its nodes, and only they, can prove this token.
@@ -121,14 +134,7 @@ class RaftkvTarget:
         return RaftkvClient(cluster, node)
 
     async def leader(self, cluster: ClusterSpec) -> str | None:
-        async def status(node: str) -> dict[str, Any]:
-            client = Client([_addr(cluster, node)], timeout_s=1.0)
-            try:
-                return await client.request({"op": "status"}, node=_addr(cluster, node))
-            finally:
-                await client.close()
-
-        answers = await asyncio.gather(*(status(n) for n in cluster.nodes))
+        answers = await asyncio.gather(*(_status(cluster, n) for n in cluster.nodes))
         leaders = [
             (a.get("term", 0), n)
             for n, a in zip(cluster.nodes, answers)
@@ -138,15 +144,8 @@ class RaftkvTarget:
 
     async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
         """The leader of the highest term among the nodes that answer, and that term."""
-
-        async def status(node: str) -> dict[str, Any]:
-            client = Client([_addr(cluster, node)], timeout_s=1.0)
-            try:
-                return await client.request({"op": "status"}, node=_addr(cluster, node))
-            finally:
-                await client.close()
-
-        answers = await asyncio.gather(*(status(n) for n in cluster.nodes), return_exceptions=True)
+        statuses = (_status(cluster, n) for n in cluster.nodes)
+        answers = await asyncio.gather(*statuses, return_exceptions=True)
         leaders = [
             (int(a.get("term", 0)), n)
             for n, a in zip(cluster.nodes, answers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -17,9 +18,11 @@ from raftkv.core import (
     hard_state_on_restart,
 )
 from raftkv.progress import ProgressState
+from raftkv.timing import RaftTiming
 from raftkv.types import Entry, EntryKind, HardState, Message, MsgType, Ready, Snapshot
 
 PEERS3 = ("a", "b", "c")
+TIMING_FIELDS = frozenset(f.name for f in dataclasses.fields(RaftTiming))
 
 
 class Harness:
@@ -68,9 +71,15 @@ def make(
     snapshot: Snapshot | None = None,
     **config: Any,
 ) -> Harness:
-    cfg = Config(id=node_id, peers=tuple(peers), **config)
+    cfg = config_of(node_id, peers, **config)
     core = Raft(cfg, random.Random(7), hard_state or HardState(), snapshot, entries)
     return Harness(core)
+
+
+def config_of(node_id: str = "a", peers: Sequence[str] = PEERS3, **settings: Any) -> Config:
+    """A Config from flat settings: those of RaftTiming go into its `timing`."""
+    timing = {k: settings.pop(k) for k in list(settings) if k in TIMING_FIELDS}
+    return Config(id=node_id, peers=tuple(peers), timing=RaftTiming(**timing), **settings)
 
 
 def log_of(*terms: int) -> list[Entry]:
@@ -79,7 +88,7 @@ def log_of(*terms: int) -> list[Entry]:
 
 def elect(h: Harness) -> Ready:
     """Make the core leader: time out, then answer its pre-votes and votes."""
-    h.ticks(2 * h.core.config.election_timeout_ticks)
+    h.ticks(2 * h.core.config.timing.election_timeout_ticks)
     others = [p for p in h.core.config.peers if p != h.core.id]
     if h.core.role is Role.PRE_CANDIDATE:
         h.step(MsgType.PRE_VOTE_RESP, others[0], term=h.core.term + 1)
@@ -111,7 +120,7 @@ def ack_all(h: Harness) -> Ready:
 )
 def test_config_rejects_unsafe_settings(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        Config(id="a", peers=PEERS3, **bad)
+        config_of(**bad)
 
 
 def test_config_requires_self_among_peers() -> None:
@@ -133,7 +142,7 @@ def test_vote_amnesia_forgets_only_the_vote() -> None:
 def test_election_timeout_is_randomized_within_one_to_two_timeouts() -> None:
     seen = set()
     for seed in range(40):
-        cfg = Config(id="a", peers=PEERS3, election_timeout_ticks=10)
+        cfg = config_of(election_timeout_ticks=10)
         core = Raft(cfg, random.Random(seed), HardState(), None, [])
         ticks = 0
         while core.role is Role.FOLLOWER:
@@ -280,7 +289,7 @@ def test_leader_steps_down_on_a_higher_term() -> None:
 def test_check_quorum_leader_without_contact_steps_down() -> None:
     h = make()
     elect(h)
-    h.ticks(2 * h.core.config.election_timeout_ticks)
+    h.ticks(2 * h.core.config.timing.election_timeout_ticks)
     assert h.core.role is Role.FOLLOWER
 
 

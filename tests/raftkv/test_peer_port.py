@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -24,6 +25,7 @@ from raftkv.kv import KVStore
 from raftkv.localcluster import free_ports
 from raftkv.node import Node, NodeOptions
 from raftkv.peerauth import TokenError, load_token
+from raftkv.timing import NODE_TIMING
 from raftkv.types import Message, MsgType, Snapshot
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,7 +47,7 @@ async def running(
         id="n1",
         peers={p: ("127.0.0.1", port) for p, port in zip(peers, ports)},
         data_dir=data_dir,
-        tick_ms=10,
+        timing=dataclasses.replace(NODE_TIMING, tick_ms=10),
         **options,
     )
     node = Node(opts)

@@ -8,6 +8,7 @@ import pytest
 
 from raftkv.core import Role
 from raftkv.sim import ChaosOptions, Profile, SimOptions, Simulation, run_chaos
+from raftkv.timing import RaftTiming
 
 ET = 10  # election timeout in ticks (SimOptions default)
 ELECT_TICKS = 6 * ET  # generous bound for an election to finish
@@ -503,7 +504,7 @@ def test_lease_read_falls_back_without_quorum_contact() -> None:
     old = sim.leader()
     assert old is not None
     sim.isolate(old)
-    sim.run(sim.options.lease_ticks)
+    sim.run(sim.options.timing.lease_ticks)
     assert sim.core(old).role is Role.LEADER
     request = sim.read(node=old, lease=True)
     assert request is not None
@@ -528,7 +529,7 @@ def test_stale_leader_read_bug_serves_a_stale_lease_read() -> None:
 
 @pytest.mark.parametrize("pre_vote", [True, False])
 def test_pre_vote_rejoining_node_does_not_disrupt_the_leader(pre_vote: bool) -> None:
-    sim = started(pre_vote=pre_vote, check_quorum=pre_vote)
+    sim = started(pre_vote=pre_vote, timing=RaftTiming(check_quorum=pre_vote))
     leader = sim.leader()
     assert leader is not None
     term = sim.core(leader).term
@@ -544,7 +545,7 @@ def test_pre_vote_rejoining_node_does_not_disrupt_the_leader(pre_vote: bool) -> 
 
 @pytest.mark.parametrize("check_quorum", [True, False])
 def test_check_quorum_isolated_leader_steps_down(check_quorum: bool) -> None:
-    sim = started(check_quorum=check_quorum)
+    sim = started(timing=RaftTiming(check_quorum=check_quorum))
     leader = sim.leader()
     assert leader is not None
     sim.isolate(leader)
