@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -26,8 +24,6 @@ from harness.compare_cmd import (
 from harness.targets import RaftkvTarget
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-needs_iptables = pytest.mark.skipif(shutil.which("iptables") is None, reason="no iptables")
 
 
 def harness(*args: str, timeout: float = 500) -> subprocess.CompletedProcess[str]:
@@ -142,8 +138,7 @@ def test_bad_modes_are_usage_errors_that_leave_nothing(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir()), "a rejected comparison created files"
 
 
-@needs_root
-@needs_iptables
+@pytest.mark.root
 @pytest.mark.timeout(700)
 def test_every_read_mode_under_a_leader_partition_shows_which_modes_serve_stale_reads(
     tmp_path: Path,

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_runs import engine_reachable
 
 from harness.backends import docker as docker_backend
 from harness.backends.base import BackendError, BackendUnavailable
@@ -30,7 +29,7 @@ from nemesis import iptables
 from nemesis.remote import CommandNotFoundError, RemoteError, RemoteTimeoutError
 
 pytestmark = [
-    pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
+    pytest.mark.docker,
     pytest.mark.timeout(600),
 ]
 

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from docker_runs import HARNESS, engine_reachable, harness, leftovers, results, run_ids
+from docker_runs import HARNESS, harness, leftovers, results, run_ids
 
 from harness.image import BuiltImage, connect
 
 pytestmark = [
-    pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
+    pytest.mark.docker,
     pytest.mark.timeout(600),
 ]
 

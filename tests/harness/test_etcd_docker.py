@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from docker_runs import engine_reachable, leftovers
+from docker_runs import leftovers
 
 pytestmark = [
-    pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
+    pytest.mark.docker,
     # The first run on a machine builds the node image (a few minutes).
     pytest.mark.timeout(900),
 ]

@@ -5,23 +5,21 @@ the host; and the mistakes a user can make with `--image`."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_runs import engine_reachable, harness, leftovers, results, run_ids
+from docker_runs import harness, leftovers, results, run_ids
 
 from harness.backends.docker import DockerBackend, UserImageRemote
 from harness.image import connect, ensure_base
 from nemesis import iptables
 
 pytestmark = [
-    pytest.mark.skipif(not engine_reachable(), reason="no Docker engine reachable"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="partitions of a user's image need root"),
-    pytest.mark.skipif(shutil.which("nsenter") is None, reason="nsenter is not installed"),
+    pytest.mark.docker,
+    pytest.mark.root,  # partitions of a user's image: nsenter
     pytest.mark.timeout(600),
 ]
 

@@ -4,10 +4,8 @@ non-replicated example server, and node commands that cannot work."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +13,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed"),
+    pytest.mark.root,
     pytest.mark.timeout(300),
 ]
 

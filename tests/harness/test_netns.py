@@ -18,7 +18,7 @@ from harness.backends.netns import NetnsBackend, cleanup_leftovers
 from nemesis.remote import CommandNotFoundError, ProcessControl, RemoteError, RemoteTimeoutError
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
+    pytest.mark.root,
     pytest.mark.timeout(60),
 ]
 

@@ -19,7 +19,7 @@ from harness.backends.owner import current_owner, owner_alive
 from harness.runner import make_data_dir, remove_leftover_data_dirs
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
+    pytest.mark.root,
     pytest.mark.timeout(120),
 ]
 

@@ -4,7 +4,6 @@ our chain is ever flushed."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import sys
@@ -22,7 +21,7 @@ from nemesis.faults import FaultEvent, NemesisContext, apply_grudge, heal_partit
 from nemesis.schedule import heal_all, run_schedule
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
+    pytest.mark.root,
     pytest.mark.timeout(120),
 ]
 

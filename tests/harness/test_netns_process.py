@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 from harness.backends.netns import NetnsBackend
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces"),
+    pytest.mark.root,
     pytest.mark.timeout(60),
 ]
 

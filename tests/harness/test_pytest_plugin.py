@@ -4,9 +4,7 @@ fixture used from a test suite of its own (a pytest run in a subprocess, as a us
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -114,8 +112,7 @@ def test_local_reads_survive_a_leader_partition(linearizability):
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed")
+@pytest.mark.root
 @pytest.mark.timeout(400)
 def test_a_suite_gates_on_linearizability_with_one_test_function(
     pytester: pytest.Pytester, tmp_path: Path
@@ -140,8 +137,7 @@ def test_a_suite_gates_on_linearizability_with_one_test_function(
         assert_linearizable(unsafe / "history.jsonl")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed")
+@pytest.mark.root
 @pytest.mark.timeout(200)
 def test_a_pytest_timeout_mid_run_tears_the_cluster_down(
     pytester: pytest.Pytester, tmp_path: Path

@@ -4,7 +4,6 @@ on a command line, and a cluster that elects and serves with it."""
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 import sys
 import time
@@ -19,7 +18,7 @@ from harness.targets.raftkv import RaftkvTarget
 from harness.workload import Invocation
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces"),
+    pytest.mark.root,
     pytest.mark.timeout(120),
 ]
 

@@ -4,20 +4,18 @@ and the faults, keeps history values as text, and stays bounded on 100,000 opera
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cdp_browser import CHROMIUM, Browser
+from cdp_browser import Browser
 from report_runs import EVIL, make_run
 
 from harness.cli import main
 
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
+    pytest.mark.chromium,
     pytest.mark.timeout(600),
 ]
 
@@ -85,8 +83,7 @@ def test_a_report_of_100000_operations_draws_a_bounded_number_of_elements(
         assert browser.errors() == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="iptables is not installed")
+@pytest.mark.root
 def test_the_report_of_a_real_invalid_run(tmp_path: Path) -> None:
     # A deposed leader that keeps serving lease reads: stale reads under a leader partition.
     proc = subprocess.run(

@@ -4,7 +4,6 @@ is never stuck with an id nobody can choose from the command line."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
 from pathlib import Path
@@ -16,7 +15,7 @@ from harness.runner import TestOptions as Options
 from harness.runner import run_test
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
+    pytest.mark.root,
     pytest.mark.timeout(120),
 ]
 

@@ -32,8 +32,8 @@ from nemesis.remote import CommandNotFoundError, ProcessControl, RemoteError, Re
 SSHD = "/usr/sbin/sshd"
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
-    pytest.mark.skipif(not os.path.exists(SSHD), reason="needs sshd (openssh-server)"),
+    pytest.mark.root,
+    pytest.mark.sshd,
     pytest.mark.timeout(300),
 ]
 
