@@ -9,19 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.backends.base import BackendUnavailable
 from harness.backends.docker import LABEL_RUN
 from harness.image import connect
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
-
-
-def engine_reachable() -> bool:
-    try:
-        connect(timeout=10).close()
-    except BackendUnavailable:
-        return False
-    return True
 
 
 def harness(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
