@@ -2,5 +2,7 @@
 
 It knows nothing of the harness. The protocol lives in a pure core
 (`raftkv.core`), driven by two drivers: the asyncio node (`raftkv.node`) and a
-seeded simulator (`raftkv.sim`).
+seeded simulator (`raftkv.sim`); all three take their timeouts from one
+`raftkv.timing.RaftTiming`. `raftkv serve` (`raftkv.cli`) runs a node and its
+HTTP face: the routes in `raftkv.http_routes`, the server in `raftkv.http_server`.
 """

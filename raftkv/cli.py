@@ -19,6 +19,7 @@ import click
 
 from raftkv.client import Client
 from raftkv.core import BUGS
+from raftkv.http_routes import serve_http
 from raftkv.node import READ_MODES, Node, NodeOptions
 from raftkv.peerauth import TokenError, load_token
 from raftkv.storage import StorageError
@@ -146,7 +147,12 @@ async def _serve(opts: NodeOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stop)
-    await node.run()
+    http_server = None if opts.http is None else await serve_http(node, *opts.http)
+    try:
+        await node.run()
+    finally:
+        if http_server is not None:
+            http_server.close()
 
 
 def _client_command(name: str, *arg_names: str) -> Any:

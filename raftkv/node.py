@@ -59,6 +59,9 @@ LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT
 class NodeOptions:
     """Everything a node needs; `peers` maps id -> (host, port) and includes this node.
 
+    `http`: the address of this node's HTTP face, which whoever runs the node serves
+    (`raftkv serve` does, through `raftkv.http_routes`); the node only tells its peers,
+    so that a not-leader answer can name the leader's HTTP address.
     `cluster_token`: the secret every node of the cluster shares (see `raftkv.peerauth`);
     None accepts any peer that names itself, as nodes did before tokens (with a warning).
     """
@@ -126,7 +129,8 @@ class _Waiters:
 
 
 class Node:
-    """One raftkv node. `await node.run()` serves until `node.stop()`."""
+    """One raftkv node. `await node.run()` serves its peer port (peers and msgpack
+    clients) until `node.stop()`; its HTTP face is served apart (`raftkv.http_routes`)."""
 
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
@@ -192,11 +196,6 @@ class Node:
                 self._links[peer] = PeerLink(hello, peer, phost, pport, token)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self._connection, host, port)
-        http_server = None
-        if self.opts.http:
-            from raftkv.api import serve_http
-
-            http_server = await serve_http(self, *self.opts.http)
         log.info("node %s listening on %s:%d (http %s)", self.opts.id, host, port, http_addr)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -216,8 +215,6 @@ class Node:
                 conn.close()
             for task in list(self._request_tasks):
                 task.cancel()
-            if http_server is not None:
-                http_server.close()
             self.storage.close()
 
     def stop(self) -> None:

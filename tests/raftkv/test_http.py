@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from raftkv.api import serve_http
-from raftkv.http import (
+from raftkv.http_routes import serve_http
+from raftkv.http_server import (
     HttpError,
     Request,
     method_not_allowed,

@@ -42,7 +42,7 @@ __all__ = [
     "start_http_server",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raftkv.http")
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
@@ -116,14 +116,8 @@ class _Limits:
     write_timeout_s: float
 
 
-class _Refused(Exception):
+class _Refused(HttpError):
     """The request cannot be served; answer it and close the connection."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
 
 
 class _Gone(Exception):

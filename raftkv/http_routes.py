@@ -1,4 +1,5 @@
-"""The HTTP/JSON face of a node, for people, curl and the seed system's clients.
+"""The routes of a node's HTTP/JSON face, for people, curl and the seed system's clients,
+served by `raftkv.http_server`. `raftkv serve` starts it beside the node (`serve_http`).
 
 ``POST /command`` takes ``{"op", "key", "value", "expected"}``;
 ``GET /read/<key>`` (optional ``?mode=``) reads; ``GET /status`` describes the
@@ -10,38 +11,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from raftkv.http import Request, start_http_server
+from raftkv.http_server import Request, error_body, start_http_server
 
 if TYPE_CHECKING:
     import asyncio
 
     from raftkv.node import Node
 
+__all__ = ["serve_http"]
 
-def _bad(message: str) -> tuple[int, dict[str, Any]]:
-    return 400, {"ok": False, "error": "bad_request", "message": message}
+
+def _bad(message: str) -> tuple[int, dict[str, object]]:
+    return 400, error_body("bad_request", message)
 
 
 async def _route(node: Node, req: Request) -> tuple[int, object]:
     if req.path == "/status":
         if req.method != "GET":
-            return 405, {"ok": False, "error": "method_not_allowed", "message": "use GET"}
+            return 405, error_body("method_not_allowed", "use GET")
         return 200, node.status()
     if req.path.startswith("/read/"):
         if req.method != "GET":
-            return 405, {"ok": False, "error": "method_not_allowed", "message": "use GET"}
+            return 405, error_body("method_not_allowed", "use GET")
         request: dict[str, Any] = {"op": "get", "key": req.path[len("/read/") :]}
         if "mode" in req.query:
             request["mode"] = req.query["mode"]
         return _status_of(await node.handle(request))
     if req.path == "/command":
         if req.method != "POST":
-            return 405, {"ok": False, "error": "method_not_allowed", "message": "use POST"}
+            return 405, error_body("method_not_allowed", "use POST")
         body = req.json() if req.body else None
         if not isinstance(body, dict):
             return _bad("body must be a JSON object")
         return _status_of(await node.handle(body))
-    return 404, {"ok": False, "error": "not_found", "message": f"no route {req.path!r}"}
+    return 404, error_body("not_found", f"no route {req.path!r}")
 
 
 def _status_of(resp: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -49,6 +52,8 @@ def _status_of(resp: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 async def serve_http(node: Node, host: str, port: int) -> asyncio.Server:
+    """Serve `node`'s routes on host:port (port 0: any free port) until `server.close()`."""
+
     async def handler(req: Request) -> tuple[int, object]:
         return await _route(node, req)
 
