@@ -1,4 +1,4 @@
-"""The package boundaries of DESIGN.md, enforced by walking the ASTs."""
+"""The package boundaries of docs/DESIGN.md, enforced by walking the ASTs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ ALLOWED = {
     "nemesis": {"checker"},
     "harness": {"raftkv", "nemesis", "checker"},
 }
+# The command-line modules: the only ones that may import click. Everything else (the runner,
+# the options table and its validation, the pytest plugin) is usable without it.
+CLI_MODULES = {
+    "harness/analyze_cmd.py",
+    "harness/check_cmd.py",
+    "harness/cli.py",
+    "harness/compare_cmd.py",
+    "harness/image_cmd.py",
+    "harness/serve.py",
+    "harness/test_cmd.py",
+    "raftkv/cli.py",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -27,6 +39,8 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
+            # `from harness import test_cmd` imports a module too.
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -48,6 +62,46 @@ def test_checker_imports_only_the_standard_library() -> None:
             top = name.split(".")[0]
             if top != "checker" and top not in sys.stdlib_module_names:
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def product_modules() -> list[Path]:
+    return sorted(path for package in sorted(OURS) for path in (ROOT / package).rglob("*.py"))
+
+
+def module_path(name: str) -> str | None:
+    """The repository path of our module `name` (dotted), or None if it is not one of ours."""
+    for candidate in (name.replace(".", "/") + ".py", name.replace(".", "/") + "/__init__.py"):
+        if (ROOT / candidate).is_file():
+            return candidate
+    return None
+
+
+def test_the_cli_modules_exist() -> None:
+    assert all((ROOT / path).is_file() for path in CLI_MODULES), "CLI_MODULES is out of date"
+
+
+def test_only_the_cli_modules_import_click() -> None:
+    bad = []
+    for path in product_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel not in CLI_MODULES and any(
+            name.split(".")[0] == "click" for name in imported_modules(path)
+        ):
+            bad.append(f"{rel} imports click")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_other_module_imports_a_cli_module() -> None:
+    # Else click would come in through it.
+    bad = []
+    for path in product_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in CLI_MODULES:
+            continue
+        for name in imported_modules(path):
+            if module_path(name) in CLI_MODULES:
+                bad.append(f"{rel} imports {name}")
     assert not bad, "\n".join(bad)
 
 
