@@ -34,7 +34,6 @@ __all__ = [
     "HttpResponse",
     "MaybeSentError",
     "NotSentError",
-    "request_once",
 ]
 
 MAX_BODY_BYTES = 1 << 20
@@ -93,7 +92,8 @@ class HttpClient:
     """Requests to `host:port` addresses, one kept-alive connection per address.
 
     Safe for concurrent requests from one event loop: a connection in use is taken out of
-    the pool, so a second request to the same address opens its own.
+    the pool, so a second request to the same address opens its own. As an async context
+    manager it closes its connections on the way out.
     """
 
     def __init__(self) -> None:
@@ -154,25 +154,11 @@ class HttpClient:
             conn.close()
         self._idle.clear()
 
+    async def __aenter__(self) -> HttpClient:
+        return self
 
-async def request_once(
-    address: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    timeout_s: float,
-    connect_timeout_s: float,
-) -> HttpResponse:
-    """One request on a connection of its own, closed afterwards (for callers that come
-    and go, such as leader sampling); raises as `HttpClient.request`."""
-    client = HttpClient()
-    try:
-        return await client.request(
-            address, method, path, body, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
-        )
-    finally:
-        await client.close()
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 async def _exchange(

@@ -39,7 +39,7 @@ import subprocess
 from typing import Any
 
 from harness.backends.base import BackendError, BackendUnavailable
-from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError, request_once
+from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
 from harness.targets.base import ClusterSpec, Completion
 from harness.workload import Invocation
 
@@ -268,10 +268,11 @@ class EtcdTarget:
         """The member that calls itself leader in the highest raft term, and that term."""
 
         async def status(node: str) -> dict[str, Any] | None:
-            response = await request_once(
-                f"{cluster.addresses[node]}:{CLIENT_PORT}", "POST", "/v3/maintenance/status", {},
-                timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=STATUS_TIMEOUT_S,
-            )  # fmt: skip
+            async with HttpClient() as http:
+                response = await http.request(
+                    f"{cluster.addresses[node]}:{CLIENT_PORT}", "POST", "/v3/maintenance/status",
+                    {}, timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=STATUS_TIMEOUT_S,
+                )  # fmt: skip
             return _json_object(response)
 
         answers = await asyncio.gather(*(status(n) for n in cluster.nodes), return_exceptions=True)

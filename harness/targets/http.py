@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from harness.backends.base import BackendError
-from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError, request_once
+from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
 from harness.targets.base import ClusterSpec, Completion, TargetSetupError
 from harness.workload import OPS, Invocation
 from nemesis.remote import CommandNotFoundError, Remote, RemoteError
@@ -420,10 +420,11 @@ class HttpTarget:
         # A connection of its own each time: callers come and go (leader sampling, the
         # nemesis) and nothing is left open between them.
         try:
-            return await request_once(
-                _http_addr(cluster, node), "GET", "/status",
-                timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
-            )  # fmt: skip
+            async with HttpClient() as http:
+                return await http.request(
+                    _http_addr(cluster, node), "GET", "/status",
+                    timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
+                )  # fmt: skip
         except (NotSentError, MaybeSentError):
             return None
 
