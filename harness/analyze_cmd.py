@@ -18,19 +18,15 @@ from typing import Any
 import click
 
 import checker
+from harness.exit import EXIT_USAGE, UsageError, verdict_exit_code
 from harness.junit import cases_from_results, relative_to_junit, suite_properties, write_junit
 from harness.report import REPORT_FILE, write_report
 from harness.results import check_history
 from harness.store import write_json
 
-__all__ = ["analyze_command", "analyze_run", "exit_code"]
+__all__ = ["analyze_command", "analyze_run"]
 
-EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_BAD_INPUT = 0, 1, 2, 254
 DEFAULT_TIME_LIMIT_S = 120.0
-
-
-def exit_code(valid: Any) -> int:
-    return EXIT_VALID if valid is True else EXIT_INVALID if valid is False else EXIT_UNKNOWN
 
 
 def _previous(run_dir: Path) -> dict[str, Any]:
@@ -42,10 +38,10 @@ def _previous(run_dir: Path) -> dict[str, Any]:
     try:
         previous = checker.load_json(path.read_bytes().decode("utf-8"), str(path))
     except (OSError, UnicodeDecodeError, checker.HistoryError) as exc:
-        raise click.UsageError(f"{path}: {_reason(exc)}; move it away to analyze anyway") from None
+        raise UsageError(f"{path}: {_reason(exc)}; move it away to analyze anyway") from None
     why = _wrong_field(previous)
     if why is not None:
-        raise click.UsageError(f"{path}: {why}; fix it or move it away to analyze anyway")
+        raise UsageError(f"{path}: {why}; fix it or move it away to analyze anyway")
     return previous
 
 
@@ -91,10 +87,10 @@ _SECONDS: _Kind = ("a positive number", lambda v: type(v) in (int, float) and v 
 def analyze_run(run_dir: Path, time_limit_s: float | None = None) -> dict[str, Any]:
     """Check `run_dir/history.jsonl` again; write results.json, report.html and junit.xml.
     Raises `checker.HistoryError` when the history does not read or makes no sense, and
-    `click.UsageError` when `run_dir` is no run or its results.json is not usable."""
+    `harness.exit.UsageError` when `run_dir` is no run or its results.json is not usable."""
     path = run_dir / "history.jsonl"
     if not path.is_file():
-        raise click.UsageError(f"{run_dir}: no history.jsonl here; is it a run directory?")
+        raise UsageError(f"{run_dir}: no history.jsonl here; is it a run directory?")
     previous = _previous(run_dir)
     options = previous.get("options") or {}
     limit = time_limit_s or options.get("check_time_limit_s") or DEFAULT_TIME_LIMIT_S
@@ -147,7 +143,7 @@ def analyze_command(run_dir: Path, time_limit: float | None, junit_path: Path | 
         results = analyze_run(run_dir, time_limit)
     except checker.HistoryError as exc:
         click.echo(f"harness analyze: {exc}", err=True)
-        return EXIT_BAD_INPUT
+        return EXIT_USAGE
     for warning in results.get("warnings", []):
         click.echo(f"warning: {warning}")
     if junit_path is not None:
@@ -158,4 +154,4 @@ def analyze_command(run_dir: Path, time_limit: float | None, junit_path: Path | 
         f"{word}: stale reads {results['stale_reads']}; keys {json.dumps(results['keys'])}; "
         f"report {run_dir / REPORT_FILE}"
     )
-    return exit_code(results["valid"])
+    return verdict_exit_code(results["valid"])

@@ -16,11 +16,10 @@ from typing import Any
 import click
 
 from checker import FORMATS, MODELS, HistoryError, check, read_history
+from harness.exit import EXIT_INVALID, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VALID, verdict_exit_code
 from harness.junit import JunitCase, cases_from_check, write_junit
 
 __all__ = ["check_command"]
-
-EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_BAD_INPUT = 0, 1, 2, 254
 
 
 @click.command("check")
@@ -71,8 +70,8 @@ def check_command(
             _print_human(report)
     if junit_path is not None:
         write_junit(junit_path, cases)
-    if EXIT_BAD_INPUT in codes:
-        return EXIT_BAD_INPUT
+    if EXIT_USAGE in codes:
+        return EXIT_USAGE
     if EXIT_INVALID in codes:
         return EXIT_INVALID
     return EXIT_UNKNOWN if EXIT_UNKNOWN in codes else EXIT_VALID
@@ -91,14 +90,12 @@ def _check_file(
         where = f"{exc.file or path}" + (f":{exc.line}" if exc.line is not None else "")
         message = f"{where}: {exc.message}"
         click.echo(f"harness check: {message}", err=True)
-        return {"file": path, "error": message}, EXIT_BAD_INPUT, []
+        return {"file": path, "error": message}, EXIT_USAGE, []
     report: dict[str, Any] = {"file": path, "format": history.format}
     report.update(result.to_json())
     report["parse_s"] = round(parse_s, 6)
     keys = sorted({e.key for e in history.events if e.process != "nemesis"}, key=repr)
-    if result.valid is True:
-        return report, EXIT_VALID, keys
-    return report, EXIT_INVALID if result.valid is False else EXIT_UNKNOWN, keys
+    return report, verdict_exit_code(result.valid), keys
 
 
 def _print_human(report: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""The `harness` command line. Exit codes follow Jepsen: 0 valid, 1 invalid,
-2 unknown, 254 bad usage, 255 crash."""
+"""The `harness` command line. Exit codes follow Jepsen (see harness.exit): 0 valid,
+1 invalid, 2 unknown, 254 bad usage, 255 crash."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import click
 from harness.analyze_cmd import analyze_command
 from harness.check_cmd import check_command
 from harness.compare_cmd import compare_command
+from harness.exit import EXIT_CRASH, EXIT_OK, EXIT_USAGE, exit_code_of
 from harness.image_cmd import image_group
 from harness.serve import serve_command
 from harness.test_cmd import cleanup_command, test_command
-
-EXIT_USAGE = 254
-EXIT_CRASH = 255
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,18 +36,22 @@ def main(argv: list[str] | None = None) -> int:
         rc = cli.main(args=argv, prog_name="harness", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        return 0
+        return EXIT_OK
     except click.UsageError as exc:
         click.echo(f"harness: {exc.format_message()}", err=True)
         return EXIT_USAGE
     except click.exceptions.Abort:
         return EXIT_CRASH
-    except Exception:
+    except Exception as exc:
+        code = exit_code_of(exc)
+        if code == EXIT_USAGE:
+            click.echo(f"harness: {exc}", err=True)
+            return code
         # A crash is our bug, never the user's: keep the traceback, exit as Jepsen does.
         traceback.print_exc()
         click.echo("harness: crashed (exit 255); the traceback above is a bug", err=True)
-        return EXIT_CRASH
-    return rc if isinstance(rc, int) else 0
+        return code
+    return rc if isinstance(rc, int) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ finding, not a failure.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -36,19 +35,14 @@ import jinja2
 
 from checker import Verdict, merge_valid
 from harness.analysis import pair_ops, quantile
+from harness.exit import EXIT_CRASH, UsageError, verdict_exit_code
 from harness.junit import JunitCase, relative_to_junit, write_junit
+from harness.options import RunOptions, validate
 from harness.report import read_ops
-from harness.runner import RunOutcome, TestOptions
+from harness.runner import RunOutcome
 from harness.store import new_run_dir, write_json
 from harness.targets import TARGETS, Target
-from harness.test_cmd import (
-    EXIT_CRASH,
-    _run,
-    exit_code,
-    options_from_params,
-    test_command,
-    validate,
-)
+from harness.test_cmd import click_params, options_from_params, run_once
 
 __all__ = [
     "ModeRow",
@@ -214,21 +208,21 @@ def _relpath(path: Path, start: Path) -> str:
 
 def _parse_modes(spec: str | None, target: Target) -> list[str]:
     if not target.read_modes:
-        raise click.UsageError(f"target {target.name} has no read modes to compare")
+        raise UsageError(f"target {target.name} has no read modes to compare")
     if spec is None:
         return list(target.read_modes)
     modes = [m.strip() for m in spec.split(",") if m.strip()]
     if not modes:
-        raise click.BadParameter("expected at least one read mode", param_hint="--modes")
+        raise UsageError("expected at least one read mode", "--modes")
     for mode in modes:
         if mode not in target.read_modes:
-            raise click.BadParameter(
+            raise UsageError(
                 f"{target.name} has no read mode {mode!r}; "
                 f"expected some of {', '.join(target.read_modes)}",
-                param_hint="--modes",
+                "--modes",
             )
     if len(set(modes)) != len(modes):
-        raise click.BadParameter(f"a mode is named twice in {spec!r}", param_hint="--modes")
+        raise UsageError(f"a mode is named twice in {spec!r}", "--modes")
     return modes
 
 
@@ -247,7 +241,7 @@ def compare_reads(**kw: Any) -> int:
     safe = set(linearizable_modes(target))
     rows: list[ModeRow] = []
     for opts in per_mode:
-        outcome = _run(opts)
+        outcome = run_once(opts)
         if outcome is None:
             if junit_path is not None:
                 write_compare_junit(junit_path, base, rows, crashed=f"{opts.read_mode}: no verdict")
@@ -272,10 +266,10 @@ def compare_reads(**kw: Any) -> int:
 
 def compare_exit_code(rows: Sequence[ModeRow]) -> int:
     """0, 1 or 2 from the verdicts of the modes meant to be linearizable only."""
-    return exit_code(merge_valid([r.valid for r in rows if r.meant_linearizable]))
+    return verdict_exit_code(merge_valid([r.valid for r in rows if r.meant_linearizable]))
 
 
-def _row(opts: TestOptions, outcome: RunOutcome, meant_linearizable: bool) -> ModeRow:
+def _row(opts: RunOptions, outcome: RunOutcome, meant_linearizable: bool) -> ModeRow:
     assert opts.read_mode is not None
     return mode_row(
         opts.read_mode,
@@ -285,7 +279,7 @@ def _row(opts: TestOptions, outcome: RunOutcome, meant_linearizable: bool) -> Mo
     )
 
 
-def _write_report(base: TestOptions, rows: Sequence[ModeRow], code: int) -> dict[str, Any]:
+def _write_report(base: RunOptions, rows: Sequence[ModeRow], code: int) -> dict[str, Any]:
     out_dir = new_run_dir(base.store, "compare-reads")
     facts = {
         "target": base.target,
@@ -314,7 +308,7 @@ def _write_report(base: TestOptions, rows: Sequence[ModeRow], code: int) -> dict
 
 
 def write_compare_junit(
-    path: Path, base: TestOptions, rows: Sequence[ModeRow], crashed: str | None = None
+    path: Path, base: RunOptions, rows: Sequence[ModeRow], crashed: str | None = None
 ) -> None:
     """JUnit XML with one case per mode. A mode meant to be linearizable fails when invalid;
     an unsafe mode's invalid verdict is the expected finding, so its case passes and says what
@@ -347,14 +341,7 @@ def write_compare_junit(
 def _params() -> list[click.Parameter]:
     """`harness test`'s options (whatever they are now), minus the per-run ones, with
     compare-reads' own defaults, plus --modes and --json."""
-    params: list[click.Parameter] = []
-    for param in test_command.params:
-        if param.name in EXCLUDED_PARAMS:
-            continue
-        if param.name in DEFAULTS:
-            param = copy.copy(param)
-            param.default = DEFAULTS[param.name]
-        params.append(param)
+    params = click_params(exclude=EXCLUDED_PARAMS, defaults=DEFAULTS)
     params.append(
         click.Option(
             ["--modes"],

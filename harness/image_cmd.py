@@ -10,10 +10,9 @@ from __future__ import annotations
 import click
 
 from harness.backends.base import BackendError, BackendUnavailable
+from harness.exit import EXIT_CRASH, EXIT_OK
 
 __all__ = ["image_group"]
-
-EXIT_OK, EXIT_CRASH = 0, 255
 
 
 @click.group("image")
@@ -41,8 +40,8 @@ def build_command(base_image: str | None, force: bool) -> int:
             )
         finally:
             client.close()
-    except BackendUnavailable as exc:
-        raise click.UsageError(str(exc)) from None
+    except BackendUnavailable:
+        raise  # bad usage (exit 254), not the build failure below
     except BackendError as exc:
         click.echo(f"harness: image build failed: {exc}", err=True)
         return EXIT_CRASH
@@ -62,8 +61,8 @@ def prune_command() -> int:
             removed = prune(client)
         finally:
             client.close()
-    except BackendUnavailable as exc:
-        raise click.UsageError(str(exc)) from None
+    except BackendUnavailable:
+        raise  # bad usage (exit 254), not the build failure below
     except BackendError as exc:
         click.echo(f"harness: image prune failed: {exc}", err=True)
         return EXIT_CRASH

@@ -13,11 +13,12 @@ Installed with the package (entry point `pytest11`), so any suite can write::
 
 `linearizability(**options)` starts a cluster of a target on a backend, drives a short
 workload with faults, tears everything down and returns the run's `RunOutcome`. Options are
-`TestOptions` fields (target, backend, nodes, nemesis, read_mode, time_s, seed, concurrency,
+`RunOptions` fields (target, backend, nodes, nemesis, read_mode, time_s, seed, concurrency,
 nemesis_interval_s, op_timeout_s, bugs, ...); defaults are short (10 s, faults every second).
 Runs go to pytest's temporary directory, or under `--harness-store DIR` to keep them.
 Options that cannot work (an unknown read mode, a nemesis too big for the cluster, a backend
-that is unavailable here) fail the test with the reason, before anything starts.
+that is unavailable here) fail the test with the reason, before anything starts; so does
+what `harness test` would call bad usage (exit 254, harness.exit) found once the run began.
 
 `assert_linearizable(subject)` raises AssertionError with the checker's explanation (the
 anomaly's name, the op that cannot be placed, the smallest failing window) when the subject
@@ -39,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from harness.runner import RunOutcome, TestOptions
+    from harness.options import RunOptions
+    from harness.runner import RunOutcome
 
 __all__ = ["assert_linearizable", "linearizability"]
 
@@ -72,12 +74,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def build_options(store: Path, **options: Any) -> TestOptions:
-    """TestOptions for one fixture run: FIXTURE_DEFAULTS, then `options`, in `store`.
+def build_options(store: Path, **options: Any) -> RunOptions:
+    """RunOptions for one fixture run: FIXTURE_DEFAULTS, then `options`, in `store`.
     Raises ValueError naming an unknown option."""
-    from harness.runner import TestOptions
+    from harness.options import RunOptions
 
-    fields = {f.name for f in dataclasses.fields(TestOptions)}
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ValueError(f"unknown harness option(s): {', '.join(unknown)}")
@@ -86,22 +88,36 @@ def build_options(store: Path, **options: Any) -> TestOptions:
         merged["concurrency"] = 2 * int(merged.get("nodes", 3))
     if "bugs" in merged:
         merged["bugs"] = tuple(merged["bugs"])
-    return TestOptions(**merged)
+    return RunOptions(**merged)
 
 
-def run_options(opts: TestOptions) -> RunOutcome:
+def run_options(opts: RunOptions) -> RunOutcome:
     """Validate `opts` and run one test to the end (a fresh event loop in a worker thread, so
-    it also works from inside a running loop). Bad options fail the calling test. Ctrl-C or
+    it also works from inside a running loop). Bad options, and the other errors the command
+    line calls bad usage (harness.exit), fail the calling test with their message. Ctrl-C or
     a pytest timeout cancels the run, which heals and tears down before the error goes on."""
-    import click
+    from harness.options import validate
 
-    from harness.runner import run_test
-    from harness.test_cmd import validate
+    with _usage_errors_fail_the_test():
+        validate(opts)
+        return _run_in_thread(opts)
+
+
+@contextlib.contextmanager
+def _usage_errors_fail_the_test() -> Iterator[None]:
+    from harness.exit import EXIT_USAGE, exit_code_of
 
     try:
-        validate(opts)
-    except click.UsageError as exc:
-        pytest.fail(f"harness: {exc.format_message()}", pytrace=False)
+        yield
+    except Exception as exc:
+        if exit_code_of(exc) != EXIT_USAGE:
+            raise
+        pytest.fail(f"harness: {exc}", pytrace=False)
+
+
+def _run_in_thread(opts: RunOptions) -> RunOutcome:
+    from harness.runner import run_test
+
     stop = threading.Event()
     running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
 

@@ -32,7 +32,7 @@ import checker
 from harness.analysis import pair_ops, quantile, stale_reads
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
-from harness.results import options_of_results
+from harness.options import options_from_json, reproduce_command
 
 __all__ = [
     "REPORT_FILE",
@@ -408,12 +408,9 @@ def _environment() -> jinja2.Environment:
 
 def repro_command(options: dict[str, Any]) -> str:
     """The `harness test` command line that repeats a run, from its results.json `options`
-    (see harness.test_cmd.options_to_argv); empty, with a warning, if they do not read back."""
-    # Imported here: harness.test_cmd imports the runner, which imports this module.
-    from harness.test_cmd import reproduce_command
-
+    (see harness.options.options_to_argv); empty, with a warning, if they do not read back."""
     try:
-        return reproduce_command(options_of_results(options))
+        return reproduce_command(options_from_json(options))
     except (TypeError, ValueError) as exc:
         log.warning("no command to repeat the run: its options do not read back (%s)", exc)
         return ""

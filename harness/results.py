@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import checker
 from harness.analysis import count_ops, pair_ops, stale_reads
+from harness.options import RunOptions, options_to_json
 
-if TYPE_CHECKING:
-    from harness.runner import TestOptions
-
-__all__ = ["build_results", "check_history", "options_of_results"]
+__all__ = ["build_results", "check_history"]
 
 
 def check_history(
@@ -46,42 +43,19 @@ def check_history(
 
 
 def build_results(
-    opts: TestOptions, ops: Sequence[dict[str, Any]], run_dir: Path, nemeses: Sequence[Any]
+    opts: RunOptions, ops: Sequence[dict[str, Any]], run_dir: Path, nemeses: Sequence[Any]
 ) -> dict[str, Any]:
+    """results.json of a run made with `opts` (its options as `options_to_json` writes
+    them; `options_from_json` reads them back)."""
     checked = check_history(ops, opts.check_time_limit_s)
     schedule = [op for op in ops if op.get("process") == "nemesis"]
-    options = asdict(opts)
-    options["store"] = str(opts.store)
     return {
         "valid": checked["valid"],
         "test": opts.test_name,
         "run_dir": str(run_dir),
         "seed": opts.seed,
-        "options": options,
+        "options": options_to_json(opts),
         "nemeses": [n.name for n in nemeses],
         **{k: v for k, v in checked.items() if k != "valid"},
         "nemesis_schedule": schedule,
     }
-
-
-def options_of_results(options: Mapping[str, Any]) -> TestOptions:
-    """The TestOptions that `build_results` wrote as a results.json's `options` (JSON has
-    lists for tuples, an object for `ssh`, a string for `store`). Keys TestOptions lacks
-    are ignored and missing ones take its defaults (results of older runs); a value of
-    the wrong shape is TypeError or ValueError."""
-    from harness.runner import TestOptions  # the runner imports this module
-
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options are {type(options).__name__}, not an object")
-    names = {f.name for f in fields(TestOptions)}
-    kw = {name: value for name, value in options.items() if name in names}
-    if kw.get("ssh") is not None:
-        from harness.backends.ssh import SshOptions  # paramiko only when used
-
-        kw["ssh"] = SshOptions(**kw["ssh"])
-    if "store" in kw:
-        kw["store"] = Path(kw["store"])
-    for name in ("bugs", "ops"):
-        if kw.get(name) is not None:
-            kw[name] = tuple(kw[name])
-    return TestOptions(**kw)

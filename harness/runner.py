@@ -20,15 +20,16 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
+from harness.options import RunOptions
 from harness.progress import ProgressLine
 from harness.report import write_run_reports
 from harness.results import build_results
@@ -39,10 +40,7 @@ from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
 from nemesis.schedule import heal_all, run_schedule
 
-if TYPE_CHECKING:
-    from harness.backends.ssh import SshOptions
-
-__all__ = ["RunOutcome", "TestOptions", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
+__all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
 
 log = logging.getLogger("harness")
 
@@ -54,45 +52,6 @@ DATA_DIR_OWNER = ".owner"
 _DATA_DIR_RE = re.compile(r"^harness-[0-9a-f]{4}-")
 
 
-@dataclass(frozen=True)
-class TestOptions:
-    """Everything one run depends on; `seed` makes the random choices repeatable."""
-
-    backend: str = "netns"
-    target: str = "raftkv"
-    nodes: int = 3
-    concurrency: int = 6
-    time_s: float = 60.0
-    rate: float | None = None
-    workload: str = "kv"
-    keys: int = 5
-    nemesis: str = "none"
-    nemesis_interval_s: float = 5.0
-    read_mode: str | None = None
-    seed: int = 0
-    store: Path = Path("store")
-    bugs: tuple[str, ...] = ()
-    leave_running: bool = False
-    op_timeout_s: float = 1.0
-    check_time_limit_s: float = 120.0
-    name: str | None = None
-    live: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The ssh backend's hosts and login (required when backend is "ssh").
-    ssh: SshOptions | None = None
-    # The docker backend's base image when it builds the node image (None: Debian packages).
-    base_image: str | None = None
-    # The docker backend's nodes run this user's image as it is (None: our node image).
-    image: str | None = None
-    # The workload's ops (None: all, less what the target says it cannot do).
-    ops: tuple[str, ...] | None = None
-
-    @property
-    def test_name(self) -> str:
-        mode = f"-{self.read_mode}" if self.read_mode else ""
-        return self.name or f"{self.target}-{self.workload}{mode}-{self.nemesis.replace(',', '+')}"
-
-
 @dataclass
 class RunOutcome:
     valid: Verdict
@@ -100,7 +59,7 @@ class RunOutcome:
     results: dict[str, Any]
 
 
-def make_backend(opts: TestOptions) -> Backend:
+def make_backend(opts: RunOptions) -> Backend:
     """The run's backend. It draws a random run id and, while that id's names are taken
     (a leftover, another run), draws again at setup."""
     if opts.backend == "docker":
@@ -113,7 +72,7 @@ def make_backend(opts: TestOptions) -> Backend:
         from harness.backends.ssh import SshBackend  # paramiko only when used
 
         if opts.ssh is None:
-            raise ValueError("the ssh backend needs TestOptions.ssh")
+            raise ValueError("the ssh backend needs RunOptions.ssh")
         return SshBackend(opts.ssh)
     raise ValueError(f"unknown backend {opts.backend!r}")
 
@@ -143,8 +102,8 @@ def remove_leftover_data_dirs(root: Path | None = None) -> list[str]:
     return removed
 
 
-async def run_test(opts: TestOptions) -> RunOutcome:
-    """Run one test; the caller validated `opts` (see harness.cli)."""
+async def run_test(opts: RunOptions) -> RunOutcome:
+    """Run one test; the caller validated `opts` (see harness.options.validate)."""
     target: Target = TARGETS[opts.target]()
     nemeses = parse_nemesis(opts.nemesis, opts.nodes)
     # A target may need something on this host first (etcd: its binary); before the run
@@ -221,7 +180,7 @@ async def run_test(opts: TestOptions) -> RunOutcome:
 
 
 async def _teardown(
-    opts: TestOptions,
+    opts: RunOptions,
     backend: Backend,
     ctx: NemesisContext | None,
     nodes: list[str],
@@ -266,7 +225,7 @@ async def wait_for_leader(target: Target, cluster: ClusterSpec, timeout_s: float
     raise TimeoutError(f"no leader within {timeout_s:.0f} s; see the node logs")
 
 
-async def _restrict_ops(opts: TestOptions, target: Target, cluster: ClusterSpec) -> TestOptions:
+async def _restrict_ops(opts: RunOptions, target: Target, cluster: ClusterSpec) -> RunOptions:
     """The options with the ops the workload may use: `opts.ops` if given, else what the
     target's optional `supported_ops(cluster)` finds; a line says what is left out."""
     ops = opts.ops
@@ -307,7 +266,7 @@ def _nemesis_context(
 
 
 async def _drive(
-    opts: TestOptions,
+    opts: RunOptions,
     target: Target,
     cluster: ClusterSpec,
     ctx: NemesisContext,
@@ -406,7 +365,7 @@ async def invoke_one(
 
 
 async def _final_reads(
-    opts: TestOptions, target: Target, cluster: ClusterSpec, history: HistoryWriter
+    opts: RunOptions, target: Target, cluster: ClusterSpec, history: HistoryWriter
 ) -> None:
     """Healed: wait for a leader, then read every key once more."""
     try:

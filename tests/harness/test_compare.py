@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from harness import runner
 from harness.compare_cmd import (
     ModeRow,
     compare_command,
@@ -21,6 +20,7 @@ from harness.compare_cmd import (
     render_text,
     write_compare_junit,
 )
+from harness.options import RunOptions
 from harness.targets import RaftkvTarget
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
@@ -101,7 +101,7 @@ def test_only_modes_meant_to_be_linearizable_decide_the_exit_code() -> None:
 def test_junit_fails_only_modes_meant_to_be_linearizable(tmp_path: Path) -> None:
     rows = [_row("readindex", True, False), _row("local", False, False), _row("log", True, True)]
     path = tmp_path / "ci" / "junit.xml"
-    write_compare_junit(path, runner.TestOptions(seed=5, nemesis="partition-leader"), rows)
+    write_compare_junit(path, RunOptions(seed=5, nemesis="partition-leader"), rows)
     suite = ET.parse(path).getroot()
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "0")
     cases = {c.get("name"): c for c in suite.iter("testcase")}

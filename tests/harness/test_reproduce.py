@@ -1,5 +1,6 @@
 """The command report.html prints to repeat a run gives back the run's options, for every
-option of `harness test` (a new option without a round trip fails here)."""
+option of `harness test` (a new option without a round trip fails here); every row of the
+option table reaches click, RunOptions and results.json."""
 
 from __future__ import annotations
 
@@ -9,19 +10,24 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import pytest
 
 from harness import test_cmd
+from harness.options import (
+    LOCAL_OPTIONS,
+    OPTIONS,
+    Option,
+    RunOptions,
+    field_value,
+    options_from_json,
+    options_to_json,
+)
 from harness.report import render_report
 from harness.results import build_results
 from harness.targets import TARGETS
-from harness.test_cmd import LOCAL_PARAMS, argv_to_options
-
-if TYPE_CHECKING:
-    from harness.runner import TestOptions
+from harness.test_cmd import argv_to_options
 
 PARAM_NAMES = [p.name for p in test_cmd.test_command.params]
 HTTP = ["--target", "http", "--node-cmd", "python3 server.py --port {port} --peers {http_peers}"]
@@ -74,7 +80,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
     }
 
 
-def printed_command(opts: TestOptions, tmp_path: Path) -> list[str]:
+def printed_command(opts: RunOptions, tmp_path: Path) -> list[str]:
     """The words of the command report.html prints for a run made with `opts` (its
     results.json written and read back as a run does)."""
     results = build_results(opts, [], tmp_path, [])
@@ -87,8 +93,8 @@ def printed_command(opts: TestOptions, tmp_path: Path) -> list[str]:
     return words[2:]
 
 
-def without_local(opts: TestOptions) -> TestOptions:
-    """`opts` less what a reproduce command leaves out (see LOCAL_PARAMS)."""
+def without_local(opts: RunOptions) -> RunOptions:
+    """`opts` less what a reproduce command leaves out (see LOCAL_OPTIONS)."""
     return dataclasses.replace(opts, store=Path("store"), live=True)
 
 
@@ -105,13 +111,13 @@ def test_every_option_of_harness_test_comes_back_from_the_printed_command(
     assert "--seed" in words, "the seed is what makes the run repeatable"
     assert argv_to_options(words) == without_local(opts)
     flags = next(p.opts for p in test_cmd.test_command.params if p.name == name)
-    if name in LOCAL_PARAMS:
+    if name in LOCAL_OPTIONS:
         assert not set(flags) & set(words), f"{flags} belongs to this machine, not the run"
 
 
 def test_options_left_out_of_the_command_are_only_this_machines() -> None:
     # A new option is part of the run unless it is added here with a reason.
-    assert set(LOCAL_PARAMS) == {"store", "junit_path", "test_count", "no_live"}
+    assert set(LOCAL_OPTIONS) == {"store", "junit_path", "test_count", "no_live"}
 
 
 def test_an_http_run_over_ssh_with_every_option_repeats_itself(tmp_path: Path) -> None:
@@ -140,3 +146,25 @@ def test_a_test_count_run_prints_its_own_seed(tmp_path: Path) -> None:
     third = dataclasses.replace(opts, seed=12)
     words = printed_command(third, tmp_path)
     assert "--test-count" not in words and argv_to_options(words) == third
+
+
+def test_every_row_of_the_option_table_is_a_click_option_of_harness_test() -> None:
+    params = [p for p in test_cmd.test_command.params if isinstance(p, click.Option)]
+    assert [p.name for p in params] == [row.dest for row in OPTIONS]
+    for row, param in zip(OPTIONS, params):
+        assert param.opts == list(row.flags) and param.help == (row.help or None)
+        assert param.multiple == row.multiple and param.is_flag == (row.kind is bool)
+        assert param.default == row.default, row.dest
+
+
+@pytest.mark.parametrize("row", OPTIONS, ids=lambda row: row.dest)
+def test_every_row_reaches_run_options_and_results_json(row: Option, tmp_path: Path) -> None:
+    opts = argv_to_options(examples(tmp_path)[row.dest])
+    if row.field is None:
+        assert row.group == "local", f"{row.dest} sets nothing of a run"
+    else:
+        value = field_value(opts, row.field)
+        assert value != field_value(argv_to_options([]), row.field), f"{row.dest} sets nothing"
+        assert row.field.partition(".")[0] in options_to_json(opts)
+    written = json.loads(json.dumps(options_to_json(opts)))
+    assert options_from_json(written) == opts

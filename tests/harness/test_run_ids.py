@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends.netns import NetnsBackend
-from harness.runner import TestOptions as Options
+from harness.options import RunOptions
 from harness.runner import run_test
 
 pytestmark = [
@@ -28,7 +28,7 @@ def test_a_netns_run_whose_drawn_id_is_taken_runs_under_another(
         real = secrets.token_hex
         drawn = iter([squatter.run_id])
         monkeypatch.setattr(secrets, "token_hex", lambda n=None: next(drawn, None) or real(n))
-        opts = Options(backend="netns", time_s=1.0, store=tmp_path, live=False, seed=1)
+        opts = RunOptions(backend="netns", time_s=1.0, store=tmp_path, live=False, seed=1)
         outcome = asyncio.run(run_test(opts))
         monkeypatch.undo()
         assert outcome.valid is True

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 
 from harness import test_cmd
 from harness.backends.ssh import read_nodes_file
+from harness.exit import UsageError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,5 +75,5 @@ def test_the_host_list_sets_the_nodes(tmp_path: Path) -> None:
     repeated = parse("--backend", "ssh", "--node", "a", "--node", "b", "--nodes", "2")["opts"]
     assert repeated.ssh.hosts == {"n1": "a", "n2": "b"}  # type: ignore[attr-defined]
     assert parse("--backend", "netns")["opts"].ssh is None  # type: ignore[attr-defined]
-    with pytest.raises(click.BadParameter, match="does not match"):
+    with pytest.raises(UsageError, match="does not match"):
         parse("--backend", "ssh", "--node", "a", "--nodes", "3")
