@@ -9,6 +9,10 @@ Errors, following the house split between operating and programmer errors:
     RemoteError                 a command failed, timed out or could not start (operating error)
      ├── RemoteTimeoutError     the command ran past its timeout and was killed
      └── CommandNotFoundError   the program (argv[0]) does not exist on the node
+
+Every Remote judges what a command did with `judge`, so the errors read alike whatever ran
+it; each tells a timeout and a missing program apart its own way (a subprocess timeout,
+`timeout`'s exit codes, a marker line) and says which it saw.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "Remote",
     "RemoteError",
     "RemoteTimeoutError",
+    "judge",
 ]
 
 
@@ -60,6 +65,34 @@ class RemoteTimeoutError(RemoteError):
 
 class CommandNotFoundError(RemoteError):
     """The program named by argv[0] is not installed on the node."""
+
+
+def judge(
+    node: str,
+    argv: Sequence[str],
+    result: ExecResult | None,
+    timeout: float,
+    check: bool,
+    *,
+    timed_out: bool = False,
+    not_found: bool = False,
+) -> ExecResult:
+    """The `Remote.execute` contract applied to one command on `node`: RemoteTimeoutError
+    if it `timed_out` (after `timeout` seconds), CommandNotFoundError if argv[0] was
+    `not_found`, RemoteError for a nonzero exit with `check`; else the result.
+
+    `result` may be None only for a timeout or a missing program (nothing ran to the end).
+    """
+    args = tuple(argv)
+    if timed_out:
+        raise RemoteTimeoutError(node, args, f"timed out after {timeout} s", result)
+    if not_found:
+        raise CommandNotFoundError(node, args, "failed: command not found", result)
+    assert result is not None, "a command that ran has a result"
+    if check and result.returncode != 0:
+        reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"
+        raise RemoteError(node, args, reason, result)
+    return result
 
 
 @runtime_checkable
