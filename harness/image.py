@@ -7,12 +7,13 @@ lookup:
                                      `docker import`): python3, iptables, iproute2, procps,
                                      and etcd-server (members of the etcd target).
                                      The hash covers the suite and the package list.
-    jepsen-py/raftkv:<hash>          the base + raftkv installed from a wheel built here, its
-                                     dependencies' wheels downloaded here (PyPI from the
-                                     host), `docker/node.sh` as the node's process supervisor.
-                                     The hash covers raftkv's sources, its requirements in
-                                     pyproject.toml, docker/Dockerfile, docker/node.sh and
-                                     the base's image id.
+    jepsen-py/raftkv:<hash>          the base + raftkv installed from wheels made here by
+                                     `backends.bundle` (raftkv's, and its dependencies' at
+                                     the versions installed here, fetched from PyPI once),
+                                     the backends' supervisor (`backends/supervisor.sh`) as
+                                     `raftkv-node`. The hash covers raftkv's sources, its
+                                     requirements (bounds and pins), docker/Dockerfile, the
+                                     supervisor and the base's image id.
                                      Also tagged `jepsen-py/raftkv:latest` (docker/compose.yaml).
 
 On our own base the build runs with no network at all. `base_image` (e.g. "python:3.11-slim"
@@ -29,13 +30,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -49,6 +48,8 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 import raftkv
 from harness.backends.base import BackendError, BackendUnavailable
+from harness.backends.bundle import build_bundle, pins
+from harness.backends.supervisor import SCRIPT as SUPERVISOR_SCRIPT
 
 __all__ = [
     "BASE_REPO",
@@ -59,6 +60,7 @@ __all__ = [
     "ensure_base",
     "ensure_image",
     "prune",
+    "short_error",
     "source_root",
     "tree_hash",
 ]
@@ -69,10 +71,9 @@ SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps", "etcd-server")
 # What raftkv imports beyond the standard library: the only wheels the image gets.
 NODE_PACKAGES = ("msgpack", "click")
-PYTHON_VERSION = "3.11"  # bookworm's python3, and the wheels we download for it
+PYTHON_VERSION = (3, 11)  # bookworm's python3, and the wheels we fetch for it
 ENGINE_TIMEOUT_S = 60
 DEBOOTSTRAP_TIMEOUT_S = 900.0
-PIP_TIMEOUT_S = 300.0
 TAR_TIMEOUT_S = 300.0
 LOCK_TIMEOUT_S = 1200.0
 # Left out of the base: package caches and lists, translations, manual pages.
@@ -83,9 +84,10 @@ _ROOTFS_EXCLUDES = (
     "./usr/share/locale/*",
     "./usr/share/man/*",
 )
-_DOCKER_FILES = ("Dockerfile", "node.sh")
+_DOCKER_FILES = ("Dockerfile",)
+# The supervisor's name in the build context (the Dockerfile installs it).
+_SUPERVISOR_FILE = "supervisor.sh"
 _REQ_NAME_RE = re.compile(r"[\s<>=!~;\[]")
-_DEPENDENCIES_RE = re.compile(r"^dependencies = \[.*?^\]", re.MULTILINE | re.DOTALL)
 
 OnBuildStep = Callable[[str], None]
 """Receives one line of text per step of an image build."""
@@ -116,15 +118,16 @@ def connect(timeout: int = ENGINE_TIMEOUT_S) -> DockerClient:
         client.ping()
     except (DockerException, OSError) as exc:
         raise BackendUnavailable(
-            f"no Docker engine reachable ({_short(exc)}); start one, "
+            f"no Docker engine reachable ({short_error(exc)}); start one, "
             "or use `--backend netns` (Linux namespaces on this host, as root)"
         ) from None
     return client
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an error from the engine or a tool, cut short for a message."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def source_root() -> Path:
@@ -164,7 +167,10 @@ def tree_hash(root: Path, base_id: str) -> str:
         data = path.read_bytes()
         h.update(f"{rel}\0{len(data)}\0".encode())
         h.update(data)
-    requirements = " ".join(node_requirements(root))
+    script = SUPERVISOR_SCRIPT.encode()
+    h.update(f"{_SUPERVISOR_FILE}\0{len(script)}\0".encode())
+    h.update(script)
+    requirements = " ".join(node_requirements(root) + pins(NODE_PACKAGES))
     h.update(f"base\0{base_id}\0python\0{PYTHON_VERSION}\0{requirements}".encode())
     return h.hexdigest()
 
@@ -175,7 +181,7 @@ def _find(client: DockerClient, tag: str) -> Any | None:
     except ImageNotFound:
         return None
     except APIError as exc:
-        raise BackendError(f"cannot look up image {tag}: {_short(exc)}") from None
+        raise BackendError(f"cannot look up image {tag}: {short_error(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -254,7 +260,7 @@ def prune(client: DockerClient) -> list[str]:
                 try:
                     client.images.remove(tag, force=False, noprune=False)
                 except APIError as exc:
-                    removed.append(f"kept {tag}: {_short(exc)}")
+                    removed.append(f"kept {tag}: {short_error(exc)}")
                     continue
                 removed.append(tag)
     return removed
@@ -277,7 +283,7 @@ def _given_base(client: DockerClient, name: str) -> Any:
         return client.images.pull(name)
     except (APIError, DockerException) as exc:
         raise BackendUnavailable(
-            f"base image {name} is not here and cannot be pulled ({_short(exc)}); "
+            f"base image {name} is not here and cannot be pulled ({short_error(exc)}); "
             "leave out --base-image to build one from Debian's packages"
         ) from None
 
@@ -317,7 +323,7 @@ def ensure_base(client: DockerClient, progress: OnBuildStep = _quiet) -> Any:
         try:
             client.api.import_image_from_file(str(tarball), repository=repo, tag=version)
         except (APIError, DockerException) as exc:
-            raise BackendError(f"docker import of the base failed: {_short(exc)}") from None
+            raise BackendError(f"docker import of the base failed: {short_error(exc)}") from None
     finally:
         _remove_rootfs(workdir)
     image = _find(client, tag)
@@ -352,54 +358,22 @@ def _remove_rootfs(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _platform_tag(client: DockerClient) -> str:
-    """The manylinux platform of the engine's machine, for the binary wheels it needs."""
+def _engine_machine(client: DockerClient) -> str:
+    """The engine's machine as `platform.machine()` names it, for the binary wheels."""
     arch = str(client.version().get("Arch", "")) or platform.machine()
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-    return f"manylinux2014_{machine}"
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
 
 def _fill_context(client: DockerClient, root: Path, context: Path, progress: OnBuildStep) -> None:
-    """Dockerfile, node.sh and wheels/: raftkv's wheel and those of its dependencies."""
+    """Dockerfile, the supervisor and wheels/: raftkv's wheel (raftkv alone, so the image
+    carries nothing else of ours) and its dependencies', for the image's Python."""
     for name in _DOCKER_FILES:
         shutil.copy2(root / "docker" / name, context / name)
-    wheels = context / "wheels"
-    wheels.mkdir()
-    # Build from a copy holding only raftkv, so the image carries nothing else of ours.
-    src = context / "src"
-    src.mkdir()
-    # The wheel declares only what raftkv imports, so the image carries only those wheels.
-    project = (root / "pyproject.toml").read_text()
-    listed = json.dumps(node_requirements(root))
-    project, count = _DEPENDENCIES_RE.subn(f"dependencies = {listed}", project, count=1)
-    if count != 1:
-        raise BackendError("pyproject.toml has no `dependencies = [...]` list")
-    (src / "pyproject.toml").write_text(project)
-    if (root / "README.md").is_file():
-        shutil.copy2(root / "README.md", src / "README.md")
-    shutil.copytree(root / "raftkv", src / "raftkv", ignore=shutil.ignore_patterns("__pycache__"))
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    progress("building the raftkv wheel")
-    _run(
-        [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)],
-        PIP_TIMEOUT_S,
-        "pip wheel",
+    (context / _SUPERVISOR_FILE).write_text(SUPERVISOR_SCRIPT)
+    bundle = build_bundle(
+        ("raftkv",), NODE_PACKAGES, PYTHON_VERSION, _engine_machine(client), say=progress
     )
-    ours = sorted(wheels.glob("*.whl"))
-    if len(ours) != 1:
-        raise BackendError(f"pip wheel made {len(ours)} wheels, expected 1")
-    progress(f"downloading the wheels of raftkv's dependencies for Python {PYTHON_VERSION}")
-    _run(
-        [
-            *pip, "download", "--only-binary=:all:", "--python-version", PYTHON_VERSION,
-            "--implementation", "cp", "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
-            "--platform", _platform_tag(client), "--dest", str(wheels),
-            *node_requirements(root),
-        ],
-        PIP_TIMEOUT_S,
-        "pip download of raftkv's dependencies",
-    )  # fmt: skip
-    shutil.rmtree(src)
+    shutil.copytree(bundle, context / "wheels", ignore=shutil.ignore_patterns(".complete"))
 
 
 def _build(
@@ -435,7 +409,7 @@ def _build(
             if isinstance(aux, dict) and "ID" in aux:
                 image_id = str(aux["ID"])
     except (APIError, DockerException) as exc:
-        raise BackendError(f"docker build of {tag} failed: {_short(exc)}") from None
+        raise BackendError(f"docker build of {tag} failed: {short_error(exc)}") from None
     if not image_id:
         image_id = tag
     return image_id

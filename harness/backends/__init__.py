@@ -3,6 +3,11 @@
 `docker` (containers, the default; `backends.docker`), `netns` (Linux network namespaces on
 this host, root) and `ssh` (real hosts); `cleanup_leftovers` removes what killed runs of the
 local backends left behind.
+
+What the three share is written once: `common` (run ids, node names, node lookup),
+`supervisor` (the one process supervisor, `supervisor.sh`, and the ProcessControl on it),
+`bundle` (the wheels the nodes get, for images and ssh hosts), `local` (bounded commands on
+this host), `owner` (who made a run); commands on nodes are judged by `nemesis.remote.judge`.
 """
 
 from __future__ import annotations

@@ -290,9 +290,8 @@ def test_a_run_id_whose_names_are_taken_is_drawn_again_or_refused(
     try:
         real = secrets.token_hex
         drawn = iter([taken])
-        monkeypatch.setattr(
-            docker_backend.secrets, "token_hex", lambda n: next(drawn, None) or real(n)
-        )
+        # The backends draw run ids through secrets (harness.backends.common).
+        monkeypatch.setattr(secrets, "token_hex", lambda n: next(drawn, None) or real(n))
         with DockerBackend(image=node_image.tag) as backend:
             backend.setup(["n1"])
             assert backend.run_id != taken
