@@ -1,11 +1,12 @@
 # make demo: set up and run the main job.  make test: set up and pass the whole suite.
+# make check: the fast loop (lint, types, the tests that need no root, Docker or browser).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap
 
-.PHONY: venv test demo lint typecheck bench clean os-packages
+.PHONY: venv test check demo lint typecheck bench clean os-packages
 
 venv: $(STAMP) os-packages
 
@@ -25,15 +26,22 @@ os-packages:
 		else echo "missing OS packages (need root to install):$$missing"; fi; \
 	fi
 
-lint: venv
+# Neither needs the OS packages, so neither installs them.
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: venv
+typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: venv lint typecheck
 	$(BIN)/pytest -q
+
+# The environment needs are the markers of tests/conftest.py; slow marks long simulations.
+CHECK_TESTS := not root and not docker and not sshd and not chromium and not etcd and not slow
+
+check: lint typecheck
+	$(BIN)/pytest -q -m "$(CHECK_TESTS)"
 
 # A minute of partitions on Docker (the first run builds the node image, about two minutes).
 demo: venv
