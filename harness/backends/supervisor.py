@@ -36,7 +36,7 @@ __all__ = [
 
 SCRIPT = (Path(__file__).parent / "supervisor.sh").read_text()
 # Exit codes of the script besides 0 (see its header).
-NOT_RUNNING = 3
+_NOT_RUNNING = 3
 # After a SIGKILL, how long the script waits for the process to go, and we after it.
 _GONE_TIMEOUT_S = 5.0
 _PIDFILE_TIMEOUT_S = 5.0
@@ -80,7 +80,7 @@ class Supervisor:
         """(pid, /proc state letter) of the service, or None if it is not running."""
         argv = [*self.invoke, "status", self.pidfile]
         result = self.remote.execute(argv, self.timeout_s, check=False)
-        if result.returncode == NOT_RUNNING:
+        if result.returncode == _NOT_RUNNING:
             return None
         if result.returncode != 0:
             reason = f"exited {result.returncode}: {result.stderr.strip()[:500]}"
