@@ -18,30 +18,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from checker.explain import Overwrites, Shown
+from harness.history import OpSpan
 
-__all__ = ["OpSpan", "StaleRead", "count_ops", "pair_ops", "quantile", "stale_reads"]
-
-INF = math.inf
-
-
-@dataclass(frozen=True)
-class OpSpan:
-    """A client op from invocation to completion (`end_ns` is inf when it never returned)."""
-
-    process: Any
-    f: str
-    key: Any
-    value: Any
-    type: str  # ok | fail | info
-    start_ns: int
-    end_ns: float
-    invoke_index: int
+__all__ = ["StaleRead", "count_ops", "quantile", "stale_reads"]
 
 
 @dataclass(frozen=True)
@@ -62,52 +47,7 @@ class StaleRead:
         }
 
 
-def pair_ops(history: list[dict[str, Any]]) -> list[OpSpan]:
-    """Client ops of a history.jsonl-style list, paired invoke -> completion."""
-    open_ops: dict[Any, dict[str, Any]] = {}
-    spans: list[OpSpan] = []
-    for op in history:
-        process = op.get("process")
-        if process == "nemesis":
-            continue
-        if op["type"] == "invoke":
-            open_ops[process] = op
-            continue
-        inv = open_ops.pop(process, None)
-        if inv is None:
-            continue
-        end = INF if op["type"] == "info" else op["time"]
-        value = op.get("value") if op["type"] == "ok" else inv.get("value")
-        spans.append(
-            OpSpan(
-                process, inv["f"], inv.get("key"), value, op["type"], inv["time"], end, inv["index"]
-            )
-        )
-    for inv in open_ops.values():
-        spans.append(
-            OpSpan(
-                inv["process"],
-                inv["f"],
-                inv.get("key"),
-                inv.get("value"),
-                "info",
-                inv["time"],
-                INF,
-                inv["index"],
-            )
-        )
-    return spans
-
-
-def _written(span: OpSpan) -> Any:
-    if span.f == "write":
-        return span.value
-    if span.f == "cas" and isinstance(span.value, list) and len(span.value) == 2:
-        return span.value[1]
-    return None
-
-
-def stale_reads(spans: list[OpSpan]) -> list[StaleRead]:
+def stale_reads(spans: Sequence[OpSpan]) -> list[StaleRead]:
     """Every ok read whose value had certainly been overwritten before it began."""
     by_key: dict[Any, list[OpSpan]] = defaultdict(list)
     for s in spans:
@@ -130,16 +70,16 @@ def _shows(span: OpSpan) -> bool:
     """Writes that may have happened (never a failed one) and completed reads."""
     if span.f == "read":
         return span.type == "ok"
-    return span.type != "fail" and (span.f == "write" or _written(span) is not None)
+    return span.type != "fail" and (span.f == "write" or span.written is not None)
 
 
 def _shown(span: OpSpan) -> Shown:
     read = span.f == "read"
-    value = span.value if read else _written(span)
-    return Shown(value, span.start_ns, span.end_ns, read=read, op=span.invoke_index)
+    value = span.value if read else span.written
+    return Shown(value, span.start_ns, span.done_by_ns, read=read, op=span.index)
 
 
-def count_ops(spans: list[OpSpan]) -> dict[str, dict[str, int]]:
+def count_ops(spans: Iterable[OpSpan]) -> dict[str, dict[str, int]]:
     """Counts by outcome, overall and per f: {"all": {"ok": n, ...}, "read": {...}}."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for s in spans:

@@ -19,9 +19,10 @@ import click
 
 import checker
 from harness.exit import EXIT_USAGE, UsageError, verdict_exit_code
+from harness.history import ops_from_json
 from harness.junit import cases_from_results, relative_to_junit, suite_properties, write_junit
 from harness.report import REPORT_FILE, write_report
-from harness.results import check_history
+from harness.results import check_history, nemesis_schedule
 from harness.store import write_json
 
 __all__ = ["analyze_command", "analyze_run"]
@@ -95,8 +96,8 @@ def analyze_run(run_dir: Path, time_limit_s: float | None = None) -> dict[str, A
     options = previous.get("options") or {}
     limit = time_limit_s or options.get("check_time_limit_s") or DEFAULT_TIME_LIMIT_S
     history = checker.read_history(str(path), "jsonl", keep_records=True)
-    ops = history.records
-    assert ops is not None
+    assert history.records is not None
+    ops = ops_from_json(history.records)
     checked = check_history(ops, float(limit), history)
     results = {
         "valid": checked["valid"],
@@ -106,7 +107,7 @@ def analyze_run(run_dir: Path, time_limit_s: float | None = None) -> dict[str, A
         "options": options,
         "nemeses": previous.get("nemeses") or [],
         **{k: v for k, v in checked.items() if k != "valid"},
-        "nemesis_schedule": [op for op in ops if op.get("process") == "nemesis"],
+        "nemesis_schedule": nemesis_schedule(ops),
     }
     if history.warnings:
         results["warnings"] = history.warnings

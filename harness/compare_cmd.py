@@ -34,11 +34,11 @@ import click
 import jinja2
 
 from checker import Verdict, merge_valid
-from harness.analysis import pair_ops, quantile
+from harness.analysis import quantile
 from harness.exit import EXIT_CRASH, UsageError, verdict_exit_code
+from harness.history import Op, pair_ops, read_ops
 from harness.junit import JunitCase, relative_to_junit, write_junit
 from harness.options import RunOptions, validate
-from harness.report import read_ops
 from harness.runner import RunOutcome
 from harness.store import new_run_dir, write_json
 from harness.targets import TARGETS, Target
@@ -102,12 +102,14 @@ def linearizable_modes(target: Target) -> tuple[str, ...]:
 
 
 def mode_row(
-    mode: str, meant_linearizable: bool, results: dict[str, Any], history: list[dict[str, Any]]
+    mode: str, meant_linearizable: bool, results: dict[str, Any], history: Sequence[Op]
 ) -> ModeRow:
     """One table row from a run's results.json and its history ops."""
     spans = pair_ops(history)
     read_ms = sorted(
-        (s.end_ns - s.start_ns) / 1e6 for s in spans if s.f == "read" and s.type == "ok"
+        (s.end_ns - s.start_ns) / 1e6
+        for s in spans
+        if s.f == "read" and s.type == "ok" and s.end_ns is not None
     )
     counts = results.get("counts", {}).get("all", {})
     ok = counts.get("ok", 0)

@@ -258,6 +258,7 @@ def _results_of_path(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _check_ops(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    from harness.history import ops_from_json
     from harness.results import check_history
 
-    return check_history(ops, CHECK_TIME_LIMIT_S)
+    return check_history(ops_from_json(ops), CHECK_TIME_LIMIT_S)

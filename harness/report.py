@@ -20,7 +20,6 @@ import math
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-import checker
-from harness.analysis import pair_ops, quantile, stale_reads
+from checker import NEMESIS
+from harness.analysis import quantile, stale_reads
+from harness.history import Op, OpSpan, pair_ops, read_ops
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
 from harness.options import options_from_json, reproduce_command
@@ -37,7 +37,6 @@ from harness.options import options_from_json, reproduce_command
 __all__ = [
     "REPORT_FILE",
     "build_report_data",
-    "read_ops",
     "render_report",
     "write_report",
     "write_run_reports",
@@ -53,54 +52,9 @@ VALUE_CHARS_MAX = 80
 _TYPES = ("ok", "fail", "info", "invoke")  # invoke: never completed
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A client op for drawing: times in ns; `end_ns` None when it never completed."""
-
-    index: int
-    process: Any
-    f: str
-    key: Any
-    value: Any
-    type: str
-    start_ns: int
-    end_ns: int | None
-
-
-def read_ops(path: Path) -> list[dict[str, Any]]:
-    """The records of a run's `history.jsonl`, read as `harness check` and `analyze` read it
-    (`checker.read_history`): a torn last line (a killed run) is left out; any other line
-    that does not read is a `checker.HistoryError` naming it."""
-    records = checker.read_history(str(path), "jsonl", keep_records=True).records
-    assert records is not None
-    return records
-
-
-def spans_of(ops: Iterable[dict[str, Any]]) -> list[Span]:
-    """Client ops paired invoke -> completion, in invocation order."""
-    open_ops: dict[Any, dict[str, Any]] = {}
-    spans: list[Span] = []
-
-    def span(inv: dict[str, Any], done: dict[str, Any] | None) -> Span:
-        kind = "invoke" if done is None else done["type"]
-        value = done.get("value") if done is not None and kind == "ok" else inv.get("value")
-        end = None if done is None else int(done["time"])
-        return Span(
-            int(inv.get("index", 0)), inv.get("process"), str(inv.get("f")), inv.get("key"),
-            value, kind, int(inv["time"]), end,
-        )  # fmt: skip
-
-    for op in ops:
-        process = op.get("process")
-        if process == "nemesis":
-            continue
-        if op["type"] == "invoke":
-            open_ops[process] = op
-        elif process in open_ops:
-            spans.append(span(open_ops.pop(process), op))
-    spans.extend(span(inv, None) for inv in open_ops.values())
-    spans.sort(key=lambda s: (s.start_ns, s.index))
-    return spans
+def spans_of(ops: Iterable[Op]) -> list[OpSpan]:
+    """Client ops paired invoke -> completion (`history.pair_ops`), in invocation order."""
+    return sorted(pair_ops(ops), key=lambda s: (s.start_ns, s.index))
 
 
 def _ms(ns: float) -> float:
@@ -112,26 +66,26 @@ def _show(value: Any) -> str:
     return text if len(text) <= VALUE_CHARS_MAX else text[: VALUE_CHARS_MAX - 1] + "…"
 
 
-def fault_windows(ops: Sequence[dict[str, Any]], end_ns: int) -> list[dict[str, Any]]:
+def fault_windows(ops: Iterable[Op], end_ns: int) -> list[dict[str, Any]]:
     """Nemesis start..stop pairs as time bands (ms); a fault never stopped lasts to the end."""
     bands: list[dict[str, Any]] = []
     open_by_fault: dict[str, dict[str, Any]] = {}
     for op in ops:
-        if op.get("process") != "nemesis" or op.get("type") == "invoke":
+        if op.process != NEMESIS or op.type == "invoke":
             continue
-        fault = str(op.get("fault") or op.get("f"))
-        if op.get("f") == "start":
-            open_by_fault[fault] = {"fault": fault, "start": _ms(op["time"]), "value": op}
-        elif op.get("f") == "stop" and fault in open_by_fault:
+        fault = str(op.extra.get("fault") or op.f)
+        if op.f == "start":
+            open_by_fault[fault] = {"fault": fault, "start": _ms(op.time_ns), "value": op}
+        elif op.f == "stop" and fault in open_by_fault:
             band = open_by_fault.pop(fault)
-            band["end"] = _ms(op["time"])
+            band["end"] = _ms(op.time_ns)
             bands.append(band)
     for band in open_by_fault.values():
         band["end"] = _ms(end_ns)
         bands.append(band)
     for band in bands:
         started = band.pop("value")
-        band["label"] = _fault_label(band["fault"], started.get("value"))
+        band["label"] = _fault_label(band["fault"], started.value)
     return sorted(bands, key=lambda b: b["start"])
 
 
@@ -181,7 +135,7 @@ def leader_segments(samples: Sequence[dict[str, Any]], end_ns: int) -> list[dict
     return segments
 
 
-def perf_data(spans: Sequence[Span], end_ns: int) -> dict[str, Any]:
+def perf_data(spans: Sequence[OpSpan], end_ns: int) -> dict[str, Any]:
     """Latency points (thinned past a bound), quantile lines and throughput per bucket."""
     done = [s for s in spans if s.end_ns is not None]
     stride = max(1, math.ceil(len(done) / LATENCY_POINTS_MAX))
@@ -207,7 +161,7 @@ def perf_data(spans: Sequence[Span], end_ns: int) -> dict[str, Any]:
         "points": {
             "t": [_ms(s.start_ns) for s in shown],
             "lat": [round(((s.end_ns or 0) - s.start_ns) / 1e6, 3) for s in shown],
-            "type": [_TYPES.index(s.type) for s in shown],
+            "type": [_type_code(s) for s in shown],
             "thinned": stride > 1,
             "total": len(done),
         },
@@ -224,15 +178,14 @@ def _nice_bucket_ms(raw_ms: float) -> float:
     return float(math.ceil(raw_ms / 60_000) * 60_000)
 
 
-def _written(span: Span) -> Any:
-    if span.f == "write":
-        return span.value
-    if span.f == "cas" and isinstance(span.value, list) and len(span.value) == 2:
-        return span.value[1]
-    return None
+def _type_code(span: OpSpan) -> int:
+    """The page's code of an op's outcome: its place in _TYPES (invoke: never completed)."""
+    if span.end_ns is None:
+        return _TYPES.index("invoke")
+    return _TYPES.index(span.type) if span.type in _TYPES else _TYPES.index("info")
 
 
-def _find_blocker(key_spans: Sequence[Span], op: dict[str, Any]) -> Span | None:
+def _find_blocker(key_spans: Sequence[OpSpan], op: dict[str, Any]) -> OpSpan | None:
     line = op.get("line")
     for s in key_spans:
         # For history.jsonl the checker's line is the invocation's (1-based).
@@ -244,31 +197,31 @@ def _find_blocker(key_spans: Sequence[Span], op: dict[str, Any]) -> Span | None:
     return None
 
 
-def stale_context(key_spans: Sequence[Span], read: Span) -> dict[str, Any] | None:
+def stale_context(key_spans: Sequence[OpSpan], read: OpSpan) -> dict[str, Any] | None:
     """For a read: the write of the value it saw, and the newest write that had certainly
     completed (ok) before the read began."""
     if read.f != "read" or read.type != "ok":
         return None
     writes = [s for s in key_spans if s.f in ("write", "cas") and s.type != "fail"]
-    saw = next((s for s in writes if _written(s) == read.value and read.value is not None), None)
+    saw = next((s for s in writes if s.written == read.value and read.value is not None), None)
     done_before = [
         s for s in writes if s.type == "ok" and s.end_ns is not None and s.end_ns < read.start_ns
     ]
     newest = max(done_before, key=lambda s: s.end_ns or 0, default=None)
-    if newest is None or _written(newest) == read.value:
+    if newest is None or newest.written == read.value:
         return None
     return {
         "saw": saw.index if saw is not None else None,
         "newest": newest.index,
         "value": _show(read.value),
-        "newest_value": _show(_written(newest)),
+        "newest_value": _show(newest.written),
         "newest_end": _ms(newest.end_ns or 0),
         "read_start": _ms(read.start_ns),
         "by_ms": round((read.start_ns - (newest.end_ns or 0)) / 1e6, 3),
     }
 
 
-def key_timeline(spans: Sequence[Span], key: Any, anomaly: dict[str, Any]) -> dict[str, Any]:
+def key_timeline(spans: Sequence[OpSpan], key: Any, anomaly: dict[str, Any]) -> dict[str, Any]:
     """One invalid key's ops around its anomaly, in columns, for the page to draw."""
     key_spans = [s for s in spans if s.key == key]
     blocker = _find_blocker(key_spans, anomaly.get("op", {}))
@@ -305,27 +258,27 @@ def key_timeline(spans: Sequence[Span], key: Any, anomaly: dict[str, Any]) -> di
     }
 
 
-def _span_ms(spans: Sequence[Span]) -> list[float]:
+def _span_ms(spans: Sequence[OpSpan]) -> list[float]:
     start = min(s.start_ns for s in spans)
     end = max(s.end_ns if s.end_ns is not None else s.start_ns for s in spans)
     return [_ms(start), _ms(end)]
 
 
-def _columns(spans: Sequence[Span]) -> dict[str, list[Any]]:
+def _columns(spans: Sequence[OpSpan]) -> dict[str, list[Any]]:
     return {
         "i": [s.index for s in spans],
         "p": [s.process if isinstance(s.process, int) else str(s.process) for s in spans],
         "f": [s.f for s in spans],
-        "type": [_TYPES.index(s.type) if s.type in _TYPES else 2 for s in spans],
+        "type": [_type_code(s) for s in spans],
         "s": [_ms(s.start_ns) for s in spans],
         "e": [None if s.end_ns is None else _ms(s.end_ns) for s in spans],
         "v": [_show(s.value) for s in spans],
     }
 
 
-def per_key_rows(ops: Sequence[dict[str, Any]], results: dict[str, Any]) -> list[dict[str, Any]]:
+def per_key_rows(ops: Iterable[Op], results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per key: verdict, op counts, certain stale reads, anomaly name."""
-    analysed = pair_ops(list(ops))
+    analysed = pair_ops(ops)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for s in analysed:
         counts[str(s.key)][s.type] += 1
@@ -358,11 +311,11 @@ def _verdict_word(valid: Any) -> str:
 
 
 def build_report_data(
-    results: dict[str, Any], ops: Sequence[dict[str, Any]], leaders: Sequence[dict[str, Any]]
+    results: dict[str, Any], ops: Sequence[Op], leaders: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """Everything the page's script draws, as plain JSON-able data (times in ms)."""
     spans = spans_of(ops)
-    end_ns = max((int(op["time"]) for op in ops), default=0)
+    end_ns = max((op.time_ns for op in ops), default=0)
     anomalies = results.get("checker", {}).get("anomalies", [])
     by_key = {str(s.key): s.key for s in spans}
     timelines = []
@@ -427,7 +380,7 @@ def _run_files(run_dir: Path) -> list[str]:
 
 def render_report(
     results: dict[str, Any],
-    ops: Sequence[dict[str, Any]],
+    ops: Sequence[Op],
     leaders: Sequence[dict[str, Any]],
     run_dir: Path | None = None,
 ) -> str:
@@ -457,7 +410,7 @@ def render_report(
 def write_report(
     run_dir: Path,
     results: dict[str, Any] | None = None,
-    ops: Sequence[dict[str, Any]] | None = None,
+    ops: Sequence[Op] | None = None,
 ) -> Path:
     """Write `run_dir/report.html` (reading results.json and history.jsonl when not given)."""
     if results is None:
@@ -473,9 +426,7 @@ def write_report(
     return path
 
 
-def write_run_reports(
-    run_dir: Path, results: dict[str, Any], ops: Sequence[dict[str, Any]]
-) -> None:
+def write_run_reports(run_dir: Path, results: dict[str, Any], ops: Sequence[Op]) -> None:
     """report.html and junit.xml beside results.json. A failure here is logged with its
     traceback and does not change the run's verdict (results.json is already written)."""
     try:

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import checker
-from harness.analysis import count_ops, pair_ops, stale_reads
+from checker import NEMESIS
+from harness.analysis import count_ops, stale_reads
+from harness.history import Op, pair_ops
 from harness.options import RunOptions, options_to_json
 
-__all__ = ["build_results", "check_history"]
+__all__ = ["build_results", "check_history", "nemesis_schedule"]
 
 
 def check_history(
-    ops: Sequence[dict[str, Any]], time_limit_s: float, history: checker.History | None = None
+    ops: Sequence[Op], time_limit_s: float, history: checker.History | None = None
 ) -> dict[str, Any]:
     """The checker's verdict, per key, and certain stale reads. `history` is `ops` as
     `checker.read_history` read them, if they were read from a file (its errors then name
     the file and line)."""
-    target = history if history is not None else list(ops)
+    target = history if history is not None else [op.to_json() for op in ops]
     result = checker.check(target, "kv", time_limit_s=time_limit_s)
-    spans = pair_ops(list(ops))
+    spans = pair_ops(ops)
     keys = sorted({s.key for s in spans if s.key is not None}, key=str)
     bad = {a.key for a in result.anomalies}
     unknown = set(result.unknown_keys)
@@ -42,13 +44,17 @@ def check_history(
     }
 
 
+def nemesis_schedule(ops: Iterable[Op]) -> list[dict[str, Any]]:
+    """results.json's `nemesis_schedule`: the nemesis records, as history.jsonl has them."""
+    return [op.to_json() for op in ops if op.process == NEMESIS]
+
+
 def build_results(
-    opts: RunOptions, ops: Sequence[dict[str, Any]], run_dir: Path, nemeses: Sequence[Any]
+    opts: RunOptions, ops: Sequence[Op], run_dir: Path, nemeses: Sequence[Any]
 ) -> dict[str, Any]:
     """results.json of a run made with `opts` (its options as `options_to_json` writes
     them; `options_from_json` reads them back)."""
     checked = check_history(ops, opts.check_time_limit_s)
-    schedule = [op for op in ops if op.get("process") == "nemesis"]
     return {
         "valid": checked["valid"],
         "test": opts.test_name,
@@ -57,5 +63,5 @@ def build_results(
         "options": options_to_json(opts),
         "nemeses": [n.name for n in nemeses],
         **{k: v for k, v in checked.items() if k != "valid"},
-        "nemesis_schedule": schedule,
+        "nemesis_schedule": nemesis_schedule(ops),
     }

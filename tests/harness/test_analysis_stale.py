@@ -13,7 +13,8 @@ import pytest
 
 from checker import Op, make_model
 from checker.explain import classify
-from harness.analysis import OpSpan, pair_ops, stale_reads
+from harness.analysis import stale_reads
+from harness.history import OpSpan, ops_from_json, pair_ops
 
 Event = tuple[str, int, str, Any]  # (type, process, f, value)
 
@@ -29,7 +30,7 @@ def found(history: list[dict[str, Any]]) -> list[tuple[int, Any, Any, float]]:
     """(invocation index, value read, overwritten_by, staleness_ms) of each certain stale read."""
     return [
         (s.read_index, s.value, s.overwritten_by, s.staleness_ms)
-        for s in stale_reads(pair_ops(history))
+        for s in stale_reads(pair_ops(ops_from_json(history)))
     ]
 
 
@@ -112,16 +113,16 @@ def test_only_certainly_stale_reads_are_counted(name: str) -> None:
 
 
 def _checker_op(i: int, span: OpSpan) -> Op:
-    ret = None if math.isinf(span.end_ns) else int(span.end_ns)
+    ret = None if math.isinf(span.done_by_ns) else int(span.done_by_ns)
     value = tuple(span.value) if isinstance(span.value, list) else span.value
-    return Op(i, span.process, span.f, value, span.key, span.start_ns, ret, span.invoke_index)
+    return Op(i, span.process, span.f, value, span.key, span.start_ns, ret, span.index)
 
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_the_checker_names_the_same_reads_stale(name: str) -> None:
     history, expected = EXPECTED[name]
     model = make_model("cas-register")
-    ops = [_checker_op(i, s) for i, s in enumerate(pair_ops(history))]
+    ops = [_checker_op(i, s) for i, s in enumerate(pair_ops(ops_from_json(history)))]
     named = [
         op.line
         for op in ops

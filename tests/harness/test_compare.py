@@ -20,6 +20,7 @@ from harness.compare_cmd import (
     render_text,
     write_compare_junit,
 )
+from harness.history import Op
 from harness.options import RunOptions
 from harness.targets import RaftkvTarget
 
@@ -30,11 +31,12 @@ def harness(*args: str, timeout: float = 500) -> subprocess.CompletedProcess[str
     return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def op(i: int, t_ms: float, type_: str, process: Any, f: str, **kw: Any) -> dict[str, Any]:
-    return {"index": i, "time": int(t_ms * 1e6), "type": type_, "process": process, "f": f, **kw}
+def op(i: int, t_ms: float, type_: str, process: Any, f: str, **kw: Any) -> Op:
+    record = {"index": i, "time": int(t_ms * 1e6), "type": type_, "process": process, "f": f}
+    return Op.from_json({**record, **kw})
 
 
-def history() -> list[dict[str, Any]]:
+def history() -> list[Op]:
     """Reads taking 1, 2, 3 and 10 ms, a write, a failed cas, a timed-out read, a fault."""
     h = [
         op(0, 0, "invoke", 0, "write", key="k0", value=1),

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from harness.analysis import pair_ops, stale_reads
+from harness.analysis import stale_reads
 from harness.backends import NetnsBackend
+from harness.history import ops_from_json, pair_ops
 from harness.targets import ClusterSpec, EtcdTarget
 from harness.targets.etcd import EtcdClient, completion
 from harness.workload import Invocation
@@ -353,7 +354,7 @@ def test_serializable_reads_on_a_cut_off_member_are_stale(tmp_path: Path) -> Non
     assert windows, "no member was ever cut off"
     # Clients are bound to members: worker slot s talks to nodes[s % 3] for the whole run.
     from_cut_off = []
-    for stale in stale_reads(pair_ops(history)):
+    for stale in stale_reads(pair_ops(ops_from_json(history))):
         op = invokes[stale.read_index]
         if not isinstance(op["process"], int) or op["process"] >= 1000 * concurrency:
             continue

@@ -10,12 +10,12 @@ from pathlib import Path
 from report_runs import EVIL, make_run
 
 from harness.cli import main
+from harness.history import ops_from_json, read_ops
 from harness.report import (
     _json_for_script,
     fault_windows,
     grudge_sides,
     leader_segments,
-    read_ops,
     repro_command,
     spans_of,
     stale_context,
@@ -98,7 +98,7 @@ def test_stale_context_names_the_write_seen_and_the_newest_completed_write() -> 
         {"index": i, "time": t, "type": ty, "process": p, "f": f, "key": "k", "value": v}
         for i, t, ty, p, f, v in rows
     ]
-    spans = spans_of(ops)
+    spans = spans_of(ops_from_json(ops))
     context = stale_context(spans, spans[-1])
     assert context is not None
     assert context["saw"] == 0 and context["newest"] == 2
@@ -109,14 +109,14 @@ def test_stale_context_names_the_write_seen_and_the_newest_completed_write() -> 
 def test_fault_windows_pair_start_and_stop_and_an_open_fault_lasts_to_the_end() -> None:
     grudge = {"n1": ["n2", "n3"], "n2": ["n1"], "n3": ["n1"]}
     ops = [
-        {"time": 1_000_000, "type": "info", "process": "nemesis", "f": "start",
+        {"index": 0, "time": 1_000_000, "type": "info", "process": "nemesis", "f": "start",
          "value": grudge, "fault": "partition-leader"},
-        {"time": 3_000_000, "type": "info", "process": "nemesis", "f": "stop",
+        {"index": 1, "time": 3_000_000, "type": "info", "process": "nemesis", "f": "stop",
          "value": "healed", "fault": "partition-leader"},
-        {"time": 5_000_000, "type": "info", "process": "nemesis", "f": "start",
+        {"index": 2, "time": 5_000_000, "type": "info", "process": "nemesis", "f": "start",
          "value": ["n2"], "fault": "kill"},
     ]  # fmt: skip
-    bands = fault_windows(ops, 9_000_000)
+    bands = fault_windows(ops_from_json(ops), 9_000_000)
     assert [(b["fault"], b["start"], b["end"]) for b in bands] == [
         ("partition-leader", 1.0, 3.0),
         ("kill", 5.0, 9.0),
