@@ -1,8 +1,8 @@
 """Any key-value store that speaks the seed system's HTTP API, started by a command line.
 
 The user gives the command that runs one node (`--node-cmd`), with placeholders the
-harness fills in per node; the backend runs it like any node (kill, pause and partitions
-work as for raftkv). The store must answer
+harness fills in per node (`node_command`); the backend runs it like any node (kill, pause
+and partitions work as for raftkv). The store must answer
 
     POST /command  {"op": "set" | "delete" | "cas", "key": K, "value": V, "expected": E}
     GET  /read/<key>
@@ -27,181 +27,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import secrets
-import shlex
-import shutil
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from harness.backends.base import BackendError
 from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
 from harness.targets.base import ClusterSpec, Completion, TargetSetupError
+from harness.targets.node_command import NodeCommand, check_options, check_program, http_address
 from harness.workload import OPS, Invocation
-from nemesis.remote import CommandNotFoundError, Remote, RemoteError
+from nemesis.remote import Remote
 
-__all__ = ["PLACEHOLDERS", "HttpTarget", "NodeCommand", "check_options", "check_program"]
+__all__ = ["HttpTarget"]
 
-HTTP_PORT = 8001
-PEER_PORT = 7001
 START_TIMEOUT_S = 20.0
 CONNECT_TIMEOUT_S = 0.5
 STATUS_TIMEOUT_S = 1.0
 PROBE_TIMEOUT_S = 3.0
-LOOKUP_TIMEOUT_S = 15.0
 
-PLACEHOLDERS: dict[str, str] = {
-    "id": "the node's name (n1, n2, ...)",
-    "host": "the node's address",
-    "port": "the node's HTTP port, where the harness's clients connect",
-    "peer_port": "a second port for the node's traffic between peers",
-    "peers": "every node as id=host:peer_port, comma-separated",
-    "http_peers": "every node as http://host:port, comma-separated",
-    "data_dir": "a directory of the node's own (the node creates it)",
-    "python": "the Python interpreter on the node",
-}
-_FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"-?[0-9]{1,18}")
 _NOT_LEADER = re.compile(r"not\s+(the\s+)?leader|no\s+leader", re.IGNORECASE)
 _MISMATCH = re.compile(r"mismatch|precondition|expected", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeCommand:
-    """A parsed `--node-cmd` (argv elements with placeholders) and `--node-env` pairs."""
-
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def parse(cls, command: str, env: Sequence[str] = (), nodes: int = 3) -> NodeCommand:
-        """Split `command` as a shell would (it is never run by one) and check it; raises
-        ValueError naming what is wrong."""
-        try:
-            argv = tuple(shlex.split(command))
-        except ValueError as exc:
-            raise ValueError(f"--node-cmd cannot be split: {exc}") from None
-        if not argv:
-            raise ValueError("--node-cmd is empty")
-        used: set[str] = set()
-        for arg in argv:
-            used |= _fields(arg)
-        unknown = sorted(used - PLACEHOLDERS.keys())
-        if unknown:
-            raise ValueError(
-                f"--node-cmd has unknown placeholders {', '.join('{' + u + '}' for u in unknown)}"
-                f"; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
-            )
-        if "port" not in used:
-            raise ValueError("--node-cmd must contain {port}: the node's HTTP port")
-        if nodes > 1 and not used & {"peers", "http_peers"}:
-            raise ValueError("--node-cmd must tell a node its peers with {peers} or {http_peers}")
-        pairs = []
-        for item in env:
-            name, sep, value = item.partition("=")
-            if not sep or not _ENV_NAME.fullmatch(name):
-                raise ValueError(f"--node-env {item!r} is not NAME=VALUE")
-            pairs.append((name, value))
-        return cls(argv, tuple(pairs))
-
-    def render(self, node: str, cluster: ClusterSpec) -> list[str]:
-        """The argv that runs `node` (behind `env NAME=VALUE ...` when env is set)."""
-        values = _values(node, cluster)
-        argv = [_substitute(arg, values) for arg in self.argv]
-        if self.env:
-            return ["env", *(f"{k}={v}" for k, v in self.env), *argv]
-        return argv
-
-    def program(self, node: str, cluster: ClusterSpec) -> str:
-        """The program that runs `node` (the first word, placeholders filled in)."""
-        return _substitute(self.argv[0], _values(node, cluster))
-
-
-def _values(node: str, cluster: ClusterSpec) -> dict[str, str]:
-    """What each placeholder stands for on `node`."""
-    return {
-        "id": node,
-        "host": cluster.addresses[node],
-        "port": str(_http_port(cluster)),
-        "peer_port": str(PEER_PORT),
-        "peers": ",".join(f"{n}={cluster.addresses[n]}:{PEER_PORT}" for n in cluster.nodes),
-        "http_peers": ",".join(f"http://{_http_addr(cluster, n)}" for n in cluster.nodes),
-        "data_dir": f"{cluster.data_root}/{node}",
-        "python": cluster.python,
-    }
-
-
-def _fields(arg: str) -> set[str]:
-    return {m.group(1) for m in _FIELD.finditer(arg) if m.group(1) is not None}
-
-
-def _substitute(arg: str, values: dict[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return match.group(0)[0]
-        return values[name]
-
-    return _FIELD.sub(one, arg)
-
-
-def check_options(extra: dict[str, Any], nodes: int, backend: str) -> NodeCommand:
-    """Check the http target's options before anything is made; ValueError says what is
-    wrong. On netns (the host's filesystem) the command must exist here; other backends'
-    nodes are asked once they exist (`check_program`)."""
-    command = extra.get("node_cmd")
-    if not command:
-        raise ValueError("--target http needs --node-cmd: the command that starts one node")
-    parsed = NodeCommand.parse(command, extra.get("node_env", ()), nodes)
-    if backend == "netns":
-        program = _substitute(
-            parsed.argv[0], {p: "" for p in PLACEHOLDERS} | {"python": sys.executable}
-        )
-        if shutil.which(program) is None:
-            where = "" if os.sep in program else " on PATH"
-            raise ValueError(f"--node-cmd: command {program!r} not found{where}")
-    return parsed
-
-
-def check_program(
-    command: NodeCommand, cluster: ClusterSpec, remotes: Mapping[str, Remote]
-) -> None:
-    """TargetSetupError, naming the nodes and the command, unless the command's program is
-    found on every node (`command -v` there, through the backend's Remote)."""
-    missing = []
-    for node in cluster.nodes:
-        program = command.program(node, cluster)
-        # Prints the program's path if found; exits 0 either way (sh's own 127 stays apart).
-        lookup = ["sh", "-c", 'command -v "$1" || true', "sh", program]
-        try:
-            found = bool(remotes[node].execute(lookup, LOOKUP_TIMEOUT_S).stdout.strip())
-        except CommandNotFoundError:  # not even sh there
-            found = False
-        except RemoteError as exc:
-            raise BackendError(f"{node}: cannot look for {program!r}: {exc.reason}") from None
-        if not found:
-            missing.append(f"{node} ({cluster.addresses[node]})")
-    if missing:
-        raise TargetSetupError(
-            f"--node-cmd: command {command.program(cluster.nodes[0], cluster)!r} not found "
-            f"on {', '.join(missing)}"
-        )
-
-
-def _http_port(cluster: ClusterSpec) -> int:
-    return int(cluster.extra.get("http_port", HTTP_PORT))
-
-
-def _http_addr(cluster: ClusterSpec, node: str) -> str:
-    return f"{cluster.addresses[node]}:{_http_port(cluster)}"
 
 
 def _from_wire(value: Any) -> Any:
@@ -319,7 +170,7 @@ class HttpKvClient:
             return hint
         netloc = urlsplit(hint).netloc if "//" in hint else hint
         for node in self._cluster.nodes:
-            if netloc in (_http_addr(self._cluster, node), self._cluster.addresses[node]):
+            if netloc in (http_address(self._cluster, node), self._cluster.addresses[node]):
                 return node
         return None
 
@@ -339,7 +190,7 @@ class HttpKvClient:
                 break
             try:
                 resp = await self._http.request(
-                    _http_addr(self._cluster, node), method, path, body,
+                    http_address(self._cluster, node), method, path, body,
                     timeout_s=remaining, connect_timeout_s=CONNECT_TIMEOUT_S,
                 )  # fmt: skip
             except NotSentError as exc:
@@ -422,7 +273,7 @@ class HttpTarget:
         try:
             async with HttpClient() as http:
                 return await http.request(
-                    _http_addr(cluster, node), "GET", "/status",
+                    http_address(cluster, node), "GET", "/status",
                     timeout_s=STATUS_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
                 )  # fmt: skip
         except (NotSentError, MaybeSentError):
@@ -470,7 +321,7 @@ class HttpTarget:
                 await asyncio.sleep(0.2)
         if waiting:
             names = waiting
-            where = ", ".join(f"{n} at http://{_http_addr(cluster, n)}" for n in names)
+            where = ", ".join(f"{n} at http://{http_address(cluster, n)}" for n in names)
             raise TargetSetupError(
                 f"--node-cmd: no HTTP answer within {timeout_s:g} s from {where}; does the "
                 "command start a server on {host}:{port}?"

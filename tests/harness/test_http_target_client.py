@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from harness.targets.base import ClusterSpec
-from harness.targets.http import HttpKvClient, HttpTarget, NodeCommand
+from harness.targets.http import HttpKvClient, HttpTarget
+from harness.targets.node_command import NodeCommand
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 
 pytestmark = pytest.mark.timeout(60)
