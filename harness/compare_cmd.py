@@ -42,6 +42,7 @@ from harness.options import RunOptions, validate
 from harness.runner import RunOutcome
 from harness.store import new_run_dir, write_json
 from harness.targets import TARGETS, Target
+from harness.targets.base import NamesLinearizableReads
 from harness.test_cmd import click_params, options_from_params, run_once
 
 __all__ = [
@@ -98,7 +99,9 @@ class ModeRow:
 
 def linearizable_modes(target: Target) -> tuple[str, ...]:
     """The read modes `target` promises to be linearizable (all of them unless it says)."""
-    return tuple(getattr(target, "linearizable_read_modes", target.read_modes))
+    if isinstance(target, NamesLinearizableReads):
+        return tuple(target.linearizable_read_modes)
+    return tuple(target.read_modes)
 
 
 def mode_row(

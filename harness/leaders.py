@@ -3,8 +3,8 @@
 One JSON object per line: `time` (ns since the test began, the history's clock),
 `leader` (a node name, or null when no node claims to lead or none answered) and
 `term` (an int when the target tells it, else null). A target that offers
-`async leader_term(cluster) -> (leader, term)` gives terms; any other gives leaders
-from `leader(cluster)`. A sample that times out or fails records a null leader.
+`ReportsLeaderTerm` gives terms; any other gives leaders from `leader(cluster)`. A
+sample that times out or fails records a null leader.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.targets import ClusterSpec, Target
+from harness.targets.base import ReportsLeaderTerm
 
 __all__ = ["LEADERS_FILE", "read_leaders", "sample_leaders"]
 
@@ -26,10 +27,8 @@ SAMPLE_TIMEOUT_S = 2.0
 
 
 async def _sample(target: Target, cluster: ClusterSpec) -> tuple[str | None, int | None]:
-    leader_term = getattr(target, "leader_term", None)
-    if leader_term is not None:
-        leader, term = await leader_term(cluster)
-        return leader, term
+    if isinstance(target, ReportsLeaderTerm):
+        return await target.leader_term(cluster)
     return await target.leader(cluster), None
 
 

@@ -27,6 +27,7 @@ from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
 from harness.exit import UsageError
 from harness.targets import TARGETS
+from harness.targets.base import ValidatesOptions
 from harness.workload import OPS, WORKLOADS
 from nemesis.faults import PartitionNemesis, parse_nemesis
 
@@ -371,10 +372,9 @@ def validate(opts: RunOptions) -> None:
         parse_nemesis(opts.nemesis, opts.nodes)
     except ValueError as exc:
         raise UsageError(str(exc), "--nemesis") from None
-    validate_options = getattr(target, "validate_options", None)
-    if validate_options is not None:  # the http target: --node-cmd
+    if isinstance(target, ValidatesOptions):
         try:
-            validate_options(opts.extra, opts.nodes, opts.backend)
+            target.validate_options(opts.extra, opts.nodes, opts.backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if opts.read_mode is not None and opts.read_mode not in target.read_modes:

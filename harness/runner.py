@@ -35,7 +35,14 @@ from harness.report import write_run_reports
 from harness.results import build_results
 from harness.store import new_run_dir, point_latest, write_json
 from harness.targets import TARGETS, ClusterSpec, Target
-from harness.targets.base import TargetSetupError
+from harness.targets.base import (
+    ChecksNodes,
+    DetectsOps,
+    PreparesHost,
+    PreparesNodes,
+    TargetSetupError,
+    WaitsReady,
+)
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
 from nemesis.schedule import heal_all, run_schedule
@@ -108,9 +115,8 @@ async def run_test(opts: RunOptions) -> RunOutcome:
     nemeses = parse_nemesis(opts.nemesis, opts.nodes)
     # A target may need something on this host first (etcd: its binary); before the run
     # makes anything, so a BackendUnavailable here leaves nothing behind.
-    prepare = getattr(target, "prepare", None)
-    if prepare is not None:
-        await asyncio.to_thread(prepare, opts.backend)
+    if isinstance(target, PreparesHost):
+        await asyncio.to_thread(target.prepare, opts.backend)
     run_dir = new_run_dir(opts.store, opts.test_name)
     point_latest(opts.store, run_dir)
     handler = _log_to(run_dir / "harness.log")
@@ -145,20 +151,18 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             op_timeout_s=opts.op_timeout_s,
             extra=dict(opts.extra),
         )
-        check_nodes = getattr(target, "check_nodes", None)
-        if check_nodes is not None:  # the http target: its program exists on every node
-            await asyncio.to_thread(check_nodes, cluster, {n: backend.remote(n) for n in nodes})
-        prepare_nodes = getattr(target, "prepare_nodes", None)
-        if prepare_nodes is not None:  # raftkv: the run's cluster token onto every node
-            await asyncio.to_thread(prepare_nodes, cluster, backend)
+        if isinstance(target, ChecksNodes):
+            remotes = {n: backend.remote(n) for n in nodes}
+            await asyncio.to_thread(target.check_nodes, cluster, remotes)
+        if isinstance(target, PreparesNodes):
+            await asyncio.to_thread(target.prepare_nodes, cluster, backend)
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
             backend.start_process(node, target.node_argv(node, cluster), str(log_path))
-        wait_ready = getattr(target, "wait_ready", None)
-        if wait_ready is not None:
+        if isinstance(target, WaitsReady):
             try:
-                await wait_ready(cluster)
+                await target.wait_ready(cluster)
             except TargetSetupError as exc:  # the nodes never answered
                 raise TargetSetupError(f"{exc}; their output: {run_dir}/nodes/") from None
         leader = await wait_for_leader(target, cluster, LEADER_TIMEOUT_S)
@@ -227,11 +231,10 @@ async def wait_for_leader(target: Target, cluster: ClusterSpec, timeout_s: float
 
 async def _restrict_ops(opts: RunOptions, target: Target, cluster: ClusterSpec) -> RunOptions:
     """The options with the ops the workload may use: `opts.ops` if given, else what the
-    target's optional `supported_ops(cluster)` finds; a line says what is left out."""
+    target finds if it `DetectsOps`; a line says what is left out."""
     ops = opts.ops
-    detect = getattr(target, "supported_ops", None)
-    if ops is None and detect is not None:
-        ops = tuple(await detect(cluster))
+    if ops is None and isinstance(target, DetectsOps):
+        ops = tuple(await target.supported_ops(cluster))
     if ops is None:
         return opts
     left_out = [f for f in OPS if f not in ops]

@@ -5,17 +5,45 @@ leader-aware faults), and how to turn requests into Jepsen outcomes (`client`).
 The backend runs the argv on each node; the nemesis never needs to know the
 system. Outcomes are Jepsen's: `ok` (done), `fail` (certainly not done), `info`
 (may have happened: a timeout, a connection lost after sending).
+
+Beyond `Target`, a target may offer optional hooks, in the manner of Jepsen's optional
+DB protocols (`jepsen.db/Kill`, `Pause`, `Primary`, `LogFiles`): one small
+runtime-checkable Protocol per hook, listed in `TARGET_HOOKS` in the order a run calls
+them. The run asks `isinstance(target, Hook)` at each call site, which checks only that
+the one attribute exists; a target declares the hooks it offers as base classes, so that
+mypy checks their signatures too. Each hook's docstring says what it is for, when the
+run calls it, and what a target without it gets.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from harness.workload import Invocation
 
-__all__ = ["ClusterSpec", "Completion", "Target", "TargetClient", "TargetSetupError"]
+if TYPE_CHECKING:
+    from harness.backends.base import Backend
+    from nemesis.remote import Remote
+
+__all__ = [
+    "TARGET_HOOKS",
+    "ChecksNodes",
+    "ClusterSpec",
+    "Completion",
+    "DetectsOps",
+    "NamesLinearizableReads",
+    "PreparesHost",
+    "PreparesNodes",
+    "ReportsLeaderTerm",
+    "Target",
+    "TargetClient",
+    "TargetSetupError",
+    "ValidatesOptions",
+    "WaitsReady",
+]
 
 
 class TargetSetupError(Exception):
@@ -58,19 +86,8 @@ class TargetClient(Protocol):
 
 
 class Target(Protocol):
-    """A system under test.
-
-    Optional: `linearizable_read_modes`, the read modes that promise linearizable reads
-    (`harness compare-reads` fails only on those; without it every mode is held to that);
-    `prepare(backend)`, called in a thread before a run makes anything, to make sure the
-    system can run on that backend (etcd installs its binary for netns; raise
-    BackendUnavailable, exit 254, when it cannot); `check_nodes(cluster, remotes)`, called in
-    a thread once the nodes exist and before any starts, with each node's `Remote`, to check
-    what only the nodes can tell (the http target: its program is there; raise
-    TargetSetupError, exit 254, naming the node); `prepare_nodes(cluster, backend)`, called
-    in a thread after `check_nodes`, to put what the nodes need onto them (raftkv: the run's
-    cluster token, through `Backend.write_private_file`).
-    """
+    """A system under test: what every target provides. The optional hooks are the
+    Protocols of `TARGET_HOOKS`; a target offers those it needs."""
 
     name: str
     read_modes: tuple[str, ...]
@@ -89,3 +106,116 @@ class Target(Protocol):
     async def leader(self, cluster: ClusterSpec) -> str | None:
         """The node that currently leads, if the system has one and it is known."""
         ...
+
+
+@runtime_checkable
+class ValidatesOptions(Protocol):
+    """`validate_options(extra, nodes, backend)`: reject the target's own options early.
+
+    Called when the options of `harness test`, `compare-reads` or the pytest plugin are
+    validated, before anything is made, with the run's `extra` options, node count and
+    backend name. Raises ValueError saying what to fix; the run stops as bad usage, exit 254.
+    Without it the target's options are taken as given. The http target checks `--node-cmd`.
+    """
+
+    def validate_options(self, extra: dict[str, Any], nodes: int, backend: str) -> None: ...
+
+
+@runtime_checkable
+class PreparesHost(Protocol):
+    """`prepare(backend)`: make sure the system can run on that backend (by its name).
+
+    Called in a thread before a run makes anything, so a failure leaves nothing behind.
+    Raises BackendUnavailable (exit 254) when the system cannot run there. Without it the
+    run assumes the nodes have what `node_argv` runs. etcd installs its binary for netns.
+    """
+
+    def prepare(self, backend: str) -> None: ...
+
+
+@runtime_checkable
+class ChecksNodes(Protocol):
+    """`check_nodes(cluster, remotes)`: check what only the nodes can tell, before any starts.
+
+    Called in a thread once the nodes exist and before any process starts, with each node's
+    `Remote` by name. Raises TargetSetupError (exit 254) naming the node. Without it a node
+    that cannot run shows as a process that exits, and the run as no leader in time. The
+    http target checks that its program is on every node.
+    """
+
+    def check_nodes(self, cluster: ClusterSpec, remotes: Mapping[str, Remote]) -> None: ...
+
+
+@runtime_checkable
+class PreparesNodes(Protocol):
+    """`prepare_nodes(cluster, backend)`: put onto the nodes what they need to start.
+
+    Called in a thread after `check_nodes` and before any process starts; secrets go
+    through `Backend.write_private_file`, never on a command line. Raises BackendError when
+    a node cannot be written. Without it nothing is put on the nodes. raftkv writes the
+    run's cluster token.
+    """
+
+    def prepare_nodes(self, cluster: ClusterSpec, backend: Backend) -> None: ...
+
+
+@runtime_checkable
+class WaitsReady(Protocol):
+    """`async wait_ready(cluster)`: wait until every node answers at all.
+
+    Awaited once after the nodes started and before the run waits for a leader; it bounds
+    its own wait. Raises TargetSetupError (exit 254) when a node never answers. Without it
+    the run goes straight to waiting for a leader, and a cluster that never comes up ends
+    in a timeout there. The http target waits for an HTTP answer from each node.
+    """
+
+    async def wait_ready(self, cluster: ClusterSpec) -> None: ...
+
+
+@runtime_checkable
+class DetectsOps(Protocol):
+    """`async supported_ops(cluster)`: which of the workload's ops the system has.
+
+    Awaited once the cluster has a leader, only when `--ops` was not given; the ops it
+    leaves out leave the workload, and a line says so. Without it the workload uses every
+    op (`harness.workload.OPS`, or `--ops`). The http target tries cas once on a scratch key.
+    """
+
+    async def supported_ops(self, cluster: ClusterSpec) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class ReportsLeaderTerm(Protocol):
+    """`async leader_term(cluster)`: the current leader and its term, for the report.
+
+    Awaited for each leader sample of `leaders.jsonl` (every 0.5 s, bounded by a timeout);
+    returns `(leader, term)`, either None when unknown. Without it the samples come from
+    `Target.leader` and record no term. raftkv, etcd and http ask each node's status.
+    """
+
+    async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]: ...
+
+
+@runtime_checkable
+class NamesLinearizableReads(Protocol):
+    """`linearizable_read_modes`: the read modes that promise linearizable reads.
+
+    Read by `harness compare-reads`, which fails only when one of these modes finds an
+    anomaly (the others are expected to, under partitions). Without it every read mode is
+    held to linearizability. raftkv: log, readindex, lease; etcd: linearizable.
+    """
+
+    linearizable_read_modes: tuple[str, ...]
+
+
+TARGET_HOOKS: tuple[type, ...] = (
+    ValidatesOptions,
+    PreparesHost,
+    ChecksNodes,
+    PreparesNodes,
+    WaitsReady,
+    DetectsOps,
+    ReportsLeaderTerm,
+    NamesLinearizableReads,
+)
+"""The optional target hooks, in the order a run meets them."""

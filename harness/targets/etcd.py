@@ -40,7 +40,13 @@ from typing import Any
 
 from harness.backends.base import BackendError, BackendUnavailable
 from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
-from harness.targets.base import ClusterSpec, Completion
+from harness.targets.base import (
+    ClusterSpec,
+    Completion,
+    NamesLinearizableReads,
+    PreparesHost,
+    ReportsLeaderTerm,
+)
 from harness.workload import Invocation
 
 __all__ = ["EtcdClient", "EtcdTarget", "ensure_etcd_installed"]
@@ -211,7 +217,7 @@ def _apt(argv: list[str], env: dict[str, str]) -> int:
     return proc.returncode
 
 
-class EtcdTarget:
+class EtcdTarget(PreparesHost, ReportsLeaderTerm, NamesLinearizableReads):
     """etcd 3.4 (Debian's etcd-server): a real Raft store nobody here wrote."""
 
     name = "etcd"

@@ -36,7 +36,16 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
-from harness.targets.base import ClusterSpec, Completion, TargetSetupError
+from harness.targets.base import (
+    ChecksNodes,
+    ClusterSpec,
+    Completion,
+    DetectsOps,
+    ReportsLeaderTerm,
+    TargetSetupError,
+    ValidatesOptions,
+    WaitsReady,
+)
 from harness.targets.node_command import NodeCommand, check_options, check_program, http_address
 from harness.workload import OPS, Invocation
 from nemesis.remote import Remote
@@ -242,7 +251,7 @@ def _node_command(cluster: ClusterSpec) -> NodeCommand:
     return NodeCommand.parse(extra["node_cmd"], extra.get("node_env", ()), len(cluster.nodes))
 
 
-class HttpTarget:
+class HttpTarget(ValidatesOptions, ChecksNodes, WaitsReady, DetectsOps, ReportsLeaderTerm):
     """A store started by `--node-cmd` and reached over HTTP (see the module docstring)."""
 
     name = "http"

@@ -11,7 +11,13 @@ import asyncio
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from harness.targets.base import ClusterSpec, Completion
+from harness.targets.base import (
+    ClusterSpec,
+    Completion,
+    NamesLinearizableReads,
+    PreparesNodes,
+    ReportsLeaderTerm,
+)
 from harness.workload import Invocation
 from raftkv.client import Client
 from raftkv.core import BUGS
@@ -86,7 +92,7 @@ class RaftkvClient:
         await self._client.close()
 
 
-class RaftkvTarget:
+class RaftkvTarget(PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads):
     """The project's own Raft store."""
 
     name = "raftkv"
