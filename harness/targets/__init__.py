@@ -1,4 +1,5 @@
-"""Targets: the systems a run can test. See `base.Target` for what one must provide."""
+"""Targets: the systems a run can test. See `base.Target` for what one must provide and
+`base.TARGET_HOOKS` for the optional hooks one may offer."""
 
 from __future__ import annotations
 
