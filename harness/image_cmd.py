@@ -7,12 +7,17 @@ engine, no debootstrap), 255 a build step failed (the message names it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from harness.backends.base import BackendError, BackendUnavailable
 from harness.exit import EXIT_CRASH, EXIT_OK
 
 __all__ = ["image_group"]
+
+T = TypeVar("T")
 
 
 @click.group("image")
@@ -30,20 +35,15 @@ def image_group() -> None:
 @click.option("--force", is_flag=True, help="Build even if an image of this tree exists.")
 def build_command(base_image: str | None, force: bool) -> int:
     """Build the node image (tagged by content hash, and as jepsen-py/raftkv:latest)."""
-    from harness.image import IMAGE_REPO, connect, ensure_image  # the Docker SDK only here
+    from harness.image import IMAGE_REPO, ensure_image  # the Docker SDK only here
 
-    try:
-        client = connect()
-        try:
-            built = ensure_image(
-                client, base_image, lambda line: click.echo(line, err=True), force=force
-            )
-        finally:
-            client.close()
-    except BackendUnavailable:
-        raise  # bad usage (exit 254), not the build failure below
-    except BackendError as exc:
-        click.echo(f"harness: image build failed: {exc}", err=True)
+    def build(client: Any) -> Any:
+        return ensure_image(
+            client, base_image, lambda line: click.echo(line, err=True), force=force
+        )
+
+    built = _with_engine("build", build)
+    if built is None:
         return EXIT_CRASH
     state = f"built in {built.seconds:.0f} s" if built.built else "up to date"
     click.echo(f"{built.tag} ({IMAGE_REPO}:latest) on {built.base}: {state}")
@@ -53,19 +53,29 @@ def build_command(base_image: str | None, force: bool) -> int:
 @image_group.command("prune")
 def prune_command() -> int:
     """Remove older node and base images (those of other trees); this tree's stay."""
-    from harness.image import connect, prune  # the Docker SDK only here
+    from harness.image import prune  # the Docker SDK only here
 
-    try:
-        client = connect()
-        try:
-            removed = prune(client)
-        finally:
-            client.close()
-    except BackendUnavailable:
-        raise  # bad usage (exit 254), not the build failure below
-    except BackendError as exc:
-        click.echo(f"harness: image prune failed: {exc}", err=True)
+    removed = _with_engine("prune", prune)
+    if removed is None:
         return EXIT_CRASH
     for line in removed:
         click.echo(f"removed {line}" if not line.startswith("kept ") else line)
     return EXIT_OK
+
+
+def _with_engine(what: str, action: Callable[[Any], T]) -> T | None:
+    """`action(client)` on a Docker engine client closed afterwards; None (said on stderr)
+    when the engine failed it. BackendUnavailable passes through: bad usage, exit 254."""
+    from harness.image import connect
+
+    try:
+        client = connect()
+        try:
+            return action(client)
+        finally:
+            client.close()
+    except BackendUnavailable:
+        raise
+    except BackendError as exc:
+        click.echo(f"harness: image {what} failed: {exc}", err=True)
+        return None
