@@ -1,0 +1,49 @@
+"""Mount `LazyOperations` with its control socket, in the foreground."""
+
+from __future__ import annotations
+
+import logging
+
+import mfusepy
+
+from nemesis.lazyfs.control import ControlServer
+from nemesis.lazyfs.ops import LazyOperations
+
+__all__ = ["MOUNT_OPTIONS", "serve"]
+
+_log = logging.getLogger(__name__)
+
+# direct_io: no page cache to outlive a loss. Zero timeouts: the kernel asks again after
+# a loss instead of trusting cached sizes and names. hard_remove: an unlinked open file is
+# not renamed to .fuse_hidden* (that rename would be journaled). allow_other: node
+# processes of other users (a container's) can use it. use_ino: the backing inode numbers.
+MOUNT_OPTIONS = {
+    "direct_io": True,
+    "attr_timeout": 0,
+    "entry_timeout": 0,
+    "negative_timeout": 0,
+    "hard_remove": True,
+    "allow_other": True,
+    "use_ino": True,
+    "fsname": "lazyfs",
+}
+
+
+def serve(mountpoint: str, backing_dir: str, control_path: str) -> int:
+    """Mount, serve until unmounted or signalled, unmount; returns the exit code."""
+    ops = LazyOperations(backing_dir)
+
+    def pending() -> str:
+        files, dirs = ops.pending()
+        return f"pending files={files} dir_changes={dirs}"
+
+    handlers = {"lose": lambda: ops.lose().line(), "pending": pending, "ping": lambda: "ok"}
+    control = ControlServer(control_path, handlers)
+    try:
+        mfusepy.FUSE(ops, mountpoint, foreground=True, **MOUNT_OPTIONS)
+    except RuntimeError as exc:
+        _log.error("fuse_main failed: %s", exc)
+        return 1
+    finally:
+        control.close()
+    return 0
