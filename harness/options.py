@@ -29,7 +29,8 @@ from harness.exit import UsageError
 from harness.targets import TARGETS
 from harness.targets.base import ValidatesOptions
 from harness.workload import OPS, WORKLOADS
-from nemesis.faults import PartitionNemesis, parse_nemesis
+from nemesis.faults import PacketLossNemesis, PartitionNemesis, parse_nemesis
+from nemesis.netfaults import DEFAULT_LOSS_SHARE
 
 if TYPE_CHECKING:
     from harness.backends.ssh import SshOptions
@@ -69,6 +70,8 @@ class RunOptions:
     keys: int = 5
     nemesis: str = "none"
     nemesis_interval_s: float = 5.0
+    # The share of packets the packet-loss fault drops.
+    packet_loss: float = DEFAULT_LOSS_SHARE
     read_mode: str | None = None
     seed: int = 0
     store: Path = Path("store")
@@ -183,10 +186,13 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--nemesis",), "nemesis", "nemesis", "run", default="none", show_default=True,
            help="Comma-separated faults: none, partition, partition-leader, partition-one, "
            "partition-majorities-ring, partition-bridge, partition-one-way, kill, "
-           "pause, all."),
+           "pause, packet-loss, all."),
     Option(("--nemesis-interval",), "nemesis_interval", "nemesis_interval_s", "run",
            kind=float, low=0.1, default=5.0, show_default=True,
            help="Seconds between fault starts and stops."),
+    Option(("--packet-loss",), "packet_loss", "packet_loss", "run", kind=float, low=0.001,
+           high=1.0, default=DEFAULT_LOSS_SHARE, show_default=True,
+           help="Share of packets the packet-loss fault drops on the links it picks."),
     Option(("--read-mode",), "read_mode", "read_mode", "run",
            help="Target read mode (raftkv: log, readindex, lease, local, follower; "
            "etcd: linearizable, serializable)."),
@@ -369,7 +375,7 @@ def validate(opts: RunOptions) -> None:
     run. Raises UsageError saying which and why."""
     target = TARGETS[opts.target]()
     try:
-        parse_nemesis(opts.nemesis, opts.nodes)
+        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
     except ValueError as exc:
         raise UsageError(str(exc), "--nemesis") from None
     if isinstance(target, ValidatesOptions):
@@ -411,7 +417,8 @@ def _validate_docker(opts: RunOptions) -> None:
         if opts.image is None:
             return
         find_user_image(client, opts.image)
-        if any(isinstance(n, PartitionNemesis) for n in parse_nemesis(opts.nemesis, opts.nodes)):
+        network = (PartitionNemesis, PacketLossNemesis)
+        if any(isinstance(n, network) for n in parse_nemesis(opts.nemesis, opts.nodes)):
             check_host_firewall()
     except BackendUnavailable as exc:
         raise UsageError(str(exc), "--image") from None

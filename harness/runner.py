@@ -112,7 +112,7 @@ def remove_leftover_data_dirs(root: Path | None = None) -> list[str]:
 async def run_test(opts: RunOptions) -> RunOutcome:
     """Run one test; the caller validated `opts` (see harness.options.validate)."""
     target: Target = TARGETS[opts.target]()
-    nemeses = parse_nemesis(opts.nemesis, opts.nodes)
+    nemeses = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
     # A target may need something on this host first (etcd: its binary); before the run
     # makes anything, so a BackendUnavailable here leaves nothing behind.
     if isinstance(target, PreparesHost):

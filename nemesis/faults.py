@@ -10,6 +10,10 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     partition-one-way         one node hears nothing, the others still hear it
     kill                      SIGKILL targets; stop restarts them (same argv, same data)
     pause                     SIGSTOP targets; stop sends SIGCONT
+    packet-loss               a share of packets dropped (default 20%) between a random
+                              pair or around one node, one way or both (nemesis.netfaults)
+
+`delay` (tc netem) is refused with a sentence saying why (see netfaults.delay_refusal).
 
 Pause picks its targets at random among: one random node, a random minority ((n-1)//2
 nodes, when that is 2 or more), or the leader (one random node when the leader is unknown).
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 from nemesis import grudge as grudges
-from nemesis import iptables
+from nemesis import iptables, netfaults
 from nemesis.remote import ProcessControl, Remote
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "KillNemesis",
     "Nemesis",
     "NemesisContext",
+    "PacketLossNemesis",
     "PartitionNemesis",
     "PauseNemesis",
     "parse_nemesis",
@@ -197,6 +202,37 @@ class PartitionNemesis:
             return FaultEvent("stop", self.name, "network-healed")
 
 
+@dataclass
+class PacketLossNemesis:
+    """Drops `share` of the packets on the links of a random shape (netfaults.pick_shape):
+    each receiver gets one statistic rule in our chain; stop flushes the chain."""
+
+    share: float = netfaults.DEFAULT_LOSS_SHARE
+    name: str = "packet-loss"
+    min_nodes: int = 2
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            shape = netfaults.pick_shape(ctx.nodes, ctx.rng)
+            drops = netfaults.loss_map(shape, ctx.nodes)
+            # Set before acting: a start that fails halfway is still flushed by heal_all.
+            ctx.network_faulted = True
+
+            def one(node: str) -> None:
+                senders = [ctx.remotes[s].address for s in drops[node]]
+                rules = [netfaults.loss_rule(senders, self.share)] if senders else []
+                iptables.set_rules(ctx.remotes[node], rules)
+
+            for_each_node(ctx.nodes, one)
+            return FaultEvent("start", self.name, netfaults.loss_value(shape, self.share, drops))
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            heal_partitions(ctx)
+            ctx.network_faulted = False
+            return FaultEvent("stop", self.name, "network-healed")
+
+
 def pick_targets(ctx: NemesisContext, wide: bool = False) -> list[str]:
     """One random node, a random minority, or the leader; with `wide` also a random
     majority or every node (see the module docstring)."""
@@ -308,19 +344,25 @@ KINDS: dict[str, int] = {
     **{name: least for name, (least, _) in _PARTITIONS.items()},
     KillNemesis.name: KillNemesis.min_nodes,
     PauseNemesis.name: PauseNemesis.min_nodes,
+    PacketLossNemesis.name: PacketLossNemesis.min_nodes,
 }
 ALIASES = {"partition": "partition-halves"}
 
 
-def parse_nemesis(spec: str, nodes: int) -> list[Nemesis]:
+def parse_nemesis(
+    spec: str, nodes: int, packet_loss: float = netfaults.DEFAULT_LOSS_SHARE
+) -> list[Nemesis]:
     """The fault kinds a `--nemesis` value names, for a cluster of `nodes` nodes.
 
     `spec` is a comma-separated list of kind names (see the module docstring), `all` (every
     kind that applies to this cluster size) or `none` (no faults: an empty list). Duplicates
     are dropped. Raises ValueError naming the problem for an unknown name, an empty spec,
     `none` mixed with faults, or a kind the cluster is too small for (partitions need 2
-    nodes; bridge and majorities-ring need 3).
+    nodes; bridge and majorities-ring need 3). `packet_loss` is the share of packets
+    `packet-loss` drops (0 < share <= 1). `delay` raises ValueError saying why it cannot run
+    (it probes the kernel: netfaults.delay_refusal).
     """
+    netfaults.check_share(packet_loss)
     if nodes < 1:
         raise ValueError(f"a cluster needs at least 1 node, got {nodes}")
     names = [part.strip().lower() for part in spec.split(",")]
@@ -336,6 +378,8 @@ def parse_nemesis(spec: str, nodes: int) -> list[Nemesis]:
             chosen.extend(k for k, least in KINDS.items() if nodes >= least)
             continue
         kind = ALIASES.get(name, name)
+        if kind == "delay":
+            raise ValueError(netfaults.delay_refusal())
         if kind not in KINDS:
             raise ValueError(f"unknown nemesis {name!r}; known: {_known()}")
         least = KINDS[kind]
@@ -344,14 +388,16 @@ def parse_nemesis(spec: str, nodes: int) -> list[Nemesis]:
                 f"nemesis {name!r} needs at least {least} nodes; the cluster has {nodes}"
             )
         chosen.append(kind)
-    return [_make(kind) for kind in dict.fromkeys(chosen)]
+    return [_make(kind, packet_loss) for kind in dict.fromkeys(chosen)]
 
 
 def _known() -> str:
     return ", ".join([*KINDS, *ALIASES, "all", "none"])
 
 
-def _make(kind: str) -> Nemesis:
+def _make(kind: str, packet_loss: float) -> Nemesis:
+    if kind == PacketLossNemesis.name:
+        return PacketLossNemesis(share=packet_loss)
     if kind == KillNemesis.name:
         return KillNemesis()
     if kind == PauseNemesis.name:

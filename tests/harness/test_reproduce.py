@@ -56,6 +56,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "keys": ["--keys", "17"],
         "nemesis": ["--nemesis", "partition-leader,kill"],
         "nemesis_interval": ["--nemesis-interval", "0.7"],
+        "packet_loss": ["--packet-loss", "0.35"],
         "read_mode": ["--read-mode", "lease"],
         "seed": ["--seed", "-12345"],
         "store": ["--store", str(tmp_path / "other store")],
