@@ -12,6 +12,7 @@ from nemesis.lazyfs.ops import LazyOperations
 __all__ = ["MOUNT_OPTIONS", "serve"]
 
 _log = logging.getLogger(__name__)
+_LOOP_ENDED = 8
 
 # direct_io: no page cache to outlive a loss. Zero timeouts: the kernel asks again after
 # a loss instead of trusting cached sizes and names. hard_remove: an unlinked open file is
@@ -42,8 +43,11 @@ def serve(mountpoint: str, backing_dir: str, control_path: str) -> int:
     try:
         mfusepy.FUSE(ops, mountpoint, foreground=True, **MOUNT_OPTIONS)
     except RuntimeError as exc:
-        _log.error("fuse_main failed: %s", exc)
-        return 1
+        # fuse_main's code: 8 is its loop ending on SIGTERM/SIGINT (libfuse 3 hands the
+        # signal back as the loop's error), after the unmount; the others fail before.
+        if exc.args != (_LOOP_ENDED,):
+            _log.error("fuse_main failed with code %s", exc)
+            return 1
     finally:
         control.close()
     return 0

@@ -76,8 +76,9 @@ def _unmount(path: Path, proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def lazy(tmp_path: Path) -> Iterator[Mount]:
-    with mounted_lazyfs(tmp_path) as (mount, _):
+    with mounted_lazyfs(tmp_path) as (mount, proc):
         yield mount
+    assert proc.returncode == 0  # SIGTERM: a clean unmount
 
 
 @contextlib.contextmanager
