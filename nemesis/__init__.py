@@ -1,7 +1,8 @@
-"""nemesis: faults as data (grudges, kill/restart, pause), applied through a Remote.
+"""nemesis: faults as data (grudges, kill/restart, pause, packet loss), applied through a Remote.
 
 Modules: `remote` (the Remote / ProcessControl protocols every backend implements),
-`grudge` (pure partition shapes), `iptables` (our own chain, applied via a Remote),
+`grudge` (pure partition shapes), `netfaults` (packet-loss shapes and rules, the netem
+probe), `iptables` (our own chain, applied via a Remote),
 `faults` (fault kinds, `parse_nemesis`), `schedule` (`run_schedule`, `heal_all`),
 `fakes` (FakeRemote, FakeProcessControl for unit tests). This package never imports the
 harness: the harness hands it Remotes.
