@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3
+OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime
 
 .PHONY: venv test check demo lint typecheck bench clean os-packages
 

@@ -16,6 +16,7 @@ depends on click, so the pytest plugin parses and validates the same way.
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
 from collections.abc import Callable, Collection, Mapping
@@ -29,6 +30,7 @@ from harness.exit import UsageError
 from harness.targets import TARGETS
 from harness.targets.base import ValidatesOptions
 from harness.workload import OPS, WORKLOADS
+from nemesis import clock
 from nemesis.faults import PacketLossNemesis, PartitionNemesis, parse_nemesis
 from nemesis.netfaults import DEFAULT_LOSS_SHARE
 
@@ -394,6 +396,7 @@ def validate(opts: RunOptions) -> None:
             raise UsageError(
                 f"{opts.target} has no bug {bug!r}; known: {', '.join(target.bugs)}", "--bug"
             )
+    _validate_clock(opts)
     if opts.backend == "netns":
         try:
             check_available()
@@ -491,3 +494,29 @@ def options_from_json(options: Mapping[str, Any]) -> RunOptions:
         if kw.get(name) is not None:
             kw[name] = tuple(kw[name])
     return RunOptions(**kw)
+
+
+# Targets whose node program ignores LD_PRELOAD, so libfaketime cannot reach its clock.
+_STATIC_BINARY_TARGETS = {"etcd": "etcd is a static Go binary"}
+
+
+def _validate_clock(opts: RunOptions) -> None:
+    """The clock nemesis needs node processes started under libfaketime: so far on netns,
+    with the library on this host, for a target whose program honors LD_PRELOAD."""
+    if "clock" not in {name.strip().lower() for name in opts.nemesis.split(",")}:
+        return
+    if opts.target in _STATIC_BINARY_TARGETS:
+        raise UsageError(
+            f"the clock nemesis cannot fault {opts.target}: "
+            f"{_STATIC_BINARY_TARGETS[opts.target]}, which ignores LD_PRELOAD, "
+            "so libfaketime never reaches its clock",
+            "--nemesis",
+        )
+    if opts.backend != "netns":
+        raise UsageError("the clock nemesis runs on the netns backend only, so far", "--nemesis")
+    if not os.path.exists(clock.LIBFAKETIME):
+        raise UsageError(
+            f"the clock nemesis needs libfaketime ({clock.LIBFAKETIME}): "
+            "apt-get install libfaketime",
+            "--nemesis",
+        )

@@ -44,7 +44,8 @@ from harness.targets.base import (
     WaitsReady,
 )
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
-from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
+from nemesis import clock
+from nemesis.faults import ClockNemesis, FaultEvent, Nemesis, NemesisContext, parse_nemesis
 from nemesis.schedule import heal_all, run_schedule
 
 __all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
@@ -156,10 +157,14 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             await asyncio.to_thread(target.check_nodes, cluster, remotes)
         if isinstance(target, PreparesNodes):
             await asyncio.to_thread(target.prepare_nodes, cluster, backend)
+        clock_files = await asyncio.to_thread(_prepare_clocks, backend, nemeses, cluster)
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
-            backend.start_process(node, target.node_argv(node, cluster), str(log_path))
+            argv = target.node_argv(node, cluster)
+            if node in clock_files:
+                argv = clock.preload_argv(argv, clock_files[node])
+            backend.start_process(node, argv, str(log_path))
         if isinstance(target, WaitsReady):
             try:
                 await target.wait_ready(cluster)
@@ -169,6 +174,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         log.info("cluster up; leader %s", leader)
         opts = await _restrict_ops(opts, target, cluster)
         ctx = _nemesis_context(backend, target, cluster, opts.seed, asyncio.get_running_loop())
+        ctx.clock_files = clock_files
         await _drive(opts, target, cluster, ctx, nemeses, history)
         await _final_reads(opts, target, cluster, history)
         history.close()
@@ -244,6 +250,19 @@ async def _restrict_ops(opts: RunOptions, target: Target, cluster: ClusterSpec) 
         log.warning("%s", line)
         print(f"harness: {line}", file=sys.stderr, flush=True)
     return dataclasses.replace(opts, ops=tuple(f for f in OPS if f in ops))
+
+
+def _prepare_clocks(
+    backend: Backend, nemeses: list[Nemesis], cluster: ClusterSpec
+) -> dict[str, str]:
+    """With a clock nemesis: each node's libfaketime control file (nemesis.clock), written
+    with the true clock before the node starts under the preload; else none."""
+    if not any(isinstance(n, ClockNemesis) for n in nemeses):
+        return {}
+    files = {n: clock.control_path(cluster.data_root, n) for n in cluster.nodes}
+    for node, path in files.items():
+        clock.write_setting(backend.remote(node), path, clock.HEALED)
+    return files
 
 
 def _nemesis_context(

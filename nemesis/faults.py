@@ -10,6 +10,7 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     partition-one-way         one node hears nothing, the others still hear it
     kill                      SIGKILL targets; stop restarts them (same argv, same data)
     pause                     SIGSTOP targets; stop sends SIGCONT
+    clock                     skew targets' clocks (libfaketime); stop sets offset 0, rate 1
     packet-loss               a share of packets dropped (default 20%) between a random
                               pair or around one node, one way or both (nemesis.netfaults)
 
@@ -17,9 +18,14 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
 
 Pause picks its targets at random among: one random node, a random minority ((n-1)//2
 nodes, when that is 2 or more), or the leader (one random node when the leader is unknown).
-A minority keeps the cluster able to make progress while the fault lasts. Kill also picks a
-random majority or every node, as Jepsen's kill does: only a crash of most nodes at once
-shows writes acknowledged before they were durable.
+A minority keeps the cluster able to make progress while the fault lasts. Clock picks its
+targets the same way. Kill also picks a random majority or every node, as Jepsen's kill
+does: only a crash of most nodes at once shows writes acknowledged before they were durable.
+
+Clock sets one of CLOCK_SETTINGS (offset jumps of 0.5 and 2 s either way, a clock at x0.5 or
+x2) through `nemesis.clock` and checks it with a probe on each target before recording it;
+it needs the nodes started under libfaketime (`NemesisContext.clock_files`), so `all` leaves
+it out.
 
 Every start and stop runs under `ctx.lock`, so a heal never interleaves with a half-applied
 fault. `start`/`stop` block (they call Remote and ProcessControl); async callers run them in
@@ -36,12 +42,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
+from nemesis import clock, iptables, netfaults
 from nemesis import grudge as grudges
-from nemesis import iptables, netfaults
 from nemesis.remote import ProcessControl, Remote
 
 __all__ = [
     "KINDS",
+    "ClockNemesis",
     "FaultEvent",
     "KillNemesis",
     "Nemesis",
@@ -101,7 +108,9 @@ class NemesisContext:
     `asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=...)`.
     `killed` and `paused` record the nodes faults have killed or paused and not yet healed,
     and `network_faulted` whether a partition may be in place, so `heal_all` can undo them
-    even if a fault object is lost. `lock` serializes faults.
+    even if a fault object is lost. `lock` serializes faults. `clock_files` maps each node
+    started under libfaketime to its control file (see `nemesis.clock`; empty: no clock
+    faults possible) and `clocked` the nodes a clock fault has skewed and not yet healed.
     """
 
     remotes: dict[str, Remote]
@@ -111,6 +120,8 @@ class NemesisContext:
     killed: set[str] = field(default_factory=set)
     paused: set[str] = field(default_factory=set)
     network_faulted: bool = False
+    clock_files: dict[str, str] = field(default_factory=dict)
+    clocked: set[str] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -325,6 +336,51 @@ class PauseNemesis(_ProcessFault):
         ctx.procs.resume(node)
 
 
+# Clock faults: offset jumps forward and back, a slow and a fast clock.
+CLOCK_SETTINGS = (
+    clock.ClockSetting(offset_s=2.0),
+    clock.ClockSetting(offset_s=-2.0),
+    clock.ClockSetting(offset_s=0.5),
+    clock.ClockSetting(offset_s=-0.5),
+    clock.ClockSetting(rate=0.5),
+    clock.ClockSetting(rate=2.0),
+)
+
+
+@dataclass
+class ClockNemesis:
+    """Sets one random clock setting (CLOCK_SETTINGS) on the targets (`pick_targets`), each
+    checked by a probe on the node before the start is recorded; stop writes the true clock
+    to every node in `ctx.clocked`. The start's value: {"nodes", "offset_s", "rate",
+    "readings": {node: {"offset_s", "rate"}}}, the readings being what the probes saw."""
+
+    name: str = "clock"
+    min_nodes: int = 1
+    settings: tuple[clock.ClockSetting, ...] = CLOCK_SETTINGS
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            if not ctx.clock_files:
+                return FaultEvent("start", self.name, None, error="nodes not under libfaketime")
+            targets = [n for n in pick_targets(ctx) if n in ctx.clock_files]
+            setting = ctx.rng.choice(self.settings)
+            ctx.clocked.update(targets)
+            readings: dict[str, object] = {}
+            for node in targets:
+                remote, path = ctx.remotes[node], ctx.clock_files[node]
+                readings[node] = clock.apply(remote, path, setting).__dict__
+            value = {"nodes": targets, **setting.as_json(), "readings": readings}
+            return FaultEvent("start", self.name, value)
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            done = sorted(ctx.clocked)
+            for node in done:
+                clock.write_setting(ctx.remotes[node], ctx.clock_files[node], clock.HEALED)
+                ctx.clocked.discard(node)
+            return FaultEvent("stop", self.name, done)
+
+
 def _leader_grudge(ctx: NemesisContext) -> grudges.Grudge | None:
     leader = ctx.leader()
     return grudges.leader(ctx.nodes, leader) if leader in ctx.nodes else None
@@ -345,7 +401,11 @@ KINDS: dict[str, int] = {
     KillNemesis.name: KillNemesis.min_nodes,
     PauseNemesis.name: PauseNemesis.min_nodes,
     PacketLossNemesis.name: PacketLossNemesis.min_nodes,
+    ClockNemesis.name: ClockNemesis.min_nodes,
 }
+# Kinds `all` leaves out: clock needs the nodes started under libfaketime, which not every
+# target's program allows (a static binary ignores LD_PRELOAD).
+NOT_IN_ALL = frozenset({ClockNemesis.name})
 ALIASES = {"partition": "partition-halves"}
 
 
@@ -375,7 +435,7 @@ def parse_nemesis(
     chosen: list[str] = []
     for name in names:
         if name == "all":
-            chosen.extend(k for k, least in KINDS.items() if nodes >= least)
+            chosen.extend(k for k, least in KINDS.items() if nodes >= least and k not in NOT_IN_ALL)
             continue
         kind = ALIASES.get(name, name)
         if kind == "delay":
@@ -402,5 +462,7 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return KillNemesis()
     if kind == PauseNemesis.name:
         return PauseNemesis()
+    if kind == ClockNemesis.name:
+        return ClockNemesis()
     least, make = _PARTITIONS[kind]
     return PartitionNemesis(kind, least, make)

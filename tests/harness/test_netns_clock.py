@@ -1,0 +1,81 @@
+"""The clock nemesis in whole `harness test` runs on network namespaces: raftkv nodes run
+under libfaketime, each fault is verified on its node and recorded, readindex stays valid,
+and a target whose program ignores LD_PRELOAD is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nemesis import clock
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        not os.path.exists(clock.LIBFAKETIME),
+        reason=f"needs Debian's libfaketime ({clock.LIBFAKETIME}; `make` installs it)",
+    ),
+]
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+def harness(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_readindex_stays_linearizable_under_verified_clock_faults(tmp_path: Path) -> None:
+    proc = harness(
+        "test",
+        "--backend",
+        "netns",
+        "--read-mode",
+        "readindex",
+        "--nemesis",
+        "clock",
+        "--time",
+        "12",
+        "--nemesis-interval",
+        "2",
+        "--seed",
+        "3",
+        "--store",
+        str(tmp_path),
+        "--no-live",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "latest" / "results.json").read_text())
+    assert results["valid"] is True and results["stale_reads"] == 0
+    schedule = results["nemesis_schedule"]
+    starts = [op for op in schedule if op["f"] == "start" and op["type"] == "info"]
+    assert starts and all(op["fault"] == "clock" and "error" not in op for op in starts)
+    for op in starts:
+        value = op["value"]
+        setting = clock.ClockSetting(value["offset_s"], value["rate"])
+        assert value["nodes"] and sorted(value["readings"]) == value["nodes"]
+        for reading in value["readings"].values():
+            assert clock.ClockReading(**reading).matches(setting)
+    stops = [op for op in schedule if op["fault"] == "clock" and op["f"] == "stop"]
+    assert stops[-1]["type"] == "info" and "error" not in stops[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--target", "etcd"], "static Go binary, which ignores LD_PRELOAD"),
+        (["--backend", "docker"], "netns backend only"),
+    ],
+)
+def test_clock_faults_are_refused_where_they_cannot_act(
+    tmp_path: Path, args: list[str], why: str
+) -> None:
+    proc = harness("test", *args, "--nemesis", "clock", "--store", str(tmp_path), "--no-live")
+    assert proc.returncode == 254, proc.stdout + proc.stderr
+    assert why in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir()), "a refused run made something"
