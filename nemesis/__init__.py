@@ -4,7 +4,8 @@ Modules: `remote` (the Remote / ProcessControl protocols every backend implement
 `grudge` (pure partition shapes), `netfaults` (packet-loss shapes and rules, the netem
 probe), `iptables` (our own chain, applied via a Remote),
 `faults` (fault kinds, `parse_nemesis`), `schedule` (`run_schedule`, `heal_all`),
-`fakes` (FakeRemote, FakeProcessControl for unit tests). This package never imports the
+`fakes` (FakeRemote, FakeProcessControl for unit tests), `lazyfs` (the filesystem that
+loses what was not fsynced, run as its own process). This package never imports the
 harness: the harness hands it Remotes.
 """
 
