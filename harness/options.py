@@ -503,7 +503,8 @@ _STATIC_BINARY_TARGETS = {"etcd": "etcd is a static Go binary"}
 def _validate_clock(opts: RunOptions) -> None:
     """The clock nemesis needs node processes started under libfaketime: so far on netns,
     with the library on this host, for a target whose program honors LD_PRELOAD."""
-    if "clock" not in {name.strip().lower() for name in opts.nemesis.split(",")}:
+    names = opts.nemesis.lower().replace("+", ",").split(",")
+    if not any(name.strip().startswith("clock") for name in names):
         return
     if opts.target in _STATIC_BINARY_TARGETS:
         raise UsageError(

@@ -45,7 +45,7 @@ from harness.targets.base import (
 )
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis import clock
-from nemesis.faults import ClockNemesis, FaultEvent, Nemesis, NemesisContext, parse_nemesis
+from nemesis.faults import FaultEvent, Nemesis, NemesisContext, parse_nemesis, uses_clock
 from nemesis.schedule import heal_all, run_schedule
 
 __all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
@@ -257,7 +257,7 @@ def _prepare_clocks(
 ) -> dict[str, str]:
     """With a clock nemesis: each node's libfaketime control file (nemesis.clock), written
     with the true clock before the node starts under the preload; else none."""
-    if not any(isinstance(n, ClockNemesis) for n in nemeses):
+    if not uses_clock(nemeses):
         return {}
     files = {n: clock.control_path(cluster.data_root, n) for n in cluster.nodes}
     for node, path in files.items():

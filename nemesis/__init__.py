@@ -1,8 +1,9 @@
-"""nemesis: faults as data (grudges, kill/restart, pause, packet loss), applied through a Remote.
+"""nemesis: faults as data (grudges, kill/restart, pause, packet loss, clocks) through a Remote.
 
 Modules: `remote` (the Remote / ProcessControl protocols every backend implements),
 `grudge` (pure partition shapes), `netfaults` (packet-loss shapes and rules, the netem
-probe), `iptables` (our own chain, applied via a Remote),
+probe), `clock` (libfaketime's per-node control file and the probe that checks it),
+`iptables` (our own chain, applied via a Remote),
 `faults` (fault kinds, `parse_nemesis`), `schedule` (`run_schedule`, `heal_all`),
 `fakes` (FakeRemote, FakeProcessControl for unit tests), `lazyfs` (the filesystem that
 loses what was not fsynced, run as its own process). This package never imports the

@@ -128,14 +128,17 @@ def write_setting(remote: Remote, path: str, setting: ClockSetting) -> None:
 
 # Busy-waits (a sleep would be scaled by the rate) for 0.3 s of the kernel's uptime, which
 # libfaketime does not fake, and compares the faked monotonic clock's progress with it. The
-# true wall clock comes from `date` run without the preload, right after the faked reading.
+# true wall clock comes from `date` run without the preload, right after the faked reading;
+# the rate has acted since the probe started, so its own age at that reading is taken out.
 _PROBE = """
 import json, os, subprocess, time
 def up():
     with open("/proc/uptime") as f:
         return float(f.read().split()[0])
+with open("/proc/self/stat") as f:
+    started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-wall = time.time()
+wall, age = time.time(), up() - started
 true_wall = float(subprocess.run(
     ["date", "+%s.%N"], env=env, capture_output=True, text=True, timeout=5, check=True
 ).stdout)
@@ -145,7 +148,8 @@ while up() == u:
 u0, m0 = up(), time.monotonic()
 while up() - u0 < 0.3:
     pass
-print(json.dumps({"offset_s": wall - true_wall, "rate": (time.monotonic() - m0) / (up() - u0)}))
+rate = (time.monotonic() - m0) / (up() - u0)
+print(json.dumps({"offset_s": wall - true_wall - (rate - 1) * age, "rate": rate}))
 """
 
 

@@ -56,7 +56,9 @@ __all__ = [
     "PacketLossNemesis",
     "PartitionNemesis",
     "PauseNemesis",
+    "TogetherNemesis",
     "parse_nemesis",
+    "uses_clock",
 ]
 
 log = logging.getLogger(__name__)
@@ -346,6 +348,9 @@ CLOCK_SETTINGS = (
     clock.ClockSetting(rate=2.0),
 )
 
+# The leader's clock in `clock-slow-leader`: a lease it counts lasts four times as long.
+SLOW_CLOCK = clock.ClockSetting(rate=0.25)
+
 
 @dataclass
 class ClockNemesis:
@@ -357,12 +362,14 @@ class ClockNemesis:
     name: str = "clock"
     min_nodes: int = 1
     settings: tuple[clock.ClockSetting, ...] = CLOCK_SETTINGS
+    # Only the leader (nothing when it is unknown), not pick_targets's choice.
+    leader_only: bool = False
 
     def start(self, ctx: NemesisContext) -> FaultEvent:
         with ctx.lock:
             if not ctx.clock_files:
                 return FaultEvent("start", self.name, None, error="nodes not under libfaketime")
-            targets = [n for n in pick_targets(ctx) if n in ctx.clock_files]
+            targets = [n for n in self._targets(ctx) if n in ctx.clock_files]
             setting = ctx.rng.choice(self.settings)
             ctx.clocked.update(targets)
             readings: dict[str, object] = {}
@@ -371,6 +378,12 @@ class ClockNemesis:
                 readings[node] = clock.apply(remote, path, setting).__dict__
             value = {"nodes": targets, **setting.as_json(), "readings": readings}
             return FaultEvent("start", self.name, value)
+
+    def _targets(self, ctx: NemesisContext) -> list[str]:
+        if not self.leader_only:
+            return pick_targets(ctx)
+        leader = ctx.leader()
+        return [leader] if leader in ctx.nodes else []
 
     def stop(self, ctx: NemesisContext) -> FaultEvent:
         with ctx.lock:
@@ -402,10 +415,11 @@ KINDS: dict[str, int] = {
     PauseNemesis.name: PauseNemesis.min_nodes,
     PacketLossNemesis.name: PacketLossNemesis.min_nodes,
     ClockNemesis.name: ClockNemesis.min_nodes,
+    "clock-slow-leader": ClockNemesis.min_nodes,
 }
 # Kinds `all` leaves out: clock needs the nodes started under libfaketime, which not every
 # target's program allows (a static binary ignores LD_PRELOAD).
-NOT_IN_ALL = frozenset({ClockNemesis.name})
+NOT_IN_ALL = frozenset({ClockNemesis.name, "clock-slow-leader"})
 ALIASES = {"partition": "partition-halves"}
 
 
@@ -434,28 +448,75 @@ def parse_nemesis(
         return []
     chosen: list[str] = []
     for name in names:
+        if "+" in name:
+            chosen.append("+".join(_check_kind(part.strip(), nodes) for part in name.split("+")))
+            continue
         if name == "all":
             chosen.extend(k for k, least in KINDS.items() if nodes >= least and k not in NOT_IN_ALL)
             continue
-        kind = ALIASES.get(name, name)
-        if kind == "delay":
-            raise ValueError(netfaults.delay_refusal())
-        if kind not in KINDS:
-            raise ValueError(f"unknown nemesis {name!r}; known: {_known()}")
-        least = KINDS[kind]
-        if nodes < least:
-            raise ValueError(
-                f"nemesis {name!r} needs at least {least} nodes; the cluster has {nodes}"
-            )
-        chosen.append(kind)
+        chosen.append(_check_kind(name, nodes))
     return [_make(kind, packet_loss) for kind in dict.fromkeys(chosen)]
+
+
+def _check_kind(name: str, nodes: int) -> str:
+    """The kind `name` names, if a cluster of `nodes` nodes can take it; else ValueError."""
+    kind = ALIASES.get(name, name)
+    if kind == "delay":
+        raise ValueError(netfaults.delay_refusal())
+    if kind not in KINDS:
+        raise ValueError(f"unknown nemesis {name!r}; known: {_known()}")
+    least = KINDS[kind]
+    if nodes < least:
+        raise ValueError(f"nemesis {name!r} needs at least {least} nodes; the cluster has {nodes}")
+    return kind
 
 
 def _known() -> str:
     return ", ".join([*KINDS, *ALIASES, "all", "none"])
 
 
+@dataclass
+class TogetherNemesis:
+    """Several kinds at once (`--nemesis a+b`): starts `parts` in order, stops them in
+    reverse. The start's value maps each part's name to its start value; errors are joined."""
+
+    name: str
+    parts: tuple[Nemesis, ...]
+    min_nodes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.min_nodes = max(p.min_nodes for p in self.parts)
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            return self._each(ctx, "start", list(self.parts))
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            return self._each(ctx, "stop", list(reversed(self.parts)))
+
+    def _each(
+        self, ctx: NemesisContext, f: Literal["start", "stop"], parts: list[Nemesis]
+    ) -> FaultEvent:
+        events = [p.start(ctx) if f == "start" else p.stop(ctx) for p in parts]
+        errors = [f"{p.name}: {e.error}" for p, e in zip(parts, events, strict=True) if e.error]
+        value = {p.name: e.value for p, e in zip(parts, events, strict=True)}
+        return FaultEvent(f, self.name, value, error="; ".join(errors) or None)
+
+
+def uses_clock(nemeses: Iterable[Nemesis]) -> bool:
+    """Whether any of `nemeses` is (or includes) a clock fault: the nodes then need starting
+    under libfaketime."""
+    return any(
+        isinstance(n, ClockNemesis) or (isinstance(n, TogetherNemesis) and uses_clock(n.parts))
+        for n in nemeses
+    )
+
+
 def _make(kind: str, packet_loss: float) -> Nemesis:
+    if "+" in kind:
+        parts = tuple(_make(part, packet_loss) for part in kind.split("+"))
+        return TogetherNemesis(kind, parts)
     if kind == PacketLossNemesis.name:
         return PacketLossNemesis(share=packet_loss)
     if kind == KillNemesis.name:
@@ -464,5 +525,7 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return PauseNemesis()
     if kind == ClockNemesis.name:
         return ClockNemesis()
+    if kind == "clock-slow-leader":
+        return ClockNemesis(kind, settings=(SLOW_CLOCK,), leader_only=True)
     least, make = _PARTITIONS[kind]
     return PartitionNemesis(kind, least, make)

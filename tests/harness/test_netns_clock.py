@@ -79,3 +79,46 @@ def test_clock_faults_are_refused_where_they_cannot_act(
     assert proc.returncode == 254, proc.stdout + proc.stderr
     assert why in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir()), "a refused run made something"
+
+
+@pytest.mark.timeout(300)
+def test_lease_reads_under_a_slow_partitioned_leader_clock_are_stale(tmp_path: Path) -> None:
+    # The leader's clock at x0.25 counts its lease four times too long in real time; cut
+    # off, it serves lease reads while the others elect a leader and take writes.
+    def run(read_mode: str, test_count: int) -> subprocess.CompletedProcess[str]:
+        return harness(
+            "test",
+            "--backend",
+            "netns",
+            "--read-mode",
+            read_mode,
+            "--nemesis",
+            "clock-slow-leader+partition-leader",
+            "--time",
+            "15",
+            "--nemesis-interval",
+            "1",
+            "--concurrency",
+            "9",
+            "--test-count",
+            str(test_count),
+            "--seed",
+            "21",
+            "--store",
+            str(tmp_path / read_mode),
+            "--no-live",
+            timeout=140,
+        )
+
+    lease = run("lease", 3)
+    assert lease.returncode == 1, lease.stdout + lease.stderr
+    assert "INVALID" in lease.stdout and "stale reads 0;" not in lease.stdout.split("INVALID")[1]
+    readindex = run("readindex", 1)
+    assert readindex.returncode == 0, readindex.stdout + readindex.stderr
+    results = json.loads((tmp_path / "readindex" / "latest" / "results.json").read_text())
+    assert results["valid"] is True and results["stale_reads"] == 0
+    starts = [
+        op for op in results["nemesis_schedule"] if op["f"] == "start" and op["type"] == "info"
+    ]
+    slowed = [op["value"]["clock-slow-leader"] for op in starts if "error" not in op]
+    assert slowed and all(v["rate"] == 0.25 and len(v["nodes"]) == 1 for v in slowed)

@@ -17,8 +17,14 @@ import pytest
 
 from harness.backends.local import execute_on_host
 from nemesis import clock
-from nemesis.fakes import FakeProcessControl
-from nemesis.faults import ClockNemesis, NemesisContext, parse_nemesis
+from nemesis.fakes import FakeProcessControl, FakeRemote
+from nemesis.faults import (
+    ClockNemesis,
+    NemesisContext,
+    TogetherNemesis,
+    parse_nemesis,
+    uses_clock,
+)
 from nemesis.remote import ExecResult, RemoteError
 
 needs_libfaketime = pytest.mark.skipif(
@@ -207,3 +213,32 @@ def test_clock_fault_without_preloaded_nodes_does_nothing() -> None:
     ctx = NemesisContext(remotes={}, procs=FakeProcessControl([]), rng=random.Random(1))
     event = ClockNemesis().start(ctx)
     assert event.value is None and event.error == "nodes not under libfaketime"
+
+
+def test_faults_joined_with_plus_act_together_and_need_the_preload() -> None:
+    [together] = parse_nemesis("clock-slow-leader+partition-leader", 3)
+    assert isinstance(together, TogetherNemesis) and together.min_nodes == 2
+    assert [p.name for p in together.parts] == ["clock-slow-leader", "partition-leader"]
+    assert uses_clock([together]) and not uses_clock(parse_nemesis("kill,partition", 3))
+    with pytest.raises(ValueError, match="at least 2 nodes"):
+        parse_nemesis("clock+partition", 1)
+    with pytest.raises(ValueError, match="unknown nemesis 'frob'"):
+        parse_nemesis("clock+frob", 3)
+
+
+def test_together_starts_in_order_stops_in_reverse_and_joins_errors() -> None:
+    nodes = ["n1", "n2", "n3"]
+    ctx = NemesisContext(
+        remotes={n: FakeRemote(n, f"10.0.0.{i}") for i, n in enumerate(nodes, 1)},
+        procs=FakeProcessControl(nodes),
+        rng=random.Random(2),
+        leader=lambda: "n2",
+    )
+    [together] = parse_nemesis("clock-slow-leader+pause", 3)
+    started = together.start(ctx)
+    # No node runs under libfaketime here: the clock part says so, the pause part acts.
+    assert started.error == "clock-slow-leader: nodes not under libfaketime"
+    assert isinstance(started.value, dict) and started.value["clock-slow-leader"] is None
+    assert ctx.paused
+    stopped = together.stop(ctx)
+    assert list(stopped.value) == ["pause", "clock-slow-leader"] and not ctx.paused
