@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from nemesis import clock, iptables, netfaults
 from nemesis import grudge as grudges
-from nemesis.remote import ProcessControl, Remote
+from nemesis.remote import ProcessControl, Remote, RemoteError
 
 __all__ = [
     "KINDS",
@@ -56,6 +56,7 @@ __all__ = [
     "PacketLossNemesis",
     "PartitionNemesis",
     "PauseNemesis",
+    "StrobeNemesis",
     "TogetherNemesis",
     "parse_nemesis",
     "uses_clock",
@@ -394,6 +395,69 @@ class ClockNemesis:
             return FaultEvent("stop", self.name, done)
 
 
+@dataclass
+class StrobeNemesis:
+    """`clock-strobe`: the targets' clocks (`pick_targets`) flip between `offset_s` ahead and
+    the true time every `period_s` until stop, as Jepsen's strobe does; the first flip is
+    checked by a probe before the start is recorded. A thread writes the flips; stop ends
+    it (bounded wait) and writes the true clock to every node in `ctx.clocked`. The start's
+    value: {"nodes", "offset_s", "period_s", "readings"}."""
+
+    name: str = "clock-strobe"
+    min_nodes: int = 1
+    offset_s: float = 0.5
+    period_s: float = 0.2
+    _halt: threading.Event = field(default_factory=threading.Event)
+    _flipper: threading.Thread | None = None
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            if not ctx.clock_files:
+                return FaultEvent("start", self.name, None, error="nodes not under libfaketime")
+            self._end_flips()
+            targets = [n for n in pick_targets(ctx) if n in ctx.clock_files]
+            ctx.clocked.update(targets)
+            ahead = clock.ClockSetting(offset_s=self.offset_s)
+            readings: dict[str, object] = {}
+            for node in targets:
+                remote, path = ctx.remotes[node], ctx.clock_files[node]
+                readings[node] = clock.apply(remote, path, ahead).__dict__
+            self._halt = threading.Event()
+            self._flipper = threading.Thread(
+                target=self._flip, args=(ctx, targets), name="clock-strobe", daemon=True
+            )
+            self._flipper.start()
+            value = {"nodes": targets, "offset_s": self.offset_s, "period_s": self.period_s}
+            return FaultEvent("start", self.name, {**value, "readings": readings})
+
+    def _flip(self, ctx: NemesisContext, targets: list[str]) -> None:
+        settings = (clock.HEALED, clock.ClockSetting(offset_s=self.offset_s))
+        flips = 0
+        while not self._halt.wait(self.period_s):
+            flips += 1
+            for node in targets:
+                remote, path = ctx.remotes[node], ctx.clock_files[node]
+                try:
+                    clock.write_setting(remote, path, settings[flips % 2])
+                except RemoteError as exc:  # the next flip or the heal tries again
+                    log.warning("nemesis: clock-strobe: %s", exc)
+
+    def _end_flips(self) -> None:
+        self._halt.set()
+        if self._flipper is not None:
+            self._flipper.join(timeout=clock.WRITE_TIMEOUT_S * 2)
+            self._flipper = None
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            self._end_flips()
+            done = sorted(ctx.clocked)
+            for node in done:
+                clock.write_setting(ctx.remotes[node], ctx.clock_files[node], clock.HEALED)
+                ctx.clocked.discard(node)
+            return FaultEvent("stop", self.name, done)
+
+
 def _leader_grudge(ctx: NemesisContext) -> grudges.Grudge | None:
     leader = ctx.leader()
     return grudges.leader(ctx.nodes, leader) if leader in ctx.nodes else None
@@ -416,10 +480,11 @@ KINDS: dict[str, int] = {
     PacketLossNemesis.name: PacketLossNemesis.min_nodes,
     ClockNemesis.name: ClockNemesis.min_nodes,
     "clock-slow-leader": ClockNemesis.min_nodes,
+    StrobeNemesis.name: StrobeNemesis.min_nodes,
 }
 # Kinds `all` leaves out: clock needs the nodes started under libfaketime, which not every
 # target's program allows (a static binary ignores LD_PRELOAD).
-NOT_IN_ALL = frozenset({ClockNemesis.name, "clock-slow-leader"})
+NOT_IN_ALL = frozenset({ClockNemesis.name, "clock-slow-leader", StrobeNemesis.name})
 ALIASES = {"partition": "partition-halves"}
 
 
@@ -508,7 +573,8 @@ def uses_clock(nemeses: Iterable[Nemesis]) -> bool:
     """Whether any of `nemeses` is (or includes) a clock fault: the nodes then need starting
     under libfaketime."""
     return any(
-        isinstance(n, ClockNemesis) or (isinstance(n, TogetherNemesis) and uses_clock(n.parts))
+        isinstance(n, ClockNemesis | StrobeNemesis)
+        or (isinstance(n, TogetherNemesis) and uses_clock(n.parts))
         for n in nemeses
     )
 
@@ -527,5 +593,7 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return ClockNemesis()
     if kind == "clock-slow-leader":
         return ClockNemesis(kind, settings=(SLOW_CLOCK,), leader_only=True)
+    if kind == StrobeNemesis.name:
+        return StrobeNemesis()
     least, make = _PARTITIONS[kind]
     return PartitionNemesis(kind, least, make)

@@ -21,6 +21,7 @@ from nemesis.fakes import FakeProcessControl, FakeRemote
 from nemesis.faults import (
     ClockNemesis,
     NemesisContext,
+    StrobeNemesis,
     TogetherNemesis,
     parse_nemesis,
     uses_clock,
@@ -152,39 +153,49 @@ def start_reader(path: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
-@needs_libfaketime
-def test_clock_fault_records_verifies_and_heals(tmp_path: Path) -> None:
+@pytest.fixture
+def host_nodes(tmp_path: Path) -> Iterator[tuple[NemesisContext, dict[str, subprocess.Popen[str]]]]:
+    """Three nodes on this host, each a reader process under the preload with its own file."""
     nodes = ["n1", "n2", "n3"]
     remotes = {n: HostRemote(n) for n in nodes}
     files = {n: clock.control_path(str(tmp_path), n) for n in nodes}
     for node in nodes:
         clock.write_setting(remotes[node], files[node], clock.HEALED)
-    procs = [start_reader(files[n]) for n in nodes]
+    procs = {n: start_reader(files[n]) for n in nodes}
     try:
-        for proc in procs:
+        for proc in procs.values():
             read_clocks(proc)  # loaded and running
         ctx = NemesisContext(
             remotes=dict(remotes), procs=FakeProcessControl(nodes), rng=random.Random(3)
         )
         ctx.clock_files = files
-        fault = ClockNemesis(settings=(clock.ClockSetting(offset_s=-2.0),))
-        event = fault.start(ctx)
-        assert event.error is None
-        value = json.loads(json.dumps(event.value))
-        assert value["offset_s"] == -2.0 and value["rate"] == 1.0
-        assert value["nodes"] and sorted(value["readings"]) == value["nodes"]
-        for node in value["nodes"]:
-            assert Path(files[node]).read_text() == "-2.000 x1\n"
-            wall, _, true_wall, _ = read_clocks(procs[nodes.index(node)])
-            assert abs(wall - true_wall + 2.0) < 0.1
-        stopped = fault.stop(ctx)
-        assert stopped.value == value["nodes"] and not ctx.clocked
-        assert all(Path(f).read_text() == "+0.000 x1\n" for f in files.values())
-        assert fault.stop(ctx).value == []
+        yield ctx, procs
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.kill()
             proc.wait(timeout=5)
+
+
+@needs_libfaketime
+def test_clock_fault_records_verifies_and_heals(
+    host_nodes: tuple[NemesisContext, dict[str, subprocess.Popen[str]]],
+) -> None:
+    ctx, procs = host_nodes
+    files = ctx.clock_files
+    fault = ClockNemesis(settings=(clock.ClockSetting(offset_s=-2.0),))
+    event = fault.start(ctx)
+    assert event.error is None
+    value = json.loads(json.dumps(event.value))
+    assert value["offset_s"] == -2.0 and value["rate"] == 1.0
+    assert value["nodes"] and sorted(value["readings"]) == value["nodes"]
+    for node in value["nodes"]:
+        assert Path(files[node]).read_text() == "-2.000 x1\n"
+        wall, _, true_wall, _ = read_clocks(procs[node])
+        assert abs(wall - true_wall + 2.0) < 0.1
+    stopped = fault.stop(ctx)
+    assert stopped.value == value["nodes"] and not ctx.clocked
+    assert all(Path(f).read_text() == "+0.000 x1\n" for f in files.values())
+    assert fault.stop(ctx).value == []
 
 
 @needs_libfaketime
@@ -242,3 +253,25 @@ def test_together_starts_in_order_stops_in_reverse_and_joins_errors() -> None:
     assert ctx.paused
     stopped = together.stop(ctx)
     assert list(stopped.value) == ["pause", "clock-slow-leader"] and not ctx.paused
+
+
+@needs_libfaketime
+def test_strobe_flips_the_clock_until_stopped(
+    host_nodes: tuple[NemesisContext, dict[str, subprocess.Popen[str]]],
+) -> None:
+    ctx, procs = host_nodes
+    strobe = StrobeNemesis(offset_s=1.0, period_s=0.1)
+    event = strobe.start(ctx)
+    assert event.error is None and isinstance(event.value, dict)
+    target = event.value["nodes"][0]
+    offsets = set()
+    for _ in range(20):
+        wall, _, true_wall, _ = read_clocks(procs[target])
+        offsets.add(round(wall - true_wall))
+        time.sleep(0.05)
+    assert offsets == {0, 1}, "the clock flips between the true time and 1 s ahead"
+    assert strobe.stop(ctx).value == event.value["nodes"] and not ctx.clocked
+    time.sleep(0.3)  # no flip after stop
+    wall, _, true_wall, _ = read_clocks(procs[target])
+    assert abs(wall - true_wall) < 0.1
+    assert all(Path(f).read_text() == "+0.000 x1\n" for f in ctx.clock_files.values())
