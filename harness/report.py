@@ -33,6 +33,7 @@ from harness.history import Op, OpSpan, pair_ops, read_ops
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
 from harness.options import options_from_json, reproduce_command
+from nemesis import clock
 from nemesis.faults import PacketLossNemesis
 from nemesis.netfaults import loss_label
 
@@ -94,6 +95,10 @@ def fault_windows(ops: Iterable[Op], end_ns: int) -> list[dict[str, Any]]:
 def _fault_label(fault: str, value: Any) -> str:
     if fault == PacketLossNemesis.name and isinstance(value, dict):
         return f"{fault}: {loss_label(value)}"
+    if "+" in fault and isinstance(value, dict):  # faults acting together: each part's label
+        return " + ".join(_fault_label(part, value.get(part)) for part in fault.split("+"))
+    if fault.startswith("clock") and isinstance(value, dict) and "offset_s" in value:
+        return f"{fault}: {clock.describe(value)}"
     if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
         return f"{fault}: {grudge_sides(value)}"
     if isinstance(value, list | str) and value:

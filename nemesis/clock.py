@@ -32,6 +32,7 @@ import json
 import math
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 from nemesis.remote import Remote, RemoteError
 
@@ -42,6 +43,7 @@ __all__ = [
     "ClockSetting",
     "apply",
     "control_path",
+    "describe",
     "node_age_s",
     "preload_argv",
     "preload_env",
@@ -233,3 +235,13 @@ def apply(
     write_setting(remote, path, written)
     reading = verify(remote, path, written, python)
     return ClockReading(reading.offset_s + drift_s, reading.rate)
+
+
+def describe(value: dict[str, Any]) -> str:
+    """A clock fault's start value in a few words, for the report: "n1 +2.000 s x1", or for
+    a strobe "n1 flips +0.500 s every 0.2 s"."""
+    nodes = ",".join(str(n) for n in value.get("nodes") or []) or "no node"
+    offset_s = float(value.get("offset_s", 0.0))
+    if "period_s" in value:
+        return f"{nodes} flips {offset_s:+.3f} s every {float(value['period_s']):g} s"
+    return f"{nodes} {offset_s:+.3f} s x{float(value.get('rate', 1.0)):g}"

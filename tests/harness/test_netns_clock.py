@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness.history import read_ops
+from harness.report import fault_windows
 from nemesis import clock
 
 pytestmark = [
@@ -65,6 +68,10 @@ def test_readindex_stays_linearizable_under_verified_clock_faults(tmp_path: Path
             assert clock.ClockReading(**reading).matches(setting)
     stops = [op for op in schedule if op["f"] == "stop" and op["type"] == "info"]
     assert stops and all("error" not in op for op in stops)
+    ops = read_ops(tmp_path / "latest" / "history.jsonl")
+    labels = {band["label"] for band in fault_windows(ops, 10**12)}
+    assert any(re.fullmatch(r"clock: n\d \S+ s x1", label) for label in labels), labels
+    assert any(label.startswith("clock-strobe: n") for label in labels), labels
 
 
 @pytest.mark.parametrize(

@@ -275,3 +275,12 @@ def test_strobe_flips_the_clock_until_stopped(
     wall, _, true_wall, _ = read_clocks(procs[target])
     assert abs(wall - true_wall) < 0.1
     assert all(Path(f).read_text() == "+0.000 x1\n" for f in ctx.clock_files.values())
+
+
+def test_describe_names_nodes_offset_and_rate_or_strobe() -> None:
+    assert clock.describe({"nodes": ["n1"], "offset_s": 2.0, "rate": 1.0}) == "n1 +2.000 s x1"
+    assert clock.describe({"nodes": ["n2", "n3"], "offset_s": 0.0, "rate": 0.25}) == (
+        "n2,n3 +0.000 s x0.25"
+    )
+    strobe = {"nodes": ["n1"], "offset_s": 0.5, "period_s": 0.2}
+    assert clock.describe(strobe) == "n1 flips +0.500 s every 0.2 s"
