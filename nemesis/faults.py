@@ -435,12 +435,25 @@ class StrobeNemesis:
         flips = 0
         while not self._halt.wait(self.period_s):
             flips += 1
-            for node in targets:
-                remote, path = ctx.remotes[node], ctx.clock_files[node]
-                try:
-                    clock.write_setting(remote, path, settings[flips % 2])
-                except RemoteError as exc:  # the next flip or the heal tries again
-                    log.warning("nemesis: clock-strobe: %s", exc)
+            # Not blocking: a stop holding the lock waits for this thread to end.
+            if not ctx.lock.acquire(blocking=False):
+                continue
+            try:
+                # A heal (heal_all) takes nodes out of ctx.clocked: no flips for them after.
+                healed = [n for n in targets if n not in ctx.clocked]
+                if len(healed) == len(targets):
+                    return
+                for node in targets:
+                    if node not in healed:
+                        self._flip_one(ctx, node, settings[flips % 2])
+            finally:
+                ctx.lock.release()
+
+    def _flip_one(self, ctx: NemesisContext, node: str, setting: clock.ClockSetting) -> None:
+        try:
+            clock.write_setting(ctx.remotes[node], ctx.clock_files[node], setting)
+        except RemoteError as exc:  # the next flip or the heal tries again
+            log.warning("nemesis: clock-strobe: %s", exc)
 
     def _end_flips(self) -> None:
         self._halt.set()

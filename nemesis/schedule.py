@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from nemesis import iptables
+from nemesis import clock, iptables
 from nemesis.faults import FaultEvent, Nemesis, NemesisContext, for_each_node
 from nemesis.remote import RemoteError
 
@@ -88,10 +88,12 @@ def heal_all(ctx: NemesisContext, nemeses: Sequence[Nemesis] = ()) -> list[Fault
     """Undo every fault; never raises (failures are logged and reported in the events).
 
     Stops each of `nemeses` (the ones that may be active), then, whatever those did: SIGCONT
-    every node, restart every node in `ctx.killed`, and flush our iptables chain on every node
-    if any partition was applied in this context. Idempotent: a second call finds nothing to
-    undo. Returns the stop events of `nemeses`, then one `heal-all` stop event whose value
-    lists what it resumed, restarted and healed.
+    every node, restart every node in `ctx.killed`, flush our iptables chain on every node
+    if any partition was applied in this context, and (nodes under libfaketime) give every
+    node in `ctx.clocked` the true clock back, which also ends a strobe's flips.
+    Idempotent: a second call finds nothing to undo. Returns the stop events of `nemeses`,
+    then one `heal-all` stop event whose value lists what it resumed, restarted and healed
+    (with "clock-healed" only when the nodes run under libfaketime).
     """
     events: list[FaultEvent] = []
     with ctx.lock:
@@ -110,6 +112,10 @@ def heal_all(ctx: NemesisContext, nemeses: Sequence[Nemesis] = ()) -> list[Fault
             "restarted": _each(sorted(ctx.killed), ctx.procs.restart, ctx.killed, errors),
             "network-healed": _heal_network(ctx, errors),
         }
+        if ctx.clock_files:  # the nodes run under libfaketime: true clocks on every one
+            value["clock-healed"] = _each(
+                sorted(ctx.clocked), _true_clock(ctx), ctx.clocked, errors
+            )
         events.append(FaultEvent("stop", "heal-all", value, error="; ".join(errors) or None))
     return events
 
@@ -128,6 +134,13 @@ def _each(
         record.discard(node)
         done.append(node)
     return done
+
+
+def _true_clock(ctx: NemesisContext) -> Callable[[str], None]:
+    def heal(node: str) -> None:
+        clock.write_setting(ctx.remotes[node], ctx.clock_files[node], clock.HEALED)
+
+    return heal
 
 
 def _heal_network(ctx: NemesisContext, errors: list[str]) -> list[str]:

@@ -27,6 +27,7 @@ from nemesis.faults import (
     uses_clock,
 )
 from nemesis.remote import ExecResult, RemoteError
+from nemesis.schedule import heal_all
 
 needs_libfaketime = pytest.mark.skipif(
     not os.path.exists(clock.LIBFAKETIME),
@@ -153,8 +154,12 @@ def start_reader(path: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
+# A context for three nodes on this host, and their reader processes.
+HostNodes = tuple[NemesisContext, dict[str, subprocess.Popen[str]]]
+
+
 @pytest.fixture
-def host_nodes(tmp_path: Path) -> Iterator[tuple[NemesisContext, dict[str, subprocess.Popen[str]]]]:
+def host_nodes(tmp_path: Path) -> Iterator[HostNodes]:
     """Three nodes on this host, each a reader process under the preload with its own file."""
     nodes = ["n1", "n2", "n3"]
     remotes = {n: HostRemote(n) for n in nodes}
@@ -177,9 +182,7 @@ def host_nodes(tmp_path: Path) -> Iterator[tuple[NemesisContext, dict[str, subpr
 
 
 @needs_libfaketime
-def test_clock_fault_records_verifies_and_heals(
-    host_nodes: tuple[NemesisContext, dict[str, subprocess.Popen[str]]],
-) -> None:
+def test_clock_fault_records_verifies_and_heals(host_nodes: HostNodes) -> None:
     ctx, procs = host_nodes
     files = ctx.clock_files
     fault = ClockNemesis(settings=(clock.ClockSetting(offset_s=-2.0),))
@@ -255,22 +258,26 @@ def test_together_starts_in_order_stops_in_reverse_and_joins_errors() -> None:
     assert list(stopped.value) == ["pause", "clock-slow-leader"] and not ctx.paused
 
 
-@needs_libfaketime
-def test_strobe_flips_the_clock_until_stopped(
-    host_nodes: tuple[NemesisContext, dict[str, subprocess.Popen[str]]],
-) -> None:
-    ctx, procs = host_nodes
-    strobe = StrobeNemesis(offset_s=1.0, period_s=0.1)
+def start_strobe(ctx: NemesisContext, period_s: float) -> tuple[StrobeNemesis, list[str]]:
+    """A strobe of 1 s flips, started: it and its target nodes."""
+    strobe = StrobeNemesis(offset_s=1.0, period_s=period_s)
     event = strobe.start(ctx)
     assert event.error is None and isinstance(event.value, dict)
-    target = event.value["nodes"][0]
+    return strobe, event.value["nodes"]
+
+
+@needs_libfaketime
+def test_strobe_flips_the_clock_until_stopped(host_nodes: HostNodes) -> None:
+    ctx, procs = host_nodes
+    strobe, targets = start_strobe(ctx, period_s=0.1)
+    target = targets[0]
     offsets = set()
     for _ in range(20):
         wall, _, true_wall, _ = read_clocks(procs[target])
         offsets.add(round(wall - true_wall))
         time.sleep(0.05)
     assert offsets == {0, 1}, "the clock flips between the true time and 1 s ahead"
-    assert strobe.stop(ctx).value == event.value["nodes"] and not ctx.clocked
+    assert strobe.stop(ctx).value == targets and not ctx.clocked
     time.sleep(0.3)  # no flip after stop
     wall, _, true_wall, _ = read_clocks(procs[target])
     assert abs(wall - true_wall) < 0.1
@@ -284,3 +291,21 @@ def test_describe_names_nodes_offset_and_rate_or_strobe() -> None:
     )
     strobe = {"nodes": ["n1"], "offset_s": 0.5, "period_s": 0.2}
     assert clock.describe(strobe) == "n1 flips +0.500 s every 0.2 s"
+
+
+@needs_libfaketime
+def test_heal_all_gives_true_clocks_back_and_ends_a_strobe_it_does_not_know(
+    host_nodes: HostNodes,
+) -> None:
+    ctx, procs = host_nodes
+    strobe, targets = start_strobe(ctx, period_s=0.05)
+    [*_, healed] = heal_all(ctx)  # as teardown calls it: without the fault objects
+    assert healed.error is None and isinstance(healed.value, dict)
+    assert healed.value["clock-healed"] == targets and not ctx.clocked
+    assert strobe._flipper is not None
+    strobe._flipper.join(timeout=2)
+    assert not strobe._flipper.is_alive(), "the strobe stops flipping healed nodes"
+    for node in targets:
+        wall, _, true_wall, _ = read_clocks(procs[node])
+        assert abs(wall - true_wall) < 0.1
+    assert heal_all(ctx)[-1].value["clock-healed"] == []  # type: ignore[index]
