@@ -27,6 +27,7 @@ from typing import Any
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
+from harness.clocks import prepare_clocks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.options import RunOptions
@@ -45,7 +46,7 @@ from harness.targets.base import (
 )
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis import clock
-from nemesis.faults import FaultEvent, Nemesis, NemesisContext, parse_nemesis, uses_clock
+from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
 from nemesis.schedule import heal_all, run_schedule
 
 __all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
@@ -157,7 +158,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             await asyncio.to_thread(target.check_nodes, cluster, remotes)
         if isinstance(target, PreparesNodes):
             await asyncio.to_thread(target.prepare_nodes, cluster, backend)
-        clock_files = await asyncio.to_thread(_prepare_clocks, backend, nemeses, cluster)
+        clock_files = await asyncio.to_thread(prepare_clocks, backend, nemeses, cluster)
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
@@ -250,19 +251,6 @@ async def _restrict_ops(opts: RunOptions, target: Target, cluster: ClusterSpec) 
         log.warning("%s", line)
         print(f"harness: {line}", file=sys.stderr, flush=True)
     return dataclasses.replace(opts, ops=tuple(f for f in OPS if f in ops))
-
-
-def _prepare_clocks(
-    backend: Backend, nemeses: list[Nemesis], cluster: ClusterSpec
-) -> dict[str, str]:
-    """With a clock nemesis: each node's libfaketime control file (nemesis.clock), written
-    with the true clock before the node starts under the preload; else none."""
-    if not uses_clock(nemeses):
-        return {}
-    files = {n: clock.control_path(cluster.data_root, n) for n in cluster.nodes}
-    for node, path in files.items():
-        clock.write_setting(backend.remote(node), path, clock.HEALED)
-    return files
 
 
 def _nemesis_context(

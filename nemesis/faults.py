@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -495,14 +495,19 @@ KINDS: dict[str, int] = {
     "clock-slow-leader": ClockNemesis.min_nodes,
     StrobeNemesis.name: StrobeNemesis.min_nodes,
 }
-# Kinds `all` leaves out: clock needs the nodes started under libfaketime, which not every
-# target's program allows (a static binary ignores LD_PRELOAD).
-NOT_IN_ALL = frozenset({ClockNemesis.name, "clock-slow-leader", StrobeNemesis.name})
+# Kinds that need the nodes set up for them before they start: clock (under libfaketime,
+# which a static binary ignores) and, later, power-loss (data on the lazy filesystem).
+# `all` takes them only where the caller says that setup can be made (`parse_nemesis`).
+CLOCK_KINDS = frozenset({ClockNemesis.name, "clock-slow-leader", StrobeNemesis.name})
+NEEDS_SETUP = CLOCK_KINDS
 ALIASES = {"partition": "partition-halves"}
 
 
 def parse_nemesis(
-    spec: str, nodes: int, packet_loss: float = netfaults.DEFAULT_LOSS_SHARE
+    spec: str,
+    nodes: int,
+    packet_loss: float = netfaults.DEFAULT_LOSS_SHARE,
+    can_set_up: Collection[str] = (),
 ) -> list[Nemesis]:
     """The fault kinds a `--nemesis` value names, for a cluster of `nodes` nodes.
 
@@ -512,7 +517,8 @@ def parse_nemesis(
     `none` mixed with faults, or a kind the cluster is too small for (partitions need 2
     nodes; bridge and majorities-ring need 3). `packet_loss` is the share of packets
     `packet-loss` drops (0 < share <= 1). `delay` raises ValueError saying why it cannot run
-    (it probes the kernel: netfaults.delay_refusal).
+    (it probes the kernel: netfaults.delay_refusal). `all` takes a kind of NEEDS_SETUP only
+    if `can_set_up` names it (the run can set the nodes up for it).
     """
     netfaults.check_share(packet_loss)
     if nodes < 1:
@@ -530,7 +536,11 @@ def parse_nemesis(
             chosen.append("+".join(_check_kind(part.strip(), nodes) for part in name.split("+")))
             continue
         if name == "all":
-            chosen.extend(k for k, least in KINDS.items() if nodes >= least and k not in NOT_IN_ALL)
+            chosen.extend(
+                k
+                for k, least in KINDS.items()
+                if nodes >= least and (k not in NEEDS_SETUP or k in can_set_up)
+            )
             continue
         chosen.append(_check_kind(name, nodes))
     return [_make(kind, packet_loss) for kind in dict.fromkeys(chosen)]
