@@ -28,7 +28,7 @@ from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
 from harness.exit import UsageError
 from harness.targets import TARGETS
-from harness.targets.base import ValidatesOptions
+from harness.targets.base import IgnoresPreload, ValidatesOptions
 from harness.workload import OPS, WORKLOADS
 from nemesis import clock
 from nemesis.faults import PacketLossNemesis, PartitionNemesis, parse_nemesis
@@ -497,20 +497,16 @@ def options_from_json(options: Mapping[str, Any]) -> RunOptions:
     return RunOptions(**kw)
 
 
-# Targets whose node program ignores LD_PRELOAD, so libfaketime cannot reach its clock.
-_STATIC_BINARY_TARGETS = {"etcd": "etcd is a static Go binary"}
-
-
 def _validate_clock(opts: RunOptions) -> None:
     """The clock nemesis needs node processes started under libfaketime: so far on netns,
     with the library on this host, for a target whose program honors LD_PRELOAD."""
     names = opts.nemesis.lower().replace("+", ",").split(",")
     if not any(name.strip().startswith("clock") for name in names):
         return
-    if opts.target in _STATIC_BINARY_TARGETS:
+    target = TARGETS[opts.target]()
+    if isinstance(target, IgnoresPreload):
         raise UsageError(
-            f"the clock nemesis cannot fault {opts.target}: "
-            f"{_STATIC_BINARY_TARGETS[opts.target]}, which ignores LD_PRELOAD, "
+            f"the clock nemesis cannot fault {opts.target}: {target.preload_refusal}, "
             "so libfaketime never reaches its clock",
             "--nemesis",
         )

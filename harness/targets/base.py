@@ -34,6 +34,8 @@ __all__ = [
     "ClusterSpec",
     "Completion",
     "DetectsOps",
+    "IgnoresPreload",
+    "KeepsData",
     "NamesLinearizableReads",
     "PreparesHost",
     "PreparesNodes",
@@ -134,6 +136,31 @@ class PreparesHost(Protocol):
 
 
 @runtime_checkable
+class IgnoresPreload(Protocol):
+    """`preload_refusal`: a sentence saying why the node program ignores `LD_PRELOAD`.
+
+    Read when options are validated: a clock nemesis (libfaketime is preloaded) is then
+    refused with exit 254 and this sentence, and `all` leaves the clock kinds out. Without
+    it the program is taken to read time through the dynamic libc. etcd (a static Go binary)
+    offers it.
+    """
+
+    preload_refusal: str
+
+
+@runtime_checkable
+class KeepsData(Protocol):
+    """`data_dir(cluster, node)`: the directory that holds everything a node keeps.
+
+    Read before the nodes start: `power-loss` mounts its lazy filesystem there (so it must
+    be the node's own directory, made by no one else). Without it `power-loss` is refused
+    with exit 254 and `all` leaves it out. raftkv, etcd and http offer it.
+    """
+
+    def data_dir(self, cluster: ClusterSpec, node: str) -> str: ...
+
+
+@runtime_checkable
 class ChecksNodes(Protocol):
     """`check_nodes(cluster, remotes)`: check what only the nodes can tell, before any starts.
 
@@ -210,7 +237,9 @@ class NamesLinearizableReads(Protocol):
 
 TARGET_HOOKS: tuple[type, ...] = (
     ValidatesOptions,
+    IgnoresPreload,
     PreparesHost,
+    KeepsData,
     ChecksNodes,
     PreparesNodes,
     WaitsReady,

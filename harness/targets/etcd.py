@@ -43,6 +43,8 @@ from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSen
 from harness.targets.base import (
     ClusterSpec,
     Completion,
+    IgnoresPreload,
+    KeepsData,
     NamesLinearizableReads,
     PreparesHost,
     ReportsLeaderTerm,
@@ -217,7 +219,9 @@ def _apt(argv: list[str], env: dict[str, str]) -> int:
     return proc.returncode
 
 
-class EtcdTarget(PreparesHost, ReportsLeaderTerm, NamesLinearizableReads):
+class EtcdTarget(
+    IgnoresPreload, PreparesHost, KeepsData, ReportsLeaderTerm, NamesLinearizableReads
+):
     """etcd 3.4 (Debian's etcd-server): a real Raft store nobody here wrote."""
 
     name = "etcd"
@@ -238,6 +242,11 @@ class EtcdTarget(PreparesHost, ReportsLeaderTerm, NamesLinearizableReads):
         if backend == "netns":
             ensure_etcd_installed()
 
+    preload_refusal = "etcd is a static Go binary, which ignores LD_PRELOAD"
+
+    def data_dir(self, cluster: ClusterSpec, node: str) -> str:
+        return f"{cluster.data_root}/{node}.etcd"
+
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         def url(n: str, port: int) -> str:
             return f"http://{cluster.addresses[n]}:{port}"
@@ -249,7 +258,7 @@ class EtcdTarget(PreparesHost, ReportsLeaderTerm, NamesLinearizableReads):
         return [
             BINARY,
             "--name", node,
-            "--data-dir", f"{cluster.data_root}/{node}.etcd",
+            "--data-dir", self.data_dir(cluster, node),
             "--listen-client-urls", url(node, CLIENT_PORT),
             "--advertise-client-urls", url(node, CLIENT_PORT),
             "--listen-peer-urls", url(node, PEER_PORT),

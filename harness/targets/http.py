@@ -41,12 +41,19 @@ from harness.targets.base import (
     ClusterSpec,
     Completion,
     DetectsOps,
+    KeepsData,
     ReportsLeaderTerm,
     TargetSetupError,
     ValidatesOptions,
     WaitsReady,
 )
-from harness.targets.node_command import NodeCommand, check_options, check_program, http_address
+from harness.targets.node_command import (
+    NodeCommand,
+    check_options,
+    check_program,
+    data_dir,
+    http_address,
+)
 from harness.workload import OPS, Invocation
 from nemesis.remote import Remote
 
@@ -251,7 +258,9 @@ def _node_command(cluster: ClusterSpec) -> NodeCommand:
     return NodeCommand.parse(extra["node_cmd"], extra.get("node_env", ()), len(cluster.nodes))
 
 
-class HttpTarget(ValidatesOptions, ChecksNodes, WaitsReady, DetectsOps, ReportsLeaderTerm):
+class HttpTarget(
+    ValidatesOptions, KeepsData, ChecksNodes, WaitsReady, DetectsOps, ReportsLeaderTerm
+):
     """A store started by `--node-cmd` and reached over HTTP (see the module docstring)."""
 
     name = "http"
@@ -269,6 +278,9 @@ class HttpTarget(ValidatesOptions, ChecksNodes, WaitsReady, DetectsOps, ReportsL
     @staticmethod
     def check_nodes(cluster: ClusterSpec, remotes: Mapping[str, Remote]) -> None:
         check_program(_node_command(cluster), cluster, remotes)
+
+    def data_dir(self, cluster: ClusterSpec, node: str) -> str:
+        return data_dir(cluster, node)
 
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         return _node_command(cluster).render(node, cluster)

@@ -110,9 +110,14 @@ def _values(node: str, cluster: ClusterSpec) -> dict[str, str]:
         "peer_port": str(PEER_PORT),
         "peers": ",".join(f"{n}={cluster.addresses[n]}:{PEER_PORT}" for n in cluster.nodes),
         "http_peers": ",".join(f"http://{http_address(cluster, n)}" for n in cluster.nodes),
-        "data_dir": f"{cluster.data_root}/{node}",
+        "data_dir": data_dir(cluster, node),
         "python": cluster.python,
     }
+
+
+def data_dir(cluster: ClusterSpec, node: str) -> str:
+    """The `{data_dir}` of `node`: the directory it keeps its data in."""
+    return f"{cluster.data_root}/{node}"
 
 
 def _fields(arg: str) -> set[str]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from harness.targets.base import (
     ClusterSpec,
     Completion,
+    KeepsData,
     NamesLinearizableReads,
     PreparesNodes,
     ReportsLeaderTerm,
@@ -92,7 +93,7 @@ class RaftkvClient:
         await self._client.close()
 
 
-class RaftkvTarget(PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads):
+class RaftkvTarget(KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads):
     """The project's own Raft store."""
 
     name = "raftkv"
@@ -118,13 +119,16 @@ class RaftkvTarget(PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads):
         for node in cluster.nodes:
             backend.write_private_file(node, _token_path(cluster, node), data)
 
+    def data_dir(self, cluster: ClusterSpec, node: str) -> str:
+        return f"{cluster.data_root}/{node}"
+
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         peers = ",".join(f"{n}={_addr(cluster, n)}" for n in cluster.nodes)
         argv = [
             cluster.python, "-m", "raftkv.cli", "serve",
             "--id", node,
             "--peers", peers,
-            "--data-dir", f"{cluster.data_root}/{node}",
+            "--data-dir", self.data_dir(cluster, node),
             "--http", f"{cluster.addresses[node]}:{HTTP_PORT}",
             "--read-mode", cluster.read_mode or self.default_read_mode,
             "--tick-ms", str(self.tick_ms),

@@ -23,6 +23,8 @@ from harness.targets.base import (
     ChecksNodes,
     ClusterSpec,
     DetectsOps,
+    IgnoresPreload,
+    KeepsData,
     NamesLinearizableReads,
     PreparesHost,
     PreparesNodes,
@@ -39,9 +41,16 @@ from nemesis.remote import Remote
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 OFFERED: dict[str, set[type]] = {
-    "raftkv": {PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads},
-    "etcd": {PreparesHost, ReportsLeaderTerm, NamesLinearizableReads},
-    "http": {ValidatesOptions, ChecksNodes, WaitsReady, DetectsOps, ReportsLeaderTerm},
+    "raftkv": {KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads},
+    "etcd": {IgnoresPreload, PreparesHost, KeepsData, ReportsLeaderTerm, NamesLinearizableReads},
+    "http": {
+        ValidatesOptions,
+        KeepsData,
+        ChecksNodes,
+        WaitsReady,
+        DetectsOps,
+        ReportsLeaderTerm,
+    },
     "memory": set(),
 }
 
@@ -114,8 +123,13 @@ class HookedTarget(BareTarget):
         if extra.get("refuse"):
             raise ValueError("refused by the target")
 
+    preload_refusal = "its program is a static binary"
+
     def prepare(self, backend: str) -> None:
         self.calls.append(f"prepare {backend}")
+
+    def data_dir(self, cluster: ClusterSpec, node: str) -> str:
+        return f"{cluster.data_root}/{node}"
 
     def check_nodes(self, cluster: ClusterSpec, remotes: Mapping[str, Remote]) -> None:
         self.calls.append(f"check_nodes {','.join(sorted(remotes))}")
