@@ -23,7 +23,9 @@ The library only reaches programs that read time through the dynamic libc: a sta
 (etcd, any Go program) ignores `LD_PRELOAD` and cannot be clock-faulted this way.
 
 `verify` runs a fresh probe process on the node with the same preload and control file and
-measures the offset and rate it sees, so a fault is recorded only once it is known to act.
+measures the offset and rate it sees, so a fault is recorded only once it is known to act:
+Python where the node has it, else sh with `date` and `sleep` (SHELL_PROBE_TOOLS; a user's
+container image may have no Python), which read the same two measures another way.
 """
 
 from __future__ import annotations
@@ -154,11 +156,47 @@ rate = (time.monotonic() - m0) / (up() - u0)
 print(json.dumps({"offset_s": wall - true_wall - (rate - 1) * age, "rate": rate}))
 """
 
+# What the probe needs of a node without Python (a user's image may have none), besides sh.
+SHELL_PROBE_TOOLS = ("date", "sleep", "cat", "tr", "grep")
+# How long (faked seconds) the shell probe sleeps; libfaketime scales sleeps by the rate.
+SHELL_SLEEP_S = 0.4
+# $1 python, $2 its probe (_PROBE), $3 SHELL_SLEEP_S. Without $1 on the node, the same
+# measures from sh: the faked wall clock from a fresh `date` (its age is a few ms, so the
+# rate adds nothing), the true one from `date` without the preload, and the rate from how
+# long a faked sleep lasts by the true clock. Prints "sh FAKED TRUE T0 T1". Python runs as
+# a child, not exec'd: its process then starts when the library does (over ssh, exec'ing
+# would keep the pid sshd forked well before, and the age taken out would be too long).
+_PROBE_SH = f"""
+if command -v "$1" >/dev/null 2>&1; then "$1" -c "$2"; exit; fi
+for t in {" ".join(SHELL_PROBE_TOOLS)}; do
+    command -v "$t" >/dev/null 2>&1 || {{ echo "neither $1 nor $t on the node" >&2; exit 3; }}
+done
+faked=$(date +%s.%N) && real=$(LD_PRELOAD= date +%s.%N) &&
+t0=$(LD_PRELOAD= date +%s.%N) && sleep "$3" && t1=$(LD_PRELOAD= date +%s.%N) &&
+echo "sh $faked $real $t0 $t1"
+"""
+
 
 def probe_argv(path: str, python: str = "python3") -> list[str]:
-    """An argv that prints the probe's JSON reading for the control file at `path`."""
+    """An argv that prints the probe's reading for the control file at `path`: JSON from
+    `python` where the node has it, else a line from the shell probe (`parse_reading`)."""
     env = [f"{k}={v}" for k, v in preload_env(path).items()]
-    return ["env", *env, python, "-c", _PROBE]
+    return ["env", *env, "sh", "-c", _PROBE_SH, "sh", python, _PROBE, f"{SHELL_SLEEP_S:g}"]
+
+
+def parse_reading(stdout: str) -> ClockReading:
+    """The reading a probe printed (either form); ValueError if it printed none."""
+    words = stdout.split()
+    if words[:1] == ["sh"]:
+        faked, real, t0, t1 = (float(w) for w in words[1:5])
+        if t1 <= t0:
+            raise ValueError(f"the true clock did not move over a {SHELL_SLEEP_S} s sleep")
+        return ClockReading(faked - real, SHELL_SLEEP_S / (t1 - t0))
+    try:
+        raw = json.loads(stdout)
+        return ClockReading(float(raw["offset_s"]), float(raw["rate"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"no reading in {stdout[:200]!r} ({exc})") from None
 
 
 def verify(
@@ -168,9 +206,8 @@ def verify(
     argv = probe_argv(path, python)
     result = remote.execute(argv, timeout=PROBE_TIMEOUT_S)
     try:
-        raw = json.loads(result.stdout)
-        reading = ClockReading(float(raw["offset_s"]), float(raw["rate"]))
-    except (ValueError, KeyError, TypeError) as exc:
+        reading = parse_reading(result.stdout)
+    except ValueError as exc:
         raise RemoteError(remote.node, argv, f"gave no clock reading ({exc})", result) from None
     if not reading.matches(setting):
         reason = (
@@ -204,16 +241,45 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
     ages.append(uptime - started / os.sysconf("SC_CLK_TCK"))
 print(max(ages))
 """
+# $1 python, $2 _AGE, $3 the control file. Without $1, sh finds the same processes and
+# prints "uptime SECONDS CLK_TCK", then "stat LINE" (/proc/PID/stat) for each.
+_AGE_SH = f"""
+if command -v "$1" >/dev/null 2>&1; then exec "$1" -c "$2" "$3"; fi
+for t in {" ".join(SHELL_PROBE_TOOLS)}; do
+    command -v "$t" >/dev/null 2>&1 || {{ echo "neither $1 nor $t on the node" >&2; exit 3; }}
+done
+want="FAKETIME_TIMESTAMP_FILE=$3"
+read -r up _ < /proc/uptime || exit 1
+printf 'uptime %s %s\\n' "$up" "$(getconf CLK_TCK 2>/dev/null || echo 100)"
+for d in /proc/[0-9]*; do
+    tr '\\0' '\\n' < "$d/environ" 2>/dev/null | grep -qxF -e "$want" || continue
+    grep -qs libfaketime "$d/maps" || continue
+    stat=$(cat "$d/stat" 2>/dev/null) && printf 'stat %s\\n' "$stat"
+done
+"""
+
+
+def _parse_age(stdout: str) -> float:
+    """The age `_AGE_SH` printed (either form); -1 for none; ValueError if none printed."""
+    lines = stdout.splitlines()
+    if not lines or not lines[0].startswith("uptime "):
+        return float(stdout)
+    _, uptime, clock_ticks = lines[0].split()
+    ages = [-1.0]
+    for line in lines[1:]:
+        started = int(line.rsplit(")", 1)[1].split()[19])
+        ages.append(float(uptime) - started / int(clock_ticks))
+    return max(ages)
 
 
 def node_age_s(remote: Remote, path: str, python: str = "python3") -> float | None:
     """How long (s) the node process following `path` has run; None if none runs (none
     with the library loaded and `path` as its control file)."""
-    argv = [python, "-c", _AGE, path]
+    argv = ["sh", "-c", _AGE_SH, "sh", python, _AGE, path]
     result = remote.execute(argv, timeout=PROBE_TIMEOUT_S)
     try:
-        age_s = float(result.stdout)
-    except ValueError:
+        age_s = _parse_age(result.stdout)
+    except (ValueError, IndexError):
         raise RemoteError(remote.node, argv, "gave no process age", result) from None
     return age_s if age_s >= 0 else None
 

@@ -149,6 +149,46 @@ def test_probe_reads_the_setting(control: Path, setting: clock.ClockSetting) -> 
         clock.verify(remote, str(control), clock.HEALED, python=sys.executable)
 
 
+# A python the node lacks: the probe and the age check fall back to sh, date and sleep.
+NO_PYTHON = "no-such-python3"
+
+
+@needs_libfaketime
+@pytest.mark.parametrize(
+    "setting",
+    [clock.ClockSetting(offset_s=-2.0), clock.ClockSetting(rate=0.5), clock.ClockSetting(rate=2)],
+)
+def test_without_python_the_shell_probe_reads_the_setting(
+    control: Path, reader: subprocess.Popen[str], setting: clock.ClockSetting
+) -> None:
+    remote = HostRemote("n1")
+    read_clocks(reader)
+    age_s = clock.node_age_s(remote, str(control), NO_PYTHON)
+    assert age_s is not None and age_s == pytest.approx(
+        clock.node_age_s(remote, str(control), sys.executable), abs=0.5
+    )
+    before_s = time.time()
+    reading = clock.apply(remote, str(control), setting, NO_PYTHON)
+    after_s = time.time()
+    assert reading.matches(setting), reading
+    wall, _, true_wall, _ = read_clocks(reader)
+    # The offset, then the rate's drift since the change (no jump of the process's age).
+    drifts_s = sorted((setting.rate - 1) * (true_wall - t) for t in (before_s, after_s))
+    offset_s = wall - true_wall - setting.offset_s
+    assert drifts_s[0] - 0.1 < offset_s < drifts_s[1] + 0.1
+    with pytest.raises(RemoteError, match="where the control file says"):
+        clock.verify(remote, str(control), clock.HEALED, NO_PYTHON)
+
+
+def test_parse_reading_takes_either_probe_and_refuses_anything_else() -> None:
+    assert clock.parse_reading('{"offset_s": 2.0, "rate": 1.0}') == clock.ClockReading(2.0, 1.0)
+    reading = clock.parse_reading("sh 102.5 100.5 10.0 10.8\n")
+    assert reading.offset_s == pytest.approx(2.0) and reading.rate == pytest.approx(0.5)
+    for junk in ("", "sh 1 2", "sh 1 2 3 3", "{}", "[1]", "nope"):
+        with pytest.raises(ValueError):
+            clock.parse_reading(junk)
+
+
 def start_reader(path: str) -> subprocess.Popen[str]:
     argv = clock.preload_argv([sys.executable, "-c", _READER], path)
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
