@@ -5,7 +5,8 @@ lookup:
 
     jepsen-py/base:bookworm-<hash>   Debian bookworm from Debian's packages (debootstrap, then
                                      `docker import`): python3, iptables, iproute2, procps,
-                                     and etcd-server (members of the etcd target).
+                                     etcd-server (members of the etcd target) and
+                                     libfaketime (clock faults).
                                      The hash covers the suite and the package list.
     jepsen-py/raftkv:<hash>          the base + raftkv installed from wheels made here by
                                      `backends.bundle` (raftkv's, and its dependencies' at
@@ -68,7 +69,7 @@ __all__ = [
 BASE_REPO = "jepsen-py/base"
 IMAGE_REPO = "jepsen-py/raftkv"
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps", "etcd-server")
+BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps", "etcd-server", "libfaketime")
 # What raftkv imports beyond the standard library: the only wheels the image gets.
 NODE_PACKAGES = ("msgpack", "click")
 PYTHON_VERSION = (3, 11)  # bookworm's python3, and the wheels we fetch for it

@@ -27,7 +27,8 @@ runs that were killed, by `cleanup_leftovers()`. The image stays: it is cached b
 
 A user's image (`user_image`, `harness test --image`) runs as it is, never built or pulled,
 with our supervisor copied in and its partitions made from this host: see
-`backends.docker_user`.
+`backends.docker_user`. A container whose image has no libfaketime (a user's, or ours on a
+`base_image` without it) gets this host's copied in before it starts, for clock faults.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ from harness.backends.docker_user import (
     UserImageRemote,
     check_host_firewall,
     check_user_tools,
+    faketime_archive,
     find_user_image,
+    install_faketime,
     install_supervisor,
     supervisor_archive,
 )
@@ -283,6 +286,7 @@ class DockerBackend(SupervisedBackend[DockerRemote]):
         }
 
         archive = supervisor_archive() if self.user_image is not None else b""
+        faketime = faketime_archive()
 
         def make(node: str) -> Any:
             endpoint = client.api.create_endpoint_config(ipv4_address=addresses[node])
@@ -307,6 +311,7 @@ class DockerBackend(SupervisedBackend[DockerRemote]):
             made[node] = container
             if self.user_image is not None:
                 install_supervisor(container, self.user_image, archive)
+            install_faketime(container, faketime)  # for clock faults, where the image lacks it
             container.start()
             return container
 

@@ -3,7 +3,9 @@
 It runs as it is, never built or pulled. Its entrypoint and command are replaced by our
 supervisor (`backends/supervisor.sh`), copied in before the container starts as
 `USER_SUPERVISOR` and run by `/bin/sh` as root, so the image needs only /bin/sh and basic
-tools (`USER_IMAGE_TOOLS`); start, kill, pause and restart work as in our image.
+tools (`USER_IMAGE_TOOLS`); start, kill, pause and restart work as in our image. This
+host's libfaketime is copied in as well where the image has none (`install_faketime`), for
+clock faults.
 
 Such an image may have no iptables, so its containers get no NET_ADMIN and partitions are
 made from this host instead: `UserImageRemote` runs `iptables` argv lists under
@@ -31,6 +33,7 @@ from harness.backends.docker_remote import DockerRemote
 from harness.backends.local import execute_on_host
 from harness.backends.supervisor import SCRIPT
 from harness.image import short_error
+from nemesis import clock
 from nemesis.iptables import IPTABLES
 from nemesis.remote import ExecResult, RemoteError, judge
 
@@ -41,7 +44,9 @@ __all__ = [
     "UserImageRemote",
     "check_host_firewall",
     "check_user_tools",
+    "faketime_archive",
     "find_user_image",
+    "install_faketime",
     "install_supervisor",
     "supervisor_archive",
 ]
@@ -150,6 +155,40 @@ def install_supervisor(container: Any, image: str, archive: bytes) -> None:
             f"image {image!r} has no {SHELL}: the docker backend runs its supervisor "
             f"with {SHELL} and basic tools ({', '.join(USER_IMAGE_TOOLS)})"
         ) from None
+    container.put_archive("/", archive)
+
+
+def faketime_archive() -> bytes | None:
+    """A tar of this host's libfaketime as `clock.LIBFAKETIME`, for put_archive at a
+    container's root; None where this host has none."""
+    try:
+        with open(clock.LIBFAKETIME, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        # No members for the parent directories: the engine makes the missing ones (0755)
+        # and leaves the image's own as they are.
+        member = tarfile.TarInfo(clock.LIBFAKETIME.lstrip("/"))
+        member.size, member.mode = len(data), 0o644
+        archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def install_faketime(container: Any, archive: bytes | None) -> None:
+    """Copy `archive` (`faketime_archive`) into a created container whose image has no
+    libfaketime; an image's own copy stays (it matches the image's libc). Nothing without
+    an archive: harness.clocks then refuses clock faults naming the node."""
+    if archive is None:
+        return
+    try:
+        chunks, _ = container.get_archive(clock.LIBFAKETIME)
+        for _ in chunks:  # read to the end: the answer holds the connection until then
+            pass
+        return
+    except NotFound:
+        pass
     container.put_archive("/", archive)
 
 

@@ -78,7 +78,7 @@ def test_readindex_stays_linearizable_under_verified_clock_faults(tmp_path: Path
     ("args", "why"),
     [
         (["--target", "etcd"], "static Go binary, which ignores LD_PRELOAD"),
-        (["--backend", "docker"], "netns backend only"),
+        (["--target", "etcd", "--backend", "docker"], "static Go binary"),
     ],
 )
 def test_clock_faults_are_refused_where_they_cannot_act(

@@ -99,9 +99,10 @@ def wait_listening(address: str, port: int, deadline_s: float = 15.0) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    tmp = tmp_path_factory.mktemp("ssh-hosts")
+def sshd_config(tmp: Path) -> tuple[Path, str]:
+    """Keys (the hosts' `host_ed25519`, the login's `client_ed25519`) and an sshd config that
+    takes the login as root, made in `tmp` and checked with `sshd -t`: the config's path and
+    the hosts' key line."""
     host_key_line = keygen(tmp / "host_ed25519")
     client_key_line = keygen(tmp / "client_ed25519")
     (tmp / "authorized_keys").write_text(client_key_line + "\n")
@@ -122,6 +123,13 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     # sshd insists on its privilege separation directory (Debian's init makes it at boot).
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     subprocess.run([SSHD, "-t", "-f", str(config)], check=True, timeout=30)
+    return config, host_key_line
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    tmp = tmp_path_factory.mktemp("ssh-hosts")
+    config, host_key_line = sshd_config(tmp)
     netns = NetnsBackend()
     netns.setup(NODES)
     try:
