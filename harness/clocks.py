@@ -11,16 +11,22 @@ a process under the preload shows a faked clock; a node where it does not refuse
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from harness.backends.base import Backend, BackendUnavailable
-from harness.targets.base import ClusterSpec
+from harness.targets import TARGETS
+from harness.targets.base import ClusterSpec, IgnoresPreload
 from nemesis import clock
-from nemesis.faults import Nemesis, uses_clock
+from nemesis.faults import CLOCK_KINDS, Nemesis, uses_clock
 from nemesis.remote import Remote, RemoteError
 
-__all__ = ["prepare_clocks"]
+if TYPE_CHECKING:
+    from harness.options import RunOptions
+
+__all__ = ["clock_kinds", "prepare_clocks"]
 
 # The setting a throwaway control file gets to prove the library acts on a node: a process
 # that only seems to run under the preload (the loader skips a library it cannot load, with
@@ -28,6 +34,21 @@ __all__ = ["prepare_clocks"]
 _CHECK = clock.ClockSetting(offset_s=10.0)
 _CHECK_TIMEOUT_S = 10.0
 _MAX_THREADS = 9
+
+
+def clock_kinds(opts: RunOptions) -> frozenset[str]:
+    """The clock kinds (nemesis.faults.CLOCK_KINDS) `--nemesis all` takes for `opts`: all of
+    them where the nodes can run under libfaketime, none for a target whose program ignores
+    LD_PRELOAD (IgnoresPreload), on netns without the library on this host, or for a user's
+    docker image when this host has no library to copy in (the image may lack one)."""
+    if isinstance(TARGETS[opts.target](), IgnoresPreload):
+        return frozenset()
+    host_has_it = os.path.exists(clock.LIBFAKETIME)
+    if opts.backend == "netns" and not host_has_it:
+        return frozenset()
+    if opts.backend == "docker" and opts.image is not None and not host_has_it:
+        return frozenset()
+    return CLOCK_KINDS
 
 
 def prepare_clocks(

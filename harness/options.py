@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
+from harness.clocks import clock_kinds
 from harness.exit import UsageError
 from harness.targets import TARGETS
 from harness.targets.base import IgnoresPreload, ValidatesOptions
@@ -379,7 +380,7 @@ def validate(opts: RunOptions) -> None:
     run. Raises UsageError saying which and why."""
     target = TARGETS[opts.target]()
     try:
-        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
+        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts))
     except ValueError as exc:
         raise UsageError(str(exc), "--nemesis") from None
     if isinstance(target, ValidatesOptions):
