@@ -1,11 +1,16 @@
 """A key-value node that speaks the seed's HTTP API, and is NOT safely replicated.
 
     python3 examples/http_kv_server.py --host H --port P --peers http://H1:P1,http://H2:P2,...
+        [--data-dir DIR]
 
 Any node accepts writes: it applies one locally, answers success, and copies it to its
 peers best-effort (a peer it cannot reach in 0.2 s simply misses it). Reads answer from
 the local copy. Under a partition, nodes drift apart, so reads go stale and writes are
 lost when a later copy overwrites them: `harness test --target http` finds this.
+
+With --data-dir, each change applied is appended to DIR/changes.jsonl and read back at
+start, but never fsynced: a node survives a kill, and loses what it acknowledged when the
+power goes (`--nemesis power-loss` finds this). Without it a node keeps nothing.
 
     POST /command  {"op": "set" | "delete", "key": K, "value": V}  ->  {"success", "message"}
     GET  /read/K   ->  {"success": true, "value": V}, or 404 when K is absent
@@ -13,6 +18,7 @@ lost when a later copy overwrites them: `harness test --target http` finds this.
 
 import argparse
 import json
+import os
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 DATA: dict[str, object] = {}
 LOCK = threading.Lock()
 PEERS: list[str] = []
+JOURNAL: list = []  # the open changes file, with --data-dir
 
 
 def apply(cmd: dict) -> tuple[int, dict]:
@@ -27,11 +34,32 @@ def apply(cmd: dict) -> tuple[int, dict]:
     if op not in ("set", "delete") or not isinstance(key, str):
         return 400, {"success": False, "message": f"unknown op {op!r} or bad key"}
     with LOCK:
-        if op == "set":
-            DATA[key] = cmd.get("value")
-        else:
-            DATA.pop(key, None)
+        change(op, key, cmd.get("value"))
+        for journal in JOURNAL:
+            journal.write(json.dumps([op, key, cmd.get("value")]) + "\n")
+            journal.flush()  # to the OS, not to the disk: no fsync
     return 200, {"success": True, "message": "done"}
+
+
+def change(op: str, key: str, value: object) -> None:
+    if op == "set":
+        DATA[key] = value
+    else:
+        DATA.pop(key, None)
+
+
+def open_journal(data_dir: str) -> None:
+    """Replay DIR/changes.jsonl (a torn last line is skipped) and append to it from now on."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "changes.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    change(*json.loads(line))
+                except (ValueError, TypeError):
+                    break
+    JOURNAL.append(open(path, "a", encoding="utf-8"))  # noqa: SIM115 (open while serving)
 
 
 def copy_to_peers(cmd: dict) -> None:
@@ -86,7 +114,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--peers", default="", help="http://host:port of every node")
+    parser.add_argument("--data-dir", help="keep changes here, never fsynced")
     args = parser.parse_args()
+    if args.data_dir:
+        open_journal(args.data_dir)
     me = f"http://{args.host}:{args.port}"
     PEERS.extend(p for p in args.peers.split(",") if p and p != me)
     server = ThreadingHTTPServer((args.host, args.port), Handler)

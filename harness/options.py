@@ -26,13 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
-from harness.clocks import clock_kinds
+from harness.disks import power_loss_refusal
 from harness.exit import UsageError
 from harness.targets import TARGETS
 from harness.targets.base import IgnoresPreload, ValidatesOptions
 from harness.workload import OPS, WORKLOADS
 from nemesis import clock
-from nemesis.faults import PacketLossNemesis, PartitionNemesis, parse_nemesis
+from nemesis.faults import (
+    TARGET_MODES,
+    PacketLossNemesis,
+    PartitionNemesis,
+    PowerLossNemesis,
+    parse_nemesis,
+    parse_target_modes,
+)
 from nemesis.netfaults import DEFAULT_LOSS_SHARE
 
 if TYPE_CHECKING:
@@ -75,6 +82,7 @@ class RunOptions:
     nemesis_interval_s: float = 5.0
     # The share of packets the packet-loss fault drops.
     packet_loss: float = DEFAULT_LOSS_SHARE
+    fault_targets: tuple[str, ...] | None = None
     read_mode: str | None = None
     seed: int = 0
     store: Path = Path("store")
@@ -155,6 +163,16 @@ def _read_ops(text: str | None) -> tuple[str, ...] | None:
     return ops
 
 
+def _read_targets(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    try:
+        modes = parse_target_modes(text)
+    except ValueError as exc:
+        raise UsageError(str(exc), "--fault-targets") from None
+    return tuple(m for m in TARGET_MODES if m in modes)
+
+
 def _not(value: Any) -> bool:
     return not value
 
@@ -189,8 +207,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--nemesis",), "nemesis", "nemesis", "run", default="none", show_default=True,
            help="Comma-separated faults: none, partition, partition-leader, partition-one, "
            "partition-majorities-ring, partition-bridge, partition-one-way, kill, "
-           "pause, packet-loss, clock, clock-slow-leader, clock-strobe (libfaketime: netns, "
-           "docker, ssh), all; "
+           "pause, packet-loss, clock, clock-slow-leader, clock-strobe (netns), all; "
            "a+b: faults that act together."),
     Option(("--nemesis-interval",), "nemesis_interval", "nemesis_interval_s", "run",
            kind=float, low=0.1, default=5.0, show_default=True,
@@ -198,6 +215,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--packet-loss",), "packet_loss", "packet_loss", "run", kind=float, low=0.001,
            high=1.0, default=DEFAULT_LOSS_SHARE, show_default=True,
            help="Share of packets the packet-loss fault drops on the links it picks."),
+    Option(("--fault-targets",), "fault_targets", "fault_targets", "run",
+           read=_read_targets, write=",".join,
+           help="How kill, pause, power-loss and clock pick their nodes, comma-separated, of "
+           "one, minority, majority, all, leader (default: each fault's own mix)."),
     Option(("--read-mode",), "read_mode", "read_mode", "run",
            help="Target read mode (raftkv: log, readindex, lease, local, follower; "
            "etcd: linearizable, serializable)."),
@@ -380,7 +401,7 @@ def validate(opts: RunOptions) -> None:
     run. Raises UsageError saying which and why."""
     target = TARGETS[opts.target]()
     try:
-        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts))
+        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
     except ValueError as exc:
         raise UsageError(str(exc), "--nemesis") from None
     if isinstance(target, ValidatesOptions):
@@ -400,6 +421,7 @@ def validate(opts: RunOptions) -> None:
                 f"{opts.target} has no bug {bug!r}; known: {', '.join(target.bugs)}", "--bug"
             )
     _validate_clock(opts)
+    _validate_power_loss(opts)
     if opts.backend == "netns":
         try:
             check_available()
@@ -493,16 +515,15 @@ def options_from_json(options: Mapping[str, Any]) -> RunOptions:
         kw["ssh"] = SshOptions(**kw["ssh"])
     if "store" in kw:
         kw["store"] = Path(kw["store"])
-    for name in ("bugs", "ops"):
+    for name in ("bugs", "ops", "fault_targets"):
         if kw.get(name) is not None:
             kw[name] = tuple(kw[name])
     return RunOptions(**kw)
 
 
 def _validate_clock(opts: RunOptions) -> None:
-    """The clock nemesis needs node processes started under libfaketime: for a target whose
-    program honors LD_PRELOAD; on netns with the library on this host (docker and ssh nodes
-    are checked for it before they start: harness.clocks)."""
+    """The clock nemesis needs node processes started under libfaketime: so far on netns,
+    with the library on this host, for a target whose program honors LD_PRELOAD."""
     names = opts.nemesis.lower().replace("+", ",").split(",")
     if not any(name.strip().startswith("clock") for name in names):
         return
@@ -513,9 +534,22 @@ def _validate_clock(opts: RunOptions) -> None:
             "so libfaketime never reaches its clock",
             "--nemesis",
         )
-    if opts.backend == "netns" and not os.path.exists(clock.LIBFAKETIME):
+    if opts.backend != "netns":
+        raise UsageError("the clock nemesis runs on the netns backend only, so far", "--nemesis")
+    if not os.path.exists(clock.LIBFAKETIME):
         raise UsageError(
             f"the clock nemesis needs libfaketime ({clock.LIBFAKETIME}): "
             "apt-get install libfaketime",
             "--nemesis",
         )
+
+
+def _validate_power_loss(opts: RunOptions) -> None:
+    """power-loss needs the nodes' data on our FUSE filesystem: a target that says where
+    its data is, a backend that can mount it (harness.disks.power_loss_refusal)."""
+    names = opts.nemesis.lower().replace("+", ",").split(",")
+    if PowerLossNemesis.name not in (name.strip() for name in names):
+        return
+    refusal = power_loss_refusal(TARGETS[opts.target](), opts.backend)
+    if refusal is not None:
+        raise UsageError(f"the power-loss nemesis cannot run: {refusal}", "--nemesis")

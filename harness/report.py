@@ -34,7 +34,7 @@ from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
 from harness.options import options_from_json, reproduce_command
 from nemesis import clock
-from nemesis.faults import PacketLossNemesis
+from nemesis.faults import PacketLossNemesis, PowerLossNemesis
 from nemesis.netfaults import loss_label
 
 __all__ = [
@@ -97,6 +97,8 @@ def _fault_label(fault: str, value: Any) -> str:
         return f"{fault}: {loss_label(value)}"
     if "+" in fault and isinstance(value, dict):  # faults acting together: each part's label
         return " + ".join(_fault_label(part, value.get(part)) for part in fault.split("+"))
+    if fault == PowerLossNemesis.name and isinstance(value, dict):
+        return f"{fault}: {power_loss_label(value)}"
     if fault.startswith("clock") and isinstance(value, dict) and "offset_s" in value:
         return f"{fault}: {clock.describe(value)}"
     if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
@@ -104,6 +106,15 @@ def _fault_label(fault: str, value: Any) -> str:
     if isinstance(value, list | str) and value:
         return f"{fault}: {_show(value)}"
     return fault
+
+
+def power_loss_label(value: dict[str, Any]) -> str:
+    """A power-loss start as "n1 n3; lost writes to 3 files, 2 dir changes" (over nodes)."""
+    lost = [v for v in (value.get("lost") or {}).values() if isinstance(v, dict)]
+    files = sum(int(v.get("files", 0)) for v in lost)
+    dirs = sum(int(v.get("dir_changes", 0)) for v in lost)
+    nodes = " ".join(str(n) for n in value.get("nodes") or [])
+    return _show(f"{nodes}; lost writes to {files} files, {dirs} dir changes")
 
 
 def grudge_sides(grudge: dict[str, list[Any]]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -27,7 +28,8 @@ from typing import Any
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
-from harness.clocks import clock_kinds, prepare_clocks
+from harness.clocks import prepare_clocks
+from harness.disks import HostDisks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.options import RunOptions
@@ -114,9 +116,7 @@ def remove_leftover_data_dirs(root: Path | None = None) -> list[str]:
 async def run_test(opts: RunOptions) -> RunOutcome:
     """Run one test; the caller validated `opts` (see harness.options.validate)."""
     target: Target = TARGETS[opts.target]()
-    nemeses = parse_nemesis(
-        opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts)
-    )
+    nemeses = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
     # A target may need something on this host first (etcd: its binary); before the run
     # makes anything, so a BackendUnavailable here leaves nothing behind.
     if isinstance(target, PreparesHost):
@@ -131,6 +131,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
     nodes = [f"n{i}" for i in range(1, opts.nodes + 1)]
     history = HistoryWriter(run_dir / "history.jsonl")
     ctx: NemesisContext | None = None
+    disks: HostDisks | None = None
     try:
         log.info("run %s: %s", run_dir, asdict(opts))
         try:
@@ -161,6 +162,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         if isinstance(target, PreparesNodes):
             await asyncio.to_thread(target.prepare_nodes, cluster, backend)
         clock_files = await asyncio.to_thread(prepare_clocks, backend, nemeses, cluster)
+        disks = await asyncio.to_thread(mount_disks, target, nemeses, cluster, run_id, run_dir)
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
@@ -178,6 +180,9 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         opts = await _restrict_ops(opts, target, cluster)
         ctx = _nemesis_context(backend, target, cluster, opts.seed, asyncio.get_running_loop())
         ctx.clock_files = clock_files
+        ctx.target_modes = frozenset(opts.fault_targets or ())
+        if disks is not None:
+            ctx.lose_unsynced = {n: functools.partial(disks.lose, n) for n in nodes}
         await _drive(opts, target, cluster, ctx, nemeses, history)
         await _final_reads(opts, target, cluster, history)
         history.close()
@@ -187,7 +192,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         return RunOutcome(results["valid"], run_dir, results)
     finally:
         history.close()
-        await _teardown(opts, backend, ctx, nodes, run_dir, data_dir)
+        await _teardown(opts, backend, ctx, nodes, run_dir, data_dir, disks)
         logging.getLogger().removeHandler(handler)
         handler.close()
 
@@ -199,6 +204,7 @@ async def _teardown(
     nodes: list[str],
     run_dir: Path,
     data_dir: str | None,
+    disks: HostDisks | None,
 ) -> None:
     # Shielded: a second Ctrl-C must not leave faults or namespaces behind.
     async def go() -> None:
@@ -211,6 +217,8 @@ async def _teardown(
             log.warning("leaving the cluster running (--leave-running); `harness cleanup` ends it")
             return
         await asyncio.to_thread(backend.teardown)
+        if disks is not None:  # after the nodes stopped: nothing holds a file there
+            await asyncio.to_thread(disks.unmount_all)
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)
 

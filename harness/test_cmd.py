@@ -21,6 +21,7 @@ import click
 
 from checker import Verdict, merge_valid
 from harness.backends import BackendError, BackendUnavailable, cleanup_leftovers
+from harness.disks import remove_leftover_mounts
 from harness.exit import (
     EXIT_CRASH,
     EXIT_OK,
@@ -248,12 +249,14 @@ def _summary(outcome: RunOutcome) -> None:
     help="Only this backend's leftovers (repeatable; default: every backend).",
 )
 def cleanup_command(backends: tuple[str, ...]) -> int:
-    """Remove containers, networks, namespaces, links, firewall chains, processes and data
-    directories that killed runs left behind; runs still going are spared (images stay:
-    they are a cache)."""
+    """Remove containers, networks, namespaces, links, firewall chains, processes, lazy
+    filesystems and data directories that killed runs left behind; runs still going are
+    spared (images stay: they are a cache)."""
     # A backend that cannot work here raises BackendUnavailable: bad usage (harness.exit).
     removed = cleanup_leftovers(backends or ("netns", "docker"))
     if not backends or "netns" in backends:
+        # Unmounted first: the data directories they lie in go next.
+        removed += remove_leftover_mounts()
         removed += remove_leftover_data_dirs()
     for item in removed:
         click.echo(f"removed {item}")

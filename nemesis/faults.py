@@ -13,14 +13,18 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     clock                     skew targets' clocks (libfaketime); stop sets offset 0, rate 1
     packet-loss               a share of packets dropped (default 20%) between a random
                               pair or around one node, one way or both (nemesis.netfaults)
+    power-loss                SIGKILL targets, then drop all their disks did not make durable
+                              (nemesis.lazyfs); stop restarts them on what is left
 
 `delay` (tc netem) is refused with a sentence saying why (see netfaults.delay_refusal).
 
 Pause picks its targets at random among: one random node, a random minority ((n-1)//2
 nodes, when that is 2 or more), or the leader (one random node when the leader is unknown).
 A minority keeps the cluster able to make progress while the fault lasts. Clock picks its
-targets the same way. Kill also picks a random majority or every node, as Jepsen's kill
-does: only a crash of most nodes at once shows writes acknowledged before they were durable.
+targets the same way. Kill and power-loss also pick a random majority or every node, as
+Jepsen's kill does: only a crash of most nodes at once shows writes acknowledged before they
+were durable. Power-loss needs each node's data on the lazy filesystem
+(`NemesisContext.lose_unsynced`), so `all` takes it only where the caller set that up.
 
 Clock sets one of CLOCK_SETTINGS (offset jumps of 0.5 and 2 s either way, a clock at x0.5 or
 x2) through `nemesis.clock` and checks it with a probe on each target before recording it;
@@ -48,6 +52,7 @@ from nemesis.remote import ProcessControl, Remote, RemoteError
 
 __all__ = [
     "KINDS",
+    "TARGET_MODES",
     "ClockNemesis",
     "FaultEvent",
     "KillNemesis",
@@ -56,9 +61,11 @@ __all__ = [
     "PacketLossNemesis",
     "PartitionNemesis",
     "PauseNemesis",
+    "PowerLossNemesis",
     "StrobeNemesis",
     "TogetherNemesis",
     "parse_nemesis",
+    "parse_target_modes",
     "uses_clock",
 ]
 
@@ -114,6 +121,10 @@ class NemesisContext:
     even if a fault object is lost. `lock` serializes faults. `clock_files` maps each node
     started under libfaketime to its control file (see `nemesis.clock`; empty: no clock
     faults possible) and `clocked` the nodes a clock fault has skewed and not yet healed.
+    `target_modes`, when not empty, are the ways faults on processes may pick their nodes
+    (TARGET_MODES; `--fault-targets`). `lose_unsynced` maps each node whose data lies on
+    the lazy filesystem to the call that drops what it did not make durable, answering
+    what was lost (empty: no power-loss).
     """
 
     remotes: dict[str, Remote]
@@ -125,6 +136,8 @@ class NemesisContext:
     network_faulted: bool = False
     clock_files: dict[str, str] = field(default_factory=dict)
     clocked: set[str] = field(default_factory=set)
+    lose_unsynced: dict[str, Callable[[], dict[str, int]]] = field(default_factory=dict)
+    target_modes: frozenset[str] = frozenset()
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -247,14 +260,37 @@ class PacketLossNemesis:
             return FaultEvent("stop", self.name, "network-healed")
 
 
+# How a fault on processes picks its nodes (`--fault-targets`).
+TARGET_MODES = ("one", "minority", "majority", "all", "leader")
+
+
+def parse_target_modes(text: str) -> frozenset[str]:
+    """The modes a comma-separated `text` names (see TARGET_MODES); ValueError naming the
+    unknown ones."""
+    modes = frozenset(m.strip().lower() for m in text.split(",") if m.strip())
+    unknown = sorted(modes - set(TARGET_MODES))
+    if unknown:
+        raise ValueError(
+            f"unknown {', '.join(unknown)}; expected some of {', '.join(TARGET_MODES)}"
+        )
+    if not modes:
+        raise ValueError(f"expected some of {', '.join(TARGET_MODES)}; got {text!r}")
+    return modes
+
+
 def pick_targets(ctx: NemesisContext, wide: bool = False) -> list[str]:
     """One random node, a random minority, or the leader; with `wide` also a random
-    majority or every node (see the module docstring)."""
+    majority or every node (see the module docstring). `ctx.target_modes`, when set,
+    chooses among those modes instead (a minority there may be a single node)."""
     nodes = ctx.nodes
     minority = (len(nodes) - 1) // 2
-    modes = ["one", "leader"] + (["minority"] if minority >= 2 else [])
-    if wide and len(nodes) > 1:
-        modes += ["majority", "all"]
+    if ctx.target_modes:
+        modes = [m for m in TARGET_MODES if m in ctx.target_modes]
+        minority = max(minority, 1)
+    else:
+        modes = ["one", "leader"] + (["minority"] if minority >= 2 else [])
+        if wide and len(nodes) > 1:
+            modes += ["majority", "all"]
     mode = ctx.rng.choice(modes)
     if mode == "minority":
         return sorted(ctx.rng.sample(nodes, minority))
@@ -337,6 +373,35 @@ class PauseNemesis(_ProcessFault):
 
     def _undo(self, ctx: NemesisContext, node: str) -> None:
         ctx.procs.resume(node)
+
+
+@dataclass
+class PowerLossNemesis(_ProcessFault):
+    """SIGKILLs targets and drops what their disks did not make durable (the kill first, so
+    nothing the process does comes after the loss); stop restarts every node faults killed
+    (ctx.killed), as kill's does. The start's value: {"nodes", "lost": {node: {"files",
+    "pages", "dir_changes", "failed"}}}, what each node's disk dropped."""
+
+    name: str = "power-loss"
+    wide: ClassVar[bool] = True
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            if not ctx.lose_unsynced:
+                return FaultEvent("start", self.name, None, error="node data not on lazyfs")
+            targets = [n for n in pick_targets(ctx, wide=True) if n in ctx.lose_unsynced]
+            ctx.killed.update(targets)
+            for_each_node(targets, ctx.procs.kill)
+            lost: dict[str, dict[str, int]] = {}
+            for node in targets:
+                lost[node] = ctx.lose_unsynced[node]()
+            return FaultEvent("start", self.name, {"nodes": targets, "lost": lost})
+
+    def _record(self, ctx: NemesisContext) -> set[str]:
+        return ctx.killed
+
+    def _undo(self, ctx: NemesisContext, node: str) -> None:
+        ctx.procs.restart(node)
 
 
 # Clock faults: offset jumps forward and back, a slow and a fast clock.
@@ -491,15 +556,16 @@ KINDS: dict[str, int] = {
     KillNemesis.name: KillNemesis.min_nodes,
     PauseNemesis.name: PauseNemesis.min_nodes,
     PacketLossNemesis.name: PacketLossNemesis.min_nodes,
+    PowerLossNemesis.name: PowerLossNemesis.min_nodes,
     ClockNemesis.name: ClockNemesis.min_nodes,
     "clock-slow-leader": ClockNemesis.min_nodes,
     StrobeNemesis.name: StrobeNemesis.min_nodes,
 }
 # Kinds that need the nodes set up for them before they start: clock (under libfaketime,
-# which a static binary ignores) and, later, power-loss (data on the lazy filesystem).
+# which a static binary ignores) and power-loss (data on the lazy filesystem).
 # `all` takes them only where the caller says that setup can be made (`parse_nemesis`).
 CLOCK_KINDS = frozenset({ClockNemesis.name, "clock-slow-leader", StrobeNemesis.name})
-NEEDS_SETUP = CLOCK_KINDS
+NEEDS_SETUP = CLOCK_KINDS | {PowerLossNemesis.name}
 ALIASES = {"partition": "partition-halves"}
 
 
@@ -595,11 +661,16 @@ class TogetherNemesis:
 def uses_clock(nemeses: Iterable[Nemesis]) -> bool:
     """Whether any of `nemeses` is (or includes) a clock fault: the nodes then need starting
     under libfaketime."""
-    return any(
-        isinstance(n, ClockNemesis | StrobeNemesis)
-        or (isinstance(n, TogetherNemesis) and uses_clock(n.parts))
+    return bool(kinds_of(nemeses) & CLOCK_KINDS)
+
+
+def kinds_of(nemeses: Iterable[Nemesis]) -> set[str]:
+    """The kind names of `nemeses`, those acting together (`a+b`) each on its own."""
+    return {
+        kind
         for n in nemeses
-    )
+        for kind in (kinds_of(n.parts) if isinstance(n, TogetherNemesis) else {n.name})
+    }
 
 
 def _make(kind: str, packet_loss: float) -> Nemesis:
@@ -612,6 +683,8 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return KillNemesis()
     if kind == PauseNemesis.name:
         return PauseNemesis()
+    if kind == PowerLossNemesis.name:
+        return PowerLossNemesis()
     if kind == ClockNemesis.name:
         return ClockNemesis()
     if kind == "clock-slow-leader":

@@ -10,6 +10,10 @@ this package needs no libfuse.
 """
 
 from nemesis.lazyfs.control import send_command
-from nemesis.lazyfs.journal import Journal, LossReport
+from nemesis.lazyfs.journal import Journal, LossReport, parse_loss
 
-__all__ = ["Journal", "LossReport", "send_command"]
+__all__ = ["FSNAME_PREFIX", "Journal", "LossReport", "parse_loss", "send_command"]
+
+# The source name of the mounts a harness run makes: lazyfs-<run id> (`harness cleanup`
+# finds those of dead runs by it).
+FSNAME_PREFIX = "lazyfs-"

@@ -1,6 +1,6 @@
 """`python -m nemesis.lazyfs`: mount the filesystem, or send its control a command.
 
-    python -m nemesis.lazyfs mount MOUNTPOINT --backing DIR --control SOCKET
+    python -m nemesis.lazyfs mount MOUNTPOINT --backing DIR --control SOCKET [--fsname NAME]
     python -m nemesis.lazyfs lose --control SOCKET      (also: pending, ping)
 
 `mount` runs in the foreground until SIGTERM/SIGINT or `fusermount3 -u`, and unmounts on
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
+from nemesis.lazyfs import FSNAME_PREFIX
 from nemesis.lazyfs.control import send_command
+
+_FSNAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 USAGE_EXIT = 254
 _COMMAND_TIMEOUT_S = 10.0
@@ -26,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint")
     mount.add_argument("--backing", required=True, help="directory that holds the files")
     mount.add_argument("--control", required=True, help="unix socket path to serve commands")
+    mount.add_argument(
+        "--fsname",
+        default=FSNAME_PREFIX.rstrip("-"),
+        help="the mount's source name in /proc/mounts (a harness run: lazyfs-<run id>)",
+    )
     for name in ("lose", "pending", "ping"):
         cmd = sub.add_parser(name, help=f"send {name!r} to a mounted filesystem")
         cmd.add_argument("--control", required=True, help="the mount's unix socket path")
@@ -48,7 +57,9 @@ def _mount(args: argparse.Namespace) -> int:
     except OSError as exc:
         # mfusepy loads libfuse when imported.
         return _usage_error(f"cannot load libfuse ({exc}): install Debian's fuse3")
-    return serve(args.mountpoint, args.backing, args.control)
+    if not _FSNAME.fullmatch(args.fsname):
+        return _usage_error(f"--fsname {args.fsname!r}: letters, digits, '-' and '_' only")
+    return serve(args.mountpoint, args.backing, args.control, args.fsname)
 
 
 def main(argv: list[str] | None = None) -> int:

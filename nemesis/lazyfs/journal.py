@@ -77,10 +77,21 @@ class LossReport:
     failed: int
 
     def line(self) -> str:
+        """The control's answer to `lose` (`parse_loss` reads it back)."""
         return (
             f"lost files={self.files} pages={self.pages} "
             f"dir_changes={self.dir_changes} failed={self.failed}"
         )
+
+
+def parse_loss(line: str) -> dict[str, int]:
+    """A `LossReport.line` as {"files", "pages", "dir_changes", "failed"}; ValueError if
+    `line` is not one."""
+    word, *fields = line.split()
+    pairs = dict(f.partition("=")[::2] for f in fields)
+    if word != "lost" or set(pairs) != {"files", "pages", "dir_changes", "failed"}:
+        raise ValueError(f"not a loss report: {line!r}")
+    return {name: int(value) for name, value in pairs.items()}
 
 
 class Journal:

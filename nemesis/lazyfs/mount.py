@@ -26,12 +26,12 @@ MOUNT_OPTIONS = {
     "hard_remove": True,
     "allow_other": True,
     "use_ino": True,
-    "fsname": "lazyfs",
 }
 
 
-def serve(mountpoint: str, backing_dir: str, control_path: str) -> int:
-    """Mount, serve until unmounted or signalled, unmount; returns the exit code."""
+def serve(mountpoint: str, backing_dir: str, control_path: str, fsname: str = "lazyfs") -> int:
+    """Mount, serve until unmounted or signalled, unmount; returns the exit code. `fsname`
+    is the mount's source in /proc/mounts."""
     ops = LazyOperations(backing_dir)
 
     def pending() -> str:
@@ -41,7 +41,7 @@ def serve(mountpoint: str, backing_dir: str, control_path: str) -> int:
     handlers = {"lose": lambda: ops.lose().line(), "pending": pending, "ping": lambda: "ok"}
     control = ControlServer(control_path, handlers)
     try:
-        mfusepy.FUSE(ops, mountpoint, foreground=True, **MOUNT_OPTIONS)
+        mfusepy.FUSE(ops, mountpoint, foreground=True, fsname=fsname, **MOUNT_OPTIONS)
     except RuntimeError as exc:
         # fuse_main's code: 8 is its loop ending on SIGTERM/SIGINT (libfuse 3 hands the
         # signal back as the loop's error), after the unmount; the others fail before.

@@ -57,6 +57,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "nemesis": ["--nemesis", "partition-leader,kill"],
         "nemesis_interval": ["--nemesis-interval", "0.7"],
         "packet_loss": ["--packet-loss", "0.35"],
+        "fault_targets": ["--fault-targets", "all,one"],
         "read_mode": ["--read-mode", "lease"],
         "seed": ["--seed", "-12345"],
         "store": ["--store", str(tmp_path / "other store")],
