@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
+from harness.clocks import clock_kinds
 from harness.disks import power_loss_refusal
 from harness.exit import UsageError
 from harness.targets import TARGETS
@@ -207,7 +208,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--nemesis",), "nemesis", "nemesis", "run", default="none", show_default=True,
            help="Comma-separated faults: none, partition, partition-leader, partition-one, "
            "partition-majorities-ring, partition-bridge, partition-one-way, kill, "
-           "pause, packet-loss, clock, clock-slow-leader, clock-strobe (netns), all; "
+           "pause, packet-loss, clock, clock-slow-leader, clock-strobe (libfaketime: netns, "
+           "docker, ssh), all; "
            "a+b: faults that act together."),
     Option(("--nemesis-interval",), "nemesis_interval", "nemesis_interval_s", "run",
            kind=float, low=0.1, default=5.0, show_default=True,
@@ -401,7 +403,7 @@ def validate(opts: RunOptions) -> None:
     run. Raises UsageError saying which and why."""
     target = TARGETS[opts.target]()
     try:
-        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
+        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts))
     except ValueError as exc:
         raise UsageError(str(exc), "--nemesis") from None
     if isinstance(target, ValidatesOptions):
@@ -522,8 +524,9 @@ def options_from_json(options: Mapping[str, Any]) -> RunOptions:
 
 
 def _validate_clock(opts: RunOptions) -> None:
-    """The clock nemesis needs node processes started under libfaketime: so far on netns,
-    with the library on this host, for a target whose program honors LD_PRELOAD."""
+    """The clock nemesis needs node processes started under libfaketime: for a target whose
+    program honors LD_PRELOAD; on netns with the library on this host (docker and ssh nodes
+    are checked for it before they start: harness.clocks)."""
     names = opts.nemesis.lower().replace("+", ",").split(",")
     if not any(name.strip().startswith("clock") for name in names):
         return
@@ -534,9 +537,7 @@ def _validate_clock(opts: RunOptions) -> None:
             "so libfaketime never reaches its clock",
             "--nemesis",
         )
-    if opts.backend != "netns":
-        raise UsageError("the clock nemesis runs on the netns backend only, so far", "--nemesis")
-    if not os.path.exists(clock.LIBFAKETIME):
+    if opts.backend == "netns" and not os.path.exists(clock.LIBFAKETIME):
         raise UsageError(
             f"the clock nemesis needs libfaketime ({clock.LIBFAKETIME}): "
             "apt-get install libfaketime",

@@ -28,7 +28,7 @@ from typing import Any
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
-from harness.clocks import prepare_clocks
+from harness.clocks import clock_kinds, prepare_clocks
 from harness.disks import HostDisks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
@@ -116,7 +116,9 @@ def remove_leftover_data_dirs(root: Path | None = None) -> list[str]:
 async def run_test(opts: RunOptions) -> RunOutcome:
     """Run one test; the caller validated `opts` (see harness.options.validate)."""
     target: Target = TARGETS[opts.target]()
-    nemeses = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss)
+    nemeses = parse_nemesis(
+        opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts)
+    )
     # A target may need something on this host first (etcd: its binary); before the run
     # makes anything, so a BackendUnavailable here leaves nothing behind.
     if isinstance(target, PreparesHost):
