@@ -403,7 +403,7 @@ def validate(opts: RunOptions) -> None:
     run. Raises UsageError saying which and why."""
     target = TARGETS[opts.target]()
     try:
-        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts))
+        parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=setup_kinds(opts))
     except ValueError as exc:
         raise UsageError(str(exc), "--nemesis") from None
     if isinstance(target, ValidatesOptions):
@@ -543,6 +543,14 @@ def _validate_clock(opts: RunOptions) -> None:
             "apt-get install libfaketime",
             "--nemesis",
         )
+
+
+def setup_kinds(opts: RunOptions) -> frozenset[str]:
+    """The kinds that need the nodes set up for them (nemesis.faults.NEEDS_SETUP) which this
+    run can set up, so `--nemesis all` takes them: clock (harness.clocks.clock_kinds) and
+    power-loss (harness.disks.power_loss_refusal)."""
+    refusal = power_loss_refusal(TARGETS[opts.target](), opts.backend)
+    return clock_kinds(opts) | (frozenset() if refusal else {PowerLossNemesis.name})
 
 
 def _validate_power_loss(opts: RunOptions) -> None:

@@ -28,11 +28,11 @@ from typing import Any
 from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
-from harness.clocks import clock_kinds, prepare_clocks
+from harness.clocks import prepare_clocks
 from harness.disks import HostDisks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
-from harness.options import RunOptions
+from harness.options import RunOptions, setup_kinds
 from harness.progress import ProgressLine
 from harness.report import write_run_reports
 from harness.results import build_results
@@ -117,7 +117,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
     """Run one test; the caller validated `opts` (see harness.options.validate)."""
     target: Target = TARGETS[opts.target]()
     nemeses = parse_nemesis(
-        opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=clock_kinds(opts)
+        opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=setup_kinds(opts)
     )
     # A target may need something on this host first (etcd: its binary); before the run
     # makes anything, so a BackendUnavailable here leaves nothing behind.
