@@ -12,8 +12,11 @@ this package needs no libfuse.
 from nemesis.lazyfs.control import send_command
 from nemesis.lazyfs.journal import Journal, LossReport, parse_loss
 
-__all__ = ["FSNAME_PREFIX", "Journal", "LossReport", "parse_loss", "send_command"]
+__all__ = ["FSNAME_PREFIX", "METADATA_MODES", "Journal", "LossReport", "parse_loss", "send_command"]
 
 # The source name of the mounts a harness run makes: lazyfs-<run id> (`harness cleanup`
 # finds those of dead runs by it).
 FSNAME_PREFIX = "lazyfs-"
+# How directory changes become durable (nemesis.lazyfs.ops): strict, as POSIX promises, or
+# journaled, at any fsync, as ext4's journal commits them.
+METADATA_MODES = ("strict", "journaled")

@@ -1,6 +1,7 @@
 """`python -m nemesis.lazyfs`: mount the filesystem, or send its control a command.
 
     python -m nemesis.lazyfs mount MOUNTPOINT --backing DIR --control SOCKET [--fsname NAME]
+        [--metadata strict|journaled]
     python -m nemesis.lazyfs lose --control SOCKET      (also: pending, ping)
 
 `mount` runs in the foreground until SIGTERM/SIGINT or `fusermount3 -u`, and unmounts on
@@ -14,7 +15,7 @@ import os
 import re
 import sys
 
-from nemesis.lazyfs import FSNAME_PREFIX
+from nemesis.lazyfs import FSNAME_PREFIX, METADATA_MODES
 from nemesis.lazyfs.control import send_command
 
 _FSNAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -34,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         "--fsname",
         default=FSNAME_PREFIX.rstrip("-"),
         help="the mount's source name in /proc/mounts (a harness run: lazyfs-<run id>)",
+    )
+    mount.add_argument(
+        "--metadata",
+        choices=METADATA_MODES,
+        default="strict",
+        help="strict: a directory change is durable from its directory's fsync on; "
+        "journaled: from any fsync on (as ext4's journal)",
     )
     for name in ("lose", "pending", "ping"):
         cmd = sub.add_parser(name, help=f"send {name!r} to a mounted filesystem")
@@ -59,7 +67,7 @@ def _mount(args: argparse.Namespace) -> int:
         return _usage_error(f"cannot load libfuse ({exc}): install Debian's fuse3")
     if not _FSNAME.fullmatch(args.fsname):
         return _usage_error(f"--fsname {args.fsname!r}: letters, digits, '-' and '_' only")
-    return serve(args.mountpoint, args.backing, args.control, args.fsname)
+    return serve(args.mountpoint, args.backing, args.control, args.fsname, args.metadata)
 
 
 def main(argv: list[str] | None = None) -> int:

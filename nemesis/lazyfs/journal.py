@@ -5,7 +5,8 @@ to the durable one. File data is undone per inode (`FileUndo`: the size at the l
 fsync and the old bytes of every page overwritten since), through a descriptor of the
 backing file, so that it does not matter which name the file has when it is restored.
 Directory changes are `DirUndo` records, each pending on the directories it changed and
-durable once all of them were fsynced. `Journal.lose` undoes directory changes newest
+durable once all of them were fsynced (or, with journaled metadata, once anything was:
+`all_dirs_synced`). `Journal.lose` undoes directory changes newest
 first, then restores file data. The caller serialises every call (one lock).
 """
 
@@ -129,6 +130,13 @@ class Journal:
             else:
                 change.discard()
         self._dirs = kept
+
+    def all_dirs_synced(self) -> None:
+        """Every directory change so far becomes durable: an fsync on a filesystem whose
+        journal commits all metadata changes at once (ext4's default)."""
+        for change in self._dirs:
+            change.discard()
+        self._dirs.clear()
 
     def pending(self) -> tuple[int, int]:
         """(files with unsynced data, directory changes not durable)."""

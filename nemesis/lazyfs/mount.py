@@ -14,12 +14,15 @@ __all__ = ["MOUNT_OPTIONS", "serve"]
 _log = logging.getLogger(__name__)
 _LOOP_ENDED = 8
 
-# direct_io: no page cache to outlive a loss. Zero timeouts: the kernel asks again after
-# a loss instead of trusting cached sizes and names. hard_remove: an unlinked open file is
+# No direct_io: a direct_io mount refuses shared maps (ENODEV), which stores such as etcd
+# need (libfuse 3.14 cannot ask the kernel to allow them), so the page cache stays on. It
+# does not outlive a loss: the fault kills the node first, and every open after it drops
+# the file's cached pages (no keep_cache), as does a size or time change seen by getattr
+# (auto_inval_data, libfuse's default). Zero timeouts: the kernel asks again after a loss
+# instead of trusting cached sizes and names. hard_remove: an unlinked open file is
 # not renamed to .fuse_hidden* (that rename would be journaled). allow_other: node
 # processes of other users (a container's) can use it. use_ino: the backing inode numbers.
 MOUNT_OPTIONS = {
-    "direct_io": True,
     "attr_timeout": 0,
     "entry_timeout": 0,
     "negative_timeout": 0,
@@ -29,10 +32,16 @@ MOUNT_OPTIONS = {
 }
 
 
-def serve(mountpoint: str, backing_dir: str, control_path: str, fsname: str = "lazyfs") -> int:
+def serve(
+    mountpoint: str,
+    backing_dir: str,
+    control_path: str,
+    fsname: str = "lazyfs",
+    metadata: str = "strict",
+) -> int:
     """Mount, serve until unmounted or signalled, unmount; returns the exit code. `fsname`
-    is the mount's source in /proc/mounts."""
-    ops = LazyOperations(backing_dir)
+    is the mount's source in /proc/mounts; `metadata` one of ops.METADATA_MODES."""
+    ops = LazyOperations(backing_dir, metadata)
 
     def pending() -> str:
         files, dirs = ops.pending()

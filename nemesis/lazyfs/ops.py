@@ -6,12 +6,19 @@ durable from its fsync/fdatasync on; a create, mkdir, unlink, rmdir or rename fr
 fsync of its directory (a rename: of both directories) on. Metadata (mode, owner,
 times) is applied at once and never lost. Unsupported, refused with EOPNOTSUPP:
 fallocate (glibc's posix_fallocate then writes zeros, which is journaled), hard links,
-symlinks, device nodes. Mounted with direct_io, so every read and write reaches us and
-no page cache outlives a loss; the kernel refuses every shared mmap on it (ENODEV),
-private maps work. One lock serialises every operation.
+symlinks, device nodes. Writes reach us as they are made (the kernel caches pages for
+reads only, and drops them on open: see `mount`); pages written through a shared map
+reach us when the kernel writes them back (msync, fsync, munmap, or later), so until then
+they are not even unsynced. One lock serialises every operation.
 
 A directory renamed before its own fsync keeps its pending changes under its old name:
-they become durable only through the fsync of a directory of that name, or are undone.
+they become durable only through the fsync of a directory of that name; a loss cannot
+find them under the new name and leaves them be (counted as `failed` in its report).
+
+Directory changes follow one of lazyfs.METADATA_MODES: `strict` is the above (all POSIX
+promises); `journaled` makes every directory change durable at the next fsync or
+fdatasync of any file or directory, as a journaling filesystem that commits all its
+metadata in one transaction does (ext4 in its default data=ordered mode).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 import mfusepy
 
+from nemesis.lazyfs import METADATA_MODES
 from nemesis.lazyfs.journal import DirUndo, Journal, LossReport, remove_tree_or_file
 
 __all__ = ["TRASH_NAME", "LazyOperations"]
@@ -47,11 +55,15 @@ _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", 
 
 
 class LazyOperations(mfusepy.Operations):
-    """Passthrough operations over `backing_dir` (absolute), losing on demand."""
+    """Passthrough operations over `backing_dir` (absolute), losing on demand; directory
+    changes made durable as `metadata` (one of METADATA_MODES) says."""
 
     use_ns = True
 
-    def __init__(self, backing_dir: str) -> None:
+    def __init__(self, backing_dir: str, metadata: str = "strict") -> None:
+        if metadata not in METADATA_MODES:
+            raise ValueError(f"metadata {metadata!r}: expected one of {METADATA_MODES}")
+        self.journaled = metadata == "journaled"
         self.root = os.path.realpath(backing_dir)
         self.trash = os.path.join(self.root, TRASH_NAME)
         # The last mount ended cleanly or not at all: what is in the trash was unlinked.
@@ -196,6 +208,8 @@ class LazyOperations(mfusepy.Operations):
         with self._mutex:
             (os.fdatasync if datasync else os.fsync)(fh)
             self.journal.file_synced(os.fstat(fh).st_ino)
+            if self.journaled:
+                self.journal.all_dirs_synced()
             return 0
 
     def flush(self, path: str, fh: int) -> int:
@@ -225,7 +239,10 @@ class LazyOperations(mfusepy.Operations):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self.journal.dir_synced(real)
+            if self.journaled:
+                self.journal.all_dirs_synced()
+            else:
+                self.journal.dir_synced(real)
             return 0
 
     def mkdir(self, path: str, mode: int) -> int:
