@@ -29,7 +29,7 @@ from checker import Verdict
 from harness.backends import Backend, NetnsBackend
 from harness.backends.owner import current_owner, owner_alive, read_owner, write_owner
 from harness.clocks import prepare_clocks
-from harness.disks import HostDisks, mount_disks
+from harness.disks import Disks, bind_disks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.options import RunOptions, setup_kinds
@@ -133,9 +133,11 @@ async def run_test(opts: RunOptions) -> RunOutcome:
     nodes = [f"n{i}" for i in range(1, opts.nodes + 1)]
     history = HistoryWriter(run_dir / "history.jsonl")
     ctx: NemesisContext | None = None
-    disks: HostDisks | None = None
+    disks: Disks | None = None
     try:
         log.info("run %s: %s", run_dir, asdict(opts))
+        # Disks bound into the hosts (docker) are mounted before setup makes the hosts.
+        disks = await asyncio.to_thread(bind_disks, target, nemeses, backend, nodes, run_dir)
         try:
             await asyncio.to_thread(backend.setup, nodes)
         except BaseException:
@@ -164,7 +166,10 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         if isinstance(target, PreparesNodes):
             await asyncio.to_thread(target.prepare_nodes, cluster, backend)
         clock_files = await asyncio.to_thread(prepare_clocks, backend, nemeses, cluster)
-        disks = await asyncio.to_thread(mount_disks, target, nemeses, cluster, run_id, run_dir)
+        if disks is None:
+            disks = await asyncio.to_thread(
+                mount_disks, target, nemeses, cluster, backend, run_id, run_dir
+            )
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "nodes" / node / f"{target.name}.log"
@@ -206,7 +211,7 @@ async def _teardown(
     nodes: list[str],
     run_dir: Path,
     data_dir: str | None,
-    disks: HostDisks | None,
+    disks: Disks | None,
 ) -> None:
     # Shielded: a second Ctrl-C must not leave faults or namespaces behind.
     async def go() -> None:
@@ -218,9 +223,11 @@ async def _teardown(
         if opts.leave_running:
             log.warning("leaving the cluster running (--leave-running); `harness cleanup` ends it")
             return
-        await asyncio.to_thread(backend.teardown)
-        if disks is not None:  # after the nodes stopped: nothing holds a file there
-            await asyncio.to_thread(disks.unmount_all)
+        try:
+            await asyncio.to_thread(backend.teardown)
+        finally:
+            if disks is not None:  # after the nodes stopped: nothing holds a file there
+                await asyncio.to_thread(disks.unmount_all)
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)
 

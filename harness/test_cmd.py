@@ -254,10 +254,11 @@ def cleanup_command(backends: tuple[str, ...]) -> int:
     spared (images stay: they are a cache)."""
     # A backend that cannot work here raises BackendUnavailable: bad usage (harness.exit).
     removed = cleanup_leftovers(backends or ("netns", "docker"))
-    if not backends or "netns" in backends:
-        # Unmounted first: the data directories they lie in go next.
-        removed += remove_leftover_mounts()
-        removed += remove_leftover_data_dirs()
+    # netns and docker runs alike keep data on this host (docker: the lazy filesystems
+    # bound into its containers, removed above). Unmounted first: the data directories
+    # they lie in go next.
+    removed += remove_leftover_mounts()
+    removed += remove_leftover_data_dirs()
     for item in removed:
         click.echo(f"removed {item}")
     click.echo(f"cleanup: {len(removed)} leftovers removed", err=True)

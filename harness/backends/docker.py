@@ -29,6 +29,9 @@ A user's image (`user_image`, `harness test --image`) runs as it is, never built
 with our supervisor copied in and its partitions made from this host: see
 `backends.docker_user`. A container whose image has no libfaketime (a user's, or ours on a
 `base_image` without it) gets this host's copied in before it starts, for clock faults.
+
+Directories of this host named with `bind_host_dir` before `setup` are bound into the
+containers setup makes (power-loss: each node's lazy filesystem, mounted here).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any
 
 from docker.client import DockerClient
 from docker.errors import APIError, DockerException
-from docker.types import IPAMConfig, IPAMPool
+from docker.types import IPAMConfig, IPAMPool, Mount
 
 from harness.backends.base import BackendError
 from harness.backends.common import validate_nodes
@@ -184,6 +187,7 @@ class DockerBackend(SupervisedBackend[DockerRemote]):
         self._client: DockerClient | None = None
         self._network: Any = None
         self._containers: dict[str, Any] = {}
+        self._binds: dict[str, list[tuple[str, str]]] = {}
 
     @property
     def network_name(self) -> str:
@@ -198,8 +202,18 @@ class DockerBackend(SupervisedBackend[DockerRemote]):
             labels[LABEL_NODE] = node
         return labels
 
+    def bind_host_dir(self, node: str, host_path: str, container_path: str) -> None:
+        """Bind `host_path`, a directory on this host, at `container_path` in `node`'s
+        container, read-write; before `setup` (BackendError after it). The engine refuses a
+        path that does not exist then: it is never made for us."""
+        with self._lock:
+            if self.nodes:
+                raise BackendError(f"docker run {self.run_id}: binds go before setup")
+            self._binds.setdefault(node, []).append((host_path, container_path))
+
     def setup(self, nodes: Sequence[str]) -> None:
-        """Image (built if needed), network, one started container per node."""
+        """Image (built if needed), network, one started container per node (with the
+        directories `bind_host_dir` named)."""
         validate_nodes(nodes, _NODE_MAX)
         with self._lock:
             if self.nodes:
@@ -305,6 +319,10 @@ class DockerBackend(SupervisedBackend[DockerRemote]):
                 security_opt=["no-new-privileges"],
                 network=self.network_name,
                 networking_config={self.network_name: endpoint},
+                mounts=[
+                    Mount(target, source, type="bind", read_only=False)
+                    for source, target in self._binds.get(node, [])
+                ],
                 **self._container_options(),
             )
             # No lock here: setup() holds it while these threads run.
