@@ -290,11 +290,12 @@ async def _drive_one_member(target: EtcdTarget, cluster: ClusterSpec, backend: A
 @pytest.mark.root
 @pytest.mark.etcd
 @pytest.mark.timeout(300)
-def test_etcd_with_linearizable_reads_stays_valid_under_partitions_and_kills(
-    tmp_path: Path,
+@pytest.mark.parametrize("nemesis", ["partition,kill", "packet-loss"])
+def test_etcd_with_linearizable_reads_stays_valid_under_partitions_kills_and_lossy_links(
+    tmp_path: Path, nemesis: str
 ) -> None:
     proc = harness(
-        "test", "--backend", "netns", "--target", "etcd", "--nemesis", "partition,kill",
+        "test", "--backend", "netns", "--target", "etcd", "--nemesis", nemesis,
         "--read-mode", "linearizable", "--time", "15", "--nemesis-interval", "2",
         "--seed", "3", "--store", str(tmp_path), "--no-live",
     )  # fmt: skip
