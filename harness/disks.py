@@ -89,7 +89,9 @@ class MountsLazyfs(Protocol):
     node's point, after checking each host can (BackendUnavailable naming it); unmounted
     by the backend's teardown."""
 
-    def mount_lazyfs(self, points: Mapping[str, str], fsname: str) -> Disks: ...
+    def mount_lazyfs(
+        self, points: Mapping[str, str], fsname: str, metadata: str = "strict"
+    ) -> Disks: ...
 
 
 def check_fuse() -> None:
@@ -108,6 +110,8 @@ def power_loss_refusal(target: Target, backend: str) -> str | None:
     """Why `power-loss` cannot fault `target` on `backend` from this host; None if it can."""
     if not isinstance(target, KeepsData):
         return f"{target.name} does not say where its nodes keep data (the KeepsData hook)"
+    if backend == "ssh":
+        return None  # each host is checked before any node starts (backends.ssh_disks)
     if backend not in ("netns", "docker"):
         return f"power-loss cannot run on the {backend} backend"
     try:
@@ -144,11 +148,13 @@ class _Disk:
 
 class HostDisks:
     """The lazy filesystems of one run's nodes, on this host. `root`, if given, is a
-    directory of theirs alone, removed once all are unmounted."""
+    directory of theirs alone, removed once all are unmounted; `metadata` one of
+    `nemesis.lazyfs.METADATA_MODES`."""
 
-    def __init__(self, run_id: str, root: str | None = None) -> None:
+    def __init__(self, run_id: str, root: str | None = None, metadata: str = "strict") -> None:
         self.fsname = f"{FSNAME_PREFIX}{run_id}"
         self.root = root
+        self.metadata = metadata
         self._disks: dict[str, _Disk] = {}
 
     def mount(self, node: str, point: str, log_path: str) -> None:
@@ -158,7 +164,7 @@ class HostDisks:
         os.makedirs(backing, mode=0o700, exist_ok=True)
         control = f"{point}.lazyfs"
         argv = [sys.executable, "-m", "nemesis.lazyfs", "mount", point, "--backing", backing]
-        argv += ["--control", control, "--fsname", self.fsname]
+        argv += ["--control", control, "--fsname", self.fsname, "--metadata", self.metadata]
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
@@ -247,12 +253,17 @@ def _mount_here(disks: HostDisks, points: Mapping[str, str], run_dir: Path) -> H
 
 
 def bind_disks(
-    target: Target, nemeses: list[Nemesis], backend: Backend, nodes: Sequence[str], run_dir: Path
+    target: Target,
+    nemeses: list[Nemesis],
+    backend: Backend,
+    nodes: Sequence[str],
+    run_dir: Path,
+    metadata: str = "strict",
 ) -> HostDisks | None:
     """Before the backend's setup, for a backend that `BindsHostDirs` under a power-loss
     nemesis: every node's disk mounted in a new directory of this host's and named to the
     backend, to be bound at the target's data_dir; else None. The caller unmounts them
-    after the backend's teardown."""
+    after the backend's teardown. `metadata`: `nemesis.lazyfs.METADATA_MODES`."""
     keeps = _keeps_data(target, nemeses)
     if keeps is None or not isinstance(backend, BindsHostDirs):
         return None
@@ -261,7 +272,7 @@ def bind_disks(
     from harness.runner import make_data_dir  # here: the runner imports this module
 
     root = make_data_dir(backend.run_id)
-    disks = HostDisks(backend.run_id, root=root)
+    disks = HostDisks(backend.run_id, root=root, metadata=metadata)
     points = {node: f"{root}/{node}" for node in nodes}
     _mount_here(disks, points, run_dir)
     for node, point in points.items():
@@ -277,15 +288,16 @@ def mount_disks(
     backend: Backend,
     run_id: str,
     run_dir: Path,
+    metadata: str = "strict",
 ) -> Disks | None:
     """With a power-loss nemesis, after the backend's setup: every node's disk mounted at
     its target's data_dir, on this host (netns) or by the backend on the node's host
-    (`MountsLazyfs`); else None. The caller unmounts them."""
+    (`MountsLazyfs`); else None. The caller unmounts them. `metadata`: as `bind_disks`."""
     keeps = _keeps_data(target, nemeses)
     if keeps is None:
         return None
     assert not isinstance(backend, BindsHostDirs), "bound disks are mounted before setup"
     points = {node: keeps.data_dir(cluster, node) for node in cluster.nodes}
     if isinstance(backend, MountsLazyfs):
-        return backend.mount_lazyfs(points, f"{FSNAME_PREFIX}{run_id}")
-    return _mount_here(HostDisks(run_id), points, run_dir)
+        return backend.mount_lazyfs(points, f"{FSNAME_PREFIX}{run_id}", metadata)
+    return _mount_here(HostDisks(run_id, metadata=metadata), points, run_dir)

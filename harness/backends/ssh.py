@@ -10,6 +10,9 @@ that address, so it is also the address peers, clients and partitions use. On ea
     <remote dir>/runs/<run id>/<node>.pid     the detached service's pid (it leads its group)
     <remote dir>/runs/<run id>/<node>.log     its stdout and stderr, fetched back by fetch_logs
 
+Under `power-loss` the node's data directory is a lazy filesystem mounted on its host
+(`mount_lazyfs`, `backends.ssh_disks`), unmounted by teardown once the service stopped.
+
 The service runs under the supervisor every backend uses (`backends.supervisor`), sent as
 `sh -c SCRIPT` with each command. Connections, host keys (never accepted silently) and the
 node's `Remote` are in `backends.ssh_hosts`.
@@ -25,7 +28,7 @@ import logging
 import posixpath
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +37,7 @@ import paramiko
 from harness.backends.base import BackendError, BackendUnavailable
 from harness.backends.bundle import build_bundle
 from harness.backends.common import validate_nodes
+from harness.backends.ssh_disks import RemoteDisks
 from harness.backends.ssh_hosts import (
     DEFAULT_KNOWN_HOSTS,
     HostKeyError,
@@ -64,8 +68,9 @@ COMMAND_TIMEOUT_S = 30.0
 INSTALL_TIMEOUT_S = 120.0
 _NODE_MAX = 16
 _MIN_PYTHON = (3, 11)
-# Packages the service needs on a node (raftkv imports msgpack and nothing else of PyPI).
-NODE_REQUIREMENTS = ("msgpack",)
+# Packages the nodes need: raftkv imports msgpack and nothing else of PyPI; the lazy
+# filesystem of power-loss, mfusepy (pure Python over the host's libfuse3).
+NODE_REQUIREMENTS = ("msgpack", "mfusepy")
 PACKAGES = ("raftkv", "harness", "nemesis", "checker")
 # How the supervisor runs on a node: sent with each command, nothing to install.
 _SUPERVISOR = ("sh", "-c", SCRIPT, "supervisor")
@@ -162,6 +167,7 @@ class SshBackend(SupervisedBackend[SshRemote]):
         self.lib_dir: str | None = None
         self._clients: dict[str, paramiko.SSHClient] = {}
         self._run_dir_made: set[str] = set()  # nodes where we made run_dir: only there it goes
+        self._disks: RemoteDisks | None = None
         self._known_hosts_lock = threading.Lock()
 
     @property
@@ -342,6 +348,28 @@ class SshBackend(SupervisedBackend[SshRemote]):
         with self._lock:
             self._start_service(node, supervisor, argv[0], log_path)
 
+    def mount_lazyfs(
+        self, points: Mapping[str, str], fsname: str, metadata: str = "strict"
+    ) -> RemoteDisks:
+        """Mount a lazy filesystem named `fsname` (`metadata`, one of
+        `nemesis.lazyfs.METADATA_MODES`) at each node's point (a path on its host), for
+        power-loss; see `backends.ssh_disks`. First every host must be able to:
+        BackendUnavailable naming the first that cannot, before anything is mounted.
+        BackendError if a mount does not come up. Teardown unmounts them."""
+        assert self.lib_dir is not None, "setup() first"
+        with self._lock:
+            if self._disks is not None:
+                raise BackendError(f"ssh run {self.run_id} has its disks mounted already")
+            remotes = {node: self._remote(node) for node in points}
+            hosts = {node: self.opts.hosts[node] for node in points}
+            disks = RemoteDisks(remotes, hosts, self.python, self.lib_dir, fsname, metadata)
+            self._disks = disks
+        disks.check(list(points))
+        log.info("ssh: every host can mount lazyfs")
+        disks.mount_all(points)
+        log.info("ssh: lazyfs mounted on every host (%s)", fsname)
+        return disks
+
     def write_private_file(self, node: str, path: str, data: bytes) -> None:
         """Write `data` to `path` on the node over SFTP, made mode 0600 before any byte is
         written; see `Backend.write_private_file`."""
@@ -364,25 +392,31 @@ class SshBackend(SupervisedBackend[SshRemote]):
             raise BackendError(f"{node}: cannot write {path}: {exc}") from exc
 
     def fetch_logs(self, node: str, dest_dir: str) -> None:
-        """Copy the node's service log over SFTP into dest_dir (under the local log's name)."""
+        """Copy the node's service log over SFTP into dest_dir (under the local log's name),
+        and its lazy filesystem's as lazyfs.log under power-loss."""
         with self._lock:
             service = self._services.get(node)
             client = self._clients.get(node)
+            lazyfs_log = self._disks.log_path(node) if self._disks is not None else None
         if service is None or client is None:
             return
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
-        try:
-            sftp = client.open_sftp()
+        wanted = [(self._logfile(node), service.log_name)]
+        if lazyfs_log is not None:
+            wanted.append((lazyfs_log, "lazyfs.log"))
+        for path, name in wanted:
             try:
-                channel = sftp.get_channel()
-                if channel is not None:
-                    channel.settimeout(INSTALL_TIMEOUT_S)
-                sftp.get(self._logfile(node), str(dest / service.log_name))
-            finally:
-                sftp.close()
-        except (OSError, paramiko.SSHException) as exc:
-            raise BackendError(f"{node}: cannot fetch {self._logfile(node)}: {exc}") from exc
+                sftp = client.open_sftp()
+                try:
+                    channel = sftp.get_channel()
+                    if channel is not None:
+                        channel.settimeout(INSTALL_TIMEOUT_S)
+                    sftp.get(path, str(dest / name))
+                finally:
+                    sftp.close()
+            except (OSError, paramiko.SSHException) as exc:
+                raise BackendError(f"{node}: cannot fetch {path}: {exc}") from exc
 
     def teardown(self, stop_timeout_s: float = 3.0) -> None:
         """Stop every service, remove our iptables chain and run directory, disconnect.
@@ -397,6 +431,8 @@ class SshBackend(SupervisedBackend[SshRemote]):
                 remote = self._remotes[node]
                 if service := self._services.get(node):
                     service.supervisor.stop(stop_timeout_s)
+                if self._disks is not None:  # nothing holds a file there now
+                    self._disks.unmount(node)
                 try:
                     iptables.remove(remote)
                 except RemoteError as exc:
@@ -419,6 +455,7 @@ class SshBackend(SupervisedBackend[SshRemote]):
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+            self._disks = None
             self._remotes.clear()
             self._services.clear()
             self.nodes = []

@@ -1,5 +1,6 @@
 """Which kinds that need the nodes set up `--nemesis all` takes (harness.options.setup_kinds):
-power-loss where the target says where its data is and the backend can mount lazyfs,
+power-loss where the target says where its data is and the backend can mount lazyfs (netns
+and docker with FUSE on this host; ssh, whose hosts are checked when the run starts),
 clock where the nodes can run under libfaketime."""
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ def test_all_takes_power_loss_for_targets_that_keep_data_on_netns() -> None:
     assert "power-loss" not in all_kinds(backend="netns", target="memory")
 
 
-def test_all_leaves_power_loss_out_where_the_backend_cannot_mount_lazyfs() -> None:
-    assert "power-loss" not in all_kinds(backend="ssh", target="raftkv")
+@needs_fuse
+def test_all_takes_power_loss_on_docker_where_this_host_mounts_lazyfs() -> None:
+    assert "power-loss" in all_kinds(backend="docker", target="raftkv")
+    assert "power-loss" not in all_kinds(backend="docker", target="memory")
+
+
+def test_all_takes_power_loss_on_ssh_whose_hosts_are_checked_at_run_time() -> None:
+    # Whether a host can mount FUSE is learnt on it, before any node starts (exit 254).
+    assert "power-loss" in all_kinds(backend="ssh", target="raftkv")
+    assert "power-loss" not in all_kinds(backend="ssh", target="memory")
 
 
 def test_all_takes_clock_only_for_programs_that_honour_ld_preload() -> None:
