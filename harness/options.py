@@ -41,6 +41,7 @@ from nemesis.faults import (
     parse_nemesis,
     parse_target_modes,
 )
+from nemesis.lazyfs import METADATA_MODES
 from nemesis.netfaults import DEFAULT_LOSS_SHARE
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class RunOptions:
     # The share of packets the packet-loss fault drops.
     packet_loss: float = DEFAULT_LOSS_SHARE
     fault_targets: tuple[str, ...] | None = None
+    # How power-loss's filesystem makes directory changes durable (nemesis.lazyfs).
+    power_loss_metadata: str = "strict"
     read_mode: str | None = None
     seed: int = 0
     store: Path = Path("store")
@@ -221,6 +224,10 @@ OPTIONS: tuple[Option, ...] = (
            read=_read_targets, write=",".join,
            help="How kill, pause, power-loss and clock pick their nodes, comma-separated, of "
            "one, minority, majority, all, leader (default: each fault's own mix)."),
+    Option(("--power-loss-metadata",), "power_loss_metadata", "power_loss_metadata", "run",
+           choices=METADATA_MODES, default="strict", show_default=True,
+           help="power-loss: a directory change is durable from its directory's fsync on "
+           "(strict, as POSIX) or from any fsync on (journaled, as ext4)."),
     Option(("--read-mode",), "read_mode", "read_mode", "run",
            help="Target read mode (raftkv: log, readindex, lease, local, follower; "
            "etcd: linearizable, serializable)."),

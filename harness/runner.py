@@ -137,7 +137,10 @@ async def run_test(opts: RunOptions) -> RunOutcome:
     try:
         log.info("run %s: %s", run_dir, asdict(opts))
         # Disks bound into the hosts (docker) are mounted before setup makes the hosts.
-        disks = await asyncio.to_thread(bind_disks, target, nemeses, backend, nodes, run_dir)
+        metadata = opts.power_loss_metadata
+        disks = await asyncio.to_thread(
+            bind_disks, target, nemeses, backend, nodes, run_dir, metadata=metadata
+        )
         try:
             await asyncio.to_thread(backend.setup, nodes)
         except BaseException:
@@ -168,7 +171,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         clock_files = await asyncio.to_thread(prepare_clocks, backend, nemeses, cluster)
         if disks is None:
             disks = await asyncio.to_thread(
-                mount_disks, target, nemeses, cluster, backend, run_id, run_dir
+                mount_disks, target, nemeses, cluster, backend, run_id, run_dir, metadata=metadata
             )
         for node in nodes:
             (run_dir / "nodes" / node).mkdir(parents=True, exist_ok=True)

@@ -130,3 +130,20 @@ def test_cleanup_unmounts_the_disks_of_dead_runs_and_spares_live_ones(tmp_path: 
         shutil.rmtree(live_root, ignore_errors=True)
         shutil.rmtree(dead_root, ignore_errors=True)
     assert (f"{FSNAME_PREFIX}beef", f"{live_root}/n1") not in mounted()
+
+
+@pytest.mark.etcd
+@pytest.mark.parametrize(("metadata", "valid"), [("journaled", True), ("strict", False)])
+def test_etcd_keeps_its_writes_only_where_an_fsync_commits_every_directory_change(
+    tmp_path: Path, metadata: str, valid: bool
+) -> None:
+    # etcd 3.4 never fsyncs the directory that holds member/ (nor member/snap after making
+    # db): POSIX lets a power cut take them, ext4's journal commits them with any fsync.
+    proc, results = run(tmp_path, "--target", "etcd", "--nemesis", "power-loss",
+                        "--fault-targets", "all", "--power-loss-metadata", metadata,
+                        "--time", "16", "--nemesis-interval", "2", "--seed", "4")  # fmt: skip
+    assert results["valid"] is valid, proc.stdout + proc.stderr
+    assert results["options"]["power_loss_metadata"] == metadata
+    if metadata == "strict":  # what it lost: the directories it never fsynced
+        losses = power_losses(results)
+        assert sum(n["dir_changes"] for v in losses for n in v["lost"].values()) > 0

@@ -58,6 +58,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "nemesis_interval": ["--nemesis-interval", "0.7"],
         "packet_loss": ["--packet-loss", "0.35"],
         "fault_targets": ["--fault-targets", "all,one"],
+        "power_loss_metadata": ["--power-loss-metadata", "journaled"],
         "read_mode": ["--read-mode", "lease"],
         "seed": ["--seed", "-12345"],
         "store": ["--store", str(tmp_path / "other store")],
