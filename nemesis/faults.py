@@ -393,8 +393,12 @@ class PowerLossNemesis(_ProcessFault):
             ctx.killed.update(targets)
             for_each_node(targets, ctx.procs.kill)
             lost: dict[str, dict[str, int]] = {}
-            for node in targets:
+
+            def lose(node: str) -> None:  # on every target at once, as the power goes
                 lost[node] = ctx.lose_unsynced[node]()
+
+            for_each_node(targets, lose)
+            lost = dict(sorted(lost.items()))
             return FaultEvent("start", self.name, {"nodes": targets, "lost": lost})
 
     def _record(self, ctx: NemesisContext) -> set[str]:
