@@ -44,6 +44,8 @@ __all__ = [
     "PROFILES",
     "ChaosOptions",
     "ChaosReport",
+    "Disk",
+    "DiskBatch",
     "InvariantViolation",
     "Profile",
     "Proposal",
@@ -118,7 +120,12 @@ class ReadRecord:
 
 
 @dataclass(slots=True)
-class _Batch:
+class DiskBatch:
+    """One write to a node's disk, applied in this order: the snapshots (`install`, one
+    received from the leader; `compact`, one of the node's own state machine that drops
+    the log prefix it covers), then `entries` (replacing any stored at or after the first
+    one's index), then the hard state. Shared with `raftkv.simkv`."""
+
     hard_state: HardState | None = None
     install: Snapshot | None = None
     entries: tuple[Entry, ...] = ()
@@ -126,8 +133,9 @@ class _Batch:
 
 
 @dataclass(slots=True)
-class _Disk:
-    """What a node has durably stored."""
+class Disk:
+    """A node's stored Raft state: hard state, snapshot, and the log after it. The
+    simulators apply `DiskBatch`es to it and restart a node from it."""
 
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot | None = None
@@ -142,7 +150,7 @@ class _Disk:
         pos = index - self.offset() - 1
         return self.entries[pos].term if 0 <= pos < len(self.entries) else None
 
-    def apply(self, batch: _Batch) -> None:
+    def apply(self, batch: DiskBatch) -> None:
         for snap in (batch.install, batch.compact):
             if snap is None or snap.index <= self.offset():
                 continue
@@ -188,8 +196,8 @@ class _StateMachine:
 class _Node:
     id: str
     config: Config
-    disk: _Disk = field(default_factory=_Disk)
-    unsynced: deque[_Batch] = field(default_factory=deque)
+    disk: Disk = field(default_factory=Disk)
+    unsynced: deque[DiskBatch] = field(default_factory=deque)
     core: Raft | None = None
     sm: _StateMachine = field(default_factory=_StateMachine)
     seen_commit: int = 0
@@ -499,9 +507,9 @@ class Simulation:
                 )
         if rd.hard_state is None and rd.snapshot is None and not rd.entries:
             return
-        self._write(node, _Batch(rd.hard_state, rd.snapshot, tuple(rd.entries)))
+        self._write(node, DiskBatch(rd.hard_state, rd.snapshot, tuple(rd.entries)))
 
-    def _write(self, node: _Node, batch: _Batch) -> None:
+    def _write(self, node: _Node, batch: DiskBatch) -> None:
         if "no-fsync" not in self.options.bugs:
             node.disk.apply(batch)
             return
@@ -538,7 +546,7 @@ class Simulation:
         if not every or node.sm.applied_index - core.snapshot_index < every:
             return
         snap = node.sm.snapshot(self.ids)
-        self._write(node, _Batch(compact=snap))
+        self._write(node, DiskBatch(compact=snap))
         core.compact(snap)
         self.stats["snapshots"] += 1
 
