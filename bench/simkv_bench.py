@@ -1,14 +1,15 @@
 """raftkv in virtual time (`raftkv.simkv`): how much wall time a simulated run costs.
 
 Simulates `--seconds` of a cluster under a cycle of faults (a partition cutting off the
-leader, a kill, a pause, a slow clock on the leader, lossy links; each for `--fault-s`,
-then healed for as long) with `--clients` clients issuing requests back to back, as the
+leader, a kill, a pause, a slow clock on the leader, lossy links, a power loss; each for
+`--fault-s`, then healed for as long) with `--clients` clients issuing requests back to back, as the
 harness's workers do: each bound to a node, following not_leader hints, giving up on a
 request after `--op-timeout-ms` and taking a new identity then. Prints the wall time,
 simulated ops per wall second, the outcome counts and, with `--profile`, the hottest
 functions.
 
-    .venv/bin/python bench/simkv_bench.py [--seconds 60] [--clients 6] [--seed 1] [--profile]
+    .venv/bin/python bench/simkv_bench.py [--seconds 60] [--clients 6] [--seed 1] [--bug B]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from raftkv.simkv import KVCluster, KVSimOptions
 
 S = 1_000_000_000
-FAULTS = ("partition", "kill", "pause", "clock", "loss")
+FAULTS = ("partition", "kill", "pause", "clock", "loss", "power-loss")
 
 
 @dataclass
@@ -84,6 +85,8 @@ class _Nemesis:
             c.set_grudge({node: others, **{n: {node} for n in others}})
         elif kind == "kill":
             c.kill(node)
+        elif kind == "power-loss":
+            c.power_loss(node)
         elif kind == "pause":
             c.pause(node)
         elif kind == "clock":
@@ -94,8 +97,15 @@ class _Nemesis:
         self.active = (kind, node)
 
 
-def run(seconds: float, clients: int, seed: int, op_timeout_ns: int, fault_ns: int) -> Counter[str]:
-    cluster = KVCluster(seed, KVSimOptions())
+def run(
+    seconds: float,
+    clients: int,
+    seed: int,
+    op_timeout_ns: int,
+    fault_ns: int,
+    bugs: frozenset[str] = frozenset(),
+) -> Counter[str]:
+    cluster = KVCluster(seed, KVSimOptions(bugs=bugs))
     rng = random.Random(seed)
     nemesis = _Nemesis(cluster, rng, fault_ns)
     end_ns = int(seconds * S)
@@ -155,6 +165,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--op-timeout-ms", type=int, default=1000)
     parser.add_argument("--fault-s", type=float, default=3.0)
+    parser.add_argument("--bug", action="append", default=[], help="a bug of raftkv.core.BUGS")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     profiler = cProfile.Profile() if args.profile else None
@@ -162,7 +173,7 @@ def main() -> None:
     if profiler:
         profiler.enable()
     outcomes = run(args.seconds, args.clients, args.seed, args.op_timeout_ms * 1_000_000,
-                   int(args.fault_s * S))  # fmt: skip
+                   int(args.fault_s * S), frozenset(args.bug))  # fmt: skip
     if profiler:
         profiler.disable()
     wall_s = time.perf_counter() - start

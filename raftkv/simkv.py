@@ -11,15 +11,19 @@ crashes that node, as it would end the real process; it is listed in `failures`.
 Time is virtual, in nanoseconds, and everything random comes from one
 `random.Random(seed)`: the same seed, options and calls give the same replies at the same
 times. Events wait in one heap: node ticks (every `tick_ms / rate`), messages, client
-requests and replies, request deadlines and the lazy flushes of `no-fsync`.
+requests and replies, request deadlines, fsyncs ending and the lazy flushes of `no-fsync`.
+A driver whose clients answer each reply at once runs `advance_to_reply` in a loop.
 
 Model, and where it departs from a real node:
 - Links are FIFO, as TCP is: a message leaves after a delay drawn from `net_delay_ns` but
   never overtakes an earlier one on its link. A grudge drops, at arrival, every message
   from the senders a node holds it against; lossy links drop a message with `share`
   (TCP would retransmit it late; Raft retransmits it itself). Clients are never cut off.
-- Disk without bugs: every Ready batch is durable before anything of it is acted on, so
-  `kill` and `power_loss` both keep all of it.
+- Disk without bugs: a Ready batch that must be durable (entries, a snapshot, a new term
+  or vote) is, before anything of it but a leader's own appends and heartbeats is acted
+  on; the node carries out the rest once its fsync is over (`fsync_ns`) and meanwhile
+  queues what arrives, handling it all in one batch after, as `raftkv.node` does. `kill`
+  and `power_loss` both keep every batch.
 - Disk with `no-fsync`, as `raftkv.node` with `raftkv.storage` (fsync=False) on a disk
   that keeps only what was fsynced: a batch is acknowledged at once but stays in the
   process until the next lazy flush (every `lazy_flush_ns` of the node's clock, as
@@ -301,13 +305,23 @@ class KVCluster:
         docstring for what `no-fsync` had not written yet). It stays down until `restart`."""
         self._crash(self._nodes[node])
 
-    def power_loss(self, node: str) -> None:
+    def power_loss(self, node: str) -> dict[str, int]:
         """Crash `node` with its machine: only what was fsynced survives. Without bugs that
-        is everything; with `no-fsync`, nothing (the node never fsyncs)."""
+        is everything; with `no-fsync`, nothing (the node never fsyncs). Returns what was
+        lost: {"entries": log entries, "snapshots": snapshots (0 or 1)}; a node already
+        down loses nothing more."""
         target = self._nodes[node]
+        if target.core is None or not self._lazy:
+            self._crash(target)
+            return {"entries": 0, "snapshots": 0}
+        buffered = sum(len(batch.entries) for batch in target.buffered)
+        lost = {
+            "entries": len(target.disk.entries) + buffered,
+            "snapshots": int(target.disk.snapshot is not None),
+        }
         self._crash(target)
-        if self._lazy:
-            target.disk = Disk()
+        target.disk = Disk()
+        return lost
 
     def restart(self, node: str) -> None:
         """Start `node` from what its disk holds; nothing happens if it is running."""
