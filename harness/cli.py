@@ -12,6 +12,7 @@ from harness.analyze_cmd import analyze_command
 from harness.check_cmd import check_command
 from harness.compare_cmd import compare_command
 from harness.exit import EXIT_CRASH, EXIT_OK, EXIT_USAGE, exit_code_of
+from harness.hunt_cmd import hunt_command
 from harness.image_cmd import image_group
 from harness.serve import serve_command
 from harness.test_cmd import cleanup_command, test_command
@@ -28,6 +29,7 @@ cli.add_command(cleanup_command)
 cli.add_command(analyze_command)
 cli.add_command(serve_command)
 cli.add_command(compare_command)
+cli.add_command(hunt_command)
 cli.add_command(image_group)
 
 

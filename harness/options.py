@@ -62,7 +62,7 @@ __all__ = [
     "validate",
 ]
 
-BACKENDS = ("docker", "netns", "ssh")
+BACKENDS = ("docker", "netns", "ssh", "sim")
 
 
 @dataclass(frozen=True)
@@ -429,6 +429,9 @@ def validate(opts: RunOptions) -> None:
             raise UsageError(
                 f"{opts.target} has no bug {bug!r}; known: {', '.join(target.bugs)}", "--bug"
             )
+    if opts.backend == "sim":
+        _validate_sim(opts)
+        return
     _validate_clock(opts)
     _validate_power_loss(opts)
     if opts.backend == "netns":
@@ -438,6 +441,27 @@ def validate(opts: RunOptions) -> None:
             raise UsageError(f"backend netns: {exc}") from None
     if opts.backend == "docker":
         _validate_docker(opts)
+
+
+# The targets the sim backend can run: those with a core to simulate.
+_SIM_TARGETS = ("raftkv",)
+
+
+def _validate_sim(opts: RunOptions) -> None:
+    """The sim backend runs raftkv's core in virtual time: raftkv only, and the fault kinds
+    it models (harness.simfaults)."""
+    from harness.simfaults import SIM_REFUSED
+
+    if opts.target not in _SIM_TARGETS:
+        raise UsageError(
+            f"the sim backend runs raftkv's own core in virtual time; {opts.target} has no "
+            "core to simulate: run it on netns, docker or ssh",
+            "--backend",
+        )
+    names = opts.nemesis.lower().replace("+", ",").split(",")
+    for name in (n.strip() for n in names):
+        if name in SIM_REFUSED:
+            raise UsageError(f"--backend sim: {SIM_REFUSED[name]}", "--nemesis")
 
 
 def _validate_docker(opts: RunOptions) -> None:
@@ -556,6 +580,10 @@ def setup_kinds(opts: RunOptions) -> frozenset[str]:
     """The kinds that need the nodes set up for them (nemesis.faults.NEEDS_SETUP) which this
     run can set up, so `--nemesis all` takes them: clock (harness.clocks.clock_kinds) and
     power-loss (harness.disks.power_loss_refusal)."""
+    if opts.backend == "sim":  # the simulation models them itself
+        from harness.simfaults import SIM_SETUP_KINDS
+
+        return frozenset(SIM_SETUP_KINDS)
     refusal = power_loss_refusal(TARGETS[opts.target](), opts.backend)
     return clock_kinds(opts) | (frozenset() if refusal else {PowerLossNemesis.name})
 

@@ -115,6 +115,11 @@ def remove_leftover_data_dirs(root: Path | None = None) -> list[str]:
 
 async def run_test(opts: RunOptions) -> RunOutcome:
     """Run one test; the caller validated `opts` (see harness.options.validate)."""
+    if opts.backend == "sim":
+        from harness.simrun import run_sim  # raftkv's simulation only when used
+
+        valid, run_dir, results = run_sim(opts)
+        return RunOutcome(valid, run_dir, results)
     target: Target = TARGETS[opts.target]()
     nemeses = parse_nemesis(
         opts.nemesis, opts.nodes, opts.packet_loss, can_set_up=setup_kinds(opts)

@@ -122,9 +122,10 @@ class NemesisContext:
     started under libfaketime to its control file (see `nemesis.clock`; empty: no clock
     faults possible) and `clocked` the nodes a clock fault has skewed and not yet healed.
     `target_modes`, when not empty, are the ways faults on processes may pick their nodes
-    (TARGET_MODES; `--fault-targets`). `lose_unsynced` maps each node whose data lies on
-    the lazy filesystem to the call that drops what it did not make durable, answering
-    what was lost (empty: no power-loss).
+    (TARGET_MODES; `--fault-targets`). `simulated`: the nodes are a simulation driven by
+    one thread, so faults act on them one after another. `lose_unsynced` maps each node
+    whose data lies on the lazy filesystem to the call that drops what it did not make
+    durable, answering what was lost (empty: no power-loss).
     """
 
     remotes: dict[str, Remote]
@@ -138,6 +139,7 @@ class NemesisContext:
     clocked: set[str] = field(default_factory=set)
     lose_unsynced: dict[str, Callable[[], dict[str, int]]] = field(default_factory=dict)
     target_modes: frozenset[str] = frozenset()
+    simulated: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -166,13 +168,21 @@ class Nemesis(Protocol):
     def stop(self, ctx: NemesisContext) -> FaultEvent: ...
 
 
-def for_each_node(nodes: Iterable[str], action: Callable[[str], None]) -> None:
-    """Run `action` on every node at once (so a partition lands on all nodes together).
+def for_each_node(
+    nodes: Iterable[str], action: Callable[[str], None], at_once: bool = True
+) -> None:
+    """Run `action` on every node at once (so a partition lands on all nodes together), or
+    one after another in the order given when not `at_once` (a simulated cluster, where
+    the order must not depend on threads).
 
     Waits for all; then raises the first failure, if any, after logging the others.
     """
     node_list = list(nodes)
     if not node_list:
+        return
+    if not at_once:
+        for node in node_list:
+            action(node)
         return
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(node_list), thread_name_prefix="nemesis") as pool:
@@ -391,13 +401,13 @@ class PowerLossNemesis(_ProcessFault):
                 return FaultEvent("start", self.name, None, error="node data not on lazyfs")
             targets = [n for n in pick_targets(ctx, wide=True) if n in ctx.lose_unsynced]
             ctx.killed.update(targets)
-            for_each_node(targets, ctx.procs.kill)
+            for_each_node(targets, ctx.procs.kill, at_once=not ctx.simulated)
             lost: dict[str, dict[str, int]] = {}
 
             def lose(node: str) -> None:  # on every target at once, as the power goes
                 lost[node] = ctx.lose_unsynced[node]()
 
-            for_each_node(targets, lose)
+            for_each_node(targets, lose, at_once=not ctx.simulated)
             lost = dict(sorted(lost.items()))
             return FaultEvent("start", self.name, {"nodes": targets, "lost": lost})
 

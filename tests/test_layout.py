@@ -24,6 +24,7 @@ CLI_MODULES = {
     "harness/check_cmd.py",
     "harness/cli.py",
     "harness/compare_cmd.py",
+    "harness/hunt_cmd.py",
     "harness/image_cmd.py",
     "harness/serve.py",
     "harness/test_cmd.py",

@@ -1,0 +1,272 @@
+"""`harness test --backend sim`: a whole run in virtual time, on raftkv's core in a
+simulated cluster (raftkv.simkv.KVCluster), with the same workload generator, client
+decisions (harness.simclient), fault kinds (harness.simfaults), history, checker, results
+and report as a run on real nodes.
+
+One thread, one clock: the driver steps from event to event (the cluster's next message,
+tick or reply; a client's or the nemesis's timer), so a run takes as long as its events
+take to compute, and the same options and seed give the same history, byte for byte
+(history times are virtual nanoseconds since the clients started).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.history import HistoryWriter
+from harness.leaders import LEADERS_FILE
+from harness.options import RunOptions
+from harness.report import write_run_reports
+from harness.results import build_results
+from harness.simclient import SimClient
+from harness.simfaults import (
+    SIM_SETUP_KINDS,
+    apply_to_cluster,
+    heal_cluster,
+    sim_context,
+    sim_nemeses,
+)
+from harness.store import new_run_dir, point_latest, write_json
+from harness.targets.base import Completion
+from harness.targets.raftkv import ATTEMPT_TIMEOUT_S
+from harness.workload import OPS, Generator, Invocation, WorkloadOptions
+from nemesis.faults import FaultEvent, Nemesis, parse_nemesis
+from nemesis.schedule import heal_all
+from raftkv.simkv import KVCluster, KVSimOptions
+
+__all__ = ["SimRun", "run_sim"]
+
+log = logging.getLogger("harness")
+
+NS = 1_000_000_000
+LEADER_TIMEOUT_NS = 30 * NS
+LEADER_SAMPLE_NS = NS // 2
+
+
+class _VirtualHistory(HistoryWriter):
+    """A HistoryWriter whose clock is the simulation's."""
+
+    def __init__(self, path: Path, clock: Callable[[], int]) -> None:
+        super().__init__(path)
+        self._clock = clock
+
+    def now_ns(self) -> int:
+        return self._clock()
+
+
+class SimRun:
+    """One simulated run: build it, then `run()`; `history` holds what happened."""
+
+    def __init__(self, opts: RunOptions, run_dir: Path) -> None:
+        self.opts = opts
+        self.run_dir = run_dir
+        self.cluster = KVCluster(
+            opts.seed,
+            KVSimOptions(
+                nodes=opts.nodes,
+                read_mode=opts.read_mode or "readindex",
+                bugs=frozenset(opts.bugs),
+            ),
+        )
+        parsed = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, SIM_SETUP_KINDS)
+        self.nemeses = sim_nemeses(parsed, self.cluster)
+        self.ctx = sim_context(self.cluster, opts.seed, frozenset(opts.fault_targets or ()))
+        self._t0_ns = 0
+        self.history = _VirtualHistory(run_dir / "history.jsonl", self._now)
+        self._timers: list[tuple[int, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._requests: dict[int, SimClient] = {}
+        self._stopping = False
+        self._processes: dict[SimClient, int] = {}
+        self._leaders: list[str] = []
+
+    def _now(self) -> int:
+        return self.cluster.now_ns - self._t0_ns
+
+    def at(self, when_ns: int, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when_ns, next(self._order), fn))
+
+    # -- the clock -------------------------------------------------------------------------
+
+    def step_until(self, end_ns: int, done: Callable[[], bool] = lambda: False) -> None:
+        """Advance event by event to `end_ns`, or until `done()`."""
+        while not done():
+            due = [end_ns]
+            if self._timers:
+                due.append(self._timers[0][0])
+            cluster_next = self.cluster.next_event_ns()
+            if cluster_next is not None:
+                due.append(cluster_next)
+            when = max(min(due), self.cluster.now_ns)
+            for rid, reply in self.cluster.advance(when):
+                client = self._requests.get(rid)
+                if client is not None:
+                    client.on_reply(rid, reply)
+            while self._timers and self._timers[0][0] <= self.cluster.now_ns:
+                heapq.heappop(self._timers)[2]()
+            if self.cluster.now_ns >= end_ns:
+                return
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        opts = self.opts
+        limit = self.cluster.now_ns + LEADER_TIMEOUT_NS
+        self.step_until(limit, lambda: self.cluster.leader()[0] is not None)
+        if self.cluster.leader()[0] is None:
+            raise TimeoutError("no leader within 30 s of simulated time")
+        self._t0_ns = self.cluster.now_ns
+        end = self._t0_ns + int(opts.time_s * NS)
+        gen = Generator(
+            WorkloadOptions(opts.workload, opts.keys, ops=opts.ops or OPS),
+            random.Random(opts.seed),
+        )
+        clients = self._start_clients(gen)
+        self._schedule_nemesis(end)
+        self._sample_leaders(end)
+        self.step_until(end)
+        self._stopping = True
+        # Ops in flight finish (each within its op timeout), as on real nodes.
+        self.step_until(end + int(2 * opts.op_timeout_s * NS) + NS, lambda: all(
+            c.op is None for c in clients))  # fmt: skip
+        self._heal_all()
+        self._final_reads()
+        self.history.close()
+
+    def _start_clients(self, gen: Generator) -> list[SimClient]:
+        opts, ids = self.opts, self.cluster.ids
+        clients = []
+        for slot in range(opts.concurrency):
+            client = SimClient(
+                self.cluster,
+                ids[slot % len(ids)],
+                f"sim-{slot}",
+                read_mode=opts.read_mode,
+                op_timeout_ns=int(opts.op_timeout_s * NS),
+                attempt_timeout_ns=int(min(opts.op_timeout_s / 4, ATTEMPT_TIMEOUT_S) * NS),
+                schedule=self.at,
+                done=lambda c, op, done: self._completed(c, op, done, gen),
+                requests=self._requests,
+            )
+            self._processes[client] = slot
+            clients.append(client)
+            self._invoke(client, gen.next())
+        return clients
+
+    def _invoke(self, client: SimClient, op: Invocation) -> None:
+        self.history.record("invoke", self._processes[client], op.f, key=op.key, value=op.value)
+        client.begin(op)
+
+    def _completed(
+        self, client: SimClient, op: Invocation, done: Completion, gen: Generator | None
+    ) -> None:
+        fields: dict[str, Any] = {"key": op.key, "value": done.value}
+        if done.error:
+            fields["error"] = done.error
+        process = self._processes[client]
+        self.history.record(done.type, process, op.f, **fields)
+        if done.type == "info":  # Jepsen's rule: the process is gone, a new one goes on
+            self._processes[client] = process + self.opts.concurrency
+        if gen is not None and not self._stopping:
+            self._invoke(client, gen.next())
+
+    def _schedule_nemesis(self, end_ns: int) -> None:
+        if not self.nemeses:
+            return
+        interval = int(self.opts.nemesis_interval_s * NS)
+        active: list[Nemesis] = []
+
+        def act() -> None:
+            if self.cluster.now_ns >= end_ns:
+                return
+            if not active:
+                active.append(self.ctx.rng.choice(self.nemeses))
+                self._act(active[0], "start")
+            else:
+                self._act(active.pop(), "stop")
+            self.at(self.cluster.now_ns + interval, act)
+
+        self._active = active
+        self.at(self.cluster.now_ns + interval, act)
+
+    def _act(self, nemesis: Nemesis, f: str) -> None:
+        self._emit(FaultEvent("start" if f == "start" else "stop", nemesis.name, None,
+                              phase="invoke"))  # fmt: skip
+        event = nemesis.start(self.ctx) if f == "start" else nemesis.stop(self.ctx)
+        apply_to_cluster(nemesis, event, self.cluster)
+        self._emit(event)
+
+    def _emit(self, event: FaultEvent) -> None:
+        op = event.as_op()
+        if event.phase == "invoke":
+            op["type"] = "invoke"
+        self.history.record(op.pop("type"), op.pop("process"), op.pop("f"), **op)
+
+    def _heal_all(self) -> None:
+        active = getattr(self, "_active", [])
+        for event in heal_all(self.ctx, list(active)):
+            self._emit(event)
+        heal_cluster(self.cluster)
+
+    def _sample_leaders(self, end_ns: int) -> None:
+        def sample() -> None:
+            leader, term = self.cluster.leader()
+            line = {"time": self._now(), "leader": leader, "term": term}
+            self._leaders.append(json.dumps(line))
+            if self.cluster.now_ns < end_ns:
+                self.at(self.cluster.now_ns + LEADER_SAMPLE_NS, sample)
+
+        sample()
+
+    def _final_reads(self) -> None:
+        """Healed: wait for a leader, then read every key once more from it."""
+        self.step_until(self.cluster.now_ns + LEADER_TIMEOUT_NS,
+                        lambda: self.cluster.leader()[0] is not None)  # fmt: skip
+        leader = self.cluster.leader()[0]
+        if leader is None:
+            log.error("no leader after healing: final reads skipped")
+            return
+        keys = Generator(WorkloadOptions(self.opts.workload, self.opts.keys), random.Random()).keys
+        reader = SimClient(
+            self.cluster,
+            leader,
+            "sim-final",
+            read_mode=self.opts.read_mode,
+            op_timeout_ns=int(self.opts.op_timeout_s * NS),
+            attempt_timeout_ns=int(min(self.opts.op_timeout_s / 4, ATTEMPT_TIMEOUT_S) * NS),
+            schedule=self.at,
+            done=lambda c, op, done: self._completed(c, op, done, None),
+            requests=self._requests,
+        )
+        self._processes[reader] = 10 * self.opts.concurrency * 1000
+        for key in keys:
+            self._invoke(reader, Invocation("read", key, None))
+            self.step_until(self.cluster.now_ns + 2 * int(self.opts.op_timeout_s * NS) + NS,
+                            lambda: reader.op is None)  # fmt: skip
+            self._processes[reader] += 1
+
+    def write_leaders(self) -> None:
+        (self.run_dir / LEADERS_FILE).write_text("".join(f"{line}\n" for line in self._leaders))
+
+
+def run_sim(opts: RunOptions) -> tuple[Any, Path, dict[str, Any]]:
+    """Run `opts` (backend sim, validated) to its verdict: (valid, run dir, results)."""
+    run_dir = new_run_dir(opts.store, opts.test_name)
+    point_latest(opts.store, run_dir)
+    sim = SimRun(opts, run_dir)
+    try:
+        sim.run()
+    finally:
+        sim.history.close()
+        sim.write_leaders()
+    results = build_results(opts, sim.history.ops, run_dir, sim.nemeses)
+    write_json(run_dir / "results.json", results)
+    write_run_reports(run_dir, results, sim.history.ops)
+    return results["valid"], run_dir, results
