@@ -3,9 +3,9 @@ simulated cluster (raftkv.simkv.KVCluster), with the same workload generator, cl
 decisions (harness.simclient), fault kinds (harness.simfaults), history, checker, results
 and report as a run on real nodes.
 
-One thread, one clock: the driver steps from event to event (the cluster's next message,
-tick or reply; a client's or the nemesis's timer), so a run takes as long as its events
-take to compute, and the same options and seed give the same history, byte for byte
+One thread, one clock: the driver runs the cluster to its next reply or to the next
+timer (a client's or the nemesis's), whichever is first, so a run takes as long as its
+events take to compute, and the same options and seed give the same history, byte for byte
 (history times are virtual nanoseconds since the clients started).
 """
 
@@ -96,16 +96,11 @@ class SimRun:
     # -- the clock -------------------------------------------------------------------------
 
     def step_until(self, end_ns: int, done: Callable[[], bool] = lambda: False) -> None:
-        """Advance event by event to `end_ns`, or until `done()`."""
+        """Advance to `end_ns`, or until `done()`: the cluster runs to its next reply or
+        the next timer, whichever comes first, and both are handled at that time."""
         while not done():
-            due = [end_ns]
-            if self._timers:
-                due.append(self._timers[0][0])
-            cluster_next = self.cluster.next_event_ns()
-            if cluster_next is not None:
-                due.append(cluster_next)
-            when = max(min(due), self.cluster.now_ns)
-            for rid, reply in self.cluster.advance(when):
+            until = min(end_ns, self._timers[0][0]) if self._timers else end_ns
+            for rid, reply in self.cluster.advance_to_reply(max(until, self.cluster.now_ns)):
                 client = self._requests.get(rid)
                 if client is not None:
                     client.on_reply(rid, reply)

@@ -308,10 +308,11 @@ class KVCluster:
     def power_loss(self, node: str) -> dict[str, int]:
         """Crash `node` with its machine: only what was fsynced survives. Without bugs that
         is everything; with `no-fsync`, nothing (the node never fsyncs). Returns what was
-        lost: {"entries": log entries, "snapshots": snapshots (0 or 1)}; a node already
-        down loses nothing more."""
+        lost: {"entries": log entries, "snapshots": snapshots (0 or 1)}. A node already
+        down (killed: the harness's power-loss kills first) loses what its process had
+        written to the OS and never fsynced all the same."""
         target = self._nodes[node]
-        if target.core is None or not self._lazy:
+        if not self._lazy:
             self._crash(target)
             return {"entries": 0, "snapshots": 0}
         buffered = sum(len(batch.entries) for batch in target.buffered)
