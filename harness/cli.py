@@ -15,6 +15,7 @@ from harness.exit import EXIT_CRASH, EXIT_OK, EXIT_USAGE, exit_code_of
 from harness.hunt_cmd import hunt_command
 from harness.image_cmd import image_group
 from harness.serve import serve_command
+from harness.shrink_cmd import shrink_command
 from harness.test_cmd import cleanup_command, test_command
 
 
@@ -30,6 +31,7 @@ cli.add_command(analyze_command)
 cli.add_command(serve_command)
 cli.add_command(compare_command)
 cli.add_command(hunt_command)
+cli.add_command(shrink_command)
 cli.add_command(image_group)
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "SimClockNemesis",
     "SimProcs",
     "apply_to_cluster",
+    "heal_everything",
+    "replay",
     "sim_context",
     "sim_nemeses",
 ]
@@ -184,3 +186,51 @@ def heal_cluster(cluster: FaultableCluster) -> None:
     cluster.set_loss({}, 0.0)
     for node in cluster.ids:
         cluster.set_clock_rate(node, 1.0)
+
+
+def replay(cluster: FaultableCluster, fault: str, f: str, value: Any) -> None:
+    """Act on the cluster as a recorded fault event (`fault`, `f`, `value`, as the history
+    holds it) says: a shrunk run replays a schedule rather than drawing one."""
+    if "+" in fault:
+        parts = value if isinstance(value, dict) else {}
+        for part in fault.split("+"):
+            replay(cluster, part, f, parts.get(part))
+        return
+    if fault.startswith("partition-"):
+        grudge = value if f == "start" and isinstance(value, dict) else {}
+        cluster.set_grudge({n: set(map(str, dropped)) for n, dropped in grudge.items()})
+    elif fault == PacketLossNemesis.name:
+        loss = value if f == "start" and isinstance(value, dict) else {}
+        drops = {n: set(map(str, senders)) for n, senders in loss.get("drops", {}).items()}
+        cluster.set_loss(drops, float(loss.get("share", 0.0)))
+    else:
+        nodes = value.get("nodes", []) if isinstance(value, dict) else value or []
+        for node in map(str, nodes):
+            _replay_on_node(cluster, fault, f, node, value)
+
+
+def _replay_on_node(cluster: FaultableCluster, fault: str, f: str, node: str, value: Any) -> None:
+    if f == "stop":
+        if fault in ("kill", PowerLossNemesis.name):
+            cluster.restart(node)
+        elif fault == "pause":
+            cluster.resume(node)
+        elif fault in CLOCK_KINDS:
+            cluster.set_clock_rate(node, 1.0)
+    elif fault == "kill":
+        cluster.kill(node)
+    elif fault == "pause":
+        cluster.pause(node)
+    elif fault == PowerLossNemesis.name:
+        cluster.kill(node)
+        cluster.power_loss(node)
+    elif fault in CLOCK_KINDS:
+        cluster.set_clock_rate(node, float(value.get("rate", 1.0)))
+
+
+def heal_everything(cluster: FaultableCluster) -> None:
+    """Every node up and running, the network whole, every clock at rate 1."""
+    for node in cluster.ids:
+        cluster.restart(node)
+        cluster.resume(node)
+    heal_cluster(cluster)

@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE
@@ -30,6 +30,8 @@ from harness.simfaults import (
     SIM_SETUP_KINDS,
     apply_to_cluster,
     heal_cluster,
+    heal_everything,
+    replay,
     sim_context,
     sim_nemeses,
 )
@@ -62,9 +64,14 @@ class _VirtualHistory(HistoryWriter):
 
 
 class SimRun:
-    """One simulated run: build it, then `run()`; `history` holds what happened."""
+    """One simulated run: build it, then `run()`; `history` holds what happened. With a
+    `plan` (fault events as a history records them: time, f, fault, value) the nemesis
+    replays it instead of drawing faults (harness.shrink)."""
 
-    def __init__(self, opts: RunOptions, run_dir: Path) -> None:
+    def __init__(
+        self, opts: RunOptions, run_dir: Path, plan: list[dict[str, Any]] | None = None
+    ) -> None:
+        self.plan = plan
         self.opts = opts
         self.run_dir = run_dir
         self.cluster = KVCluster(
@@ -124,7 +131,10 @@ class SimRun:
             random.Random(opts.seed),
         )
         clients = self._start_clients(gen)
-        self._schedule_nemesis(end)
+        if self.plan is None:
+            self._schedule_nemesis(end)
+        else:
+            self._schedule_plan(self.plan)
         self._sample_leaders(end)
         self.step_until(end)
         self._stopping = True
@@ -191,6 +201,17 @@ class SimRun:
         self._active = active
         self.at(self.cluster.now_ns + interval, act)
 
+    def _schedule_plan(self, plan: list[dict[str, Any]]) -> None:
+        for event in plan:
+
+            def act(event: dict[str, Any] = event) -> None:
+                f: Literal["start", "stop"] = "start" if event["f"] == "start" else "stop"
+                self._emit(FaultEvent(f, event["fault"], None, phase="invoke"))
+                replay(self.cluster, event["fault"], f, event.get("value"))
+                self._emit(FaultEvent(f, event["fault"], event.get("value")))
+
+            self.at(self._t0_ns + int(event["time"]), act)
+
     def _act(self, nemesis: Nemesis, f: str) -> None:
         self._emit(FaultEvent("start" if f == "start" else "stop", nemesis.name, None,
                               phase="invoke"))  # fmt: skip
@@ -208,6 +229,8 @@ class SimRun:
         active = getattr(self, "_active", [])
         for event in heal_all(self.ctx, list(active)):
             self._emit(event)
+        if self.plan is not None:  # replayed faults act on the cluster only
+            heal_everything(self.cluster)
         heal_cluster(self.cluster)
 
     def _sample_leaders(self, end_ns: int) -> None:
@@ -251,11 +274,15 @@ class SimRun:
         (self.run_dir / LEADERS_FILE).write_text("".join(f"{line}\n" for line in self._leaders))
 
 
-def run_sim(opts: RunOptions) -> tuple[Any, Path, dict[str, Any]]:
-    """Run `opts` (backend sim, validated) to its verdict: (valid, run dir, results)."""
-    run_dir = new_run_dir(opts.store, opts.test_name)
-    point_latest(opts.store, run_dir)
-    sim = SimRun(opts, run_dir)
+def run_sim(
+    opts: RunOptions, run_dir: Path | None = None, plan: list[dict[str, Any]] | None = None
+) -> tuple[Any, Path, dict[str, Any]]:
+    """Run `opts` (backend sim, validated) to its verdict: (valid, run dir, results); in
+    `run_dir` if given (else a new one in the store), replaying `plan` if given."""
+    if run_dir is None:
+        run_dir = new_run_dir(opts.store, opts.test_name)
+        point_latest(opts.store, run_dir)
+    sim = SimRun(opts, run_dir, plan)
     try:
         sim.run()
     finally:

@@ -27,6 +27,7 @@ CLI_MODULES = {
     "harness/hunt_cmd.py",
     "harness/image_cmd.py",
     "harness/serve.py",
+    "harness/shrink_cmd.py",
     "harness/test_cmd.py",
     "raftkv/cli.py",
 }

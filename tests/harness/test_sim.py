@@ -100,3 +100,25 @@ def test_what_the_sim_cannot_run_is_refused(tmp_path: Path, args: list[str], why
     proc = harness(*args, "--store", str(tmp_path), timeout=60)
     assert proc.returncode == 254, proc.stdout + proc.stderr
     assert why in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shrink_keeps_the_anomaly_with_fewer_faults_ops_and_clients(tmp_path: Path) -> None:
+    hunt = harness("hunt", "--bug", "no-fsync", "--nemesis", "power-loss,partition,kill",
+                   "--time", "8", "--nemesis-interval", "0.5", "--runs", "10",
+                   "--store", str(tmp_path))  # fmt: skip
+    assert hunt.returncode == 1, hunt.stdout + hunt.stderr
+    run_dir = (tmp_path / "latest").resolve()
+    before = results(tmp_path)
+    proc = harness("shrink", str(run_dir))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    shrunk = json.loads((run_dir / "shrunk" / "results.json").read_text())
+    assert shrunk["valid"] is False
+    plan = json.loads((run_dir / "shrunk" / "plan.json").read_text())
+    starts = [e for e in before["nemesis_schedule"] if e["f"] == "start" and e["type"] == "info"]
+    assert 0 < sum(e["f"] == "start" for e in plan) < len(starts)
+    assert sum(shrunk["counts"]["all"].values()) < sum(before["counts"]["all"].values())
+    assert shrunk["options"]["concurrency"] <= before["options"]["concurrency"]
+    assert (run_dir / "shrunk" / "report.html").exists()
+    assert "shrunk in" in proc.stdout and "faults (of" in proc.stdout
+    again = harness("shrink", str(tmp_path / "nowhere"))
+    assert again.returncode == 254 and "Traceback" not in again.stderr
