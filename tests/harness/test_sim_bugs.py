@@ -1,8 +1,8 @@
 """The planted bugs that need rare schedules, found by `harness hunt --backend sim` from
 histories alone, at seeds that bench/detection.py found (docs/performance.md, "detection on
 the sim backend"). `commit-old-term` and `vote-amnesia` have no test here: no schedule the
-harness can express has shown them to the checker yet (the note says what was tried and
-why)."""
+harness can express has shown them to the checker yet (docs/performance.md says what was
+tried and why)."""
 
 from __future__ import annotations
 
