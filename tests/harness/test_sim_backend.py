@@ -40,6 +40,7 @@ def test_the_same_seed_gives_the_same_history_bytes(tmp_path: Path) -> None:
     assert first != (tmp_path / "c" / "latest" / "history.jsonl").read_bytes()
 
 
+@pytest.mark.slow  # several whole sim runs: in `make test`, not `make check`
 def test_every_fault_kind_acts_and_is_recorded(tmp_path: Path) -> None:
     proc = sim_test(tmp_path, "--nemesis", "all", "--time", "30", "--nemesis-interval", "0.5",
                     "--seed", "2")  # fmt: skip
@@ -57,6 +58,7 @@ def test_every_fault_kind_acts_and_is_recorded(tmp_path: Path) -> None:
     assert (tmp_path / "latest" / "leaders.jsonl").read_text().count("\n") > 50
 
 
+@pytest.mark.slow  # several whole sim runs: in `make test`, not `make check`
 @pytest.mark.parametrize(
     ("bug", "args"),
     [
@@ -80,6 +82,7 @@ def test_hunt_finds_a_planted_bug_and_its_replay_repeats_it(
     assert kept.read_bytes() == (tmp_path / "replay" / "latest" / "history.jsonl").read_bytes()
 
 
+@pytest.mark.slow  # several whole sim runs: in `make test`, not `make check`
 def test_hunt_without_a_bug_finds_nothing(tmp_path: Path) -> None:
     proc = harness("hunt", "--nemesis", "all", "--time", "5", "--runs", "4", "--jobs", "2",
                    "--store", str(tmp_path))  # fmt: skip
@@ -102,6 +105,7 @@ def test_what_the_sim_cannot_run_is_refused(tmp_path: Path, args: list[str], why
     assert why in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # several whole sim runs: in `make test`, not `make check`
 def test_shrink_keeps_the_anomaly_with_fewer_faults_ops_and_clients(tmp_path: Path) -> None:
     hunt = harness("hunt", "--bug", "no-fsync", "--nemesis", "power-loss,partition,kill",
                    "--time", "8", "--nemesis-interval", "0.5", "--runs", "10",
