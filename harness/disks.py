@@ -36,9 +36,10 @@ from typing import Protocol, runtime_checkable
 
 from harness.backends.base import Backend, BackendError, BackendUnavailable
 from harness.backends.owner import owner_alive, read_owner
+from harness.backends.ssh_disks import loss_of
 from harness.targets.base import ClusterSpec, KeepsData, Target
 from nemesis.faults import Nemesis, PowerLossNemesis, kinds_of
-from nemesis.lazyfs import FSNAME_PREFIX, parse_loss, send_command
+from nemesis.lazyfs import FSNAME_PREFIX, send_command
 
 __all__ = [
     "BindsHostDirs",
@@ -190,10 +191,7 @@ class HostDisks:
             answer = send_command(self._disks[node].control, "lose", COMMAND_TIMEOUT_S)
         except OSError as exc:
             raise BackendError(f"{node}: lazyfs did not answer `lose`: {exc}") from None
-        try:
-            return parse_loss(answer)
-        except ValueError:
-            raise BackendError(f"{node}: lazyfs answered `lose` with {answer!r}") from None
+        return loss_of(node, answer)
 
     def unmount_all(self) -> None:
         """Unmount every disk and end its process; idempotent. Call after the nodes stop."""

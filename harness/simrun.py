@@ -93,6 +93,7 @@ class SimRun:
         self._stopping = False
         self._processes: dict[SimClient, int] = {}
         self._leaders: list[str] = []
+        self._active: list[Nemesis] = []  # the fault started and not yet stopped
 
     def _now(self) -> int:
         return self.cluster.now_ns - self._t0_ns
@@ -186,7 +187,7 @@ class SimRun:
         if not self.nemeses:
             return
         interval = int(self.opts.nemesis_interval_s * NS)
-        active: list[Nemesis] = []
+        active = self._active
 
         def act() -> None:
             if self.cluster.now_ns >= end_ns:
@@ -198,7 +199,6 @@ class SimRun:
                 self._act(active.pop(), "stop")
             self.at(self.cluster.now_ns + interval, act)
 
-        self._active = active
         self.at(self.cluster.now_ns + interval, act)
 
     def _schedule_plan(self, plan: list[dict[str, Any]]) -> None:
@@ -226,8 +226,7 @@ class SimRun:
         self.history.record(op.pop("type"), op.pop("process"), op.pop("f"), **op)
 
     def _heal_all(self) -> None:
-        active = getattr(self, "_active", [])
-        for event in heal_all(self.ctx, list(active)):
+        for event in heal_all(self.ctx, list(self._active)):
             self._emit(event)
         if self.plan is not None:  # replayed faults act on the cluster only
             heal_everything(self.cluster)

@@ -28,7 +28,7 @@ from harness.backends.supervisor import SCRIPT, Supervisor
 from nemesis.lazyfs import parse_loss
 from nemesis.remote import Remote, RemoteError
 
-__all__ = ["RemoteDisks"]
+__all__ = ["RemoteDisks", "loss_of"]
 
 MOUNT_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 15.0
@@ -216,10 +216,7 @@ class RemoteDisks:
             answer = self._remotes[node].execute(argv, COMMAND_TIMEOUT_S).stdout.strip()
         except RemoteError as exc:
             raise BackendError(f"{node}: lazyfs did not answer `lose`: {exc.reason}") from None
-        try:
-            return parse_loss(answer)
-        except ValueError:
-            raise BackendError(f"{node}: lazyfs answered `lose` with {answer!r}") from None
+        return loss_of(node, answer)
 
     def unmount(self, node: str) -> None:
         """End `node`'s mount process and make sure nothing stays mounted; idempotent.
@@ -261,3 +258,12 @@ def _each(nodes: Sequence[str], action: Callable[[str], str | None]) -> dict[str
     with ThreadPoolExecutor(len(nodes)) as pool:
         futures = {node: pool.submit(action, node) for node in nodes}
     return {node: future.result() for node, future in futures.items()}
+
+
+def loss_of(node: str, answer: str) -> dict[str, int]:
+    """What `node`'s lazyfs answered to `lose` (a LossReport line), read; BackendError
+    if it is not one. Shared with harness.disks, whose mounts answer alike."""
+    try:
+        return parse_loss(answer)
+    except ValueError:
+        raise BackendError(f"{node}: lazyfs answered `lose` with {answer!r}") from None
