@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,9 +38,15 @@ _REQUIRED = ("index", "time", "type", "process", "f")
 _NAMED = (*_REQUIRED, "key", "value", "error")
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 # Key orders seen, shared between Ops: a history has a handful, and a tuple per op of a
-# million-op history would cost ~100 MB. Bounded, as a hostile history could vary them.
-_KEY_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+# million-op history would cost ~100 MB. Each with the keys Op does not name (its
+# `extra`). Bounded, as a hostile history could vary them.
+_KEY_ORDERS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 _KEY_ORDERS_MAX = 1024
+# Per key order that names only Op's fields: the getter of their values, in that order.
+_GETTERS: dict[tuple[str, ...], Callable[[Op], tuple[Any, ...]]] = {}
+_ATTRS = {"time": "time_ns"}
+# json.dumps(record, separators=...) builds an encoder per call; this one is reused.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +77,14 @@ class Op:
     def from_json(cls, record: Mapping[str, Any]) -> Op:
         """The Op of one history.jsonl object. It must have index, time, type, process and
         f (KeyError otherwise); their types are `checker.read_history`'s to check."""
-        extra = {k: v for k, v in record.items() if k not in _NAMED} or _NO_EXTRA
         keys = tuple(record)
-        if len(_KEY_ORDERS) < _KEY_ORDERS_MAX:
-            keys = _KEY_ORDERS.setdefault(keys, keys)
+        known = _KEY_ORDERS.get(keys)
+        if known is None:
+            known = (keys, tuple(k for k in keys if k not in _NAMED))
+            if len(_KEY_ORDERS) < _KEY_ORDERS_MAX:
+                _KEY_ORDERS[keys] = known
+        keys, extras = known
+        extra = {k: record[k] for k in extras} if extras else _NO_EXTRA
         return cls(
             record["index"], record["time"], record["type"], record["process"], record["f"],
             record.get("key"), record.get("value"), record.get("error"), extra, keys,
@@ -81,18 +92,31 @@ class Op:
 
     def to_json(self) -> dict[str, Any]:
         """The history.jsonl object of this record."""
+        keys = self.json_keys or self._writer_keys()
+        getter = _GETTERS.get(keys) or _getter(keys)
+        if getter is not None:
+            return dict(zip(keys, getter(self)))
         named = {
             "index": self.index, "time": self.time_ns, "type": self.type,
             "process": self.process, "f": self.f, "key": self.key, "value": self.value,
             "error": self.error,
         }  # fmt: skip
-        keys = self.json_keys or self._writer_keys()
         return {k: named[k] if k in named else self.extra[k] for k in keys}
 
     def _writer_keys(self) -> tuple[str, ...]:
         key = ("key",) if self.key is not None else ()
         error = ("error",) if self.error is not None else ()
         return (*_REQUIRED, *key, "value", *error, *self.extra)
+
+
+def _getter(keys: tuple[str, ...]) -> Callable[[Op], tuple[Any, ...]] | None:
+    """The getter of `keys`' values from an Op, kept for the next; None when some key is
+    not an Op field (or there is no room left)."""
+    # Two keys at least: attrgetter of one name returns the value, not a 1-tuple.
+    if len(keys) < 2 or len(_GETTERS) >= _KEY_ORDERS_MAX or any(k not in _NAMED for k in keys):
+        return None
+    getter = _GETTERS[keys] = operator.attrgetter(*(_ATTRS.get(k, k) for k in keys))
+    return getter
 
 
 def ops_from_json(records: Iterable[Mapping[str, Any]]) -> list[Op]:
@@ -214,9 +238,11 @@ class HistoryWriter:
             "process": process,
             "f": f,
         }
-        record.update((k, v) for k, v in fields.items() if v is not None or k == "value")
+        for k, v in fields.items():
+            if v is not None or k == "value":
+                record[k] = v
         self._next_index += 1
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.write(_ENCODE(record) + "\n")
         op = Op.from_json(record)
         self.ops.append(op)
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
