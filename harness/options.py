@@ -91,6 +91,8 @@ class RunOptions:
     seed: int = 0
     store: Path = Path("store")
     bugs: tuple[str, ...] = ()
+    # raftkv's Raft settings, as `--raft-option` words (raftkv.settings).
+    raft_options: tuple[str, ...] = ()
     leave_running: bool = False
     op_timeout_s: float = 1.0
     check_time_limit_s: float = 120.0
@@ -239,6 +241,10 @@ OPTIONS: tuple[Option, ...] = (
            help="Run the test this many times (stops at the first invalid run)."),
     Option(("--bug",), "bugs", "bugs", "run", multiple=True, default=(), read=tuple,
            help="Deliberate bug to enable in the target."),
+    Option(("--raft-option",), "raft_options", "raft_options", "run", multiple=True,
+           default=(), read=tuple, metavar="NAME=VALUE",
+           help="raftkv: a Raft setting (repeatable): check-quorum=on|off, pre-vote=on|off, "
+           "max-append-entries=N."),
     Option(("--op-timeout",), "op_timeout", "op_timeout_s", "run", kind=float, low=0.1,
            default=1.0, show_default=True,
            help="Seconds before a client op counts as indeterminate (info)."),
@@ -429,6 +435,7 @@ def validate(opts: RunOptions) -> None:
             raise UsageError(
                 f"{opts.target} has no bug {bug!r}; known: {', '.join(target.bugs)}", "--bug"
             )
+    _validate_raft_options(opts)
     if opts.backend == "sim":
         _validate_sim(opts)
         return
@@ -441,6 +448,21 @@ def validate(opts: RunOptions) -> None:
             raise UsageError(f"backend netns: {exc}") from None
     if opts.backend == "docker":
         _validate_docker(opts)
+
+
+def _validate_raft_options(opts: RunOptions) -> None:
+    """`--raft-option` words are raftkv's, and must parse."""
+    if not opts.raft_options:
+        return
+    if opts.target != "raftkv":
+        raise UsageError(f"--raft-option sets raftkv's Raft; {opts.target} has none",
+                         "--raft-option")  # fmt: skip
+    from raftkv.settings import RaftSettings
+
+    try:
+        RaftSettings.parse(opts.raft_options)
+    except ValueError as exc:
+        raise UsageError(str(exc), "--raft-option") from None
 
 
 # The targets the sim backend can run: those with a core to simulate.
@@ -548,7 +570,7 @@ def options_from_json(options: Mapping[str, Any]) -> RunOptions:
         kw["ssh"] = SshOptions(**kw["ssh"])
     if "store" in kw:
         kw["store"] = Path(kw["store"])
-    for name in ("bugs", "ops", "fault_targets"):
+    for name in ("bugs", "raft_options", "ops", "fault_targets"):
         if kw.get(name) is not None:
             kw[name] = tuple(kw[name])
     return RunOptions(**kw)

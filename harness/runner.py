@@ -164,6 +164,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             python=getattr(backend, "python", sys.executable),
             read_mode=opts.read_mode,
             bugs=opts.bugs,
+            raft_options=opts.raft_options,
             seed=opts.seed,
             op_timeout_s=opts.op_timeout_s,
             extra=dict(opts.extra),

@@ -41,6 +41,7 @@ from harness.targets.raftkv import ATTEMPT_TIMEOUT_S
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis.faults import FaultEvent, Nemesis, parse_nemesis
 from nemesis.schedule import heal_all
+from raftkv.settings import RaftSettings
 from raftkv.simkv import KVCluster, KVSimOptions
 
 __all__ = ["SimRun", "run_sim"]
@@ -80,6 +81,7 @@ class SimRun:
                 nodes=opts.nodes,
                 read_mode=opts.read_mode or "readindex",
                 bugs=frozenset(opts.bugs),
+                raft=RaftSettings.parse(opts.raft_options),
             ),
         )
         parsed = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, SIM_SETUP_KINDS)

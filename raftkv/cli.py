@@ -22,6 +22,7 @@ from raftkv.core import BUGS
 from raftkv.http_routes import serve_http
 from raftkv.node import READ_MODES, Node, NodeOptions
 from raftkv.peerauth import TokenError, load_token
+from raftkv.settings import RaftSettings
 from raftkv.storage import StorageError
 from raftkv.timing import NODE_TIMING, RaftTiming
 from raftkv.transport import split_addr
@@ -78,6 +79,13 @@ def cli() -> None:
     show_default=True,
     help="Election timeout; heartbeats and the lease follow from it.",
 )
+@click.option(
+    "--raft-option",
+    "raft_words",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A Raft setting (repeatable): check-quorum=on|off, pre-vote=on|off, max-append-entries=N.",
+)
 @click.option("--snapshot-entries", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for election timeouts.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
@@ -100,6 +108,7 @@ def serve(
     bugs: tuple[str, ...],
     tick_ms: int,
     election_ticks: int,
+    raft_words: tuple[str, ...],
     snapshot_entries: int,
     seed: int | None,
     log_level: str,
@@ -113,6 +122,10 @@ def serve(
         token = None if token_spec is None else load_token(token_spec)
     except TokenError as exc:
         raise click.BadParameter(str(exc), param_hint="--cluster-token") from None
+    try:
+        raft = RaftSettings.parse(raft_words)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--raft-option") from None
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
@@ -128,6 +141,7 @@ def serve(
         read_mode=read_mode,
         bugs=frozenset(bugs),
         timing=RaftTiming.for_election_timeout(election_ticks, tick_ms=tick_ms),
+        raft=raft,
         snapshot_entries=snapshot_entries,
         seed=seed,
         cluster_token=token,

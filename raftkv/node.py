@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from raftkv import wire
-from raftkv.core import Config, NotLeader, Raft, Role, hard_state_on_restart
+from raftkv.core import NotLeader, Raft, Role, hard_state_on_restart
 from raftkv.kv import (
     BadRequest,
     Command,
@@ -33,6 +33,7 @@ from raftkv.kv import (
     parse_command,
 )
 from raftkv.peerauth import ACCEPTOR, CONNECTOR, Handshake, is_nonce, new_nonce
+from raftkv.settings import DEFAULT_RAFT, RaftSettings
 from raftkv.storage import Storage, StorageError
 from raftkv.timing import NODE_TIMING, RaftTiming
 from raftkv.transport import PeerLink
@@ -64,6 +65,8 @@ class NodeOptions:
     so that a not-leader answer can name the leader's HTTP address.
     `cluster_token`: the secret every node of the cluster shares (see `raftkv.peerauth`);
     None accepts any peer that names itself, as nodes did before tokens (with a warning).
+    `raft`: the operator's Raft settings (check-quorum, pre-vote, append size); the
+    check-quorum of `raft` overrides `timing`'s.
     """
 
     id: str
@@ -73,6 +76,7 @@ class NodeOptions:
     read_mode: str = "readindex"
     bugs: frozenset[str] = frozenset()
     timing: RaftTiming = NODE_TIMING
+    raft: RaftSettings = DEFAULT_RAFT
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0
     seed: int | None = None
@@ -135,12 +139,8 @@ class Node:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.storage = Storage.open(opts.data_dir, fsync="no-fsync" not in opts.bugs)
-        config = Config(
-            id=opts.id,
-            peers=tuple(sorted(opts.peers)),
-            timing=opts.timing,
-            bugs=frozenset(opts.bugs),
-        )
+        config = opts.raft.config(opts.id, tuple(sorted(opts.peers)), opts.timing,
+                                  frozenset(opts.bugs))  # fmt: skip
         rng = random.Random(opts.seed)
         snap = self.storage.snapshot
         hard_state = hard_state_on_restart(config, self.storage.hard_state)
@@ -364,6 +364,7 @@ class Node:
             "last_index": self.core.last_index,
             "snapshot_index": self.core.snapshot_index,
             "read_mode": self.opts.read_mode,
+            "raft_options": self.opts.raft.words(),
         }
 
     def _not_leader(self, leader: str | None) -> dict[str, Any]:

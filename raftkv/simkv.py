@@ -51,6 +51,7 @@ from typing import Any
 from raftkv.core import BUGS, Config, NotLeader, Raft, Role, hard_state_on_restart
 from raftkv.kv import BadRequest, Command, KVStore, Result, encode_command, parse_command
 from raftkv.node import LAZY_FLUSH_S, LEADER_MESSAGES, READ_MODES, reply
+from raftkv.settings import DEFAULT_RAFT, RaftSettings
 from raftkv.sim import Disk, DiskBatch
 from raftkv.timing import NODE_TIMING, RaftTiming
 from raftkv.types import Entry, EntryKind, Message, Ready, Snapshot
@@ -70,8 +71,9 @@ class KVSimOptions:
 
     `read_mode` is a node's default (`raftkv.node.READ_MODES`; a request's "mode" wins),
     `bugs` are `raftkv.core.BUGS`, `timing` the Raft timeouts with `tick_ms` the virtual
-    length of a tick. Delays are drawn uniformly from [low, high] ns: `net_delay_ns`
-    between nodes, `client_delay_ns` each way between a client and a node.
+    length of a tick, `raft` the operator's Raft settings (its check-quorum wins).
+    Delays are drawn uniformly from [low, high] ns: `net_delay_ns` between nodes,
+    `client_delay_ns` each way between a client and a node.
     `request_timeout_ns` is a node's own deadline for a request (as
     `NodeOptions.request_timeout_s`), `fsync_ns` how long an fsync takes (a node that
     must persist a batch goes on with it once that is over, as `raftkv.node` does, and
@@ -85,6 +87,7 @@ class KVSimOptions:
     read_mode: str = "readindex"
     bugs: frozenset[str] = frozenset()
     timing: RaftTiming = NODE_TIMING
+    raft: RaftSettings = DEFAULT_RAFT
     net_delay_ns: tuple[int, int] = (100_000, 2_000_000)
     client_delay_ns: tuple[int, int] = (50_000, 500_000)
     request_timeout_ns: int = 2_000_000_000
@@ -202,7 +205,7 @@ class KVCluster:
 
     def _new_node(self, nid: str) -> _SimNode:
         o = self.options
-        config = Config(id=nid, peers=self.ids, timing=o.timing, bugs=o.bugs)
+        config = o.raft.config(nid, self.ids, o.timing, o.bugs)
         return _SimNode(nid, config, tick_interval_ns=self._tick_ns)
 
     # ---- clients ----------------------------------------------------------------------

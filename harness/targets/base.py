@@ -62,6 +62,8 @@ class ClusterSpec:
     data_root: str
     read_mode: str | None = None
     bugs: tuple[str, ...] = ()
+    # raftkv's `--raft-option` words.
+    raft_options: tuple[str, ...] = ()
     seed: int = 0
     op_timeout_s: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)

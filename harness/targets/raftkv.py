@@ -138,6 +138,8 @@ class RaftkvTarget(KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizabl
         ]  # fmt: skip
         for bug in cluster.bugs:
             argv += ["--bug", bug]
+        for word in cluster.raft_options:
+            argv += ["--raft-option", word]
         return argv
 
     def client(self, cluster: ClusterSpec, node: str) -> RaftkvClient:

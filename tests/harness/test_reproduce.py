@@ -64,6 +64,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "store": ["--store", str(tmp_path / "other store")],
         "test_count": ["--test-count", "4"],
         "bugs": ["--bug", "no-fsync", "--bug", "stale 'lease'"],
+        "raft_options": ["--raft-option", "check-quorum=off", "--raft-option", "pre-vote=off"],
         "op_timeout": ["--op-timeout", "0.25"],
         "leave_running": ["--leave-running"],
         "no_live": ["--no-live"],

@@ -40,6 +40,24 @@ def test_the_same_seed_gives_the_same_history_bytes(tmp_path: Path) -> None:
     assert first != (tmp_path / "c" / "latest" / "history.jsonl").read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--target", "etcd", "--raft-option", "pre-vote=off"], "etcd has none"),
+        (["--raft-option", "pre-vote"], "expected NAME=VALUE"),
+        (["--raft-option", "check-quorum=sometimes"], "check-quorum takes on or off"),
+        (["--raft-option", "heartbeat=1"], "unknown raft option 'heartbeat'"),
+    ],
+)
+def test_bad_raft_options_are_refused_before_anything_runs(
+    tmp_path: Path, args: list[str], why: str
+) -> None:
+    proc = harness("test", "--backend", "sim", *args, "--store", str(tmp_path), timeout=60)
+    assert proc.returncode == 254, proc.stdout + proc.stderr
+    assert why in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow  # several whole sim runs: in `make test`, not `make check`
 def test_every_fault_kind_acts_and_is_recorded(tmp_path: Path) -> None:
     proc = sim_test(tmp_path, "--nemesis", "all", "--time", "30", "--nemesis-interval", "0.5",

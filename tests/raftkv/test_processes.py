@@ -93,6 +93,33 @@ def test_http_face_speaks_the_seed_api(cluster3: LocalCluster) -> None:
         "snapshot_index",
         "read_mode",
     }
+    assert body["raft_options"] == []
+
+
+def test_raft_options_reach_the_node_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    words = ("check-quorum=off", "pre-vote=off", "max-append-entries=1")
+    args = tuple(a for w in words for a in ("--raft-option", w))
+    with LocalCluster(tmp_path / "c", 3, extra_args=args) as cluster:
+
+        async def go() -> str:
+            leader = await cluster.wait_for_leader()
+            client = Client(cluster.addrs)
+            try:
+                for i in range(5):  # one entry per append still replicates and commits
+                    assert (await client.put("k", i))["ok"] is True
+                assert (await client.get("k"))["value"] == 4
+            finally:
+                await client.close()
+            return leader
+
+        leader = run(go())
+        status, body = http(cluster, leader, "/status")
+        assert status == 200 and body["raft_options"] == list(words)
+    bad = LocalCluster(tmp_path / "bad", 1, extra_args=("--raft-option", "pre-vote=maybe"),
+                       cluster_token=False)  # fmt: skip
+    proc = subprocess.run(bad.argv("n1"), capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "pre-vote takes on or off" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_garbage_on_the_wire_does_not_hurt_the_node(cluster3: LocalCluster) -> None:
