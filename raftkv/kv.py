@@ -52,6 +52,11 @@ _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1  # msgpack's widest unsigned integer
 _SEQ_MAX = (1 << 63) - 1
 _SNAPSHOT_VERSION = 1
+# Log entry payloads decoded lately: every replica of a simulated cluster applies the same
+# entry. Only commands with scalar values are kept, so that no two stores share a mutable
+# value.
+_DECODED: dict[bytes, Command] = {}
+_DECODED_MAX = 4096
 
 
 class BadRequest(ValueError):
@@ -132,6 +137,8 @@ def _check_json(value: object, what: str, depth: int = 0) -> None:
 
 
 def _check_value(value: object, what: str) -> None:
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return  # the common case, settled without the walk below
     _check_json(value, what)
     # A string's size is its UTF-8 length; any other value's is its msgpack encoding.
     if isinstance(value, str):
@@ -211,6 +218,24 @@ def encode_command(cmd: Command) -> bytes:
 
 def decode_command(data: bytes) -> Command:
     """Inverse of `encode_command`; raises BadRequest on anything it did not write."""
+    if type(data) is not bytes:  # unhashable, or not what a log entry holds
+        return _decode(data)
+    cmd = _DECODED.get(data)
+    if cmd is None:
+        cmd = _decode(data)
+        _remember_decoded(data, cmd)
+    return cmd
+
+
+def _remember_decoded(data: bytes, cmd: Command) -> None:
+    if type(cmd.value) in (list, dict) or type(cmd.expected) in (list, dict):
+        return
+    if len(_DECODED) >= _DECODED_MAX:
+        del _DECODED[next(iter(_DECODED))]
+    _DECODED[data] = cmd
+
+
+def _decode(data: bytes) -> Command:
     try:
         row = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as err:
