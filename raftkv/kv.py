@@ -52,9 +52,9 @@ _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1  # msgpack's widest unsigned integer
 _SEQ_MAX = (1 << 63) - 1
 _SNAPSHOT_VERSION = 1
-# Log entry payloads decoded lately: every replica of a simulated cluster applies the same
-# entry. Only commands with scalar values are kept, so that no two stores share a mutable
-# value.
+# Log entry payloads decoded lately (up to 4,096 of them): every replica of a simulated
+# cluster applies the same entry. Only commands with scalar values are kept, so that no
+# two stores share a mutable value.
 _DECODED: dict[bytes, Command] = {}
 _DECODED_MAX = 4096
 
@@ -231,7 +231,7 @@ def _remember_decoded(data: bytes, cmd: Command) -> None:
     if type(cmd.value) in (list, dict) or type(cmd.expected) in (list, dict):
         return
     if len(_DECODED) >= _DECODED_MAX:
-        del _DECODED[next(iter(_DECODED))]
+        _DECODED.clear()  # dropping the oldest one by one makes iter() crawl over holes
     _DECODED[data] = cmd
 
 
