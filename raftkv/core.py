@@ -294,14 +294,12 @@ class Raft:
     # ---- outputs --------------------------------------------------------------------
 
     def has_ready(self) -> bool:
+        if self._msgs or self._reads or self._dropped_reads or self._bcast_pending:
+            return True
         log = self.log
-        return bool(
-            self._msgs
-            or self._reads
-            or self._dropped_reads
-            or self._bcast_pending
-            or log.pending_snapshot is not None
-            or log.unstable_from <= log.last_index()
+        return (
+            log.pending_snapshot is not None
+            or log.unstable_from <= log.offset + len(log.entries)
             or log.committed > log.applied
             or self._hard_state_changed()
         )
@@ -323,9 +321,8 @@ class Raft:
             self._bcast_pending = False
             self._bcast_append()
         log = self.log
-        hard_state = self._hard_state()
         rd = Ready(
-            hard_state=hard_state if hard_state != self._persisted_hard_state else None,
+            hard_state=self._hard_state() if self._hard_state_changed() else None,
             entries=log.slice(log.unstable_from, log.last_index() + 1),
             snapshot=log.pending_snapshot,
             messages=self._msgs,
