@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 __all__ = ["OPS", "WORKLOADS", "Generator", "Invocation", "WorkloadOptions"]
@@ -70,6 +71,8 @@ class Generator:
         self._rng = rng
         self._next_value = 0
         self.keys = [f"k{i}" for i in range(opts.key_count)]
+        # What random.choices would accumulate from the weights on every call.
+        self._cum_weights = list(accumulate(opts.weights))
         # cas guesses an old value among those recently written, so some succeed.
         self._recent: dict[str, deque[Any]] = defaultdict(lambda: deque(maxlen=RECENT_VALUES))
 
@@ -79,7 +82,7 @@ class Generator:
 
     def next(self) -> Invocation:
         key = self._rng.choice(self.keys)
-        f = self._rng.choices(OPS, weights=self.opts.weights)[0]
+        f = self._rng.choices(OPS, cum_weights=self._cum_weights)[0]
         if f == "read":
             return Invocation("read", key, None)
         if f == "write":
