@@ -57,7 +57,11 @@ _TYPES = ("ok", "fail", "info", "invoke")  # invoke: never completed
 
 def spans_of(ops: Iterable[Op]) -> list[OpSpan]:
     """Client ops paired invoke -> completion (`history.pair_ops`), in invocation order."""
-    return sorted(pair_ops(ops), key=lambda s: (s.start_ns, s.index))
+    return _in_invocation_order(pair_ops(ops))
+
+
+def _in_invocation_order(spans: Iterable[OpSpan]) -> list[OpSpan]:
+    return sorted(spans, key=lambda s: (s.start_ns, s.index))
 
 
 def _ms(ns: float) -> float:
@@ -298,11 +302,20 @@ def _columns(spans: Sequence[OpSpan]) -> dict[str, list[Any]]:
 
 def per_key_rows(ops: Iterable[Op], results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per key: verdict, op counts, certain stale reads, anomaly name."""
-    analysed = pair_ops(ops)
+    return _key_rows(pair_ops(ops), results)
+
+
+def _key_rows(analysed: Sequence[OpSpan], results: dict[str, Any]) -> list[dict[str, Any]]:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for s in analysed:
         counts[str(s.key)][s.type] += 1
-    stale = Counter(str(s.key) for s in stale_reads(analysed))
+    # results.json counted them from the same history (results.check_history); a
+    # results.json older than that count has them counted here.
+    by_key = results.get("stale_reads_by_key")
+    if isinstance(by_key, dict):
+        stale = Counter(by_key)
+    else:
+        stale = Counter(str(s.key) for s in stale_reads(analysed))
     anomalies = {str(a.get("key")): a for a in results.get("checker", {}).get("anomalies", [])}
     rows = []
     for key, verdict in results.get("keys", {}).items():
@@ -334,7 +347,15 @@ def build_report_data(
     results: dict[str, Any], ops: Sequence[Op], leaders: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """Everything the page's script draws, as plain JSON-able data (times in ms)."""
-    spans = spans_of(ops)
+    return _report_data(results, ops, spans_of(ops), leaders)
+
+
+def _report_data(
+    results: dict[str, Any],
+    ops: Sequence[Op],
+    spans: Sequence[OpSpan],
+    leaders: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
     end_ns = max((op.time_ns for op in ops), default=0)
     anomalies = results.get("checker", {}).get("anomalies", [])
     by_key = {str(s.key): s.key for s in spans}
@@ -405,7 +426,8 @@ def render_report(
     run_dir: Path | None = None,
 ) -> str:
     """The whole page as a string."""
-    data = build_report_data(results, ops, leaders)
+    analysed = pair_ops(ops)
+    data = _report_data(results, ops, _in_invocation_order(analysed), leaders)
     options = results.get("options") or {}
     checker_json = results.get("checker", {})
     first = (checker_json.get("anomalies") or [None])[0]
@@ -415,7 +437,7 @@ def render_report(
         verdict=_verdict_word(results.get("valid")),
         options=sorted(options.items()),
         repro=repro_command(options) if options else "",
-        rows=per_key_rows(ops, results),
+        rows=_key_rows(analysed, results),
         checker=checker_json,
         first=first,
         first_anchor=data["timelines"][0]["anchor"] if data["timelines"] else "",
