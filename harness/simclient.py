@@ -33,8 +33,9 @@ class SimCluster(Protocol):
     def submit(self, node: str, request: dict[str, Any]) -> int: ...
 
 
-# A driver's timer: call `fn` at virtual time `at_ns`.
-Schedule = Callable[[int, Callable[[], None]], None]
+# A driver's timer: call `fn` at virtual time `at_ns`. It may return what cancels the call
+# (a driver that can cancel need not stop its clock for an attempt answered in time).
+Schedule = Callable[[int, Callable[[], None]], Callable[[], None] | None]
 Done = Callable[["SimClient", Invocation, Completion], None]
 
 
@@ -71,6 +72,7 @@ class SimClient:
         self._request: dict[str, Any] = {}
         self._target = home
         self._rid: int | None = None
+        self._cancel_expiry: Callable[[], None] | None = None
         self._deadline_ns = 0
         self._sent = False
         self._tries = 0
@@ -109,7 +111,7 @@ class SimClient:
         self._rid = rid
         self._requests[rid] = self
         budget = min(self._deadline_ns - now, self.attempt_timeout_ns)
-        self._schedule(now + budget, lambda: self._expired(rid))
+        self._cancel_expiry = self._schedule(now + budget, lambda: self._expired(rid))
 
     def _expired(self, rid: int) -> None:
         if rid != self._rid:
@@ -122,6 +124,8 @@ class SimClient:
     def on_reply(self, rid: int, reply: dict[str, Any]) -> None:
         if rid != self._rid:
             return  # an attempt given up on: its answer is no one's
+        if self._cancel_expiry is not None:
+            self._cancel_expiry()  # answered in time
         self._forget()
         error = reply.get("error")
         if error == "refused" or (error == "not_leader" and reply.get("ok") is False):

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,7 +91,8 @@ class SimRun:
         self.ctx = sim_context(self.cluster, opts.seed, frozenset(opts.fault_targets or ()))
         self._t0_ns = 0
         self.history = _VirtualHistory(run_dir / "history.jsonl", self._now)
-        self._timers: list[tuple[int, int, Callable[[], None]]] = []
+        # [time, order, fn]; fn None: cancelled
+        self._timers: list[list[Any]] = []
         self._order = itertools.count()
         self._requests: dict[int, SimClient] = {}
         self._stopping = False
@@ -101,23 +103,33 @@ class SimRun:
     def _now(self) -> int:
         return self.cluster.now_ns - self._t0_ns
 
-    def at(self, when_ns: int, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (when_ns, next(self._order), fn))
+    def at(self, when_ns: int, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call `fn` at `when_ns`; returns what cancels the call."""
+        timer = [when_ns, next(self._order), fn]
+        heapq.heappush(self._timers, timer)
+        return partial(timer.__setitem__, 2, None)
 
     # -- the clock -------------------------------------------------------------------------
 
-    def step_until(self, end_ns: int, done: Callable[[], bool] = lambda: False) -> None:
+    def step_until(self, end_ns: int, done: Callable[[], bool] | None = None) -> None:
         """Advance to `end_ns`, or until `done()`: the cluster runs to its next reply or
         the next timer, whichever comes first, and both are handled at that time."""
-        while not done():
-            until = min(end_ns, self._timers[0][0]) if self._timers else end_ns
-            for rid, reply in self.cluster.advance_to_reply(max(until, self.cluster.now_ns)):
-                client = self._requests.get(rid)
+        timers, cluster, requests = self._timers, self.cluster, self._requests
+        while done is None or not done():
+            if done is None:
+                # A cancelled timer would only stop the cluster for a check nobody makes.
+                while timers and timers[0][2] is None:
+                    heapq.heappop(timers)
+            until = min(end_ns, timers[0][0]) if timers else end_ns
+            for rid, reply in cluster.advance_to_reply(max(until, cluster.now_ns)):
+                client = requests.get(rid)
                 if client is not None:
                     client.on_reply(rid, reply)
-            while self._timers and self._timers[0][0] <= self.cluster.now_ns:
-                heapq.heappop(self._timers)[2]()
-            if self.cluster.now_ns >= end_ns:
+            while timers and timers[0][0] <= cluster.now_ns:
+                fn = heapq.heappop(timers)[2]
+                if fn is not None:
+                    fn()
+            if cluster.now_ns >= end_ns:
                 return
 
     # -- the run ---------------------------------------------------------------------------
