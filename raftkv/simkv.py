@@ -54,12 +54,12 @@ from raftkv.node import LAZY_FLUSH_S, LEADER_MESSAGES, READ_MODES, reply
 from raftkv.settings import DEFAULT_RAFT, RaftSettings
 from raftkv.sim import Disk, DiskBatch
 from raftkv.timing import NODE_TIMING, RaftTiming
-from raftkv.types import Entry, EntryKind, Message, Ready, Snapshot
+from raftkv.types import Entry, EntryKind, Message, MsgType, Ready, Snapshot
 
 __all__ = ["KVCluster", "KVSimOptions", "NodeFailure"]
 
 # Event kinds, in the heap as (time_ns, seq, kind, a, b); _CORE_TICK only waits in inboxes.
-_TICK, _MSG, _ARRIVE, _DEADLINE, _REPLY, _FLUSH, _SYNCED, _CORE_TICK = range(8)
+_TICK, _MSG, _ARRIVE, _DEADLINE, _REPLY, _FLUSH, _SYNCED, _CORE_TICK, _CALL = range(9)
 # The order in which a resumed node handles what waited: timers, peers, clients.
 _RESUME_ORDER = {_DEADLINE: 0, _FLUSH: 0, _SYNCED: 0, _MSG: 1, _CORE_TICK: 1, _ARRIVE: 2}
 _APPLIED = Result(ok=True)
@@ -198,7 +198,11 @@ class KVCluster:
             self._on_flush,
             self._on_synced,
             self._on_core_tick,
+            self._on_call,
         )
+        # When set, called as each granted vote leaves its voter, durable by then (voter,
+        # candidate, term). It must not call the fault methods itself; it may `call_at`.
+        self.on_vote: Callable[[str, str, int], None] | None = None
         self._nodes = {nid: self._new_node(nid) for nid in self.ids}
         for nid in self.ids:
             self.restart(nid)
@@ -378,6 +382,12 @@ class KVCluster:
         target.rate = rate
         target.tick_interval_ns = max(1, round(self._tick_ns / rate))
 
+    def call_at(self, time_ns: int, fn: Callable[[], None]) -> None:
+        """Call `fn` at `time_ns` (not before now), among the cluster's own events: a
+        fault that must act within a message delay of something it saw (a vote) acts on
+        time. `fn` may call the fault methods."""
+        self._push(max(time_ns, self.now_ns), _CALL, fn, None)
+
     # ---- events -------------------------------------------------------------------------
 
     def _push(self, time_ns: int, kind: int, a: Any, b: Any) -> None:
@@ -441,6 +451,8 @@ class KVCluster:
         self._process(node)
 
     def _send(self, messages: list[Message]) -> None:
+        if self.on_vote is not None:
+            self._tell_votes(messages)
         nodes, link_free, rng = self._nodes, self._link_free_ns, self.rng
         low, span, now = self._net_low, self._net_span, self.now_ns
         for msg in messages:
@@ -451,6 +463,14 @@ class KVCluster:
             arrive = max(now + low + int(rng.random() * span), link_free.get(link, 0))
             link_free[link] = arrive
             self._push(arrive, _MSG, msg, dst.epoch)
+
+    def _tell_votes(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if msg.type is MsgType.VOTE_RESP and not msg.reject and self.on_vote is not None:
+                self.on_vote(msg.src, msg.dst, msg.term)
+
+    def _on_call(self, fn: Callable[[], None], _: None) -> None:
+        fn()
 
     def _on_flush(self, nid: str, epoch: int) -> None:
         node = self._nodes[nid]
