@@ -65,6 +65,9 @@ BUGS = frozenset(
 CAMPAIGN_TRANSFER = 1
 """VOTE.context of an election forced by TIMEOUT_NOW (leadership transfer)."""
 
+_VOTE_REQUESTS = frozenset({MsgType.PRE_VOTE, MsgType.VOTE})
+_FROM_LEADER = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
+
 
 class Role(enum.Enum):
     FOLLOWER = 0
@@ -153,6 +156,7 @@ class Raft:
         self._rng = rng
         self.id = config.id
         self._others = tuple(p for p in config.peers if p != config.id)
+        self._quorum = config.quorum
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.log = RaftLog(snapshot, entries, hard_state.commit)
@@ -229,7 +233,7 @@ class Raft:
         elif msg.term < self.term:
             self._answer_stale(msg)
             return
-        if msg.type in (MsgType.PRE_VOTE, MsgType.VOTE):
+        if msg.type in _VOTE_REQUESTS:
             self._handle_vote_request(msg)
         elif self.role is Role.LEADER:
             self._step_leader(msg)
@@ -534,7 +538,7 @@ class Raft:
         if msg.type is MsgType.TIMEOUT_NOW:
             self._start_election(pre_vote=False, transfer=True)
             return
-        if msg.type not in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
+        if msg.type not in _FROM_LEADER:
             return
         self.leader = msg.src
         self._election_elapsed_ticks = 0
@@ -543,7 +547,11 @@ class Raft:
             self._handle_append(msg)
         elif msg.type is MsgType.HEARTBEAT:
             self.log.commit_to(msg.commit)
-            self._send(MsgType.HEARTBEAT_RESP, msg.src, context=msg.context, index=msg.index)
+            # Built here rather than by _send: this and the append path are most messages.
+            self._msgs.append(
+                Message(MsgType.HEARTBEAT_RESP, self.id, msg.src, self.term,
+                        index=msg.index, context=msg.context)
+            )  # fmt: skip
         else:
             self._handle_snapshot(msg)
 
@@ -555,7 +563,9 @@ class Raft:
         last_new = log.maybe_append(msg.index, msg.log_term, msg.entries)
         if last_new is not None:
             log.commit_to(min(msg.commit, last_new))
-            self._send(MsgType.APPEND_RESP, msg.src, index=last_new)
+            self._msgs.append(
+                Message(MsgType.APPEND_RESP, self.id, msg.src, self.term, index=last_new)
+            )
             return
         hint_index, hint_term = log.find_conflict_by_term(
             min(msg.index, log.last_index()), msg.log_term
@@ -638,11 +648,10 @@ class Raft:
             self._ack_read_round(msg.context, msg.src)
 
     def _maybe_commit(self) -> bool:
-        matches = sorted(
-            [self.log.last_index(), *(pr.match_index for pr in self._progress.values())],
-            reverse=True,
-        )
-        index = matches[self.config.quorum - 1]
+        matches = [pr.match_index for pr in self._progress.values()]
+        matches.append(self.log.last_index())
+        matches.sort(reverse=True)
+        index = matches[self._quorum - 1]
         if index <= self.log.committed:
             return False
         # Figure 8: counting replicas proves only entries of the leader's own term committed.
@@ -675,14 +684,10 @@ class Raft:
         entries = tuple(log.slice(pr.next_index, hi)) if pr.next_index < hi else ()
         if not entries and pr.state is ProgressState.REPLICATE:
             return
-        self._send(
-            MsgType.APPEND,
-            peer,
-            index=prev_index,
-            log_term=prev_term,
-            entries=entries,
-            commit=log.committed,
-        )
+        self._msgs.append(
+            Message(MsgType.APPEND, self.id, peer, self.term,
+                    log_term=prev_term, index=prev_index, entries=entries, commit=log.committed)
+        )  # fmt: skip
         if pr.state is ProgressState.REPLICATE:
             pr.next_index = entries[-1].index + 1
             pr.inflight.append(entries[-1].index)
@@ -701,11 +706,13 @@ class Raft:
         self._send(MsgType.TIMEOUT_NOW, peer)
 
     def _bcast_heartbeat(self, context: int) -> None:
+        committed, progress, msgs = self.log.committed, self._progress, self._msgs
         for peer in self._others:
-            commit = min(self._progress[peer].match_index, self.log.committed)
-            self._send(
-                MsgType.HEARTBEAT, peer, commit=commit, context=context, index=self._now_tick
-            )
+            commit = min(progress[peer].match_index, committed)
+            msgs.append(
+                Message(MsgType.HEARTBEAT, self.id, peer, self.term,
+                        index=self._now_tick, commit=commit, context=context)
+            )  # fmt: skip
 
     # ---- reads ----------------------------------------------------------------------
 

@@ -45,11 +45,12 @@ class RaftLog:
 
     def term_at(self, index: int) -> int | None:
         """The term of the entry at `index`; None when compacted away or beyond the end."""
-        if index == self.offset:
+        offset = self.offset
+        if index == offset:
             return self.offset_term
-        if index < self.offset or index > self.last_index():
+        if index < offset or index > offset + len(self.entries):
             return None
-        return self.entries[index - self.offset - 1].term
+        return self.entries[index - offset - 1].term
 
     def entry(self, index: int) -> Entry | None:
         if index <= self.offset or index > self.last_index():
@@ -117,6 +118,8 @@ class RaftLog:
 
     def commit_to(self, index: int) -> bool:
         """Raise the commit index (never lowers it); True when it moved."""
+        if index <= self.committed:
+            return False
         index = min(index, self.last_index())
         if index <= self.committed:
             return False
