@@ -210,10 +210,16 @@ def parse_command(obj: object) -> Command:
     return Command(op, key, value, expected, client, seq)
 
 
-def encode_command(cmd: Command) -> bytes:
-    """The log entry payload for `cmd`: a msgpack array, compact and order-fixed."""
+def encode_command(cmd: Command, *, parsed: bool = False) -> bytes:
+    """The log entry payload for `cmd`: a msgpack array, compact and order-fixed.
+
+    `parsed`: `cmd` is what `parse_command` returned, so decoding the payload gives it back;
+    `decode_command` then finds it without decoding (a leader applies what it proposed)."""
     row = [cmd.op, cmd.key, cmd.value, cmd.expected, cmd.client, cmd.seq]
-    return msgpack.packb(row, use_bin_type=True)
+    data: bytes = msgpack.packb(row, use_bin_type=True)
+    if parsed:
+        _remember_decoded(data, cmd)
+    return data
 
 
 def decode_command(data: bytes) -> Command:
