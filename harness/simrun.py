@@ -188,11 +188,10 @@ class SimRun:
     def _completed(
         self, client: SimClient, op: Invocation, done: Completion, gen: Generator | None
     ) -> None:
-        fields: dict[str, Any] = {"key": op.key, "value": done.value}
-        if done.error:
-            fields["error"] = done.error
         process = self._processes[client]
-        self.history.record(done.type, process, op.f, **fields)
+        # An empty error is left out, as None is.
+        error = done.error or None
+        self.history.record(done.type, process, op.f, key=op.key, value=done.value, error=error)
         if done.type == "info":  # Jepsen's rule: the process is gone, a new one goes on
             self._processes[client] = process + self.opts.concurrency
         if gen is not None and not self._stopping:

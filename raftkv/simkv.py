@@ -694,6 +694,9 @@ class KVCluster:
 
     def _read(self, node: _SimNode, rid: int, request: _Request, key: str, mode: str) -> None:
         core = node.core
+        if core.role is not Role.LEADER:  # propose's NotLeader, without raising it
+            self._answer(rid, self._not_leader(core.leader))
+            return
         assert core is not None
         if mode == "local" and core.role is not Role.LEADER:
             raise NotLeader(core.leader)
@@ -709,6 +712,9 @@ class KVCluster:
 
     def _on_deadline(self, rid: int, _: None) -> None:
         request = self._requests.get(rid)
+        if core.role is not Role.LEADER:  # read_index's NotLeader, without raising it
+            self._answer(rid, self._not_leader(core.leader))
+            return
         if request is None:
             return
         node = self._nodes[request.node]
