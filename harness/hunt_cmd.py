@@ -1,5 +1,7 @@
 """`harness hunt`: run seed after seed of one test on the sim backend until the checker
-finds an anomaly, and say which seed, how to replay it, and what the anomaly is.
+finds an anomaly, and say which seed, how to replay it, and what the anomaly is. A run in
+which a node crashed on its own (its own safety check failed) is INVALID too, and hunt
+names the crash when the history showed nothing.
 
 Every option of `harness test` applies; `--seed` is the first seed (default 1), then
 seed + 1, ... up to `--runs` runs. `--jobs J` runs J seeds at a time in processes of
@@ -23,18 +25,29 @@ import click
 
 from harness.exit import EXIT_INVALID, EXIT_OK, EXIT_UNKNOWN, UsageError
 from harness.options import RunOptions, reproduce_command, validate
+from harness.results import crash_lines
 from harness.store import new_run_dir, point_latest
 from harness.test_cmd import click_params, options_from_params
 
 __all__ = ["hunt_command"]
 
 
-def _one_seed(opts: RunOptions) -> tuple[int, Any, dict[str, Any] | None, str]:
-    """Run `opts` (sim) in a store of its own; (seed, valid, anomaly, run dir)."""
+def _one_seed(opts: RunOptions) -> tuple[int, Any, str | None, str]:
+    """Run `opts` (sim) in a store of its own; (seed, valid, what it found, run dir)."""
     from harness.simrun import run_sim
 
     valid, run_dir, results = run_sim(opts)
-    return opts.seed, valid, results["checker"].get("anomaly"), str(run_dir)
+    return opts.seed, valid, _finding(results), str(run_dir)
+
+
+def _finding(results: dict[str, Any]) -> str | None:
+    """The first anomaly, or else the first node that crashed on its own, as a line."""
+    anomaly = results["checker"].get("anomaly")
+    if anomaly:
+        return (f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: "
+                f"{anomaly.get('reason') or ''}")  # fmt: skip
+    crashes = crash_lines(results)
+    return crashes[0] if crashes else None
 
 
 def _hunt(runs: int, jobs: int, **kw: Any) -> int:
@@ -51,28 +64,27 @@ def _hunt(runs: int, jobs: int, **kw: Any) -> int:
             click.echo(f"no anomaly in {done} runs (seeds {first}..{first + done - 1}), "
                        f"{took:.1f} s")  # fmt: skip
             return EXIT_UNKNOWN if unknown else EXIT_OK
-        seed, anomaly, run_dir = found
+        seed, finding, run_dir = found
         kept = _keep(Path(run_dir), opts.store, opts.test_name)
     replay = reproduce_command(dataclasses.replace(opts, seed=seed, store=Path("store")))
     click.echo(f"anomaly at seed {seed} (after {done} runs, {took:.1f} s)")
     click.echo(f"replay: {replay}")
-    if anomaly:
-        click.echo(f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: "
-                   f"{anomaly.get('reason') or ''}")  # fmt: skip
+    if finding:
+        click.echo(finding)
     click.echo(f"results in {kept}")
     return EXIT_INVALID
 
 
 def _run_seeds(
     opts: RunOptions, first: int, runs: int, jobs: int, scratch: Path
-) -> tuple[tuple[int, dict[str, Any] | None, str] | None, bool, int]:
-    """Run seeds first.. until an anomaly or `runs` runs: (smallest failing seed, its
-    anomaly and run dir, or None), whether any verdict was unknown, how many ran."""
+) -> tuple[tuple[int, str | None, str] | None, bool, int]:
+    """Run seeds first.. until an anomaly or `runs` runs: (smallest failing seed, what it
+    found and its run dir, or None), whether any verdict was unknown, how many ran."""
     seeds = iter(range(first, first + runs))
-    failing: list[tuple[int, dict[str, Any] | None, str]] = []
+    failing: list[tuple[int, str | None, str]] = []
     unknown, done = False, 0
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending: set[Future[tuple[int, Any, dict[str, Any] | None, str]]] = set()
+        pending: set[Future[tuple[int, Any, str | None, str]]] = set()
 
         def submit() -> bool:
             seed = next(seeds, None)
@@ -89,11 +101,11 @@ def _run_seeds(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 pending.discard(future)
-                seed, valid, anomaly, run_dir = future.result()
+                seed, valid, finding, run_dir = future.result()
                 done += 1
                 unknown |= valid == "unknown"
                 if valid is False:
-                    failing.append((seed, anomaly, run_dir))
+                    failing.append((seed, finding, run_dir))
             if not failing:
                 while len(pending) < jobs and submit():
                     pass

@@ -144,7 +144,8 @@ def suite_properties(results: Mapping[str, Any]) -> dict[str, Any]:
 def cases_from_results(
     results: Mapping[str, Any], report_path: str = "", suffix: str = ""
 ) -> list[JunitCase]:
-    """`linearizable[key]` and `stale-reads[key]` for every key of a run's results.json.
+    """`linearizable[key]` and `stale-reads[key]` for every key of a run's results.json, and
+    `no-node-crash` where it says whether nodes crashed on their own.
     `report_path` goes to system-out; `suffix` tells repeated runs apart (" #2")."""
     classname = f"harness.{results.get('test', 'run')}"
     anomalies = {str(a.get("key")): a for a in results.get("checker", {}).get("anomalies", [])}
@@ -180,6 +181,14 @@ def cases_from_results(
                 classname, f"stale-reads[{key}]{suffix}", stale == 0, stale_message, {}, report_path
             )
         )
+    crashes = results.get("node_crashes")
+    if crashes is not None:  # only where the backend can tell (sim)
+        message = "; ".join(
+            f"{c.get('node')} at {float(c.get('time', 0)) / 1e9:.3f} s: {c.get('what')}"
+            for c in crashes
+        )
+        ok = not crashes
+        cases.append(JunitCase(classname, f"no-node-crash{suffix}", ok, message, {}, report_path))
     return cases
 
 

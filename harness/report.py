@@ -33,6 +33,7 @@ from harness.history import Op, OpSpan, pair_ops, read_ops
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
 from harness.options import options_from_json, reproduce_command
+from harness.results import crash_lines
 from nemesis import clock
 from nemesis.faults import PacketLossNemesis, PowerLossNemesis
 from nemesis.netfaults import loss_label
@@ -74,15 +75,16 @@ def _show(value: Any) -> str:
 
 
 def fault_windows(ops: Iterable[Op], end_ns: int) -> list[dict[str, Any]]:
-    """Nemesis start..stop pairs as time bands (ms); a fault never stopped lasts to the end."""
+    """Nemesis start..stop pairs as time bands (ms); a fault never stopped lasts to the end.
+    A start while the same fault is on (a step of election-crash) does not open a band."""
     bands: list[dict[str, Any]] = []
     open_by_fault: dict[str, dict[str, Any]] = {}
     for op in ops:
         if op.process != NEMESIS or op.type == "invoke":
             continue
         fault = str(op.extra.get("fault") or op.f)
-        if op.f == "start":
-            open_by_fault[fault] = {"fault": fault, "start": _ms(op.time_ns), "value": op}
+        if op.f == "start":  # a fault that records steps as starts: its band is the first
+            open_by_fault.setdefault(fault, {"fault": fault, "start": _ms(op.time_ns), "value": op})
         elif op.f == "stop" and fault in open_by_fault:
             band = open_by_fault.pop(fault)
             band["end"] = _ms(op.time_ns)
@@ -103,6 +105,9 @@ def _fault_label(fault: str, value: Any) -> str:
         return " + ".join(_fault_label(part, value.get(part)) for part in fault.split("+"))
     if fault == PowerLossNemesis.name and isinstance(value, dict):
         return f"{fault}: {power_loss_label(value)}"
+    if fault == "election-crash" and isinstance(value, dict):
+        leader = value.get("leader") or "no leader known"
+        return f"{fault}: leader {leader} cut off and killed, then a voter mid-election"
     if fault.startswith("clock") and isinstance(value, dict) and "offset_s" in value:
         return f"{fault}: {clock.describe(value)}"
     if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
@@ -441,6 +446,7 @@ def render_report(
         checker=checker_json,
         first=first,
         first_anchor=data["timelines"][0]["anchor"] if data["timelines"] else "",
+        crashes=crash_lines(results),
         faults=data["faults"],
         files=_run_files(run_dir) if run_dir is not None else [],
         data=_json_for_script(data),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from harness.analysis import count_ops, stale_reads
 from harness.history import Op, pair_ops
 from harness.options import RunOptions, options_to_json
 
-__all__ = ["build_results", "check_history", "nemesis_schedule"]
+__all__ = ["build_results", "check_history", "crash_lines", "nemesis_schedule"]
 
 
 def check_history(
@@ -50,13 +50,21 @@ def nemesis_schedule(ops: Iterable[Op]) -> list[dict[str, Any]]:
 
 
 def build_results(
-    opts: RunOptions, ops: Sequence[Op], run_dir: Path, nemeses: Sequence[Any]
+    opts: RunOptions,
+    ops: Sequence[Op],
+    run_dir: Path,
+    nemeses: Sequence[Any],
+    node_crashes: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """results.json of a run made with `opts` (its options as `options_to_json` writes
-    them; `options_from_json` reads them back)."""
+    them; `options_from_json` reads them back). `node_crashes` are the nodes that died on
+    their own, no fault having killed them ({"time", "node", "what"}), where the backend
+    can tell (the sim backend: a node's own safety check failed); any makes the run
+    INVALID, whatever the checker says of the history, as a crashed database is a finding."""
     checked = check_history(ops, opts.check_time_limit_s)
+    crashes = {"node_crashes": list(node_crashes)} if node_crashes is not None else {}
     return {
-        "valid": checked["valid"],
+        "valid": False if node_crashes else checked["valid"],
         "test": opts.test_name,
         "run_dir": str(run_dir),
         "seed": opts.seed,
@@ -64,4 +72,14 @@ def build_results(
         "nemeses": [n.name for n in nemeses],
         **{k: v for k, v in checked.items() if k != "valid"},
         "nemesis_schedule": nemesis_schedule(ops),
+        **crashes,
     }
+
+
+def crash_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per node that crashed on its own (results.json's `node_crashes`)."""
+    return [
+        f"node {c.get('node')} crashed on its own at {float(c.get('time', 0)) / 1e9:.3f} s: "
+        f"{c.get('what')}"
+        for c in results.get("node_crashes") or ()
+    ]

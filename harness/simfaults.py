@@ -7,7 +7,8 @@ and record exactly as on real nodes, on Remotes that take their iptables command
 nothing (nemesis.fakes.FakeRemote); `apply_to_cluster` then gives the recorded grudge or
 losses to the simulated network. Clock faults change the rate of a node's clock
 (`SimClockNemesis`); the simulation has no wall clock to jump, so `clock` draws among the
-rate settings only, and `clock-strobe` (offset flips) is refused.
+rate settings only, and `clock-strobe` (offset flips) is refused. `election-crash`, which
+only the simulation can time, is `ElectionCrash`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from nemesis.fakes import FakeRemote
 from nemesis.faults import (
     CLOCK_KINDS,
+    SIM_ONLY,
     SLOW_CLOCK,
     ClockNemesis,
     FaultEvent,
@@ -28,14 +30,17 @@ from nemesis.faults import (
     PacketLossNemesis,
     PartitionNemesis,
     PowerLossNemesis,
+    SimOnlyNemesis,
     StrobeNemesis,
     TogetherNemesis,
     pick_targets,
 )
+from raftkv.types import Message, MsgType
 
 __all__ = [
     "SIM_REFUSED",
     "SIM_SETUP_KINDS",
+    "ElectionCrash",
     "SimClockNemesis",
     "SimProcs",
     "apply_to_cluster",
@@ -51,13 +56,19 @@ SIM_REFUSED = {
     "clock to jump (its clock faults change rates)",
 }
 _SIM_RATES = (0.5, 2.0)
-# Kinds that need the nodes set up, which the simulation sets up itself: `all` takes them.
-SIM_SETUP_KINDS = (CLOCK_KINDS | {PowerLossNemesis.name}) - set(SIM_REFUSED)
+# Kinds that need the nodes set up, which the simulation sets up itself, and those only it
+# can run: `all` takes them.
+SIM_SETUP_KINDS = (CLOCK_KINDS | {PowerLossNemesis.name} | set(SIM_ONLY)) - set(SIM_REFUSED)
 
 
 class FaultableCluster(Protocol):
     ids: tuple[str, ...]
+    now_ns: int
+    on_vote: Callable[[str, str, int], None] | None
 
+    on_send: Callable[[Message], None] | None
+
+    def call_at(self, time_ns: int, fn: Callable[[], None]) -> None: ...
     def kill(self, node: str) -> None: ...
     def restart(self, node: str) -> None: ...
     def pause(self, node: str) -> None: ...
@@ -147,19 +158,198 @@ class SimClockNemesis:
         return FaultEvent("stop", self.name, done)
 
 
-def sim_nemeses(nemeses: list[Nemesis], cluster: FaultableCluster) -> list[Nemesis]:
-    """`nemeses` (parse_nemesis's) with the clock kinds made clock rates; ValueError naming
-    a kind the simulation cannot model."""
-    return [_sim_kind(n, cluster) for n in nemeses]
+# election-crash's timing. The leader is cut off for a moment before it is killed, so that
+# its log ends in entries no other node has. A voter dies within half a millisecond of its
+# vote leaving (the new leader's first append is a network delay away). The killed nodes
+# stay down for a few heartbeats. The first candidate rejoins a few network delays after
+# the next vote, or, if no vote comes, after long enough for a restarted node to time out
+# and campaign.
+_LEADER_CUT_NS = (5_000_000, 50_000_000)
+_VOTE_CRASH_NS = (0, 500_000)
+_DOWN_NS = (20_000_000, 220_000_000)
+_SWAP_NS = (5_000_000, 30_000_000)
+_ALONE_NS = 2_500_000_000
 
 
-def _sim_kind(nemesis: Nemesis, cluster: FaultableCluster) -> Nemesis:
+@dataclass
+class ElectionCrash:
+    """`election-crash`: crashes in the middle of elections, timed as only a simulation can.
+
+    start cuts the leader L off, kills it 5-50 ms later, and waits for a vote. When a node
+    V grants a vote to candidate C, V is killed within half a millisecond (its vote left;
+    C's first append as leader cannot have reached it yet) and C is cut off from every node
+    (but the votes on their way to it arrive). V and L restart 20-220 ms later. When the
+    next vote goes to another candidate D, C hears its voters again and, at random, either
+    D stays connected to them (C rejoins 5-30 ms after that vote) or D is cut off from them
+    in C's place (as D's first entry of its own term leaves after entries of older terms:
+    those may be acknowledged, its own one is lost); if no vote comes within 2.5 s of the
+    restart, C rejoins its voters then.
+    stop heals everything. These are the moments where the Raft paper's hard cases live: a
+    voter that restarts right after voting meets a candidate of the same term (what it
+    remembers of its vote decides whether the term gets two leaders), and a leader elected
+    after a crash meets the one elected before it, whose entry of a newer term is on no
+    majority (the paper's Figure 8).
+
+    The records: the start ({"leader": L, "cut": grudge}); then, `emit`ted as starts of
+    this kind, the kill ({"nodes": [L]}), the crash ({"nodes": [V], "voter", "candidate",
+    "term", "cut": grudge}), the restart ({"restarted": nodes}) and the rejoin ({"cut":
+    grudge, "elected": D or None}); then the stop ({"restarted": nodes, "healed": true}).
+    """
+
+    cluster: FaultableCluster
+    emit: Callable[[FaultEvent], None]
+    name: str = "election-crash"
+    min_nodes: int = 3
+
+    def __post_init__(self) -> None:
+        self._down: set[str] = set()
+        self._votes: dict[tuple[str, int], set[str]] = {}
+        self._candidate: str | None = None  # C, once its voter crashed
+        self._rng = random.Random(0)
+        self._gen = 0  # one per start and stop: what an earlier start left pending lapses
+        self._step = 0  # one per step: a rejoin already done lapses
+        self._older_sent = False  # the new leader sent entries of older terms
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        self._rng, self._votes, self._candidate = ctx.rng, {}, None
+        self._gen += 1
+        leader = ctx.leader()
+        self._down = set()
+        self.cluster.on_vote = self._voted
+        if leader not in ctx.nodes:
+            return FaultEvent("start", self.name, {"leader": None})
+        cut = self._cut({leader: set()})
+        self._later(_draw(self._rng, _LEADER_CUT_NS), lambda: self._kill_leader(leader))
+        return FaultEvent("start", self.name, {"leader": leader, "cut": cut})
+
+    def _kill_leader(self, leader: str) -> None:
+        self.cluster.kill(leader)
+        self._down.add(leader)
+        self.emit(FaultEvent("start", self.name, {"nodes": [leader]}))
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        self.cluster.on_vote = self.cluster.on_send = None
+        self._gen += 1
+        restarted = sorted(self._down)
+        for node in restarted:
+            self.cluster.restart(node)
+        self._down.clear()
+        self.cluster.set_grudge({})
+        return FaultEvent("stop", self.name, {"restarted": restarted, "healed": True})
+
+    def _voted(self, voter: str, candidate: str, term: int) -> None:
+        voters = self._votes.setdefault((candidate, term), set())
+        voters.add(voter)
+        if len(voters) > 1:
+            return  # later votes for the same candidate only count
+        if self._candidate is None and len(self._votes) == 1:
+            crash = lambda: self._crash(voter, candidate, term)  # noqa: E731
+            self._later(_draw(self._rng, _VOTE_CRASH_NS), crash)
+        elif self._candidate not in (None, candidate) and not self._down:
+            self.cluster.on_vote = None
+            if self._rng.random() < 0.5:  # the new leader is cut off as its own entry leaves
+                self._older_sent = False
+                self.cluster.on_send = lambda msg: self._watch(msg, candidate, term)
+            else:  # the new leader stays, and the first candidate rejoins a moment later
+                rejoin = lambda: self._rejoin(candidate, replace=False)  # noqa: E731
+                self._later(_draw(self._rng, _SWAP_NS), rejoin)
+
+    def _watch(self, msg: Message, leader: str, term: int) -> None:
+        """Cut `leader` off as it sends an entry of its own term after entries of older
+        terms (its first append, a probe, carries its own entry too and is refused)."""
+        if msg.src != leader or msg.type is not MsgType.APPEND or not msg.entries:
+            return
+        if any(entry.term == term for entry in msg.entries):
+            if self._older_sent:
+                self.cluster.on_send = None
+                self._later(0, lambda: self._rejoin(leader, replace=True))
+        else:
+            self._older_sent = True
+
+    def _later(self, after_ns: int, step: Callable[[], None]) -> None:
+        gen = self._gen
+
+        def act() -> None:
+            if gen == self._gen:  # else stopped meanwhile
+                step()
+
+        self.cluster.call_at(self.cluster.now_ns + after_ns, act)
+
+    def _crash(self, voter: str, candidate: str, term: int) -> None:
+        self.cluster.kill(voter)
+        self._down.add(voter)
+        self._candidate = candidate
+        cut = self._cut({candidate: set()})
+        value = {"nodes": [voter], "voter": voter, "candidate": candidate, "term": term,
+                 "cut": cut}  # fmt: skip
+        self.emit(FaultEvent("start", self.name, value))
+        self._later(_draw(self._rng, _DOWN_NS), self._restart)
+
+    def _restart(self) -> None:
+        restarted = sorted(self._down)
+        for node in restarted:
+            self.cluster.restart(node)
+        self._down.clear()
+        self.emit(FaultEvent("start", self.name, {"restarted": restarted}))
+        step = self._step
+        rejoin = lambda: self._rejoin(None, replace=False)  # noqa: E731
+        self._later(_ALONE_NS, lambda: rejoin() if step == self._step else None)
+
+    def _rejoin(self, elected: str | None, replace: bool) -> None:
+        self._step += 1
+        self.cluster.on_vote = self.cluster.on_send = None
+        assert self._candidate is not None
+        keep = {self._candidate: self._voters_of(self._candidate)}
+        if elected is not None and replace:
+            keep[elected] = set()  # elected is cut off in the candidate's place
+        cut = self._cut(keep)
+        self.emit(FaultEvent("start", self.name, {"cut": cut, "elected": elected}))
+
+    def _voters_of(self, candidate: str) -> set[str]:
+        return {v for (c, _), vs in self._votes.items() if c == candidate for v in vs}
+
+    def _cut(self, keep: dict[str, set[str]]) -> dict[str, list[str]]:
+        """Cut each node of `keep` from every other node but those it maps to, except that
+        votes already on their way to it still arrive; the grudge set."""
+        cut: dict[str, set[str]] = {}
+        for node, heard in keep.items():
+            voters = self._voters_of(node)
+            for other in self.cluster.ids:
+                if other == node or other in heard:
+                    continue
+                cut.setdefault(other, set()).add(node)
+                if other not in voters:
+                    cut.setdefault(node, set()).add(other)
+        self.cluster.set_grudge(cut)
+        return {n: sorted(senders) for n, senders in sorted(cut.items())}
+
+
+def _draw(rng: random.Random, span: tuple[int, int]) -> int:
+    low, high = span
+    return low + int(rng.random() * (high - low))
+
+
+def sim_nemeses(
+    nemeses: list[Nemesis], cluster: FaultableCluster, emit: Callable[[FaultEvent], None]
+) -> list[Nemesis]:
+    """`nemeses` (parse_nemesis's) with the clock kinds made clock rates and the kinds only
+    the simulation runs made real (`emit` records what they do between start and stop);
+    ValueError naming a kind the simulation cannot model."""
+    return [_sim_kind(n, cluster, emit) for n in nemeses]
+
+
+def _sim_kind(
+    nemesis: Nemesis, cluster: FaultableCluster, emit: Callable[[FaultEvent], None]
+) -> Nemesis:
     if nemesis.name in SIM_REFUSED:
         raise ValueError(f"--backend sim: {SIM_REFUSED[nemesis.name]}")
     if isinstance(nemesis, TogetherNemesis):
-        return TogetherNemesis(nemesis.name, tuple(_sim_kind(p, cluster) for p in nemesis.parts))
+        parts = tuple(_sim_kind(p, cluster, emit) for p in nemesis.parts)
+        return TogetherNemesis(nemesis.name, parts)
     if isinstance(nemesis, ClockNemesis):
         return SimClockNemesis(cluster, nemesis.name, leader_only=nemesis.leader_only)
+    if isinstance(nemesis, SimOnlyNemesis):
+        return ElectionCrash(cluster, emit)
     return nemesis
 
 
@@ -196,6 +386,9 @@ def replay(cluster: FaultableCluster, fault: str, f: str, value: Any) -> None:
         for part in fault.split("+"):
             replay(cluster, part, f, parts.get(part))
         return
+    if fault == ElectionCrash.name:
+        _replay_election_crash(cluster, f, value if isinstance(value, dict) else {})
+        return
     if fault.startswith("partition-"):
         grudge = value if f == "start" and isinstance(value, dict) else {}
         cluster.set_grudge({n: set(map(str, dropped)) for n, dropped in grudge.items()})
@@ -207,6 +400,18 @@ def replay(cluster: FaultableCluster, fault: str, f: str, value: Any) -> None:
         nodes = value.get("nodes", []) if isinstance(value, dict) else value or []
         for node in map(str, nodes):
             _replay_on_node(cluster, fault, f, node, value)
+
+
+def _replay_election_crash(cluster: FaultableCluster, f: str, value: dict[str, Any]) -> None:
+    for node in map(str, value.get("restarted", [])):
+        cluster.restart(node)
+    if f == "stop":
+        cluster.set_grudge({})
+        return
+    for node in map(str, value.get("nodes", [])):
+        cluster.kill(node)
+    if isinstance(value.get("cut"), dict):
+        cluster.set_grudge({n: set(map(str, dropped)) for n, dropped in value["cut"].items()})
 
 
 def _replay_on_node(cluster: FaultableCluster, fault: str, f: str, node: str, value: Any) -> None:

@@ -87,7 +87,7 @@ class SimRun:
             ),
         )
         parsed = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, SIM_SETUP_KINDS)
-        self.nemeses = sim_nemeses(parsed, self.cluster)
+        self.nemeses = sim_nemeses(parsed, self.cluster, self._emit)
         self.ctx = sim_context(self.cluster, opts.seed, frozenset(opts.fault_targets or ()))
         self._t0_ns = 0
         self.history = _VirtualHistory(run_dir / "history.jsonl", self._now)
@@ -304,7 +304,9 @@ def run_sim(
         finally:
             sim.history.close()
             sim.write_leaders()
-        results = build_results(opts, sim.history.ops, run_dir, sim.nemeses)
+        crashes = [{"time": f.time_ns - sim._t0_ns, "node": f.node, "what": f.what}
+                   for f in sim.cluster.failures]  # fmt: skip
+        results = build_results(opts, sim.history.ops, run_dir, sim.nemeses, crashes)
         write_json(run_dir / "results.json", results)
         write_run_reports(run_dir, results, sim.history.ops)
     return results["valid"], run_dir, results

@@ -16,7 +16,15 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     power-loss                SIGKILL targets, then drop all their disks did not make durable
                               (nemesis.lazyfs); stop restarts them on what is left
 
+    election-crash            sim backend only: cut the leader off and kill it; when a node
+                              then grants a vote, kill it within half a millisecond (its
+                              vote sent, the new leader's first append not yet there) and
+                              cut the candidate off; restart both, then let the candidate
+                              rejoin as the next leader is elected; stop heals
+                              (harness.simfaults.ElectionCrash)
+
 `delay` (tc netem) is refused with a sentence saying why (see netfaults.delay_refusal).
+Kinds of SIM_ONLY are refused, saying why, unless the caller says it simulates them.
 
 Pause picks its targets at random among: one random node, a random minority ((n-1)//2
 nodes, when that is 2 or more), or the leader (one random node when the leader is unknown).
@@ -52,6 +60,7 @@ from nemesis.remote import ProcessControl, Remote, RemoteError
 
 __all__ = [
     "KINDS",
+    "SIM_ONLY",
     "TARGET_MODES",
     "ClockNemesis",
     "FaultEvent",
@@ -62,6 +71,7 @@ __all__ = [
     "PartitionNemesis",
     "PauseNemesis",
     "PowerLossNemesis",
+    "SimOnlyNemesis",
     "StrobeNemesis",
     "TogetherNemesis",
     "parse_nemesis",
@@ -564,6 +574,28 @@ _PARTITIONS: dict[str, tuple[int, GrudgeMaker]] = {
     "partition-bridge": (3, lambda c: grudges.bridge(c.nodes, c.rng)),
     "partition-one-way": (2, lambda c: grudges.one_way(c.nodes, c.rng)),
 }
+
+
+@dataclass
+class SimOnlyNemesis:
+    """A kind only the sim backend can run (SIM_ONLY): parse_nemesis hands it out only to a
+    caller that simulates it, which puts its own in its place (harness.simfaults)."""
+
+    name: str
+    min_nodes: int
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        raise RuntimeError(SIM_ONLY[self.name])
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        raise RuntimeError(SIM_ONLY[self.name])
+
+
+# Kinds only the sim backend can run, and why.
+SIM_ONLY = {
+    "election-crash": "nemesis 'election-crash' crashes a node within half a millisecond of its "
+    "vote, which only the simulation can see and time: use --backend sim",
+}
 # Every kind name -> the smallest cluster it applies to.
 KINDS: dict[str, int] = {
     **{name: least for name, (least, _) in _PARTITIONS.items()},
@@ -574,6 +606,7 @@ KINDS: dict[str, int] = {
     ClockNemesis.name: ClockNemesis.min_nodes,
     "clock-slow-leader": ClockNemesis.min_nodes,
     StrobeNemesis.name: StrobeNemesis.min_nodes,
+    "election-crash": 3,
 }
 # Kinds that need the nodes set up for them before they start: clock (under libfaketime,
 # which a static binary ignores) and power-loss (data on the lazy filesystem).
@@ -598,7 +631,8 @@ def parse_nemesis(
     nodes; bridge and majorities-ring need 3). `packet_loss` is the share of packets
     `packet-loss` drops (0 < share <= 1). `delay` raises ValueError saying why it cannot run
     (it probes the kernel: netfaults.delay_refusal). `all` takes a kind of NEEDS_SETUP only
-    if `can_set_up` names it (the run can set the nodes up for it).
+    if `can_set_up` names it (the run can set the nodes up for it); a kind of SIM_ONLY is
+    refused unless `can_set_up` names it (the run simulates it).
     """
     netfaults.check_share(packet_loss)
     if nodes < 1:
@@ -613,24 +647,27 @@ def parse_nemesis(
     chosen: list[str] = []
     for name in names:
         if "+" in name:
-            chosen.append("+".join(_check_kind(part.strip(), nodes) for part in name.split("+")))
+            parts = (_check_kind(part.strip(), nodes, can_set_up) for part in name.split("+"))
+            chosen.append("+".join(parts))
             continue
         if name == "all":
             chosen.extend(
                 k
                 for k, least in KINDS.items()
-                if nodes >= least and (k not in NEEDS_SETUP or k in can_set_up)
+                if nodes >= least and (k not in NEEDS_SETUP | set(SIM_ONLY) or k in can_set_up)
             )
             continue
-        chosen.append(_check_kind(name, nodes))
+        chosen.append(_check_kind(name, nodes, can_set_up))
     return [_make(kind, packet_loss) for kind in dict.fromkeys(chosen)]
 
 
-def _check_kind(name: str, nodes: int) -> str:
+def _check_kind(name: str, nodes: int, can_set_up: Collection[str]) -> str:
     """The kind `name` names, if a cluster of `nodes` nodes can take it; else ValueError."""
     kind = ALIASES.get(name, name)
     if kind == "delay":
         raise ValueError(netfaults.delay_refusal())
+    if kind in SIM_ONLY and kind not in can_set_up:
+        raise ValueError(SIM_ONLY[kind])
     if kind not in KINDS:
         raise ValueError(f"unknown nemesis {name!r}; known: {_known()}")
     least = KINDS[kind]
@@ -705,5 +742,7 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return ClockNemesis(kind, settings=(SLOW_CLOCK,), leader_only=True)
     if kind == StrobeNemesis.name:
         return StrobeNemesis()
+    if kind in SIM_ONLY:
+        return SimOnlyNemesis(kind, KINDS[kind])
     least, make = _PARTITIONS[kind]
     return PartitionNemesis(kind, least, make)

@@ -203,6 +203,8 @@ class KVCluster:
         # When set, called as each granted vote leaves its voter, durable by then (voter,
         # candidate, term). It must not call the fault methods itself; it may `call_at`.
         self.on_vote: Callable[[str, str, int], None] | None = None
+        # When set, called with each message a node sends, as it leaves; the same contract.
+        self.on_send: Callable[[Message], None] | None = None
         self._nodes = {nid: self._new_node(nid) for nid in self.ids}
         for nid in self.ids:
             self.restart(nid)
@@ -456,6 +458,10 @@ class KVCluster:
     def _send(self, messages: list[Message]) -> None:
         if self.on_vote is not None:
             self._tell_votes(messages)
+        if self.on_send is not None:
+            for msg in messages:
+                if self.on_send is not None:
+                    self.on_send(msg)
         nodes, link_free, rng = self._nodes, self._link_free_ns, self.rng
         low, span, now = self._net_low, self._net_span, self.now_ns
         for msg in messages:

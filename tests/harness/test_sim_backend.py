@@ -58,6 +58,30 @@ def test_bad_raft_options_are_refused_before_anything_runs(
     assert not list(tmp_path.iterdir())
 
 
+def test_election_crash_runs_its_steps_and_a_correct_cluster_survives(tmp_path: Path) -> None:
+    proc = sim_test(tmp_path, "--nemesis", "election-crash", "--raft-option", "check-quorum=off",
+                    "--time", "10", "--seed", "9")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # seed 9 with vote-amnesia fails
+    r = results(tmp_path)
+    assert r["valid"] is True and r["node_crashes"] == []
+    steps = [op["value"] for op in r["nemesis_schedule"]
+             if op["fault"] == "election-crash" and op["type"] == "info"]  # fmt: skip
+    leader = steps[0]["leader"]
+    assert steps[0]["cut"][leader] == sorted(n for n in ("n1", "n2", "n3") if n != leader)
+    assert steps[1] == {"nodes": [leader]}
+    crash = steps[2]
+    assert crash["voter"] != crash["candidate"] and leader not in (
+        crash["voter"],
+        crash["candidate"],
+    )
+    assert crash["nodes"] == [crash["voter"]] and crash["term"] >= 2
+    assert steps[3] == {"restarted": sorted([leader, crash["voter"]])}
+    assert "cut" in steps[4] and crash["candidate"] in json.dumps(steps[4]["cut"])
+    assert steps[5] == {"restarted": [], "healed": True}
+    report = (Path(r["run_dir"]) / "report.html").read_text()
+    assert f"election-crash: leader {leader} cut off and killed" in report
+
+
 @pytest.mark.slow  # several whole sim runs: in `make test`, not `make check`
 def test_every_fault_kind_acts_and_is_recorded(tmp_path: Path) -> None:
     proc = sim_test(tmp_path, "--nemesis", "all", "--time", "30", "--nemesis-interval", "0.5",
@@ -115,6 +139,7 @@ def test_hunt_without_a_bug_finds_nothing(tmp_path: Path) -> None:
         (["test", "--backend", "sim", "--target", "etcd"], "etcd has no core to simulate"),
         (["test", "--backend", "sim", "--nemesis", "clock-strobe"], "no wall clock to jump"),
         (["hunt", "--backend", "netns"], "hunt runs on the sim backend only"),
+        (["test", "--backend", "netns", "--nemesis", "kill,election-crash"], "use --backend sim"),
     ],
 )
 def test_what_the_sim_cannot_run_is_refused(tmp_path: Path, args: list[str], why: str) -> None:

@@ -1,11 +1,11 @@
 """The planted bugs that need rare schedules, found by `harness hunt --backend sim` from
 histories alone, at seeds that bench/detection.py found (docs/performance.md, "detection on
-the sim backend"). `commit-old-term` and `vote-amnesia` have no test here: no schedule the
-harness can express has shown them to the checker yet (docs/performance.md says what was
-tried and why)."""
+the sim backend"). `commit-old-term` has no test here: no schedule has shown it to the
+checker yet (docs/performance.md says what was tried and why)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +29,9 @@ def hunt(store: Path, bug: str, seed: int, *args: str) -> subprocess.CompletedPr
         # 0.5 s: without the log check a node that missed entries can be elected and
         # drop them. This seed's run is a long one (about 40 s of wall time).
         ("skip-log-check", 49, ["--nemesis", "partition-one+kill", "--nemesis-interval", "0.5"]),
+        # A voter killed right after voting forgets its vote and elects a second leader in
+        # the same term; check-quorum off, or the restarted voter would ignore votes.
+        ("vote-amnesia", 9, ["--nemesis", "election-crash", "--raft-option", "check-quorum=off"]),
     ],
 )
 def test_hunt_finds_a_rare_planted_bug(
@@ -38,3 +41,20 @@ def test_hunt_finds_a_rare_planted_bug(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"anomaly at seed {seed}" in proc.stdout
     assert "first anomaly: " in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_node_that_fails_its_own_check_makes_the_run_invalid(tmp_path: Path) -> None:
+    # Seed 1: the history shows nothing, but the second leader of a term crashes on its
+    # own safety check when it meets the voter that served both.
+    args = ["--nemesis", "election-crash", "--raft-option", "check-quorum=off"]
+    proc = hunt(tmp_path, "vote-amnesia", 1, *args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "first anomaly" not in proc.stdout
+    assert "crashed on its own at " in proc.stdout and "AssertionError" in proc.stdout
+    results_file = tmp_path / "latest" / "results.json"
+    results = json.loads(results_file.read_text())
+    assert results["valid"] is False and results["checker"]["valid"] is True
+    assert results["node_crashes"] and results["node_crashes"][0]["node"] in ("n1", "n2", "n3")
+    junit = (results_file.parent / "junit.xml").read_text()
+    assert 'name="no-node-crash"' in junit and "log compacted" in junit

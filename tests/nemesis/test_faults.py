@@ -9,7 +9,14 @@ import pytest
 
 from nemesis import iptables
 from nemesis.fakes import FakeProcessControl, FakeRemote
-from nemesis.faults import KINDS, NEEDS_SETUP, FaultEvent, NemesisContext, parse_nemesis
+from nemesis.faults import (
+    KINDS,
+    NEEDS_SETUP,
+    SIM_ONLY,
+    FaultEvent,
+    NemesisContext,
+    parse_nemesis,
+)
 from nemesis.remote import RemoteError
 
 
@@ -123,11 +130,14 @@ def test_a_failing_node_raises_after_the_others_are_done() -> None:
 def test_parse_combines_dedups_and_expands_all() -> None:
     assert [n.name for n in parse_nemesis("partition", 3)] == ["partition-halves"]
     assert [n.name for n in parse_nemesis(" kill , pause,kill ", 3)] == ["kill", "pause"]
-    assert [n.name for n in parse_nemesis("all", 5)] == [k for k in KINDS if k not in NEEDS_SETUP]
+    plain = [k for k in KINDS if k not in NEEDS_SETUP and k not in SIM_ONLY]
+    assert [n.name for n in parse_nemesis("all", 5)] == plain
     with_clock = parse_nemesis("all", 5, can_set_up=["clock"])
-    assert [n.name for n in with_clock] == [
-        k for k in KINDS if k not in NEEDS_SETUP or k == "clock"
-    ]
+    assert [n.name for n in with_clock] == [k for k in KINDS if k in plain or k == "clock"]
+    simulated = parse_nemesis("all", 5, can_set_up=SIM_ONLY)
+    assert [n.name for n in simulated] == [k for k in KINDS if k in plain or k in SIM_ONLY]
+    with pytest.raises(ValueError, match="use --backend sim"):
+        parse_nemesis("kill,election-crash", 3)
     assert [n.name for n in parse_nemesis("all", 1)] == ["kill", "pause"]
     two = [n.name for n in parse_nemesis("all", 2)]
     assert "partition-bridge" not in two and "partition-halves" in two
