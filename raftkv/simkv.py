@@ -258,13 +258,13 @@ class KVCluster:
         while queue and queue[0][0] <= until_ns:
             time_ns, _, kind, a, b = pop(queue)
             self.now_ns = time_ns
-            try:
-                handlers[kind](a, b)
             if kind == _REPLY:  # the one event that reaches the driver (_on_reply's work)
                 delivered.append((a, b))
                 if stop_at_reply:
                     return True
                 continue
+            try:
+                handlers[kind](a, b)
             except AssertionError as exc:
                 self._fail(exc)
         return False
@@ -694,15 +694,15 @@ class KVCluster:
     def _write(self, node: _SimNode, rid: int, cmd: Command) -> None:
         core = node.core
         assert core is not None
+        if core.role is not Role.LEADER:  # propose's NotLeader, without raising it
+            self._answer(rid, self._not_leader(core.leader))
+            return
         index = core.propose(encode_command(cmd, parsed=True))
         node.proposals[index] = (core.term, rid)
         self._process(node)
 
     def _read(self, node: _SimNode, rid: int, request: _Request, key: str, mode: str) -> None:
         core = node.core
-        if core.role is not Role.LEADER:  # propose's NotLeader, without raising it
-            self._answer(rid, self._not_leader(core.leader))
-            return
         assert core is not None
         if mode == "local" and core.role is not Role.LEADER:
             raise NotLeader(core.leader)
@@ -712,15 +712,15 @@ class KVCluster:
         request.key = key
         read_id = node.next_read_id
         node.next_read_id += 1
+        if core.role is not Role.LEADER:  # read_index's NotLeader, without raising it
+            self._answer(rid, self._not_leader(core.leader))
+            return
         core.read_index(read_id, lease=(mode == "lease"))
         node.reads[read_id] = rid
         self._process(node)
 
     def _on_deadline(self, rid: int, _: None) -> None:
         request = self._requests.get(rid)
-        if core.role is not Role.LEADER:  # read_index's NotLeader, without raising it
-            self._answer(rid, self._not_leader(core.leader))
-            return
         if request is None:
             return
         node = self._nodes[request.node]
