@@ -325,12 +325,18 @@ class Raft:
             self._bcast_pending = False
             self._bcast_append()
         log = self.log
+        last_index = log.last_index()
+        # Most batches have nothing to persist or apply: no slices then.
         rd = Ready(
             hard_state=self._hard_state() if self._hard_state_changed() else None,
-            entries=log.slice(log.unstable_from, log.last_index() + 1),
+            entries=log.slice(log.unstable_from, last_index + 1)
+            if log.unstable_from <= last_index
+            else [],
             snapshot=log.pending_snapshot,
             messages=self._msgs,
-            committed=log.slice(log.applied + 1, log.committed + 1),
+            committed=log.slice(log.applied + 1, log.committed + 1)
+            if log.committed > log.applied
+            else [],
             reads=self._reads,
             dropped_reads=self._dropped_reads,
         )
