@@ -47,6 +47,13 @@ _GETTERS: dict[tuple[str, ...], Callable[[Op], tuple[Any, ...]]] = {}
 _ATTRS = {"time": "time_ns"}
 # json.dumps(record, separators=...) builds an encoder per call; this one is reused.
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+# A client op's key orders (HistoryWriter.record_client), by (has a key, has an error).
+_CLIENT_KEYS = {
+    (False, False): (*_REQUIRED, "value"),
+    (True, False): (*_REQUIRED, "key", "value"),
+    (False, True): (*_REQUIRED, "value", "error"),
+    (True, True): (*_REQUIRED, "key", "value", "error"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +219,15 @@ def _span(invoked: Op, done: Op | None) -> OpSpan:
     )  # fmt: skip
 
 
+def _json(value: Any) -> str:
+    """`value` as json.dumps writes it inside a record (ensure_ascii, no spaces)."""
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _ENCODE(value)
+
+
 class HistoryWriter:
     """Appends ops with dense indexes and test-relative nanosecond times; `ops` holds
     every Op recorded so far."""
@@ -244,6 +260,32 @@ class HistoryWriter:
         self._next_index += 1
         self._file.write(_ENCODE(record) + "\n")
         op = Op.from_json(record)
+        self.ops.append(op)
+        if time.monotonic() - self._last_flush >= self._flush_interval_s:
+            self.flush()
+        return op
+
+    def record_client(
+        self, type_: str, process: int | str, f: str, key: Any, value: Any, error: Any = None
+    ) -> Op:
+        """`record(type_, process, f, key=key, value=value, error=error)`, the same line
+        and Op, written without building the record's dict and encoding it whole (a 60-s
+        sim run records 150,000 client ops)."""
+        index = self._next_index
+        self._next_index = index + 1
+        time_ns = self.now_ns()
+        line = (
+            f'{{"index":{_json(index)},"time":{_json(time_ns)},"type":{_json(type_)},'
+            f'"process":{_json(process)},"f":{_json(f)}'
+        )
+        if key is not None:
+            line += f',"key":{_json(key)}'
+        line += f',"value":{_json(value)}'
+        if error is not None:
+            line += f',"error":{_json(error)}'
+        self._file.write(line + "}\n")
+        keys = _CLIENT_KEYS[key is not None, error is not None]
+        op = Op(index, time_ns, type_, process, f, key, value, error, _NO_EXTRA, keys)
         self.ops.append(op)
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
             self.flush()

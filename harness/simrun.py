@@ -182,7 +182,7 @@ class SimRun:
         return clients
 
     def _invoke(self, client: SimClient, op: Invocation) -> None:
-        self.history.record("invoke", self._processes[client], op.f, key=op.key, value=op.value)
+        self.history.record_client("invoke", self._processes[client], op.f, op.key, op.value)
         client.begin(op)
 
     def _completed(
@@ -191,7 +191,7 @@ class SimRun:
         process = self._processes[client]
         # An empty error is left out, as None is.
         error = done.error or None
-        self.history.record(done.type, process, op.f, key=op.key, value=done.value, error=error)
+        self.history.record_client(done.type, process, op.f, op.key, done.value, error)
         if done.type == "info":  # Jepsen's rule: the process is gone, a new one goes on
             self._processes[client] = process + self.opts.concurrency
         if gen is not None and not self._stopping:

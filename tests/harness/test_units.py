@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import random
@@ -94,6 +95,21 @@ def test_the_writer_keeps_in_memory_the_ops_history_jsonl_reads_back(tmp_path: P
     )
     assert list(back[1].to_json())[5:] == ["value", "fault", "error"]  # as written
     assert "error" not in back[2].to_json()
+
+
+def test_a_client_op_recorded_in_short_is_the_line_and_op_record_makes(tmp_path: Path) -> None:
+    long, short = (HistoryWriter(tmp_path / name) for name in ("long.jsonl", "short.jsonl"))
+    long.now_ns = short.now_ns = lambda: 12_345  # type: ignore[method-assign]
+    values = [None, 0, -7, 2**64 - 1, 10**30, True, 1.5, float("inf"), "", 'é"\\\n', [1, None],
+              (2, 3), {"a": [{"b": "ü"}]}]  # fmt: skip
+    for type_, process, key, value, error in itertools.product(
+        ("invoke", "ok", "info"), (0, 7), (None, "k0", "ü"), values, (None, "timeout", "é")
+    ):
+        made = short.record_client(type_, process, "cas", key, value, error)
+        assert made == long.record(type_, process, "cas", key=key, value=value, error=error)
+    long.close()
+    short.close()
+    assert short.path.read_bytes() == long.path.read_bytes()
 
 
 def test_spans_pair_invocations_with_completions_and_an_info_op_may_end_any_time() -> None:
