@@ -1,7 +1,8 @@
 """`harness hunt`: run seed after seed of one test on the sim backend until the checker
 finds an anomaly, and say which seed, how to replay it, and what the anomaly is. A run in
-which a node crashed on its own (its own safety check failed) is INVALID too, and hunt
-names the crash when the history showed nothing.
+which a node crashed on its own (its own safety check failed), or after which the healed
+cluster never served again, is INVALID too, and hunt names that when the history showed
+no anomaly.
 
 Every option of `harness test` applies; `--seed` is the first seed (default 1), then
 seed + 1, ... up to `--runs` runs. `--jobs J` runs J seeds at a time in processes of
@@ -25,7 +26,7 @@ import click
 
 from harness.exit import EXIT_INVALID, EXIT_OK, EXIT_UNKNOWN, UsageError
 from harness.options import RunOptions, reproduce_command, validate
-from harness.results import crash_lines
+from harness.results import finding_lines
 from harness.store import new_run_dir, point_latest
 from harness.test_cmd import click_params, options_from_params
 
@@ -41,13 +42,13 @@ def _one_seed(opts: RunOptions) -> tuple[int, Any, str | None, str]:
 
 
 def _finding(results: dict[str, Any]) -> str | None:
-    """The first anomaly, or else the first node that crashed on its own, as a line."""
+    """The first anomaly, or else the first other finding (harness.results), as a line."""
     anomaly = results["checker"].get("anomaly")
     if anomaly:
         return (f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: "
                 f"{anomaly.get('reason') or ''}")  # fmt: skip
-    crashes = crash_lines(results)
-    return crashes[0] if crashes else None
+    others = finding_lines(results)
+    return others[0] if others else None
 
 
 def _hunt(runs: int, jobs: int, **kw: Any) -> int:

@@ -145,7 +145,8 @@ def cases_from_results(
     results: Mapping[str, Any], report_path: str = "", suffix: str = ""
 ) -> list[JunitCase]:
     """`linearizable[key]` and `stale-reads[key]` for every key of a run's results.json, and
-    `no-node-crash` where it says whether nodes crashed on their own.
+    `no-node-crash` and `recovered` where it says whether nodes crashed on their own and
+    whether the healed cluster served again.
     `report_path` goes to system-out; `suffix` tells repeated runs apart (" #2")."""
     classname = f"harness.{results.get('test', 'run')}"
     anomalies = {str(a.get("key")): a for a in results.get("checker", {}).get("anomalies", [])}
@@ -189,6 +190,13 @@ def cases_from_results(
         )
         ok = not crashes
         cases.append(JunitCase(classname, f"no-node-crash{suffix}", ok, message, {}, report_path))
+    recovery = results.get("recovery")
+    if recovery is not None:
+        unread = recovery.get("unread") or []
+        message = f"not read within {recovery.get('window_s')} s of healing: {', '.join(unread)}"
+        case = JunitCase(classname, f"recovered{suffix}", not unread, message if unread else "",
+                         {}, report_path)  # fmt: skip
+        cases.append(case)
     return cases
 
 

@@ -33,7 +33,7 @@ from harness.history import Op, OpSpan, pair_ops, read_ops
 from harness.junit import cases_from_results, suite_properties, write_junit
 from harness.leaders import LEADERS_FILE, read_leaders
 from harness.options import options_from_json, reproduce_command
-from harness.results import crash_lines
+from harness.results import finding_lines
 from nemesis import clock
 from nemesis.faults import PacketLossNemesis, PowerLossNemesis
 from nemesis.netfaults import loss_label
@@ -446,7 +446,7 @@ def render_report(
         checker=checker_json,
         first=first,
         first_anchor=data["timelines"][0]["anchor"] if data["timelines"] else "",
-        crashes=crash_lines(results),
+        findings=finding_lines(results),
         faults=data["faults"],
         files=_run_files(run_dir) if run_dir is not None else [],
         data=_json_for_script(data),

@@ -13,7 +13,7 @@ from harness.analysis import count_ops, stale_reads
 from harness.history import Op, pair_ops
 from harness.options import RunOptions, options_to_json
 
-__all__ = ["build_results", "check_history", "crash_lines", "nemesis_schedule"]
+__all__ = ["build_results", "check_history", "finding_lines", "nemesis_schedule"]
 
 
 def check_history(
@@ -55,16 +55,26 @@ def build_results(
     run_dir: Path,
     nemeses: Sequence[Any],
     node_crashes: Sequence[Mapping[str, Any]] | None = None,
+    recovery: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """results.json of a run made with `opts` (its options as `options_to_json` writes
-    them; `options_from_json` reads them back). `node_crashes` are the nodes that died on
-    their own, no fault having killed them ({"time", "node", "what"}), where the backend
-    can tell (the sim backend: a node's own safety check failed); any makes the run
-    INVALID, whatever the checker says of the history, as a crashed database is a finding."""
+    them; `options_from_json` reads them back).
+
+    Where the backend can tell (the sim backend), two findings besides the checker's:
+    `node_crashes`, the nodes that died on their own, no fault having killed them ({"time",
+    "node", "what"}: a node's own safety check failed), and `recovery` ({"window_s",
+    "unread"}), the keys the final reads could not read within window_s seconds after
+    every fault healed. Either makes the run INVALID, whatever the checker says of the
+    history: a database that crashes, or never serves again, is a finding."""
     checked = check_history(ops, opts.check_time_limit_s)
-    crashes = {"node_crashes": list(node_crashes)} if node_crashes is not None else {}
+    extra: dict[str, Any] = {}
+    if node_crashes is not None:
+        extra["node_crashes"] = list(node_crashes)
+    if recovery is not None:
+        extra["recovery"] = dict(recovery)
+    failed = bool(node_crashes) or bool(recovery and recovery.get("unread"))
     return {
-        "valid": False if node_crashes else checked["valid"],
+        "valid": False if failed else checked["valid"],
         "test": opts.test_name,
         "run_dir": str(run_dir),
         "seed": opts.seed,
@@ -72,14 +82,22 @@ def build_results(
         "nemeses": [n.name for n in nemeses],
         **{k: v for k, v in checked.items() if k != "valid"},
         "nemesis_schedule": nemesis_schedule(ops),
-        **crashes,
+        **extra,
     }
 
 
-def crash_lines(results: Mapping[str, Any]) -> list[str]:
-    """One line per node that crashed on its own (results.json's `node_crashes`)."""
-    return [
+def finding_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per finding besides the checker's (see build_results): each node that
+    crashed on its own, and a cluster that did not serve again after healing."""
+    lines = [
         f"node {c.get('node')} crashed on its own at {float(c.get('time', 0)) / 1e9:.3f} s: "
         f"{c.get('what')}"
         for c in results.get("node_crashes") or ()
     ]
+    recovery = results.get("recovery") or {}
+    if recovery.get("unread"):
+        lines.append(
+            f"the cluster did not recover: {', '.join(map(str, recovery['unread']))} not read "
+            f"within {recovery.get('window_s')} s after every fault healed"
+        )
+    return lines

@@ -52,6 +52,8 @@ log = logging.getLogger("harness")
 
 NS = 1_000_000_000
 LEADER_TIMEOUT_NS = 30 * NS
+# After every fault healed, a correct cluster serves every key again within this.
+RECOVERY_NS = 10 * NS
 LEADER_SAMPLE_NS = NS // 2
 
 
@@ -98,6 +100,7 @@ class SimRun:
         self._stopping = False
         self._processes: dict[SimClient, int] = {}
         self._leaders: list[str] = []
+        self.unread: list[str] = []  # keys the final reads never read (see _final_reads)
         self._active: list[Nemesis] = []  # the fault started and not yet stopped
 
     def _now(self) -> int:
@@ -257,14 +260,25 @@ class SimRun:
         sample()
 
     def _final_reads(self) -> None:
-        """Healed: wait for a leader, then read every key once more from it."""
-        self.step_until(self.cluster.now_ns + LEADER_TIMEOUT_NS,
-                        lambda: self.cluster.leader()[0] is not None)  # fmt: skip
+        """Healed: read every key once more from the leader, each retried until it is read
+        or RECOVERY_NS have passed since the heal. A correct cluster serves again well
+        within that; `unread` keeps the keys that were never read (a cluster that did not
+        recover)."""
+        deadline = self.cluster.now_ns + RECOVERY_NS
+        self.step_until(deadline, lambda: self.cluster.leader()[0] is not None)
+        keys = Generator(WorkloadOptions(self.opts.workload, self.opts.keys), random.Random()).keys
         leader = self.cluster.leader()[0]
         if leader is None:
-            log.error("no leader after healing: final reads skipped")
+            log.error("no leader within %d s after healing: final reads skipped",
+                      RECOVERY_NS // NS)  # fmt: skip
+            self.unread = [str(k) for k in keys]
             return
-        keys = Generator(WorkloadOptions(self.opts.workload, self.opts.keys), random.Random()).keys
+        outcomes: list[str] = []
+
+        def done(client: SimClient, op: Invocation, completion: Completion) -> None:
+            outcomes.append(completion.type)
+            self._completed(client, op, completion, None)
+
         reader = SimClient(
             self.cluster,
             leader,
@@ -273,15 +287,20 @@ class SimRun:
             op_timeout_ns=int(self.opts.op_timeout_s * NS),
             attempt_timeout_ns=int(min(self.opts.op_timeout_s / 4, ATTEMPT_TIMEOUT_S) * NS),
             schedule=self.at,
-            done=lambda c, op, done: self._completed(c, op, done, None),
+            done=done,
             requests=self._requests,
         )
         self._processes[reader] = 10 * self.opts.concurrency * 1000
         for key in keys:
-            self._invoke(reader, Invocation("read", key, None))
-            self.step_until(self.cluster.now_ns + 2 * int(self.opts.op_timeout_s * NS) + NS,
-                            lambda: reader.op is None)  # fmt: skip
-            self._processes[reader] += 1
+            while True:
+                self._invoke(reader, Invocation("read", key, None))
+                self.step_until(self.cluster.now_ns + 2 * int(self.opts.op_timeout_s * NS) + NS,
+                                lambda: reader.op is None)  # fmt: skip
+                self._processes[reader] += 1
+                if outcomes[-1:] == ["ok"] or self.cluster.now_ns >= deadline:
+                    break
+            if outcomes[-1:] != ["ok"]:
+                self.unread.append(str(key))
 
     def write_leaders(self) -> None:
         (self.run_dir / LEADERS_FILE).write_text("".join(f"{line}\n" for line in self._leaders))
@@ -306,7 +325,8 @@ def run_sim(
             sim.write_leaders()
         crashes = [{"time": f.time_ns - sim._t0_ns, "node": f.node, "what": f.what}
                    for f in sim.cluster.failures]  # fmt: skip
-        results = build_results(opts, sim.history.ops, run_dir, sim.nemeses, crashes)
+        recovery = {"window_s": RECOVERY_NS // NS, "unread": sim.unread}
+        results = build_results(opts, sim.history.ops, run_dir, sim.nemeses, crashes, recovery)
         write_json(run_dir / "results.json", results)
         write_run_reports(run_dir, results, sim.history.ops)
     return results["valid"], run_dir, results

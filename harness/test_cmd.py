@@ -32,7 +32,7 @@ from harness.exit import (
 )
 from harness.junit import write_runs_junit
 from harness.options import OPTIONS, Option, RunOptions, parse_options, validate
-from harness.results import crash_lines
+from harness.results import finding_lines
 from harness.runner import RunOutcome, remove_leftover_data_dirs, run_test
 from harness.targets.base import TargetSetupError
 
@@ -238,7 +238,7 @@ def _summary(outcome: RunOutcome) -> None:
     if anomaly:
         reason = anomaly.get("reason") or ""
         click.echo(f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: {reason}")
-    for line in crash_lines(r):
+    for line in finding_lines(r):
         click.echo(line)
     click.echo(f"results in {outcome.run_dir}")
 

@@ -64,6 +64,10 @@ def test_election_crash_runs_its_steps_and_a_correct_cluster_survives(tmp_path: 
     assert proc.returncode == 0, proc.stdout + proc.stderr  # seed 9 with vote-amnesia fails
     r = results(tmp_path)
     assert r["valid"] is True and r["node_crashes"] == []
+    assert r["recovery"] == {"window_s": 10, "unread": []}  # served again after healing
+    junit = (Path(r["run_dir"]) / "junit.xml").read_text()
+    assert 'name="no-node-crash"' in junit and 'name="recovered"' in junit
+    assert "<failure" not in junit
     steps = [op["value"] for op in r["nemesis_schedule"]
              if op["fault"] == "election-crash" and op["type"] == "info"]  # fmt: skip
     leader = steps[0]["leader"]
