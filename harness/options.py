@@ -213,8 +213,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--nemesis",), "nemesis", "nemesis", "run", default="none", show_default=True,
            help="Comma-separated faults: none, partition, partition-leader, partition-one, "
            "partition-majorities-ring, partition-bridge, partition-one-way, kill, "
-           "pause, packet-loss, clock, clock-slow-leader, clock-strobe (libfaketime: netns, "
-           "docker, ssh), all; "
+           "pause, packet-loss, power-loss, clock, clock-slow-leader, clock-strobe "
+           "(libfaketime: netns, docker, ssh), election-crash (sim only), all; "
            "a+b: faults that act together."),
     Option(("--nemesis-interval",), "nemesis_interval", "nemesis_interval_s", "run",
            kind=float, low=0.1, default=5.0, show_default=True,
