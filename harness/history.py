@@ -56,7 +56,9 @@ _CLIENT_KEYS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, for the cost of a frozen __init__ (see raftkv.types.Message); never changed
+# after it is made, hashed and compared as a frozen one would be.
+@dataclass(slots=True, unsafe_hash=True)
 class Op:
     """One history record: an invocation or completion of a client op (`process` an int),
     or a fault's (`process` is `NEMESIS`). `time_ns` is ns since the test began; `type` is
@@ -228,6 +230,20 @@ def _json(value: Any) -> str:
     return _ENCODE(value)
 
 
+_NAME_JSON: dict[str, str] = {}
+_NAME_JSON_MAX = 256
+
+
+def _name_json(name: str) -> str:
+    """`_json(name)` for an op's type or f, remembered (at most `_NAME_JSON_MAX` names)."""
+    encoded = _NAME_JSON.get(name)
+    if encoded is None:
+        encoded = _json(name)
+        if len(_NAME_JSON) < _NAME_JSON_MAX:
+            _NAME_JSON[name] = encoded
+    return encoded
+
+
 class HistoryWriter:
     """Appends ops with dense indexes and test-relative nanosecond times; `ops` holds
     every Op recorded so far."""
@@ -274,9 +290,11 @@ class HistoryWriter:
         index = self._next_index
         self._next_index = index + 1
         time_ns = self.now_ns()
+        # index and time are ints (their str is their JSON); type and f come from a few
+        # names, each encoded once.
         line = (
-            f'{{"index":{_json(index)},"time":{_json(time_ns)},"type":{_json(type_)},'
-            f'"process":{_json(process)},"f":{_json(f)}'
+            f'{{"index":{index:d},"time":{time_ns:d},"type":{_name_json(type_)},'
+            f'"process":{_json(process)},"f":{_name_json(f)}'
         )
         if key is not None:
             line += f',"key":{_json(key)}'
