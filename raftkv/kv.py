@@ -67,7 +67,10 @@ class SnapshotError(ValueError):
     """A snapshot image that is not one `KVStore.snapshot` could have written."""
 
 
-@dataclass(frozen=True)
+# Slotted, not frozen, for the cost of a frozen __init__ (see raftkv.types.Message): never
+# changed after it is made (a decoding is shared by the replicas), hashed and compared as
+# a frozen one would be.
+@dataclass(slots=True, unsafe_hash=True)
 class Command:
     """One client command, validated.
 

@@ -17,7 +17,7 @@ class EntryKind(enum.IntEnum):
     NOOP = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see Message
 class Entry:
     """One log entry. `data` is opaque to Raft (the KV layer encodes commands)."""
 
@@ -27,7 +27,7 @@ class Entry:
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see Message
 class HardState:
     """What must be on disk before a node answers a vote or an append.
 
@@ -93,7 +93,7 @@ class Message:
     snapshot: Snapshot | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see Message
 class ReadState:
     """A read that may be served once the state machine has applied `index`."""
 
