@@ -26,7 +26,7 @@ import click
 
 from harness.exit import EXIT_INVALID, EXIT_OK, EXIT_UNKNOWN, UsageError
 from harness.options import RunOptions, reproduce_command, validate
-from harness.results import finding_lines
+from harness.results import anomaly_line, finding_lines
 from harness.store import new_run_dir, point_latest
 from harness.test_cmd import click_params, options_from_params
 
@@ -43,12 +43,7 @@ def _one_seed(opts: RunOptions) -> tuple[int, Any, str | None, str]:
 
 def _finding(results: dict[str, Any]) -> str | None:
     """The first anomaly, or else the first other finding (harness.results), as a line."""
-    anomaly = results["checker"].get("anomaly")
-    if anomaly:
-        return (f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: "
-                f"{anomaly.get('reason') or ''}")  # fmt: skip
-    others = finding_lines(results)
-    return others[0] if others else None
+    return next(iter(filter(None, [anomaly_line(results), *finding_lines(results)])), None)
 
 
 def _hunt(runs: int, jobs: int, **kw: Any) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "JunitCase",
     "cases_from_check",
     "cases_from_results",
+    "crash_text",
     "failure_type",
     "junit_xml",
     "relative_to_junit",
@@ -184,10 +185,7 @@ def cases_from_results(
         )
     crashes = results.get("node_crashes")
     if crashes is not None:  # only where the backend can tell (sim)
-        message = "; ".join(
-            f"{c.get('node')} at {float(c.get('time', 0)) / 1e9:.3f} s: {c.get('what')}"
-            for c in crashes
-        )
+        message = "; ".join(crash_text(c) for c in crashes)
         ok = not crashes
         cases.append(JunitCase(classname, f"no-node-crash{suffix}", ok, message, {}, report_path))
     recovery = results.get("recovery")
@@ -198,6 +196,12 @@ def cases_from_results(
                          {}, report_path)  # fmt: skip
         cases.append(case)
     return cases
+
+
+def crash_text(crash: Mapping[str, Any]) -> str:
+    """One of results.json's `node_crashes`, as a sentence."""
+    when = float(crash.get("time", 0)) / 1e9
+    return f"node {crash.get('node')} crashed on its own at {when:.3f} s: {crash.get('what')}"
 
 
 def _stale_by_key(results: Mapping[str, Any]) -> dict[str, int]:

@@ -11,9 +11,16 @@ import checker
 from checker import NEMESIS
 from harness.analysis import count_ops, stale_reads
 from harness.history import Op, pair_ops
+from harness.junit import crash_text
 from harness.options import RunOptions, options_to_json
 
-__all__ = ["build_results", "check_history", "finding_lines", "nemesis_schedule"]
+__all__ = [
+    "anomaly_line",
+    "build_results",
+    "check_history",
+    "finding_lines",
+    "nemesis_schedule",
+]
 
 
 def check_history(
@@ -86,14 +93,19 @@ def build_results(
     }
 
 
+def anomaly_line(results: Mapping[str, Any]) -> str | None:
+    """The checker's first anomaly as one line, if it found one."""
+    anomaly = results["checker"].get("anomaly")
+    if not anomaly:
+        return None
+    reason = anomaly.get("reason") or ""
+    return f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: {reason}"
+
+
 def finding_lines(results: Mapping[str, Any]) -> list[str]:
     """One line per finding besides the checker's (see build_results): each node that
     crashed on its own, and a cluster that did not serve again after healing."""
-    lines = [
-        f"node {c.get('node')} crashed on its own at {float(c.get('time', 0)) / 1e9:.3f} s: "
-        f"{c.get('what')}"
-        for c in results.get("node_crashes") or ()
-    ]
+    lines = [crash_text(c) for c in results.get("node_crashes") or ()]
     recovery = results.get("recovery") or {}
     if recovery.get("unread"):
         lines.append(

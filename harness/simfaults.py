@@ -363,11 +363,16 @@ def apply_to_cluster(nemesis: Nemesis, event: FaultEvent, cluster: FaultableClus
         return
     if isinstance(nemesis, PartitionNemesis):
         grudge = event.value if event.f == "start" and isinstance(event.value, dict) else {}
-        cluster.set_grudge({n: set(map(str, dropped)) for n, dropped in grudge.items()})
+        cluster.set_grudge(_senders(grudge))
     elif isinstance(nemesis, PacketLossNemesis):
         value = event.value if event.f == "start" and isinstance(event.value, dict) else {}
-        drops = {n: set(map(str, senders)) for n, senders in value.get("drops", {}).items()}
+        drops = _senders(value.get("drops", {}))
         cluster.set_loss(drops, float(value.get("share", 0.0)))
+
+
+def _senders(recorded: dict[str, Any]) -> dict[str, set[str]]:
+    """A grudge or a loss map as a history records it (node -> senders, as lists)."""
+    return {str(n): set(map(str, senders)) for n, senders in recorded.items()}
 
 
 def heal_cluster(cluster: FaultableCluster) -> None:
@@ -391,10 +396,10 @@ def replay(cluster: FaultableCluster, fault: str, f: str, value: Any) -> None:
         return
     if fault.startswith("partition-"):
         grudge = value if f == "start" and isinstance(value, dict) else {}
-        cluster.set_grudge({n: set(map(str, dropped)) for n, dropped in grudge.items()})
+        cluster.set_grudge(_senders(grudge))
     elif fault == PacketLossNemesis.name:
         loss = value if f == "start" and isinstance(value, dict) else {}
-        drops = {n: set(map(str, senders)) for n, senders in loss.get("drops", {}).items()}
+        drops = _senders(loss.get("drops", {}))
         cluster.set_loss(drops, float(loss.get("share", 0.0)))
     else:
         nodes = value.get("nodes", []) if isinstance(value, dict) else value or []
@@ -411,7 +416,7 @@ def _replay_election_crash(cluster: FaultableCluster, f: str, value: dict[str, A
     for node in map(str, value.get("nodes", [])):
         cluster.kill(node)
     if isinstance(value.get("cut"), dict):
-        cluster.set_grudge({n: set(map(str, dropped)) for n, dropped in value["cut"].items()})
+        cluster.set_grudge(_senders(value["cut"]))
 
 
 def _replay_on_node(cluster: FaultableCluster, fault: str, f: str, node: str, value: Any) -> None:

@@ -32,7 +32,7 @@ from harness.exit import (
 )
 from harness.junit import write_runs_junit
 from harness.options import OPTIONS, Option, RunOptions, parse_options, validate
-from harness.results import finding_lines
+from harness.results import anomaly_line, finding_lines
 from harness.runner import RunOutcome, remove_leftover_data_dirs, run_test
 from harness.targets.base import TargetSetupError
 
@@ -234,11 +234,9 @@ def _summary(outcome: RunOutcome) -> None:
         f"{counts.get('info', 0)} info; stale reads {r['stale_reads']}; keys "
         + json.dumps(r["keys"])
     )
-    anomaly = r["checker"].get("anomaly")
-    if anomaly:
-        reason = anomaly.get("reason") or ""
-        click.echo(f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: {reason}")
-    for line in finding_lines(r):
+    for line in [anomaly_line(r), *finding_lines(r)]:
+        if line is None:
+            continue
         click.echo(line)
     click.echo(f"results in {outcome.run_dir}")
 
