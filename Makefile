@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OS_PACKAGES := iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime
+OS_PACKAGES := gcc iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime
 
-.PHONY: venv test check demo lint typecheck bench clean os-packages
+.PHONY: venv native test check demo lint typecheck bench clean os-packages
 
 venv: $(STAMP) os-packages
 
@@ -26,6 +26,12 @@ os-packages:
 		else echo "missing OS packages (need root to install):$$missing"; fi; \
 	fi
 
+# The hot modules compiled with mypyc (raftkv/native.py says which and how they are
+# used), rebuilt only when a source changed; if compiling fails, pure Python runs.
+native: $(STAMP)
+	@$(BIN)/python -c "import raftkv.native as n, sys; sys.exit(not n.usable())" || \
+		$(BIN)/python tools/build_native.py || true
+
 # Neither needs the OS packages, so neither installs them.
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,17 +40,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: venv lint typecheck
+test: venv native lint typecheck
 	$(BIN)/pytest -q
 
 # The environment needs are the markers of tests/conftest.py; slow marks long simulations.
 CHECK_TESTS := not root and not docker and not sshd and not chromium and not etcd and not slow
 
-check: lint typecheck
+check: native lint typecheck
 	$(BIN)/pytest -q -m "$(CHECK_TESTS)"
 
 # A minute of partitions on Docker (the first run builds the node image, about two minutes).
-demo: venv
+demo: venv native
 	$(BIN)/harness test --nemesis partition --time 60
 
 bench: venv

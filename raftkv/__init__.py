@@ -6,3 +6,8 @@ seeded simulator (`raftkv.sim`); all three take their timeouts from one
 `raftkv.timing.RaftTiming`. `raftkv serve` (`raftkv.cli`) runs a node and its
 HTTP face: the routes in `raftkv.http_routes`, the server in `raftkv.http_server`.
 """
+
+from raftkv.native import attach
+
+# The hot modules' compiled copies, when built and current (see raftkv.native).
+__path__ = attach(__name__, __path__)

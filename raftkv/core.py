@@ -42,6 +42,7 @@ from raftkv.types import (
 __all__ = [
     "BUGS",
     "CAMPAIGN_TRANSFER",
+    "MAX_ENTRIES_PER_APPEND",
     "Config",
     "LogConflict",
     "NotLeader",
@@ -61,6 +62,9 @@ BUGS = frozenset(
 - vote-amnesia: the vote is forgotten on restart (see `hard_state_on_restart`).
 - no-fsync: the driver acknowledges before its writes are durable (driver-side only).
 """
+
+MAX_ENTRIES_PER_APPEND = 256
+"""Config.max_entries_per_append's default, for whoever offers it as a setting."""
 
 CAMPAIGN_TRANSFER = 1
 """VOTE.context of an election forced by TIMEOUT_NOW (leadership transfer)."""
@@ -91,7 +95,7 @@ class Config:
     peers: tuple[str, ...]
     timing: RaftTiming = field(default_factory=RaftTiming)
     pre_vote: bool = True
-    max_entries_per_append: int = 256
+    max_entries_per_append: int = MAX_ENTRIES_PER_APPEND
     max_inflight_appends: int = 64
     bugs: frozenset[str] = frozenset()
 

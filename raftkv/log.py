@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from raftkv.errors import LogConflict
 from raftkv.types import Entry, Snapshot
-
-
-class LogConflict(AssertionError):
-    """A peer asked to rewrite a committed entry: Raft's safety is already broken."""
 
 
 class RaftLog:

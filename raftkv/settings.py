@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from raftkv.core import Config
+from raftkv.core import MAX_ENTRIES_PER_APPEND, Config
 from raftkv.timing import RaftTiming
 
 __all__ = ["DEFAULT_RAFT", "RaftSettings"]
@@ -35,7 +35,7 @@ class RaftSettings:
 
     check_quorum: bool = True
     pre_vote: bool = True
-    max_append_entries: int = Config.max_entries_per_append
+    max_append_entries: int = MAX_ENTRIES_PER_APPEND
 
     @classmethod
     def parse(cls, words: Iterable[str]) -> RaftSettings:

@@ -1,0 +1,92 @@
+"""The compiled hot modules (raftkv.native): used only while current, and the same program."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raftkv import native
+
+WHERE = "import raftkv.core, harness.simrun; print(raftkv.core.__file__, harness.simrun.__file__)"
+
+
+def loaded_from(env: dict[str, str]) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", WHERE], capture_output=True, text=True,
+                          env=env, timeout=60, check=True)  # fmt: skip
+    return proc.stdout.split()
+
+
+def fake_tree(root: Path) -> Path:
+    """A copy of MODULES' sources under `root` and a manifest that matches them."""
+    for rel in native.MODULES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((native.ROOT / rel).read_bytes())
+    manifest = root / "manifest.json"
+    sources = {rel: native.source_digest(root / rel) for rel in native.MODULES}
+    manifest.write_text(json.dumps({"interpreter": native.interpreter_tag(), "sources": sources}))
+    return manifest
+
+
+def test_a_manifest_is_current_only_while_every_source_matches(tmp_path: Path) -> None:
+    manifest = fake_tree(tmp_path)
+    assert native.current(manifest, tmp_path)
+    core = tmp_path / "raftkv" / "core.py"
+    core.write_bytes(core.read_bytes() + b"\n# edited\n")
+    assert not native.current(manifest, tmp_path)
+    core.unlink()
+    assert not native.current(manifest, tmp_path)
+
+
+def test_another_interpreter_or_a_broken_manifest_is_not_current(tmp_path: Path) -> None:
+    manifest = fake_tree(tmp_path)
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "interpreter": "cpython-39-linux"}))
+    assert not native.current(manifest, tmp_path)
+    manifest.write_text(json.dumps({**data, "sources": {}}))
+    assert not native.current(manifest, tmp_path)
+    for garbage in ("{", "[]", '{"interpreter": 1}', ""):
+        manifest.write_text(garbage)
+        assert not native.current(manifest, tmp_path)
+    manifest.unlink()
+    assert not native.current(manifest, tmp_path)
+
+
+needs_build = pytest.mark.skipif(
+    not native.current(native.MANIFEST, native.ROOT),
+    reason="the compiled modules are not built (make native) or not current",
+)
+
+
+@needs_build
+def test_compiled_modules_load_unless_pure_python_is_asked_for() -> None:
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    compiled = loaded_from(env)
+    assert all(path.startswith(str(native.NATIVE_DIR)) and path.endswith(".so")
+               for path in compiled), compiled  # fmt: skip
+    pure = loaded_from({**env, native.PURE_ENV: "1"})
+    assert [Path(path).suffix for path in pure] == [".py", ".py"], pure
+
+
+@needs_build
+def test_compiled_and_pure_python_write_the_same_history(tmp_path: Path) -> None:
+    # Faults of every kind, a planted bug that crashes a node by assertion, lease reads.
+    args = ["--backend", "sim", "--nemesis", "all", "--time", "6", "--nemesis-interval",
+            "0.5", "--seed", "4", "--bug", "skip-log-check", "--read-mode", "lease",
+            "--no-live"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    outputs = []
+    for name, extra in (("compiled", {}), ("pure", {native.PURE_ENV: "1"})):
+        store = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "test", *args, "--store", str(store)],
+            capture_output=True, text=True, env={**env, **extra}, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+        run = store / "latest"
+        outputs.append([(run / name).read_bytes() for name in ("history.jsonl", "leaders.jsonl")])
+    assert outputs[0] == outputs[1]
