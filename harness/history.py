@@ -246,10 +246,17 @@ def _name_json(name: str) -> str:
 
 class HistoryWriter:
     """Appends ops with dense indexes and test-relative nanosecond times; `ops` holds
-    every Op recorded so far."""
+    every Op recorded so far. `clock`, when given, tells the time instead (a simulation's
+    virtual nanoseconds)."""
 
-    def __init__(self, path: Path, flush_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_interval_s: float = 1.0,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self.path = path
+        self._clock = clock
         self._file: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115 - long-lived
         self._t0_ns = time.monotonic_ns()
         self._next_index = 0
@@ -258,6 +265,8 @@ class HistoryWriter:
         self.ops: list[Op] = []
 
     def now_ns(self) -> int:
+        if self._clock is not None:
+            return self._clock()
         return time.monotonic_ns() - self._t0_ns
 
     def record(self, type_: str, process: int | str, f: str, **fields: Any) -> Op:

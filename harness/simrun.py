@@ -57,17 +57,6 @@ RECOVERY_NS = 10 * NS
 LEADER_SAMPLE_NS = NS // 2
 
 
-class _VirtualHistory(HistoryWriter):
-    """A HistoryWriter whose clock is the simulation's."""
-
-    def __init__(self, path: Path, clock: Callable[[], int]) -> None:
-        super().__init__(path)
-        self._clock = clock
-
-    def now_ns(self) -> int:
-        return self._clock()
-
-
 class SimRun:
     """One simulated run: build it, then `run()`; `history` holds what happened. With a
     `plan` (fault events as a history records them: time, f, fault, value) the nemesis
@@ -92,7 +81,7 @@ class SimRun:
         self.nemeses = sim_nemeses(parsed, self.cluster, self._emit)
         self.ctx = sim_context(self.cluster, opts.seed, frozenset(opts.fault_targets or ()))
         self._t0_ns = 0
-        self.history = _VirtualHistory(run_dir / "history.jsonl", self._now)
+        self.history = HistoryWriter(run_dir / "history.jsonl", clock=self._now)
         # [time, order, fn]; fn None: cancelled
         self._timers: list[list[Any]] = []
         self._order = itertools.count()

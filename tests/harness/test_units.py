@@ -98,8 +98,10 @@ def test_the_writer_keeps_in_memory_the_ops_history_jsonl_reads_back(tmp_path: P
 
 
 def test_a_client_op_recorded_in_short_is_the_line_and_op_record_makes(tmp_path: Path) -> None:
-    long, short = (HistoryWriter(tmp_path / name) for name in ("long.jsonl", "short.jsonl"))
-    long.now_ns = short.now_ns = lambda: 12_345  # type: ignore[method-assign]
+    long, short = (
+        HistoryWriter(tmp_path / name, clock=lambda: 12_345)
+        for name in ("long.jsonl", "short.jsonl")
+    )
     values = [None, 0, -7, 2**64 - 1, 10**30, True, 1.5, float("inf"), "", 'é"\\\n', [1, None],
               (2, 3), {"a": [{"b": "ü"}]}]  # fmt: skip
     for type_, process, key, value, error in itertools.product(
