@@ -4,6 +4,7 @@
 `iptables=True` it also models the iptables commands `nemesis.iptables` issues (chains,
 hooks, DROP rules, and iptables' exit codes), so tests can assert on firewall state.
 `FakeProcessControl` models each node's process as running, paused or killed.
+`FakeMembership` models a cluster's configuration (voters, learners, running nodes).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nemesis.membership import Members, MembershipError
 from nemesis.remote import CommandNotFoundError, ExecResult, RemoteError, RemoteTimeoutError
 
-__all__ = ["FakeProcessControl", "FakeRemote", "ScriptedResult"]
+__all__ = ["FakeMembership", "FakeProcessControl", "FakeRemote", "ScriptedResult"]
 
 
 @dataclass
@@ -197,3 +199,56 @@ class FakeProcessControl:
         self._enter("resume", node)
         if self.state[node] == "paused":
             self.state[node] = "running"
+
+
+@dataclass
+class FakeMembership:
+    """A `nemesis.membership.Membership` over an imaginary cluster: `voters` of `slots` to
+    begin with, every one running. `calls` records (method, node); a method named in
+    `refuse` raises MembershipError without changing anything; `stuck` learners never
+    catch up (promote refuses them)."""
+
+    slots: tuple[str, ...]
+    voters: set[str]
+    learners: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)
+    learners_supported: bool = True
+    refuse: set[str] = field(default_factory=set)
+    stuck: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.running |= self.voters
+
+    def _enter(self, method: str, node: str) -> None:
+        self.calls.append((method, node))
+        if method in self.refuse:
+            raise MembershipError(f"{method} {node} refused (scripted)")
+
+    def members(self) -> Members:
+        self._enter("members", "")
+        return Members(tuple(sorted(self.voters)), tuple(sorted(self.learners)))
+
+    def add(self, node: str, learner: bool) -> None:
+        self._enter("add", node)
+        assert node in self.slots and node not in self.voters | self.learners, node
+        (self.learners if learner else self.voters).add(node)
+        self.running.add(node)
+
+    def promote(self, node: str) -> None:
+        self._enter("promote", node)
+        if node not in self.learners or node in self.stuck:
+            raise MembershipError(f"{node} is not a learner in sync")
+        self.learners.discard(node)
+        self.voters.add(node)
+
+    def remove(self, node: str) -> None:
+        self._enter("remove", node)
+        if node not in self.voters | self.learners:
+            raise MembershipError(f"{node} is not a member")
+        self.voters.discard(node)
+        self.learners.discard(node)
+
+    def stop(self, node: str) -> None:
+        self._enter("stop", node)
+        self.running.discard(node)

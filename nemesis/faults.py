@@ -16,6 +16,10 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     power-loss                SIGKILL targets, then drop all their disks did not make durable
                               (nemesis.lazyfs); stop restarts them on what is left
 
+    member                    change the cluster's membership by one move: add a spare node
+                              (a learner, promoted at stop), or remove a voter or the leader;
+                              never below 3 voters (nemesis.membership)
+
     election-crash            sim backend only: cut the leader off and kill it; when a node
                               then grants a vote, kill it within half a millisecond (its
                               vote sent, the new leader's first append not yet there) and
@@ -39,6 +43,10 @@ x2) through `nemesis.clock` and checks it with a probe on each target before rec
 it needs the nodes started under libfaketime (`NemesisContext.clock_files`), so `all` leaves
 it out.
 
+Member needs the target's membership API and spare node slots (`NemesisContext.membership`),
+so `all` takes it only where the caller set that up. While it runs, `ctx.nodes` are the
+current members: the other faults act on them alone.
+
 Every start and stop runs under `ctx.lock`, so a heal never interleaves with a half-applied
 fault. `start`/`stop` block (they call Remote and ProcessControl); async callers run them in
 a thread (see `nemesis.schedule`).
@@ -49,6 +57,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,6 +65,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from nemesis import clock, iptables, netfaults
 from nemesis import grudge as grudges
+from nemesis.membership import Members, Membership, MembershipError, Move, plan_move
 from nemesis.remote import ProcessControl, Remote, RemoteError
 
 __all__ = [
@@ -65,6 +75,7 @@ __all__ = [
     "ClockNemesis",
     "FaultEvent",
     "KillNemesis",
+    "MemberNemesis",
     "Nemesis",
     "NemesisContext",
     "PacketLossNemesis",
@@ -76,6 +87,7 @@ __all__ = [
     "TogetherNemesis",
     "parse_nemesis",
     "parse_target_modes",
+    "settle_members",
     "uses_clock",
 ]
 
@@ -136,6 +148,9 @@ class NemesisContext:
     one thread, so faults act on them one after another. `lose_unsynced` maps each node
     whose data lies on the lazy filesystem to the call that drops what it did not make
     durable, answering what was lost (empty: no power-loss).
+    `membership` changes the cluster's members (None: no member fault possible); `remotes`
+    then holds every slot, spares too, and `members` the nodes now in the cluster, which
+    `nodes` returns (None: every node of `remotes`); `all_nodes` is every slot.
     """
 
     remotes: dict[str, Remote]
@@ -150,6 +165,8 @@ class NemesisContext:
     lose_unsynced: dict[str, Callable[[], dict[str, int]]] = field(default_factory=dict)
     target_modes: frozenset[str] = frozenset()
     simulated: bool = False
+    membership: Membership | None = None
+    members: set[str] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -159,6 +176,12 @@ class NemesisContext:
 
     @property
     def nodes(self) -> list[str]:
+        """The nodes faults act on: the cluster's current members."""
+        return sorted(self.remotes if self.members is None else self.members)
+
+    @property
+    def all_nodes(self) -> list[str]:
+        """Every node slot, member or not: heals reach them all."""
         return sorted(self.remotes)
 
 
@@ -208,8 +231,8 @@ def for_each_node(
 
 
 def heal_partitions(ctx: NemesisContext) -> None:
-    """Flush our iptables chain on every node."""
-    for_each_node(ctx.nodes, lambda n: iptables.heal(ctx.remotes[n]))
+    """Flush our iptables chain on every node (a node that left the cluster too)."""
+    for_each_node(ctx.all_nodes, lambda n: iptables.heal(ctx.remotes[n]))
 
 
 def apply_grudge(ctx: NemesisContext, grudge: grudges.Grudge) -> None:
@@ -560,6 +583,128 @@ class StrobeNemesis:
             return FaultEvent("stop", self.name, done)
 
 
+@dataclass
+class MemberNemesis:
+    """`member`: one membership move per start (`nemesis.membership.plan_move`): add a spare
+    slot (wiped, started with the member list; a learner where the target has them), or
+    remove a voter or the leader (then stop it), never below MIN_VOTERS voters; a learner
+    left waiting is promoted first. Stop promotes a waiting learner (`settle_members`), so
+    between a stop and the next start every member is a voter.
+
+    Each event's value: {"changes": [{"op", "node", "elapsed_ms", "fresh" (adds), "error"
+    (a change that failed)}], "voters", "learners"}, the configuration read back after the
+    change (or, when it cannot be read, the one last known)."""
+
+    name: str = "member"
+    min_nodes: int = 3
+    # Slots that were members at some time: adding one again is a re-add.
+    _used: set[str] = field(default_factory=set)
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            if ctx.membership is None:
+                return FaultEvent("start", self.name, None, error="no membership changes here")
+            try:
+                now = ctx.membership.members()
+            except MembershipError as exc:
+                return FaultEvent("start", self.name, None, error=f"member list: {exc}")
+            self._used.update(now.all)
+            move = plan_move(
+                now, ctx.membership.slots, self._used, ctx.rng, ctx.leader,
+                ctx.membership.learners_supported,
+            )  # fmt: skip
+            if move is None:
+                value = {"changes": [], **now.as_json()}
+                return FaultEvent("start", self.name, value, error="no move possible")
+            change = apply_move(ctx, ctx.membership, move)
+            self._used.add(move.node)
+            after, error = _sync_members(ctx, ctx.membership)
+            error = "; ".join(e for e in (change.get("error"), error) if e) or None
+            return FaultEvent("start", self.name, {"changes": [change], **after}, error=error)
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        with ctx.lock:
+            if ctx.membership is None:
+                return FaultEvent("stop", self.name, None)
+            value, errors = settle_members(ctx)
+            return FaultEvent("stop", self.name, value, error="; ".join(errors) or None)
+
+
+def apply_move(ctx: NemesisContext, membership: Membership, move: Move) -> dict[str, Any]:
+    """Make `move` through `membership`; the change as the member fault records it. A node
+    that leaves is stopped, and no longer killed or paused for the heal to undo."""
+    change: dict[str, Any] = {"op": move.op, "node": move.node}
+    if move.op in ("add-learner", "add-voter"):
+        change["fresh"] = move.fresh
+    began = time.monotonic()
+    try:
+        if move.op == "promote":
+            membership.promote(move.node)
+        elif move.op == "remove":
+            ctx.killed.discard(move.node)
+            ctx.paused.discard(move.node)
+            membership.remove(move.node)
+            if ctx.members is not None:
+                ctx.members.discard(move.node)
+            membership.stop(move.node)
+        else:
+            membership.add(move.node, learner=move.op == "add-learner")
+            if ctx.members is not None:
+                ctx.members.add(move.node)
+    except MembershipError as exc:
+        log.warning("nemesis: member %s %s: %s", move.op, move.node, exc)
+        change["error"] = str(exc)
+    change["elapsed_ms"] = round((time.monotonic() - began) * 1000, 1)
+    return change
+
+
+def _sync_members(
+    ctx: NemesisContext, membership: Membership
+) -> tuple[dict[str, list[str]], str | None]:
+    """Read the configuration back: faults now act on its members, and every node that
+    left it is stopped. Returns it as JSON, with the error if it could not be read (then the
+    last known configuration)."""
+    try:
+        now = membership.members()
+    except MembershipError as exc:
+        known = sorted(ctx.members if ctx.members is not None else ctx.remotes)
+        return {"voters": known, "learners": []}, f"member list: {exc}"
+    before = set(ctx.members if ctx.members is not None else ctx.remotes)
+    ctx.members = set(now.all)
+    errors = []
+    for node in sorted(before - ctx.members):
+        try:
+            membership.stop(node)
+        except MembershipError as exc:
+            errors.append(f"stopping {node}: {exc}")
+    return now.as_json(), "; ".join(errors) or None
+
+
+def settle_members(ctx: NemesisContext) -> tuple[dict[str, Any], list[str]]:
+    """Bring the cluster to a stable configuration: promote every learner (one that cannot
+    be promoted is removed), stop every node that is no longer a member. Returns what it
+    did ({"changes", "voters", "learners"}) and the errors. The caller holds `ctx.lock`."""
+    assert ctx.membership is not None
+    membership = ctx.membership
+    changes: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        now: Members | None = membership.members()
+    except MembershipError as exc:
+        now = None
+        errors.append(f"member list: {exc}")
+    for learner in now.learners if now is not None else ():
+        change = apply_move(ctx, membership, Move("promote", learner))
+        changes.append(change)
+        if "error" in change:
+            changes.append(apply_move(ctx, membership, Move("remove", learner)))
+    errors += [f"{c['op']} {c['node']}: {c['error']}" for c in changes if "error" in c]
+    after, error = _sync_members(ctx, membership)
+    if error:
+        errors.append(error)
+    return {"changes": changes, **after}, errors
+
+
 def _leader_grudge(ctx: NemesisContext) -> grudges.Grudge | None:
     leader = ctx.leader()
     return grudges.leader(ctx.nodes, leader) if leader in ctx.nodes else None
@@ -606,13 +751,15 @@ KINDS: dict[str, int] = {
     ClockNemesis.name: ClockNemesis.min_nodes,
     "clock-slow-leader": ClockNemesis.min_nodes,
     StrobeNemesis.name: StrobeNemesis.min_nodes,
+    MemberNemesis.name: MemberNemesis.min_nodes,
     "election-crash": 3,
 }
 # Kinds that need the nodes set up for them before they start: clock (under libfaketime,
-# which a static binary ignores) and power-loss (data on the lazy filesystem).
+# which a static binary ignores), power-loss (data on the lazy filesystem) and member (the
+# target's membership API, spare node slots).
 # `all` takes them only where the caller says that setup can be made (`parse_nemesis`).
 CLOCK_KINDS = frozenset({ClockNemesis.name, "clock-slow-leader", StrobeNemesis.name})
-NEEDS_SETUP = CLOCK_KINDS | {PowerLossNemesis.name}
+NEEDS_SETUP = CLOCK_KINDS | {PowerLossNemesis.name, MemberNemesis.name}
 ALIASES = {"partition": "partition-halves"}
 
 
@@ -742,6 +889,8 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return ClockNemesis(kind, settings=(SLOW_CLOCK,), leader_only=True)
     if kind == StrobeNemesis.name:
         return StrobeNemesis()
+    if kind == MemberNemesis.name:
+        return MemberNemesis()
     if kind in SIM_ONLY:
         return SimOnlyNemesis(kind, KINDS[kind])
     least, make = _PARTITIONS[kind]

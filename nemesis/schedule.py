@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from nemesis import clock, iptables
-from nemesis.faults import FaultEvent, Nemesis, NemesisContext, for_each_node
+from nemesis.faults import FaultEvent, Nemesis, NemesisContext, for_each_node, settle_members
 from nemesis.remote import RemoteError
 
 __all__ = ["Emit", "heal_all", "run_schedule"]
@@ -90,10 +90,12 @@ def heal_all(ctx: NemesisContext, nemeses: Sequence[Nemesis] = ()) -> list[Fault
     Stops each of `nemeses` (the ones that may be active), then, whatever those did: SIGCONT
     every node, restart every node in `ctx.killed`, flush our iptables chain on every node
     if any partition was applied in this context, and (nodes under libfaketime) give every
-    node in `ctx.clocked` the true clock back, which also ends a strobe's flips.
-    Idempotent: a second call finds nothing to undo. Returns the stop events of `nemeses`,
-    then one `heal-all` stop event whose value lists what it resumed, restarted and healed
-    (with "clock-healed" only when the nodes run under libfaketime).
+    node in `ctx.clocked` the true clock back, which also ends a strobe's flips, and (when
+    membership changes) promote every learner and stop every node that left the cluster
+    (`settle_members`). Idempotent: a second call finds nothing to undo. Returns the stop
+    events of `nemeses`, then one `heal-all` stop event whose value lists what it resumed,
+    restarted and healed (with "clock-healed" only when the nodes run under libfaketime, and
+    "members", what `settle_members` did, only where membership changes).
     """
     events: list[FaultEvent] = []
     with ctx.lock:
@@ -106,8 +108,8 @@ def heal_all(ctx: NemesisContext, nemeses: Sequence[Nemesis] = ()) -> list[Fault
         errors: list[str] = []
         paused = set(ctx.paused)
         # SIGCONT goes to every node, recorded or not: it is harmless on a running process.
-        resumed = _each(ctx.nodes, ctx.procs.resume, ctx.paused, errors)
-        value = {
+        resumed = _each(ctx.all_nodes, ctx.procs.resume, ctx.paused, errors)
+        value: dict[str, Any] = {
             "resumed": [n for n in resumed if n in paused],
             "restarted": _each(sorted(ctx.killed), ctx.procs.restart, ctx.killed, errors),
             "network-healed": _heal_network(ctx, errors),
@@ -116,6 +118,13 @@ def heal_all(ctx: NemesisContext, nemeses: Sequence[Nemesis] = ()) -> list[Fault
             value["clock-healed"] = _each(
                 sorted(ctx.clocked), _true_clock(ctx), ctx.clocked, errors
             )
+        if ctx.membership is not None:  # last: promotions need the network and nodes back
+            try:
+                value["members"], member_errors = settle_members(ctx)
+                errors += member_errors
+            except Exception as exc:  # healing must go on whatever the target did
+                log.error("nemesis: settling the members failed: %s", exc)
+                errors.append(str(exc))
         events.append(FaultEvent("stop", "heal-all", value, error="; ".join(errors) or None))
     return events
 
@@ -147,10 +156,10 @@ def _heal_network(ctx: NemesisContext, errors: list[str]) -> list[str]:
     if not ctx.network_faulted:
         return []
     try:
-        for_each_node(ctx.nodes, lambda n: iptables.heal(ctx.remotes[n]))
+        for_each_node(ctx.all_nodes, lambda n: iptables.heal(ctx.remotes[n]))
     except Exception as exc:  # reported, and the flag stays set so a later heal retries
         log.error("nemesis: network heal failed: %s", exc)
         errors.append(str(exc))
         return []
     ctx.network_faulted = False
-    return ctx.nodes
+    return ctx.all_nodes
