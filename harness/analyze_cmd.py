@@ -22,8 +22,9 @@ from harness.exit import EXIT_USAGE, UsageError, verdict_exit_code
 from harness.history import ops_from_json
 from harness.junit import cases_from_results, relative_to_junit, suite_properties, write_junit
 from harness.report import REPORT_FILE, write_report
-from harness.results import check_history, nemesis_schedule
+from harness.results import check_history, membership, nemesis_schedule
 from harness.store import write_json
+from nemesis.faults import MemberNemesis
 
 __all__ = ["analyze_command", "analyze_run"]
 
@@ -109,6 +110,10 @@ def analyze_run(run_dir: Path, time_limit_s: float | None = None) -> dict[str, A
         **{k: v for k, v in checked.items() if k != "valid"},
         "nemesis_schedule": nemesis_schedule(ops),
     }
+    if any(MemberNemesis.name in str(name).split("+") for name in results["nemeses"]):
+        nodes = options.get("nodes")
+        count = nodes if type(nodes) is int else 0
+        results["membership"] = membership(ops, [f"n{i}" for i in range(1, count + 1)])
     if history.warnings:
         results["warnings"] = history.warnings
     write_json(run_dir / "results.json", results)

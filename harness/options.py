@@ -30,11 +30,12 @@ from harness.clocks import clock_kinds
 from harness.disks import power_loss_refusal
 from harness.exit import UsageError
 from harness.targets import TARGETS
-from harness.targets.base import IgnoresPreload, ValidatesOptions
+from harness.targets.base import ChangesMembers, IgnoresPreload, ValidatesOptions
 from harness.workload import OPS, WORKLOADS
 from nemesis import clock
 from nemesis.faults import (
     TARGET_MODES,
+    MemberNemesis,
     PacketLossNemesis,
     PartitionNemesis,
     PowerLossNemesis,
@@ -42,6 +43,7 @@ from nemesis.faults import (
     parse_target_modes,
 )
 from nemesis.lazyfs import METADATA_MODES
+from nemesis.membership import MIN_VOTERS
 from nemesis.netfaults import DEFAULT_LOSS_SHARE
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ __all__ = [
     "Option",
     "RunOptions",
     "field_value",
+    "member_refusal",
     "options_from_json",
     "options_to_argv",
     "options_to_json",
@@ -63,6 +66,9 @@ __all__ = [
 ]
 
 BACKENDS = ("docker", "netns", "ssh", "sim")
+DEFAULT_MAX_NODES = 5
+# The backends that provision spare node slots for the `member` fault.
+MEMBER_BACKENDS = ("netns", "docker")
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class RunOptions:
     backend: str = "netns"
     target: str = "raftkv"
     nodes: int = 3
+    # Node slots for membership changes (None: DEFAULT_MAX_NODES, or `nodes` if more).
+    max_nodes: int | None = None
     concurrency: int = 6
     time_s: float = 60.0
     rate: float | None = None
@@ -108,6 +116,12 @@ class RunOptions:
     image: str | None = None
     # The workload's ops (None: all, less what the target says it cannot do).
     ops: tuple[str, ...] | None = None
+
+    @property
+    def slot_count(self) -> int:
+        """How many node slots the `member` fault may use: `max_nodes`, by default 5 (or
+        `nodes` if more)."""
+        return self.max_nodes if self.max_nodes is not None else max(DEFAULT_MAX_NODES, self.nodes)
 
     @property
     def test_name(self) -> str:
@@ -200,6 +214,9 @@ OPTIONS: tuple[Option, ...] = (
            default="raftkv", show_default=True),
     Option(("--nodes",), "nodes", "nodes", "run", kind=int, low=1, high=9, default=3,
            show_default=True),
+    Option(("--max-nodes",), "max_nodes", "max_nodes", "run", kind=int, low=1, high=9,
+           help="member nemesis: node slots, at least --nodes; nodes join and leave among "
+           "them (default 5, or --nodes if more)."),
     Option(("--concurrency",), "concurrency", "concurrency", "run", kind=int, low=1, high=1000,
            help="Client processes (default: 2 per node)."),
     Option(("--time",), "time_s", "time_s", "run", kind=float, low=1, default=60.0,
@@ -436,6 +453,7 @@ def validate(opts: RunOptions) -> None:
                 f"{opts.target} has no bug {bug!r}; known: {', '.join(target.bugs)}", "--bug"
             )
     _validate_raft_options(opts)
+    _validate_member(opts)
     if opts.backend == "sim":
         _validate_sim(opts)
         return
@@ -606,8 +624,10 @@ def setup_kinds(opts: RunOptions) -> frozenset[str]:
         from harness.simfaults import SIM_SETUP_KINDS
 
         return frozenset(SIM_SETUP_KINDS)
-    refusal = power_loss_refusal(TARGETS[opts.target](), opts.backend)
-    return clock_kinds(opts) | (frozenset() if refusal else {PowerLossNemesis.name})
+    target = TARGETS[opts.target]()
+    refusal = power_loss_refusal(target, opts.backend)
+    member = frozenset() if member_refusal(opts) else {MemberNemesis.name}
+    return clock_kinds(opts) | (frozenset() if refusal else {PowerLossNemesis.name}) | member
 
 
 def _validate_power_loss(opts: RunOptions) -> None:
@@ -619,3 +639,44 @@ def _validate_power_loss(opts: RunOptions) -> None:
     refusal = power_loss_refusal(TARGETS[opts.target](), opts.backend)
     if refusal is not None:
         raise UsageError(f"the power-loss nemesis cannot run: {refusal}", "--nemesis")
+
+
+def member_refusal(opts: RunOptions) -> str | None:
+    """Why the `member` nemesis cannot run with `opts`; None if it can: a target with a
+    membership API (`ChangesMembers`), a backend that provisions spare nodes, and room to
+    move between MIN_VOTERS voters and `--max-nodes`."""
+    if opts.backend == "sim":
+        return "membership changes are not simulated yet: run it on netns or docker"
+    target = TARGETS[opts.target]()
+    if not isinstance(target, ChangesMembers):
+        return (
+            f"{opts.target} offers no membership changes to the harness (the ChangesMembers hook)"
+        )
+    if opts.backend not in MEMBER_BACKENDS:
+        return (
+            f"the {opts.backend} backend has no spare nodes to add "
+            f"(not yet: run it on {' or '.join(MEMBER_BACKENDS)})"
+        )
+    if opts.slot_count <= opts.nodes <= MIN_VOTERS:
+        return (
+            f"with --nodes {opts.nodes} and --max-nodes {opts.slot_count} no node can join, "
+            f"and none can leave without going below {MIN_VOTERS} voters: raise --max-nodes"
+        )
+    return None
+
+
+def _validate_member(opts: RunOptions) -> None:
+    """`--max-nodes` is at least `--nodes`; the member nemesis needs what member_refusal
+    says."""
+    if opts.max_nodes is not None and opts.max_nodes < opts.nodes:
+        raise UsageError(
+            f"--max-nodes {opts.max_nodes} is below --nodes {opts.nodes}: the slots must hold "
+            "the nodes the cluster starts with",
+            "--max-nodes",
+        )
+    names = opts.nemesis.lower().replace("+", ",").split(",")
+    if MemberNemesis.name not in (name.strip() for name in names):
+        return
+    refusal = member_refusal(opts)
+    if refusal is not None:
+        raise UsageError(f"the member nemesis cannot run: {refusal}", "--nemesis")

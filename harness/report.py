@@ -41,6 +41,7 @@ from nemesis.netfaults import loss_label
 __all__ = [
     "REPORT_FILE",
     "build_report_data",
+    "member_lanes",
     "render_report",
     "write_report",
     "write_run_reports",
@@ -162,6 +163,43 @@ def leader_segments(samples: Sequence[dict[str, Any]], end_ns: int) -> list[dict
                 {"start": _ms(s["time"]), "end": _ms(stop), "leader": leader, "term": term}
             )
     return segments
+
+
+def member_lanes(membership: Any, end_ns: int) -> dict[str, Any] | None:
+    """results.json's `membership` as one lane per node: segments (ms) in which it was a
+    voter or a learner, from the initial voters and each change's configuration after it.
+    None when the run changed no membership."""
+    if not isinstance(membership, dict):
+        return None
+    initial = membership.get("initial") or {}
+    states: list[tuple[int, dict[str, str]]] = [(0, _roles(initial))]
+    for change in membership.get("changes") or []:
+        states.append((int(change.get("time", 0)), _roles(change)))
+    nodes = sorted({n for _, roles in states for n in roles}, key=_node_order)
+    segments: list[dict[str, Any]] = []
+    for node in nodes:
+        for i, (start, roles) in enumerate(states):
+            stop = states[i + 1][0] if i + 1 < len(states) else max(end_ns, start)
+            role = roles.get(node)
+            last = segments[-1] if segments else None
+            if role is None:
+                continue
+            if last and last["node"] == node and last["role"] == role and last["end"] == _ms(start):
+                last["end"] = _ms(stop)
+            else:
+                segments.append({"node": node, "role": role, "start": _ms(start), "end": _ms(stop)})
+    return {"nodes": nodes, "segments": segments, "changes": len(states) - 1}
+
+
+def _roles(config: Any) -> dict[str, str]:
+    roles = {str(n): "voter" for n in config.get("voters") or []}
+    roles.update({str(n): "learner" for n in config.get("learners") or []})
+    return roles
+
+
+def _node_order(node: str) -> tuple[int, str]:
+    digits = "".join(c for c in node if c.isdigit())
+    return (int(digits) if digits else 0, node)
 
 
 def perf_data(spans: Sequence[OpSpan], end_ns: int) -> dict[str, Any]:
@@ -376,6 +414,7 @@ def _report_data(
         "end_ms": _ms(end_ns),
         "faults": fault_windows(ops, end_ns),
         "leaders": leader_segments(leaders, end_ns),
+        "membership": member_lanes(results.get("membership"), end_ns),
         "perf": perf_data(spans, end_ns),
         "timelines": timelines,
     }

@@ -13,12 +13,14 @@ from harness.analysis import count_ops, stale_reads
 from harness.history import Op, pair_ops
 from harness.junit import crash_text
 from harness.options import RunOptions, options_to_json
+from nemesis.faults import MemberNemesis, kinds_of
 
 __all__ = [
     "anomaly_line",
     "build_results",
     "check_history",
     "finding_lines",
+    "membership",
     "nemesis_schedule",
 ]
 
@@ -56,6 +58,39 @@ def nemesis_schedule(ops: Iterable[Op]) -> list[dict[str, Any]]:
     return [op.to_json() for op in ops if op.process == NEMESIS]
 
 
+def _member_value(op: Op) -> Mapping[str, Any] | None:
+    """What a nemesis record says of the membership: the member fault's value (alone or as a
+    part of faults acting together), or the heal's `members`; None for any other."""
+    fault = str(op.extra.get("fault") or "")
+    value = op.value
+    if op.type != "info" or not isinstance(value, Mapping):
+        return None
+    found = (
+        value
+        if fault == MemberNemesis.name
+        else value.get("members")
+        if fault == "heal-all"
+        else value.get(MemberNemesis.name)
+        if MemberNemesis.name in fault.split("+")
+        else None
+    )
+    return found if isinstance(found, Mapping) else None
+
+
+def membership(ops: Iterable[Op], initial: Sequence[str]) -> dict[str, Any]:
+    """results.json's `membership`: the `initial` voters, and each change the member fault
+    made, in order: {"time" (ns, the record's), "op", "node", "voters" and "learners" after,
+    "elapsed_ms", and "fresh" for adds, "error" for a change that failed}."""
+    changes = []
+    for op in ops:
+        if op.process != NEMESIS or (value := _member_value(op)) is None:
+            continue
+        after = {"voters": value.get("voters"), "learners": value.get("learners")}
+        for change in value.get("changes") or ():
+            changes.append({"time": op.time_ns, **change, **after})
+    return {"initial": {"voters": list(initial), "learners": []}, "changes": changes}
+
+
 def build_results(
     opts: RunOptions,
     ops: Sequence[Op],
@@ -72,7 +107,9 @@ def build_results(
     "node", "what"}: a node's own safety check failed), and `recovery` ({"window_s",
     "unread"}), the keys the final reads could not read within window_s seconds after
     every fault healed. Either makes the run INVALID, whatever the checker says of the
-    history: a database that crashes, or never serves again, is a finding."""
+    history: a database that crashes, or never serves again, is a finding. With the member
+    fault, `membership` records the voters the run began with and each change (`membership`).
+    """
     checked = check_history(ops, opts.check_time_limit_s)
     extra: dict[str, Any] = {}
     if node_crashes is not None:
@@ -80,7 +117,7 @@ def build_results(
     if recovery is not None:
         extra["recovery"] = dict(recovery)
     failed = bool(node_crashes) or bool(recovery and recovery.get("unread"))
-    return {
+    results = {
         "valid": False if failed else checked["valid"],
         "test": opts.test_name,
         "run_dir": str(run_dir),
@@ -91,6 +128,9 @@ def build_results(
         "nemesis_schedule": nemesis_schedule(ops),
         **extra,
     }
+    if MemberNemesis.name in kinds_of(nemeses):
+        results["membership"] = membership(ops, [f"n{i}" for i in range(1, opts.nodes + 1)])
+    return results
 
 
 def anomaly_line(results: Mapping[str, Any]) -> str | None:

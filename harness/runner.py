@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from harness.clocks import prepare_clocks
 from harness.disks import Disks, bind_disks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
+from harness.members import ClusterMembers
 from harness.options import RunOptions, setup_kinds
 from harness.progress import ProgressLine
 from harness.report import write_run_reports
@@ -39,6 +41,7 @@ from harness.results import build_results
 from harness.store import new_run_dir, point_latest, write_json
 from harness.targets import TARGETS, ClusterSpec, Target
 from harness.targets.base import (
+    ChangesMembers,
     ChecksNodes,
     DetectsOps,
     PreparesHost,
@@ -48,10 +51,17 @@ from harness.targets.base import (
 )
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis import clock
-from nemesis.faults import FaultEvent, NemesisContext, parse_nemesis
+from nemesis.faults import (
+    FaultEvent,
+    MemberNemesis,
+    Nemesis,
+    NemesisContext,
+    kinds_of,
+    parse_nemesis,
+)
 from nemesis.schedule import heal_all, run_schedule
 
-__all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test"]
+__all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test", "spare_slots"]
 
 log = logging.getLogger("harness")
 
@@ -86,6 +96,14 @@ def make_backend(opts: RunOptions) -> Backend:
             raise ValueError("the ssh backend needs RunOptions.ssh")
         return SshBackend(opts.ssh)
     raise ValueError(f"unknown backend {opts.backend!r}")
+
+
+def spare_slots(opts: RunOptions, nemeses: list[Nemesis]) -> list[str]:
+    """The node slots provisioned beside the first `opts.nodes`, for nodes that join: up to
+    `opts.slot_count` when the `member` fault runs, else none."""
+    if MemberNemesis.name not in kinds_of(nemeses):
+        return []
+    return [f"n{i}" for i in range(opts.nodes + 1, opts.slot_count + 1)]
 
 
 def make_data_dir(run_id: str, root: Path | None = None) -> str:
@@ -136,6 +154,8 @@ async def run_test(opts: RunOptions) -> RunOutcome:
     data_root: str | None = getattr(backend, "data_root", None)
     data_dir: str | None = None  # the temp dir made for the others
     nodes = [f"n{i}" for i in range(1, opts.nodes + 1)]
+    spares = spare_slots(opts, nemeses)
+    slots = nodes + spares
     history = HistoryWriter(run_dir / "history.jsonl")
     ctx: NemesisContext | None = None
     disks: Disks | None = None
@@ -147,7 +167,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             bind_disks, target, nemeses, backend, nodes, run_dir, metadata=metadata
         )
         try:
-            await asyncio.to_thread(backend.setup, nodes)
+            await asyncio.to_thread(backend.setup, slots)
         except BaseException:
             # The id names whatever a failed setup may have left: say it (cleanup finds it).
             log.info("%s hosts not ready (id %s)", opts.backend, getattr(backend, "run_id", "-"))
@@ -159,7 +179,8 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             data_root = data_dir = make_data_dir(run_id)
         cluster = ClusterSpec(
             nodes=tuple(nodes),
-            addresses={n: backend.remote(n).address for n in nodes},
+            spares=tuple(spares),
+            addresses={n: backend.remote(n).address for n in slots},
             data_root=data_root,
             python=getattr(backend, "python", sys.executable),
             read_mode=opts.read_mode,
@@ -197,6 +218,11 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         ctx = _nemesis_context(backend, target, cluster, opts.seed, asyncio.get_running_loop())
         ctx.clock_files = clock_files
         ctx.target_modes = frozenset(opts.fault_targets or ())
+        if spares and isinstance(target, ChangesMembers):
+            control = target.membership(cluster)
+            loop = asyncio.get_running_loop()
+            ctx.membership = ClusterMembers(control, target, cluster, backend, run_dir, loop)
+            ctx.members = set(nodes)
         if disks is not None:
             ctx.lose_unsynced = {n: functools.partial(disks.lose, n) for n in nodes}
         await _drive(opts, target, cluster, ctx, nemeses, history)
@@ -208,7 +234,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         return RunOutcome(results["valid"], run_dir, results)
     finally:
         history.close()
-        await _teardown(opts, backend, ctx, nodes, run_dir, data_dir, disks)
+        await _teardown(opts, backend, ctx, slots, run_dir, data_dir, disks)
         logging.getLogger().removeHandler(handler)
         handler.close()
 
@@ -297,7 +323,7 @@ def _nemesis_context(
             future.cancel()
             return None
 
-    remotes = {n: backend.remote(n) for n in cluster.nodes}
+    remotes = {n: backend.remote(n) for n in cluster.slots}
     return NemesisContext(
         remotes=remotes, procs=backend, rng=random.Random(seed + 1), leader=leader
     )
@@ -339,6 +365,7 @@ async def _drive(
             tg.create_task(
                 run_schedule(ctx, nemeses, interval_s=opts.nemesis_interval_s, emit=emit, stop=stop)
             )
+            place = _placement(cluster, ctx)
             for slot in range(opts.concurrency):
                 tg.create_task(
                     _worker(
@@ -347,6 +374,7 @@ async def _drive(
                         interval,
                         target,
                         cluster,
+                        place,
                         gen,
                         history,
                         progress,
@@ -357,25 +385,41 @@ async def _drive(
             stop.set()
 
 
+def _placement(cluster: ClusterSpec, ctx: NemesisContext) -> Callable[[int], str]:
+    """Which node the client of each worker slot uses: the voters in turn while membership
+    changes (`ClusterMembers.client_node`), else the nodes in turn, for the whole run."""
+    if isinstance(ctx.membership, ClusterMembers):
+        return ctx.membership.client_node
+    return lambda slot: cluster.nodes[slot % len(cluster.nodes)]
+
+
 async def _worker(
     slot: int,
     concurrency: int,
     interval_s: float,
     target: Target,
     cluster: ClusterSpec,
+    place: Callable[[int], str],
     gen: Generator,
     history: HistoryWriter,
     progress: ProgressLine,
     stop: asyncio.Event,
 ) -> None:
-    """One logical client. After an `info` it continues as a new process (Jepsen's rule)."""
+    """One logical client. After an `info` it continues as a new process (Jepsen's rule).
+    It is bound to the node `place(slot)` names, and moves between two ops when that
+    changes (membership changes: harness.members)."""
     process = slot
-    client = target.client(cluster, cluster.nodes[slot % len(cluster.nodes)])
+    node = place(slot)
+    client = target.client(cluster, node)
     rng = random.Random(slot)
     try:
         while not stop.is_set():
             # Always yield: a client that never waits must not starve the run's clock.
             await asyncio.sleep(rng.uniform(0, 2 * interval_s) if interval_s else 0)
+            if place(slot) != node:
+                await client.close()
+                node = place(slot)
+                client = target.client(cluster, node)
             op = gen.next()
             process = await invoke_one(client, op, process, concurrency, history, progress)
     finally:

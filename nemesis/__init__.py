@@ -3,7 +3,8 @@
 Modules: `remote` (the Remote / ProcessControl protocols every backend implements),
 `grudge` (pure partition shapes), `netfaults` (packet-loss shapes and rules, the netem
 probe), `clock` (libfaketime's per-node control file and the probe that checks it),
-`iptables` (our own chain, applied via a Remote),
+`iptables` (our own chain, applied via a Remote), `membership` (who is in the cluster, the
+member fault's moves, the `Membership` protocol it acts through),
 `faults` (fault kinds, `parse_nemesis`), `schedule` (`run_schedule`, `heal_all`),
 `fakes` (FakeRemote, FakeProcessControl for unit tests), `lazyfs` (the filesystem that
 loses what was not fsynced, run as its own process). This package never imports the

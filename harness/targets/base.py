@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from harness.workload import Invocation
+from nemesis.membership import Members
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
@@ -30,12 +31,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TARGET_HOOKS",
+    "ChangesMembers",
     "ChecksNodes",
     "ClusterSpec",
     "Completion",
     "DetectsOps",
     "IgnoresPreload",
     "KeepsData",
+    "MemberControl",
+    "Members",
     "NamesLinearizableReads",
     "PreparesHost",
     "PreparesNodes",
@@ -55,7 +59,11 @@ class TargetSetupError(Exception):
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """The cluster a target runs on: node names, their addresses, and run options."""
+    """The cluster a target runs on: node names, their addresses, and run options.
+
+    `nodes` are the members the cluster starts with; `spares` the node slots provisioned
+    for membership changes, not started (empty unless the `member` fault runs); `addresses`
+    has both. `slots` is every one of them, in order."""
 
     nodes: tuple[str, ...]
     addresses: dict[str, str]
@@ -69,6 +77,11 @@ class ClusterSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     # The Python interpreter on the nodes; the backend says (netns: the harness's own).
     python: str = sys.executable
+    spares: tuple[str, ...] = ()
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return self.nodes + self.spares
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,50 @@ class DetectsOps(Protocol):
     async def supported_ops(self, cluster: ClusterSpec) -> tuple[str, ...]: ...
 
 
+class MemberControl(Protocol):
+    """A cluster's membership API, as `ChangesMembers.membership` gives it. Each call bounds
+    its own wait and raises `nemesis.membership.MembershipError` when the change was refused
+    (it did not happen) or got no answer (it may have); the caller then reads `members`.
+
+    - `learners`: whether the system has learners (members that receive the log and do not
+      vote); without them, nodes join as voters at once.
+    - `members()`: the configuration now, voters and learners by node name.
+    - `add(node, learner)`: make the slot `node` a member (a learner if `learner`); the
+      node is not running yet, and joins with `join_argv`.
+    - `promote(node)`: make the learner `node` a voter, waiting (bounded) until it caught up.
+    - `remove(node)`: take `node` out of the configuration (the leader too).
+    - `join_argv(node, members)`: the command that starts `node`, with an empty data
+      directory, as a member of the running cluster whose configuration is `members`
+      (`node` among them); restarting it after a kill runs the same argv.
+    """
+
+    learners: bool
+
+    async def members(self) -> Members: ...
+
+    async def add(self, node: str, learner: bool) -> None: ...
+
+    async def promote(self, node: str) -> None: ...
+
+    async def remove(self, node: str) -> None: ...
+
+    def join_argv(self, node: str, members: Members) -> list[str]: ...
+
+
+@runtime_checkable
+class ChangesMembers(Protocol):
+    """`membership(cluster)`: the cluster's membership API (`MemberControl`).
+
+    Read when options are validated (`--nemesis member` needs it) and once the cluster is
+    up, for the `member` fault, which adds spare slots (`ClusterSpec.spares`, their data
+    directories wiped first where the target `KeepsData`) and removes members through it;
+    leaders are then looked for among `cluster.slots`. Without it `--nemesis member` is
+    refused with exit 254 and `all` leaves it out. etcd offers it.
+    """
+
+    def membership(self, cluster: ClusterSpec) -> MemberControl: ...
+
+
 @runtime_checkable
 class ReportsLeaderTerm(Protocol):
     """`async leader_term(cluster)`: the current leader and its term, for the report.
@@ -246,6 +303,7 @@ TARGET_HOOKS: tuple[type, ...] = (
     PreparesNodes,
     WaitsReady,
     DetectsOps,
+    ChangesMembers,
     ReportsLeaderTerm,
     NamesLinearizableReads,
 )

@@ -36,11 +36,13 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 from harness.backends.base import BackendError, BackendUnavailable
 from harness.http_client import HttpClient, HttpResponse, MaybeSentError, NotSentError
 from harness.targets.base import (
+    ChangesMembers,
     ClusterSpec,
     Completion,
     IgnoresPreload,
@@ -49,6 +51,7 @@ from harness.targets.base import (
     PreparesHost,
     ReportsLeaderTerm,
 )
+from harness.targets.etcd_members import EtcdMembership
 from harness.workload import Invocation
 
 __all__ = ["EtcdClient", "EtcdTarget", "ensure_etcd_installed"]
@@ -220,7 +223,12 @@ def _apt(argv: list[str], env: dict[str, str]) -> int:
 
 
 class EtcdTarget(
-    IgnoresPreload, PreparesHost, KeepsData, ReportsLeaderTerm, NamesLinearizableReads
+    IgnoresPreload,
+    PreparesHost,
+    KeepsData,
+    ChangesMembers,
+    ReportsLeaderTerm,
+    NamesLinearizableReads,
 ):
     """etcd 3.4 (Debian's etcd-server): a real Raft store nobody here wrote."""
 
@@ -248,12 +256,21 @@ class EtcdTarget(
         return f"{cluster.data_root}/{node}.etcd"
 
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
+        return self.member_argv(node, cluster, cluster.nodes, state="new")
+
+    def member_argv(
+        self, node: str, cluster: ClusterSpec, members: Sequence[str], state: str
+    ) -> list[str]:
+        """The argv of `node` in a cluster of `members`: a `new` cluster (every member of
+        `cluster.nodes` starting at once), or an `existing` one it joins."""
+
         def url(n: str, port: int) -> str:
             return f"http://{cluster.addresses[n]}:{port}"
 
-        initial = ",".join(f"{n}={url(n, PEER_PORT)}" for n in cluster.nodes)
+        initial = ",".join(f"{n}={url(n, PEER_PORT)}" for n in members)
+        first = ",".join(f"{n}={url(n, PEER_PORT)}" for n in cluster.nodes)
         # One cluster, one token: members of another run's cluster can never join ours.
-        token = hashlib.sha256(f"{initial} {cluster.data_root}".encode()).hexdigest()[:16]
+        token = hashlib.sha256(f"{first} {cluster.data_root}".encode()).hexdigest()[:16]
         # The same argv restarts a killed member: with a data dir, etcd ignores --initial-*.
         return [
             BINARY,
@@ -264,13 +281,17 @@ class EtcdTarget(
             "--listen-peer-urls", url(node, PEER_PORT),
             "--initial-advertise-peer-urls", url(node, PEER_PORT),
             "--initial-cluster", initial,
-            "--initial-cluster-state", "new",
+            "--initial-cluster-state", state,
             "--initial-cluster-token", f"harness-{token}",
             "--heartbeat-interval", str(self.heartbeat_ms),
             "--election-timeout", str(self.election_ms),
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+
+    def membership(self, cluster: ClusterSpec) -> EtcdMembership:
+        """etcd's member API through the gateway (harness.targets.etcd_members)."""
+        return EtcdMembership(self, cluster)
 
     def client(self, cluster: ClusterSpec, node: str) -> EtcdClient:
         return EtcdClient(cluster, node)
@@ -280,7 +301,8 @@ class EtcdTarget(
         return leader
 
     async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
-        """The member that calls itself leader in the highest raft term, and that term."""
+        """The member that calls itself leader in the highest raft term, and that term
+        (every slot is asked: an unstarted one refuses at once)."""
 
         async def status(node: str) -> dict[str, Any] | None:
             async with HttpClient() as http:
@@ -290,9 +312,10 @@ class EtcdTarget(
                 )  # fmt: skip
             return _json_object(response)
 
-        answers = await asyncio.gather(*(status(n) for n in cluster.nodes), return_exceptions=True)
+        # Every slot: after membership changes the leader may be a node that joined.
+        answers = await asyncio.gather(*(status(n) for n in cluster.slots), return_exceptions=True)
         leaders: list[tuple[int, str]] = []
-        for node, answer in zip(cluster.nodes, answers):
+        for node, answer in zip(cluster.slots, answers):
             if not isinstance(answer, dict) or "error" in answer:
                 continue
             own = str(answer.get("header", {}).get("member_id", ""))

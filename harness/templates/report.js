@@ -128,6 +128,31 @@
     timeAxis(svg, x, 0, t1, 0, 32);
   }
 
+  function membershipChart() {
+    var box = document.getElementById("membership-chart");
+    if (!box || !DATA.membership) return;
+    var m = DATA.membership, lane = 14, top = 4;
+    var w = width(box), h = top + m.nodes.length * lane + 22, t1 = Math.max(1, DATA.end_ms);
+    var svg = el("svg", { width: w, height: h, class: "membership-chart" }, box);
+    var x = scale(0, t1, LEFT, w - RIGHT), bottom = top + m.nodes.length * lane;
+    faultBands(svg, x, 0, t1, 0, bottom, false);
+    m.nodes.forEach(function (node, i) {
+      text(svg, 4, top + i * lane + 11, node, "lane-label");
+    });
+    var g = el("g", { class: "members" }, svg);
+    m.segments.forEach(function (seg) {
+      var i = m.nodes.indexOf(seg.node);
+      var a = x(seg.start), b = x(Math.min(seg.end, t1));
+      var r = el("rect", { class: "member-seg member-" + seg.role, x: a, y: top + i * lane + 1,
+        width: Math.max(1, b - a), height: lane - 2, "data-node": seg.node,
+        "data-role": seg.role }, g);
+      r.setAttribute("fill", nodeColour(seg.node));
+      title(r, seg.node + ": " + seg.role + " (" + (seg.start / 1000).toFixed(3) + " s to " +
+        (seg.end / 1000).toFixed(3) + " s)");
+    });
+    timeAxis(svg, x, 0, t1, 0, bottom + 2);
+  }
+
   function latencyChart() {
     var box = document.getElementById("latency-chart");
     var w = width(box), h = 280, top = 8, bottom = h - 22;
@@ -451,6 +476,7 @@
   var timelines = [];
   function draw() {
     leaderChart();
+    membershipChart();
     latencyChart();
     rateChart();
     var host = document.getElementById("timelines");
@@ -462,11 +488,12 @@
   }
 
   function redrawCharts() {
-    ["leader-chart", "latency-chart", "rate-chart"].forEach(function (id) {
+    ["leader-chart", "membership-chart", "latency-chart", "rate-chart"].forEach(function (id) {
       var box = document.getElementById(id);
-      while (box.firstChild) box.removeChild(box.firstChild);
+      while (box && box.firstChild) box.removeChild(box.firstChild);
     });
     leaderChart();
+    membershipChart();
     latencyChart();
     rateChart();
     timelines.forEach(function (t) { t.render(); });

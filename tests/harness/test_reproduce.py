@@ -49,6 +49,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "image": ["--image", "registry.local/my-store:1.2"],
         "target": ["--target", "memory"],
         "nodes": ["--nodes", "5"],
+        "max_nodes": ["--nodes", "4", "--max-nodes", "6"],
         "concurrency": ["--concurrency", "7"],
         "time_s": ["--time", "12.345678901234"],
         "rate": ["--rate", "33.3"],

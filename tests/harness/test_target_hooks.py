@@ -20,11 +20,13 @@ from harness.options import RunOptions, validate
 from harness.targets import TARGETS, base
 from harness.targets.base import (
     TARGET_HOOKS,
+    ChangesMembers,
     ChecksNodes,
     ClusterSpec,
     DetectsOps,
     IgnoresPreload,
     KeepsData,
+    MemberControl,
     NamesLinearizableReads,
     PreparesHost,
     PreparesNodes,
@@ -42,7 +44,14 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 OFFERED: dict[str, set[type]] = {
     "raftkv": {KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads},
-    "etcd": {IgnoresPreload, PreparesHost, KeepsData, ReportsLeaderTerm, NamesLinearizableReads},
+    "etcd": {
+        IgnoresPreload,
+        PreparesHost,
+        KeepsData,
+        ChangesMembers,
+        ReportsLeaderTerm,
+        NamesLinearizableReads,
+    },
     "http": {
         ValidatesOptions,
         KeepsData,
@@ -69,7 +78,8 @@ def test_every_hook_protocol_of_base_is_listed_and_asks_for_one_attribute() -> N
         for name in base.__all__
         if isinstance(value := getattr(base, name), type) and Protocol in value.__bases__
     }
-    assert protocols - {Target, TargetClient} == set(TARGET_HOOKS)
+    # MemberControl is what ChangesMembers gives, as TargetClient is what `client` gives.
+    assert protocols - {Target, TargetClient, MemberControl} == set(TARGET_HOOKS)
     members = [hook_member(hook) for hook in TARGET_HOOKS]
     assert len(set(members)) == len(members)
 
@@ -147,6 +157,10 @@ class HookedTarget(BareTarget):
     async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
         self.calls.append("leader_term")
         return cluster.nodes[0], 7
+
+    def membership(self, cluster: ClusterSpec) -> Any:
+        self.calls.append("membership")  # only where the member fault runs: not here
+        return None
 
 
 class FakeBackend:
