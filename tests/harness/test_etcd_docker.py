@@ -44,3 +44,29 @@ def test_etcd_in_containers_stays_linearizable_under_partitions_and_kills(
     run_id = re.search(r"\(id ([0-9a-f]{4})\)", (run / "harness.log").read_text())
     assert run_id is not None
     assert leftovers(run_id[1]) == [], "the run left containers or its network behind"
+
+
+def test_etcd_members_join_and_leave_in_containers_made_up_front(tmp_path: Path) -> None:
+    # Seed 5: n5 and n4 join as learners and are promoted (5 voters), then one leaves.
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "harness.cli", "test", "--backend", "docker",
+            "--target", "etcd", "--nemesis", "member,partition", "--time", "25",
+            "--nemesis-interval", "2", "--seed", "5", "--store", str(tmp_path), "--no-live",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "latest"
+    r = json.loads((run / "results.json").read_text())
+    assert r["valid"] is True
+    changes = r["membership"]["changes"]
+    assert {"add-learner", "promote"} <= {c["op"] for c in changes if "error" not in c}
+    assert max(len(c["voters"]) for c in changes) == 5, changes
+    for node in ("n4", "n5"):
+        assert '"msg":"serving client traffic' in (run / "nodes" / node / "etcd.log").read_text()
+    run_id = re.search(r"\(id ([0-9a-f]{4})\)", (run / "harness.log").read_text())
+    assert run_id is not None
+    assert leftovers(run_id[1]) == [], "the run left containers or its network behind"

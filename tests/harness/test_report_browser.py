@@ -111,3 +111,46 @@ def test_the_report_of_a_real_invalid_run(tmp_path: Path) -> None:
         check_drawn_invalid_report(browser)
         browser.screenshot(tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def add_member_changes(run: Path) -> None:
+    """Member fault records in `run`'s history: n4 joins as a learner, is promoted, n2 leaves;
+    results.json says the run had the member fault."""
+    lines = (run / "history.jsonl").read_text().splitlines()
+    end = json.loads(lines[-1])["time"]
+    configs = [
+        ("start", {"op": "add-learner", "node": "n4"}, ["n1", "n2", "n3"], ["n4"]),
+        ("stop", {"op": "promote", "node": "n4"}, ["n1", "n2", "n3", "n4"], []),
+        ("start", {"op": "remove", "node": "n2"}, ["n1", "n3", "n4"], []),
+    ]
+    for i, (f, change, voters, learners) in enumerate(configs, 1):
+        value = {"changes": [{**change, "elapsed_ms": 5.0}], "voters": voters, "learners": learners}
+        op = {"index": len(lines), "time": end * i // 4, "type": "info", "process": "nemesis",
+              "f": f, "value": value, "fault": "member"}  # fmt: skip
+        lines.append(json.dumps(op))
+    ops = sorted((json.loads(line) for line in lines), key=lambda op: op["time"])
+    for index, op in enumerate(ops):
+        op["index"] = index
+    (run / "history.jsonl").write_text("".join(json.dumps(op) + "\n" for op in ops))
+    results = json.loads((run / "results.json").read_text())
+    results["nemeses"] = ["member"]
+    (run / "results.json").write_text(json.dumps(results))
+
+
+def test_the_membership_track_draws_voters_and_learners_per_node(tmp_path: Path) -> None:
+    run = make_run(tmp_path, stale=False)
+    add_member_changes(run)
+    assert main(["analyze", str(run)]) == 0
+    changes = json.loads((run / "results.json").read_text())["membership"]["changes"]
+    assert [(c["op"], c["node"]) for c in changes] == [
+        ("add-learner", "n4"), ("promote", "n4"), ("remove", "n2"),
+    ]  # fmt: skip
+    with Browser() as browser:
+        open_report(browser, run)
+        assert count(browser, ".membership-chart rect.member-learner") == 1
+        # n1 and n3 throughout, n2 until it left, n4 once promoted.
+        assert count(browser, ".membership-chart rect.member-voter") == 4
+        assert count(browser, ".membership-chart rect[data-node=n4]") == 2
+        assert count(browser, ".leader-chart rect.leader-seg") >= 1
+        browser.evaluate("window.dispatchEvent(new Event('resize'))")
+        assert browser.errors() == []
