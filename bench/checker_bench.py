@@ -133,6 +133,85 @@ def generate(path: Path, n_ops: int, seed: int, keys: int = 10, clients: int = 1
                     emit("ok", c, f, key, res if f == "read" else value)
 
 
+def generate_register(
+    path: Path, n_ops: int, seed: int, values: int = 5, clients: int = 10, info_share: float = 0.008
+) -> None:
+    """A linearizable single cas-register history in the shape of Jepsen's register tests:
+    values drawn from 0..values-1 (so written values repeat), `clients` processes, reads,
+    writes and cas in equal parts, and about `info_share` of the ops indeterminate (an
+    indeterminate op took effect or not, at random)."""
+    rng = random.Random(seed)
+    register: int | None = None
+    process = list(range(clients))
+    pending: list[list[Any] | None] = [None] * clients  # [f, value, applied, result]
+    started = index = 0
+    with path.open("w") as out:
+
+        def emit(typ: str, c: int, f: str, value: Any) -> None:
+            nonlocal index
+            rec = {"index": index, "time": index * 1000, "type": typ, "process": process[c],
+                   "f": f, "value": value}  # fmt: skip
+            out.write(json.dumps(rec) + "\n")
+            index += 1
+
+        while started < n_ops or any(p is not None for p in pending):
+            c = rng.randrange(clients)
+            op = pending[c]
+            if op is None:
+                if started < n_ops:
+                    started += 1
+                    f = rng.choice(("read", "write", "cas"))
+                    value = None if f == "read" else rng.randrange(values)
+                    if f == "cas":
+                        value = [rng.randrange(values), value]
+                    pending[c] = [f, value, False, None]
+                    emit("invoke", c, f, value)
+            elif not op[2]:
+                op[2] = True
+                f, value = op[0], op[1]
+                lost = f != "read" and rng.random() < info_share
+                if lost and rng.random() < 0.5:
+                    op[3] = "info"  # never took effect
+                elif f == "read":
+                    op[3] = register
+                elif f == "write":
+                    register = value
+                elif register == value[0]:
+                    register = value[1]
+                else:
+                    op[3] = "fail"
+                if lost:
+                    op[3] = "info"
+            else:
+                pending[c] = None
+                f, value, _, res = op
+                if res == "info":
+                    emit("info", c, f, value)
+                    process[c] += clients
+                elif res == "fail":
+                    emit("fail", c, f, value)
+                else:
+                    emit("ok", c, f, res if f == "read" else value)
+
+
+def bench_register(n_ops: int, seed: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.jsonl"
+        generate_register(path, n_ops, seed)
+        t0 = time.perf_counter()
+        history = read_history(str(path))
+        t1 = time.perf_counter()
+        result = check(history, "cas-register", time_limit_s=600)
+        t2 = time.perf_counter()
+    return {
+        "register_ops": n_ops,
+        "valid": result.valid,
+        "parse_s": round(t1 - t0, 2),
+        "check_s": round(t2 - t1, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
 def bench_generated(n_ops: int, seed: int, fast_path: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "history.jsonl"

@@ -16,6 +16,7 @@ the window of concurrent operations, however long the history.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -31,8 +32,11 @@ _NEVER = 1 << 62  # the return of an operation that never returns
 # `path` is a linked list (op, rest) of what was linearized, newest first: completed ops as
 # their index, indeterminate ones as ~index.
 Config = tuple[int, int, int, int, Any, Any]
-# For a completed pure op: (reachable(state), completed rescuers, indeterminate rescuers).
-_Rescue = tuple[Callable[[Any], bool], list[int], list[int]]
+# For a completed pure op: (reachable(state), completed rescuers, how many of them count,
+# indeterminate rescuers, how many of them count). Each rescuer list holds indexes in call
+# order and is shared by every op the model gave the same rescuers; an op counts the prefix
+# called before it returned, since a rescuer called later can never precede it.
+_Rescue = tuple[Callable[[Any], bool], list[int], int, list[int], int]
 
 
 def prepare(model: Model, ops: list[Op]) -> list[Op]:
@@ -122,19 +126,31 @@ class Search:
         return False
 
     def _rescues(self, model: Model, ops: list[Op]) -> list[_Rescue | None]:
+        """Each completed op's rescue plan (see `_Rescue`), in time and memory linear in
+        the history: models share one rescuer list among many ops (every read of a value
+        has that value's writers), and so do the plans here."""
         plan = model.rescue_plan(ops)
         c_index = {op.id: j for j, op in enumerate(self.comp)}
         i_index = {op.id: i for i, op in enumerate(self.info)}
+        shared: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
         out: list[_Rescue | None] = []
-        for op in self.comp:
+        for j, op in enumerate(self.comp):
             entry = plan.get(op.id)
             if entry is None:
                 out.append(None)
                 continue
             reach, rescuers = entry
-            comp = [c_index[r.id] for r in rescuers if r.id in c_index]
-            info = [i_index[r.id] for r in rescuers if r.id in i_index]
-            out.append((reach, comp, info))
+            lists = shared.get(id(rescuers))
+            if lists is None:
+                comp = sorted(c_index[r.id] for r in rescuers if r.id in c_index)
+                info = sorted(i_index[r.id] for r in rescuers if r.id in i_index)
+                lists = (comp, [self.c_call[k] for k in comp], info, [self.i_call[i] for i in info])
+                shared[id(rescuers)] = lists
+            comp, comp_calls, info, info_calls = lists
+            ret = self.c_ret[j]
+            out.append(
+                (reach, comp, bisect_left(comp_calls, ret), info, bisect_left(info_calls, ret))
+            )
         return out
 
     def _close(self, cfg: Config) -> tuple[Config, list[tuple[int, Any]] | None, int]:
@@ -165,8 +181,8 @@ class Search:
                         if (
                             plan is not None
                             and not plan[0](s)
-                            and all(k < lo or (lin >> (k - lo)) & 1 for k in plan[1])
-                            and all(i < ilo or (ilin >> (i - ilo)) & 1 for i in plan[2])
+                            and _all_linearized(plan[1], plan[2], lo, lin)
+                            and _all_linearized(plan[3], plan[4], ilo, ilin)
                         ):
                             self.dead_op = j
                             return (lo, lin, ilo, ilin, s, path), None, runmin
@@ -268,6 +284,17 @@ class Search:
             if all((lin >> (k - lo)) & 1 or self.c_ret[k] > call for k in range(lo, j)):
                 seen[s] = None
         return list(seen)
+
+
+def _all_linearized(indexes: list[int], end: int, lo: int, lin: int) -> bool:
+    """Whether every op in `indexes[:end]` (ascending) is linearized: below `lo`, or with
+    its bit set in `lin`. Those below `lo` are skipped without a look."""
+    k = bisect_left(indexes, lo, 0, end)
+    while k < end:
+        if not (lin >> (indexes[k] - lo)) & 1:
+            return False
+        k += 1
+    return True
 
 
 def _previous_identical(info: list[Op]) -> list[int]:
