@@ -1,13 +1,54 @@
 """The pure Raft core: a deterministic state machine with no I/O.
 
 Inputs are `tick()`, `step(message)`, `propose(data)`, `read_index(request_id)`,
-`transfer_leadership(to)` and `compact(snapshot)`. Outputs are batched in a `Ready`
-(persist, then send, then apply); the driver hands each back with `advance(ready)`.
-Time is the number of `tick()` calls; randomness is the injected `random.Random`.
+`transfer_leadership(to)`, `propose_conf_change(op, node_id)` and `compact(snapshot)`.
+Outputs are batched in a `Ready` (persist, then send, then apply); the driver hands each
+back with `advance(ready)`. Time is the number of `tick()` calls; randomness is the
+injected `random.Random`.
 
 Beyond the Raft paper it implements PreVote, CheckQuorum with leader stickiness,
 pipelined and batched replication with fast backtracking, leadership transfer,
-ReadIndex and lease reads, and InstallSnapshot, in the manner of etcd-io/raft.
+ReadIndex and lease reads, InstallSnapshot, and membership changes, in the manner of
+etcd-io/raft.
+
+Membership changes are the dissertation's single-server changes (ch. 4), through the log:
+- A configuration is a `Membership` (voters, learners). It lives in the log as CONF_CHANGE
+  entries, each carrying the whole configuration it results in (`ConfChange`), and in
+  snapshots (`Snapshot.peers`, `Snapshot.learners`). Before any change, a node's
+  configuration is `Config.peers`, all voters; a node started with `Config.join` has none
+  until the leader's log or snapshot gives it one.
+- A node uses the latest configuration in its log, committed or not: a change takes
+  effect on append, and a truncation that drops it restores the one before.
+- `propose_conf_change(op, node_id)` adds a learner, promotes a learner, or removes a
+  member. A leader has at most one change uncommitted, and starts none before it has
+  committed an entry of its own term (the 2015 fix: two leaders' uncommitted changes
+  could otherwise form disjoint majorities). Refusals raise `ConfChangeError`.
+- Learners receive appends and snapshots (a new one is caught up like any follower, by
+  snapshot when the leader's log no longer reaches back far enough); they are never asked
+  for a vote, never count for quorum or commit, and never campaign. A learner is
+  promoted only once it has caught up (`learner-behind` otherwise).
+- A node that is not a voter of its own configuration does not campaign. A learner
+  grants votes (dissertation 4.1: a voter may not yet know of its promotion, and a
+  quorum may need it); a vote counts only from a voter of the candidate's
+  configuration. A node outside its own configuration (removed, or started with `join`)
+  grants none: a node re-added with a wiped disk would otherwise vote for a candidate
+  whose stale configuration still counts it, in place of the log it lost. It votes again
+  once its log holds the entry that added it, and with it every entry before. A removed
+  server that never heard of its removal cannot win (its log lacks the removal), and
+  leader stickiness (check-quorum) keeps it from disrupting.
+- A leader keeps replicating to a member it removes until the removal commits, so that
+  the member learns of it; a leader that removes itself keeps leading without counting
+  itself until the removal commits, then sends TIMEOUT_NOW to an up-to-date voter and
+  steps down.
+- Messages are handled whatever their sender's membership: a new member must accept its
+  leader's appends before it learns it is a member.
+
+The driver's side: `Raft.membership` is the configuration now (read it after
+construction); `Ready.membership` is the new one whenever it changes, naming the peers
+to dial; a change is done once its entry (at the index `propose_conf_change` returned)
+is applied with the term it was proposed in, as for a command. A snapshot the driver
+hands to `compact` carries `membership_at(snapshot.index)`. With no change ever proposed,
+none of this alters a message or a random draw.
 
 Two message fields carry more than their names say:
 - HEARTBEAT.index is the leader's tick stamp at send time, echoed back in
@@ -29,9 +70,12 @@ from raftkv.log import LogConflict, RaftLog
 from raftkv.progress import FollowerProgress, ProgressState
 from raftkv.timing import RaftTiming
 from raftkv.types import (
+    ConfChange,
+    ConfChangeOp,
     Entry,
     EntryKind,
     HardState,
+    Membership,
     Message,
     MsgType,
     ReadState,
@@ -43,16 +87,26 @@ __all__ = [
     "BUGS",
     "CAMPAIGN_TRANSFER",
     "MAX_ENTRIES_PER_APPEND",
+    "ConfChangeError",
+    "ConfChangeOp",
     "Config",
     "LogConflict",
+    "Membership",
     "NotLeader",
     "Raft",
     "Role",
+    "changed_membership",
     "hard_state_on_restart",
 ]
 
 BUGS = frozenset(
-    {"commit-old-term", "skip-log-check", "stale-leader-read", "vote-amnesia", "no-fsync"}
+    {
+        "commit-old-term",
+        "skip-log-check",
+        "stale-leader-read",
+        "vote-amnesia",
+        "no-fsync",
+    }
 )
 """Deliberate bugs a Config may switch on, so the harness can prove it catches them.
 
@@ -84,11 +138,14 @@ class Role(enum.Enum):
 class Config:
     """Static configuration of one Raft node.
 
-    `peers` lists every voter including `id`; `timing` holds the timeouts (in ticks) and
-    `check_quorum`, with their contract. Without `pre_vote` a node that times out starts
-    a real election at once, disrupting a healthy leader when it rejoins. A leader sends
-    at most `max_entries_per_append` entries per append and keeps at most
-    `max_inflight_appends` unacknowledged appends per follower.
+    `peers` lists every voter including `id`: the cluster's first configuration, which
+    the node uses until its log or snapshot holds another. With `join` the node starts
+    with no configuration instead (a node being added to a running cluster, or one whose
+    disk was wiped): it campaigns and votes only once its log makes it a voter. `timing`
+    holds the timeouts (in ticks) and `check_quorum`, with their contract. Without
+    `pre_vote` a node that times out starts a real election at once, disrupting a healthy
+    leader when it rejoins. A leader sends at most `max_entries_per_append` entries per
+    append and keeps at most `max_inflight_appends` unacknowledged appends per follower.
     """
 
     id: str
@@ -98,6 +155,7 @@ class Config:
     max_entries_per_append: int = MAX_ENTRIES_PER_APPEND
     max_inflight_appends: int = 64
     bugs: frozenset[str] = frozenset()
+    join: bool = False
 
     def __post_init__(self) -> None:
         if self.id not in self.peers or len(set(self.peers)) != len(self.peers):
@@ -119,6 +177,76 @@ class NotLeader(Exception):
     def __init__(self, leader: str | None) -> None:
         super().__init__(f"not the leader (leader: {leader})")
         self.leader = leader
+
+
+class ConfChangeError(ValueError):
+    """The leader refuses a configuration change; the message says why.
+
+    `reason` is one of:
+    - "pending": a change is still uncommitted; retry once it commits;
+    - "not-committed-in-term": this leader has yet to commit an entry of its term;
+      retry shortly;
+    - "unknown-node": promote or remove of an id that is not a member;
+    - "already-member": add-learner of an id that is already a voter or learner;
+    - "not-a-learner": promote of a voter;
+    - "last-voter": removing the only voter;
+    - "learner-behind": promote of a learner that has not caught up with the commit
+      index; retry once it has;
+    - "bad-id": an empty node id.
+    `retryable` is True for the reasons that go away by themselves.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = reason in _RETRYABLE_CONF_REASONS
+
+
+_RETRYABLE_CONF_REASONS = frozenset({"pending", "not-committed-in-term", "learner-behind"})
+
+
+def changed_membership(membership: Membership, op: ConfChangeOp, node_id: str) -> Membership:
+    """The configuration after `op` on `node_id`; raises ConfChangeError for a change
+    that cannot apply to `membership` (see its reasons)."""
+    voters, learners = membership.voters, membership.learners
+    if not node_id:
+        raise ConfChangeError("bad-id", "a node id must not be empty")
+    is_member = node_id in voters or node_id in learners
+    if op is ConfChangeOp.ADD_LEARNER:
+        if is_member:
+            role = "a voter" if node_id in voters else "a learner"
+            raise ConfChangeError("already-member", f"{node_id!r} is already {role}")
+        return Membership(voters, (*learners, node_id))
+    if not is_member:
+        raise ConfChangeError("unknown-node", f"{node_id!r} is not a member ({op.value})")
+    if op is ConfChangeOp.PROMOTE:
+        if node_id in voters:
+            raise ConfChangeError("not-a-learner", f"{node_id!r} is a voter, not a learner")
+        return Membership((*voters, node_id), tuple(p for p in learners if p != node_id))
+    if voters == (node_id,):
+        raise ConfChangeError("last-voter", f"{node_id!r} is the last voter")
+    return Membership(
+        tuple(p for p in voters if p != node_id), tuple(p for p in learners if p != node_id)
+    )
+
+
+@dataclass(slots=True)
+class _ConfPoint:
+    """The configuration that the entry at (`index`, `term`) brought in; for the first
+    point, the one in force at the log's start (snapshot or `Config`)."""
+
+    index: int
+    term: int
+    membership: Membership
+
+
+def _first_membership(config: Config, snapshot: Snapshot | None) -> Membership:
+    bootstrap = Membership(() if config.join else config.peers)
+    if snapshot is None or not snapshot.peers:
+        return bootstrap
+    if bootstrap.same_as(snapshot.peers, snapshot.learners):
+        return bootstrap  # the same set in Config's order, which orders the messages
+    return snapshot.membership
 
 
 def hard_state_on_restart(config: Config, hard_state: HardState) -> HardState:
@@ -155,15 +283,24 @@ class Raft:
         snapshot: Snapshot | None,
         entries: Sequence[Entry],
     ) -> None:
-        assert hard_state.vote is None or hard_state.vote in config.peers, hard_state
+        assert hard_state.vote is None or hard_state.term > 0, hard_state
         self.config = config
         self._rng = rng
         self.id = config.id
-        self._others = tuple(p for p in config.peers if p != config.id)
-        self._quorum = config.quorum
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.log = RaftLog(snapshot, entries, hard_state.commit)
+        log = self.log
+        self._conf_points = [
+            _ConfPoint(log.offset, log.offset_term, _first_membership(config, snapshot))
+        ]
+        self._conf_points.extend(
+            _ConfPoint(e.index, e.term, ConfChange.decode(e.data).membership)
+            for e in log.entries
+            if e.kind is EntryKind.CONF_CHANGE
+        )
+        self._membership_news = False
+        self._use_membership(self._conf_points[-1].membership)
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         self._now_tick = 0
@@ -208,6 +345,41 @@ class Raft:
     def transfer_target(self) -> str | None:
         return self._transfer_target
 
+    @property
+    def membership(self) -> Membership:
+        """The configuration this node uses now: the latest in its log, maybe uncommitted."""
+        return self._membership
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        return self._membership.voters
+
+    @property
+    def learners(self) -> tuple[str, ...]:
+        return self._membership.learners
+
+    @property
+    def conf_index(self) -> int:
+        """The index of the entry that brought in `membership` (for a configuration from
+        the snapshot or `Config`: the snapshot's index, or 0)."""
+        return self._conf_points[-1].index
+
+    @property
+    def conf_pending(self) -> bool:
+        """A configuration change is in the log and not yet known to be committed."""
+        return self._conf_points[-1].index > self.log.committed
+
+    def membership_at(self, index: int) -> Membership:
+        """The configuration in force once the entry at `index` is in the log (`index` at
+        least `snapshot_index`, at most `last_index`): the one a snapshot at `index` carries."""
+        assert self.log.offset <= index <= self.log.last_index(), index
+        found = self._conf_points[0].membership
+        for point in self._conf_points:
+            if point.index > index:
+                break
+            found = point.membership
+        return found
+
     def entry(self, index: int) -> Entry | None:
         """The log entry at `index`, or None when compacted or absent."""
         return self.log.entry(index)
@@ -229,7 +401,7 @@ class Raft:
     def step(self, msg: Message) -> None:
         """Handle one message from a peer; stale, duplicated and reordered ones are safe."""
         assert msg.dst == self.id, f"{self.id} got a message for {msg.dst}"
-        if msg.src not in self._others:
+        if msg.src == self.id:
             return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
@@ -281,9 +453,11 @@ class Raft:
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
-        if to not in self._others:
+        if to not in self._vote_peers:
             if to == self.id:
                 return
+            if to in self._membership.learners:
+                raise ValueError(f"{to!r} is a learner, not a voter")
             raise ValueError(f"{to!r} is not a peer")
         if self._transfer_target == to:
             return
@@ -294,15 +468,69 @@ class Raft:
         else:
             self._send_append(to)
 
+    def propose_conf_change(self, op: ConfChangeOp, node_id: str) -> int:
+        """Append a configuration change on the leader; returns its index.
+
+        Raises NotLeader (as `propose`) or ConfChangeError. The change takes effect at
+        once (a new learner is replicated to from now on); it is done once its index is
+        applied with this term. A leader that removes itself steps down when the removal
+        commits.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self._transfer_target is not None:
+            raise NotLeader(self._transfer_target)
+        if not self._committed_in_term():
+            raise ConfChangeError(
+                "not-committed-in-term",
+                f"leader {self.id} has not yet committed an entry of its term {self.term}",
+            )
+        if self.conf_pending:
+            raise ConfChangeError(
+                "pending",
+                f"the configuration change at index {self.conf_index} is not committed yet",
+            )
+        membership = changed_membership(self._membership, op, node_id)
+        if op is ConfChangeOp.PROMOTE:
+            # A voter far behind would leave the new quorum waiting for it.
+            pr = self._progress[node_id]
+            lag = self.log.committed - pr.match_index
+            replicating = pr.state is ProgressState.REPLICATE and pr.recent_active
+            if not replicating or lag > self.config.max_entries_per_append:
+                raise ConfChangeError(
+                    "learner-behind",
+                    f"learner {node_id!r} holds index {pr.match_index}, not caught up with "
+                    f"the commit index {self.log.committed}",
+                )
+        index = self.log.last_index() + 1
+        change = ConfChange(op, node_id, membership.voters, membership.learners)
+        self.log.append([Entry(self.term, index, EntryKind.CONF_CHANGE, change.encode())])
+        self._conf_points.append(_ConfPoint(index, self.term, membership))
+        self._change_membership(membership)
+        self._bcast_pending = True
+        self._maybe_commit()
+        return index
+
     def compact(self, snapshot: Snapshot) -> None:
         """The driver snapshotted its state machine at `snapshot.index` (<= applied):
-        drop the covered log prefix and keep the snapshot for lagging followers."""
+        drop the covered log prefix and keep the snapshot for lagging followers. The
+        snapshot must carry `membership_at(snapshot.index)`."""
+        if snapshot.index <= self.log.offset:
+            return
+        membership = self.membership_at(snapshot.index)
+        assert membership.same_as(snapshot.peers, snapshot.learners), (
+            f"snapshot at {snapshot.index} carries {snapshot.membership}, not {membership}"
+        )
         self.log.compact(snapshot)
+        later = [p for p in self._conf_points[1:] if p.index > snapshot.index]
+        self._conf_points = [_ConfPoint(snapshot.index, snapshot.term, membership), *later]
 
     # ---- outputs --------------------------------------------------------------------
 
     def has_ready(self) -> bool:
         if self._msgs or self._reads or self._dropped_reads or self._bcast_pending:
+            return True
+        if self._membership_news:
             return True
         log = self.log
         return (
@@ -343,7 +571,9 @@ class Raft:
             else [],
             reads=self._reads,
             dropped_reads=self._dropped_reads,
+            membership=self._membership if self._membership_news else None,
         )
+        self._membership_news = False
         self._msgs, self._reads, self._dropped_reads = [], [], []
         self._ready_outstanding = True
         return rd
@@ -374,7 +604,10 @@ class Raft:
         self._election_elapsed_ticks += 1
         self._leader_contact_elapsed_ticks += 1
         if self._election_elapsed_ticks >= self._timeout_ticks:
-            self._start_election(pre_vote=self.config.pre_vote)
+            if self._is_voter:
+                self._start_election(pre_vote=self.config.pre_vote)
+            else:
+                self._election_elapsed_ticks = 0
 
     def _tick_leader(self) -> None:
         timing = self.config.timing
@@ -402,8 +635,14 @@ class Raft:
             self._bcast_heartbeat(context)
 
     def _quorum_recently_active(self) -> bool:
-        active = 1 + sum(pr.recent_active for pr in self._progress.values())
-        return active >= self.config.quorum
+        if self._simple_quorum:
+            active = 1 + sum(pr.recent_active for pr in self._progress.values())
+        else:
+            voters = self._voter_set
+            active = int(self._is_voter) + sum(
+                pr.recent_active for peer, pr in self._progress.items() if peer in voters
+            )
+        return active >= self._quorum
 
     def _reset_timers(self) -> None:
         self._election_elapsed_ticks = 0
@@ -441,7 +680,7 @@ class Raft:
             self.term, self.vote = self.term + 1, self.id
             vote_type, vote_term = MsgType.VOTE, self.term
         context = CAMPAIGN_TRANSFER if transfer else 0
-        for peer in self._others:
+        for peer in self._vote_peers:
             self._send(
                 vote_type,
                 peer,
@@ -455,12 +694,12 @@ class Raft:
     def _tally_votes(self) -> None:
         granted = sum(self._votes.values())
         rejected = len(self._votes) - granted
-        if granted >= self.config.quorum:
+        if granted >= self._quorum:
             if self.role is Role.PRE_CANDIDATE:
                 self._start_election(pre_vote=False)
             else:
                 self._become_leader()
-        elif rejected > len(self.config.peers) - self.config.quorum:
+        elif rejected > len(self._voter_set) - self._quorum:
             self._become_follower(self.term, None)
 
     def _become_leader(self) -> None:
@@ -470,6 +709,8 @@ class Raft:
         self._leader_contact_elapsed_ticks = 0
         self._lease_forfeited = False
         self._transfer_target = None
+        self._others = self._targets()
+        self._simple_quorum = self._is_voter and self._others == self._vote_peers
         next_index = self.log.last_index() + 1
         self._progress = {
             p: FollowerProgress(next_index=next_index, progress_tick=self._now_tick)
@@ -478,6 +719,91 @@ class Raft:
         self.log.append([Entry(self.term, next_index, EntryKind.NOOP)])
         self._bcast_append()
         self._maybe_commit()
+
+    # ---- membership -----------------------------------------------------------------
+
+    def _use_membership(self, membership: Membership) -> None:
+        """Make `membership` this node's configuration; the leader then calls `_retarget`."""
+        self._membership = membership
+        voters = membership.voters
+        self._voter_set = frozenset(voters)
+        self._is_voter = self.id in self._voter_set
+        self._is_member = self._is_voter or self.id in membership.learners
+        self._vote_peers = tuple(p for p in voters if p != self.id)
+        self._quorum = len(voters) // 2 + 1
+        self._others = self._targets()
+        self._simple_quorum = self._is_voter and self._others == self._vote_peers
+
+    def _targets(self) -> tuple[str, ...]:
+        """Whom a leader replicates to: every member but itself and, until a removal
+        commits, the removed member, so that it learns of its removal."""
+        members = self._membership.members()
+        points = self._conf_points
+        if len(points) > 1 and points[-1].index > self.log.committed:
+            before = points[-2].membership.members()
+            members += tuple(p for p in before if p not in members)
+        return tuple(p for p in members if p != self.id)
+
+    def _change_membership(self, membership: Membership) -> None:
+        self._use_membership(membership)
+        self._membership_news = True
+        if self.role is Role.LEADER:
+            self._retarget()
+
+    def _retarget(self) -> None:
+        """Bring the leader's progress in line with `_others`."""
+        progress, targets = self._progress, self._others
+        for peer in targets:
+            if peer not in progress:
+                progress[peer] = FollowerProgress(
+                    next_index=self.log.last_index(), progress_tick=self._now_tick
+                )
+        for peer in [p for p in progress if p not in targets]:
+            del progress[peer]
+        if self._transfer_target is not None and self._transfer_target not in self._vote_peers:
+            self._transfer_target = None
+
+    def _track_conf(self, entries: Sequence[Entry]) -> None:
+        """Follow the log after a follower's append: drop the configurations of truncated
+        entries, take those of appended CONF_CHANGE entries."""
+        points, log = self._conf_points, self.log
+        changed = False
+        while len(points) > 1 and log.term_at(points[-1].index) != points[-1].term:
+            points.pop()
+            changed = True
+        for entry in entries:
+            if (
+                entry.kind is EntryKind.CONF_CHANGE
+                and entry.index > points[-1].index
+                and log.term_at(entry.index) == entry.term
+            ):
+                points.append(
+                    _ConfPoint(entry.index, entry.term, ConfChange.decode(entry.data).membership)
+                )
+                changed = True
+        if changed:
+            self._change_membership(points[-1].membership)
+
+    def _restore_conf(self, snapshot: Snapshot) -> None:
+        membership = _first_membership(self.config, snapshot)
+        self._conf_points = [_ConfPoint(snapshot.index, snapshot.term, membership)]
+        if membership != self._membership:
+            self._change_membership(membership)
+
+    def _conf_committed(self) -> None:
+        """The leader's latest configuration committed: stop replicating to a removed
+        member; a leader that removed itself hands over and steps down."""
+        self._others = self._targets()
+        self._simple_quorum = self._is_voter and self._others == self._vote_peers
+        self._retarget()
+        if self._is_voter:
+            return
+        last = self.log.last_index()
+        for peer in self._vote_peers:
+            if self._progress[peer].match_index == last:
+                self._send_timeout_now(peer)
+                break
+        self._become_follower(self.term, None)
 
     # ---- message handling -----------------------------------------------------------
 
@@ -513,7 +839,11 @@ class Raft:
 
     def _handle_vote_request(self, msg: Message) -> None:
         pre = msg.type is MsgType.PRE_VOTE
-        can_vote = (
+        # A learner votes too (dissertation 4.1): it may be a voter that has yet to hear of
+        # its promotion, and a quorum may need it; its vote counts only for a candidate
+        # whose configuration makes it a voter. A node outside its own configuration does
+        # not: with a wiped disk, its vote would stand in for a log it no longer has.
+        can_vote = self._is_member and (
             self.vote == msg.src
             or (self.vote is None and self.leader is None)
             or (pre and msg.term > self.term)
@@ -541,12 +871,15 @@ class Raft:
             return
         if pre and not msg.reject and msg.term != self.term + 1:
             return
+        if msg.src not in self._voter_set:
+            return
         self._votes.setdefault(msg.src, not msg.reject)
         self._tally_votes()
 
     def _step_follower(self, msg: Message) -> None:
         if msg.type is MsgType.TIMEOUT_NOW:
-            self._start_election(pre_vote=False, transfer=True)
+            if self._is_voter:
+                self._start_election(pre_vote=False, transfer=True)
             return
         if msg.type not in _FROM_LEADER:
             return
@@ -572,6 +905,8 @@ class Raft:
             return
         last_new = log.maybe_append(msg.index, msg.log_term, msg.entries)
         if last_new is not None:
+            if msg.entries:
+                self._track_conf(msg.entries)
             log.commit_to(min(msg.commit, last_new))
             self._msgs.append(
                 Message(MsgType.APPEND_RESP, self.id, msg.src, self.term, index=last_new)
@@ -600,6 +935,7 @@ class Raft:
             log.commit_to(snap.index)
         else:
             log.restore(snap)
+            self._restore_conf(snap)
         self._send(MsgType.APPEND_RESP, msg.src, index=snap.index)
 
     # ---- the leader -----------------------------------------------------------------
@@ -638,6 +974,8 @@ class Raft:
             ):
                 pr.become_replicate(self._now_tick)
             self._maybe_commit()
+            if self.role is not Role.LEADER:  # it removed itself, and that committed
+                return
             if msg.src == self._transfer_target and pr.match_index == self.log.last_index():
                 self._send_timeout_now(msg.src)
         self._send_append(msg.src)
@@ -658,16 +996,27 @@ class Raft:
             self._ack_read_round(msg.context, msg.src)
 
     def _maybe_commit(self) -> bool:
-        matches = [pr.match_index for pr in self._progress.values()]
-        matches.append(self.log.last_index())
+        if self._simple_quorum:
+            matches = [pr.match_index for pr in self._progress.values()]
+            matches.append(self.log.last_index())
+        else:
+            voters = self._voter_set
+            matches = [pr.match_index for peer, pr in self._progress.items() if peer in voters]
+            if self._is_voter:
+                matches.append(self.log.last_index())
         matches.sort(reverse=True)
         index = matches[self._quorum - 1]
-        if index <= self.log.committed:
+        committed = self.log.committed
+        if index <= committed:
             return False
         # Figure 8: counting replicas proves only entries of the leader's own term committed.
         if self.log.term_at(index) != self.term and "commit-old-term" not in self.config.bugs:
             return False
         self.log.commit_to(index)
+        if committed < self._conf_points[-1].index <= index:
+            self._conf_committed()
+            if self.role is not Role.LEADER:
+                return True
         if self._waiting_reads and self._committed_in_term():
             waiting, self._waiting_reads = self._waiting_reads, []
             for request_id, lease in waiting:
@@ -727,10 +1076,11 @@ class Raft:
     # ---- reads ----------------------------------------------------------------------
 
     def _start_read(self, request_id: int, lease: bool) -> None:
-        if (lease and self._lease_valid()) or self.config.quorum == 1:
+        if (lease and self._lease_valid()) or (self._quorum == 1 and self._is_voter):
             self._reads.append(ReadState(request_id, self.log.committed))
             return
-        read_round = _ReadRound(self._next_round_id, self.log.committed, request_id, {self.id})
+        acks = {self.id} if self._is_voter else set()
+        read_round = _ReadRound(self._next_round_id, self.log.committed, request_id, acks)
         self._next_round_id += 1
         self._read_rounds.append(read_round)
         self._bcast_heartbeat(read_round.round_id)
@@ -740,17 +1090,23 @@ class Raft:
             return True
         if not self.config.timing.check_quorum or self._lease_forfeited or self._transfer_target:
             return False
-        stamps = sorted(
-            [self._now_tick, *(pr.lease_stamp_tick for pr in self._progress.values())],
-            reverse=True,
-        )
-        return self._now_tick - stamps[self.config.quorum - 1] < self.config.timing.lease_ticks
+        if self._simple_quorum:
+            stamps = [self._now_tick, *(pr.lease_stamp_tick for pr in self._progress.values())]
+        else:
+            voters = self._voter_set
+            stamps = [pr.lease_stamp_tick for p, pr in self._progress.items() if p in voters]
+            if self._is_voter:
+                stamps.append(self._now_tick)
+        stamps.sort(reverse=True)
+        return self._now_tick - stamps[self._quorum - 1] < self.config.timing.lease_ticks
 
     def _ack_read_round(self, round_id: int, peer: str) -> None:
+        if peer not in self._voter_set:
+            return
         for read_round in self._read_rounds:
             if read_round.round_id == round_id:
                 read_round.acks.add(peer)
-                if len(read_round.acks) >= self.config.quorum:
+                if len(read_round.acks) >= self._quorum:
                     self._release_reads_through(round_id)
                 return
 

@@ -7,14 +7,17 @@ Everything here is immutable and serialisable with msgpack through
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 
 
 class EntryKind(enum.IntEnum):
-    """What a log entry carries. NOOP is the entry a new leader commits in its term."""
+    """What a log entry carries. NOOP is the entry a new leader commits in its term;
+    CONF_CHANGE carries a `ConfChange` (its `encode()`d bytes)."""
 
     NORMAL = 0
     NOOP = 1
+    CONF_CHANGE = 2
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: see Message
@@ -41,13 +44,93 @@ class HardState:
 
 
 @dataclass(frozen=True, slots=True)
+class Membership:
+    """A cluster configuration: who votes, and who only follows the log.
+
+    `voters` elect leaders and count for commitment (a majority of them is a quorum);
+    `learners` receive the log but never vote, count or campaign. No id is in both. The
+    empty membership is that of a node which joined and has yet to hear its configuration.
+    """
+
+    voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+
+    def members(self) -> tuple[str, ...]:
+        """Voters, then learners."""
+        return self.voters + self.learners
+
+    def same_as(self, voters: tuple[str, ...], learners: tuple[str, ...]) -> bool:
+        """Equal up to order."""
+        return set(self.voters) == set(voters) and set(self.learners) == set(learners)
+
+
+class ConfChangeOp(enum.Enum):
+    """One-server configuration changes: each changes the voters by at most one id."""
+
+    ADD_LEARNER = "add-learner"
+    PROMOTE = "promote"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """The payload of a CONF_CHANGE entry: `op` on `node_id`, and the whole configuration
+    it results in (`voters`, `learners`), so that a node learns its configuration from
+    the entry alone, without knowing the one before it."""
+
+    op: ConfChangeOp
+    node_id: str
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+
+    @property
+    def membership(self) -> Membership:
+        return Membership(self.voters, self.learners)
+
+    def encode(self) -> bytes:
+        """Compact JSON, keys sorted: the same change always encodes to the same bytes."""
+        obj = {
+            "op": self.op.value,
+            "node": self.node_id,
+            "voters": list(self.voters),
+            "learners": list(self.learners),
+        }
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> ConfChange:
+        """The change `encode` wrote; ValueError if `data` is not one."""
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ValueError(f"configuration change must be an object, got {data!r}")
+        op, node_id = ConfChangeOp(obj.get("op")), obj.get("node")
+        voters, learners = obj.get("voters"), obj.get("learners")
+        if not (isinstance(voters, list) and isinstance(learners, list)):
+            raise ValueError(f"configuration change without voters and learners: {data!r}")
+        if not all(isinstance(i, str) and i for i in [node_id, *voters, *learners]):
+            raise ValueError(f"configuration change with a bad id: {data!r}")
+        return ConfChange(op, str(node_id), tuple(voters), tuple(learners))
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """State machine image covering every entry up to and including `index`."""
+    """State machine image covering every entry up to and including `index`.
+
+    `peers` are the voters and `learners` the learners of the configuration in force at
+    `index` (`Raft.membership_at(index)`). A snapshot with no `peers` predates every
+    configuration change of a node that never knew the cluster's first configuration: its
+    configuration is that first one, which a node takes from its own `Config`.
+    """
 
     index: int
     term: int
     peers: tuple[str, ...]
     data: bytes
+    learners: tuple[str, ...] = ()
+
+    @property
+    def membership(self) -> Membership:
+        return Membership(self.peers, self.learners)
 
 
 class MsgType(enum.IntEnum):
@@ -113,6 +196,10 @@ class Ready:
     4. serve each of `reads` once applied >= its index;
        fail each of `dropped_reads` (certainly not served: leadership lost).
     Then call `core.advance(ready)`.
+
+    `membership` is the node's configuration when it changed since the previous Ready
+    (a configuration entry appended or truncated away, a snapshot installed), else None:
+    the peers to dial from now on. It takes effect at once, before it commits.
     """
 
     hard_state: HardState | None = None
@@ -122,6 +209,7 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     reads: list[ReadState] = field(default_factory=list)
     dropped_reads: list[int] = field(default_factory=list)
+    membership: Membership | None = None
 
     def empty(self) -> bool:
         return not (
@@ -132,4 +220,5 @@ class Ready:
             or self.committed
             or self.reads
             or self.dropped_reads
+            or self.membership is not None
         )
