@@ -10,11 +10,22 @@ through `Ready` (with the `no-fsync` bug: minus its last few Ready batches). Eac
 a tiny state machine: a checksum chain over the applied entries, snapshotted every
 `SimOptions.snapshot_every_entries` entries so InstallSnapshot gets exercised.
 
+Membership changes (`change_membership`): with `SimOptions.voters` only the first nodes
+start as voters; the others start outside the configuration (`Config.join`), for a change
+to add them as learners, and `wipe` gives a removed node an empty disk before it is added
+again.
+
 Checked continuously, raising `InvariantViolation` with the seed and a replay recipe:
-- election safety: at most one leader per term;
+- election safety: at most one leader per term, whatever configurations the nodes hold;
+  and a node becomes leader only as a voter of its own configuration;
+- no two disjoint majorities (once a configuration change was proposed, every tick):
+  the configurations held by the live nodes that could still matter (those whose log
+  holds the latest committed configuration entry and agrees with the committed log)
+  pairwise have intersecting majorities, as single-server changes guarantee;
 - log matching: an (index, term) pair names one entry with one predecessor term, on
   every node, for the whole run (checked as entries are persisted);
-- leader completeness: a leader holds every committed entry of its term or earlier;
+- leader completeness: a leader holds every entry committed in its term or earlier
+  (an entry's commit term is that of the first node seen committing it);
 - no committed entry lost or changed: once committed anywhere, an index keeps its entry;
 - state machine safety: every node's state after applying index i is the same;
 - read safety: a ReadState's index is at least the highest commit index anywhere at the
@@ -36,9 +47,20 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from raftkv.core import Config, NotLeader, Raft, Role, hard_state_on_restart
+from raftkv.core import ConfChangeError, Config, NotLeader, Raft, Role, hard_state_on_restart
 from raftkv.timing import RaftTiming
-from raftkv.types import Entry, EntryKind, HardState, Message, ReadState, Ready, Snapshot
+from raftkv.types import (
+    ConfChange,
+    ConfChangeOp,
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    Message,
+    ReadState,
+    Ready,
+    Snapshot,
+)
 
 __all__ = [
     "PROFILES",
@@ -70,7 +92,9 @@ class SimOptions:
     [`min_delay_ticks`, `max_delay_ticks`], and with `duplicate_rate` delivered twice;
     `reorder` shuffles messages due in the same tick. `unsynced_ready_rounds` is how
     many of its latest Ready batches a crashing node loses under the `no-fsync` bug.
-    `check_every_ticks` paces the whole-cluster checks of `check_invariants`.
+    `check_every_ticks` paces the whole-cluster checks of `check_invariants`. `voters`
+    is how many of the nodes (the first ones) start as voters, 0 for all; the others
+    start with no configuration, waiting to be added.
     """
 
     timing: RaftTiming = field(default_factory=RaftTiming)
@@ -87,6 +111,7 @@ class SimOptions:
     unsynced_ready_rounds: int = 4
     check_every_ticks: int = 10
     max_deliveries_per_tick: int = 100_000
+    voters: int = 0
 
 
 @dataclass(slots=True)
@@ -179,9 +204,11 @@ class _StateMachine:
         self.digest = zlib.crc32(head + entry.data, self.digest)
         self.applied_index, self.applied_term = entry.index, entry.term
 
-    def snapshot(self, peers: tuple[str, ...]) -> Snapshot:
+    def snapshot(self, membership: Membership) -> Snapshot:
         data = f"{self.applied_index}:{self.applied_term}:{self.digest}".encode()
-        return Snapshot(self.applied_index, self.applied_term, peers, data)
+        return Snapshot(
+            self.applied_index, self.applied_term, membership.voters, data, membership.learners
+        )
 
     @classmethod
     def restore(cls, snap: Snapshot | None) -> _StateMachine:
@@ -236,25 +263,30 @@ class Simulation:
         self._seq = 0
         self._blocked: set[tuple[str, str]] = set()
         self._committed: dict[int, Entry] = {}
+        self._commit_term: dict[int, int] = {}
         self._committed_data: set[bytes] = set()
         self._entry_at: dict[tuple[int, int], tuple[EntryKind, bytes, int | None]] = {}
         self._digest_at: dict[int, int] = {}
         self._next_read_id = 1
         self._next_data_id = 1
+        self._committed_conf_index = 0
+        self._conf_changed = False
         self._nodes = {nid: _Node(nid, self._config(nid)) for nid in self.ids}
         for nid in self.ids:
             self.restart(nid)
 
-    def _config(self, nid: str) -> Config:
+    def _config(self, nid: str, join: bool = False) -> Config:
         o = self.options
+        voters = self.ids[: o.voters] if o.voters else self.ids
         return Config(
             id=nid,
-            peers=self.ids,
+            peers=voters if nid in voters else self.ids,
             timing=o.timing,
             pre_vote=o.pre_vote,
             max_entries_per_append=o.max_entries_per_append,
             max_inflight_appends=o.max_inflight_appends,
             bugs=o.bugs,
+            join=join or nid not in voters,
         )
 
     # ---- inspection -----------------------------------------------------------------
@@ -337,6 +369,17 @@ class Simulation:
                 record.status = "lost"
         self.stats["crashes"] += 1
 
+    def wipe(self, nid: str) -> None:
+        """Crash `nid`, give it an empty disk, and start it again outside any configuration
+        (`Config.join`), as an operator would before adding a removed server again."""
+        self.crash(nid)
+        node = self._nodes[nid]
+        node.disk = Disk()
+        node.unsynced.clear()
+        node.config = self._config(nid, join=True)
+        self.stats["wipes"] += 1
+        self.restart(nid)
+
     def restart(self, nid: str) -> None:
         """Start `nid` from its durable state (a no-op if it is up)."""
         node = self._nodes[nid]
@@ -403,10 +446,32 @@ class Simulation:
         try:
             with self._guard(nid):
                 self.core(nid).transfer_leadership(to)
-        except NotLeader:
+        except (NotLeader, ValueError):
             return False
         self._process(self._nodes[nid])
         return True
+
+    def change_membership(
+        self, op: ConfChangeOp, node_id: str, node: str | None = None
+    ) -> int | None:
+        """Propose `op` on `node_id` at `node` (default: `leader()`); returns the entry's
+        index, or None when that node is down, not the leader, or refuses the change
+        (counted in `stats` as `conf_refused_<reason>`)."""
+        nid = node or self.leader()
+        if nid is None or not self.is_up(nid):
+            return None
+        self._conf_changed = True
+        try:
+            with self._guard(nid):
+                index = self.core(nid).propose_conf_change(op, node_id)
+        except NotLeader:
+            return None
+        except ConfChangeError as exc:
+            self.stats[f"conf_refused_{exc.reason}"] += 1
+            return None
+        self.stats[f"conf_{op.value}"] += 1
+        self._process(self._nodes[nid])
+        return index
 
     # ---- time -----------------------------------------------------------------------
 
@@ -433,6 +498,8 @@ class Simulation:
                     node.core.tick()
                     self._process(node)
         self._deliver_due()
+        if self._conf_changed:
+            self.check_majorities()
         if self.now_tick % self.options.check_every_ticks == 0:
             self.check_invariants()
 
@@ -545,7 +612,7 @@ class Simulation:
         every = self.options.snapshot_every_entries
         if not every or node.sm.applied_index - core.snapshot_index < every:
             return
-        snap = node.sm.snapshot(self.ids)
+        snap = node.sm.snapshot(core.membership_at(node.sm.applied_index))
         self._write(node, DiskBatch(compact=snap))
         core.compact(snap)
         self.stats["snapshots"] += 1
@@ -601,6 +668,11 @@ class Simulation:
                 raise self.violation(
                     f"election safety: {node.id} and {holder} both led term {core.term}"
                 )
+            if node.id not in core.voters:
+                raise self.violation(
+                    f"{node.id} became leader of term {core.term} but is not a voter of its "
+                    f"configuration {core.membership}"
+                )
             self._check_leader_log(node.id, core)
         commit = core.commit_index
         if commit <= node.seen_commit:
@@ -609,6 +681,7 @@ class Simulation:
             entry = core.entry(index)
             assert entry is not None
             known = self._committed.setdefault(index, entry)
+            self._commit_term.setdefault(index, core.term)
             if known != entry:
                 raise self.violation(
                     f"committed entry changed: {node.id} committed {entry}, "
@@ -616,13 +689,16 @@ class Simulation:
                 )
             if entry.kind is EntryKind.NORMAL:
                 self._committed_data.add(entry.data)
+            elif entry.kind is EntryKind.CONF_CHANGE:
+                self._committed_conf_index = max(self._committed_conf_index, index)
         node.seen_commit = commit
         self.max_commit_index = max(self.max_commit_index, commit)
 
     def _check_leader_log(self, nid: str, core: Raft) -> None:
         for index in range(core.snapshot_index + 1, self.max_commit_index + 1):
             committed = self._committed.get(index)
-            if committed is None or committed.term > core.term:
+            # An older entry may commit only in a later term, with a later leader.
+            if committed is None or self._commit_term[index] > core.term:
                 continue
             if core.entry(index) != committed:
                 raise self.violation(
@@ -641,6 +717,40 @@ class Simulation:
                     raise self.violation(
                         f"{nid} holds {core.entry(index)} at its committed index {index}, "
                         f"but {self._committed.get(index)} was committed there"
+                    )
+
+    def committed_membership(self) -> Membership:
+        """The latest configuration committed anywhere (before any: the first voters)."""
+        entry = self._committed.get(self._committed_conf_index)
+        if entry is None:
+            o = self.options
+            return Membership(self.ids[: o.voters] if o.voters else self.ids)
+        return ConfChange.decode(entry.data).membership
+
+    def check_majorities(self) -> None:
+        """No two disjoint majorities: the configurations held by live nodes that hold the
+        latest committed configuration entry, and agree with the committed log as far as
+        both go, must pairwise share a member of every pair of majorities. (A node left
+        behind, or holding an entry the committed log replaced, cannot win an election:
+        its log is not up to date.)"""
+        held: list[tuple[str, Membership]] = []
+        for nid in self.up_nodes():
+            core = self.core(nid)
+            upto = min(core.last_index, self.max_commit_index)
+            if upto < self._committed_conf_index or not core.voters:
+                continue
+            committed = self._committed.get(upto)
+            diverged = committed is not None and core.entry(upto) != committed
+            if upto > core.snapshot_index and diverged:
+                continue
+            held.append((nid, core.membership))
+        for pos, (first, first_membership) in enumerate(held):
+            for second, second_membership in held[pos + 1 :]:
+                if _disjoint_majorities(first_membership.voters, second_membership.voters):
+                    raise self.violation(
+                        f"disjoint majorities: {first} holds voters {first_membership.voters} "
+                        f"and {second} holds {second_membership.voters} (latest committed "
+                        f"configuration entry: {self._committed_conf_index})"
                     )
 
     def _proposal_alive(self, proposal: Proposal | None, leader: str) -> bool:
@@ -681,6 +791,15 @@ class Simulation:
         )
 
 
+def _disjoint_majorities(first: tuple[str, ...], second: tuple[str, ...]) -> bool:
+    """Can a majority of `first` and a majority of `second` have no voter in common?"""
+    a, b = set(first), set(second)
+    both = len(a & b)
+    need_a = max(0, len(a) // 2 + 1 - len(a - b))
+    need_b = max(0, len(b) // 2 + 1 - len(b - a))
+    return need_a + need_b <= both
+
+
 # ---- randomized fault runs ---------------------------------------------------------------
 
 
@@ -693,6 +812,12 @@ class ChaosOptions:
     Clients propose at, and read from, a random node that believes it leads (stale leaders
     included); `lease_read_fraction` of reads ask for a lease. After `ticks` ticks the run
     heals, restarts everyone, and requires progress within `progress_bound_ticks`.
+
+    With `conf_change_rate`, a leader is asked for a configuration change: add a learner
+    (a node outside the configuration; one that was a member before gets a wiped disk
+    with probability `wipe_fraction`), promote a learner while there are fewer than
+    `max_voters` voters, or remove a learner or (while there are more than `min_voters`)
+    a voter, the leader included.
     """
 
     ticks: int = 200
@@ -708,6 +833,10 @@ class ChaosOptions:
     heal_rate: float = 0.04
     transfer_rate: float = 0.0
     progress_bound_ticks: int = 300
+    conf_change_rate: float = 0.0
+    min_voters: int = 3
+    max_voters: int = 5
+    wipe_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -774,6 +903,41 @@ PROFILES: dict[str, Profile] = {
             restart_rate=0.2,
             partition_rate=0.05,
             transfer_rate=0.01,
+        ),
+    ),
+    "membership": Profile(
+        5,
+        SimOptions(drop_rate=0.03, max_delay_ticks=2, snapshot_every_entries=12, voters=3),
+        ChaosOptions(
+            ticks=300,
+            conf_change_rate=0.15,
+            crash_rate=0.015,
+            restart_rate=0.15,
+            partition_rate=0.03,
+            transfer_rate=0.01,
+        ),
+    ),
+    "membership-churn": Profile(
+        5,
+        SimOptions(
+            timing=RaftTiming(election_timeout_ticks=6, lease_ticks=4, check_quorum=False),
+            pre_vote=False,
+            drop_rate=0.08,
+            duplicate_rate=0.05,
+            max_delay_ticks=3,
+            max_entries_per_append=4,
+            snapshot_every_entries=8,
+            voters=3,
+        ),
+        ChaosOptions(
+            ticks=300,
+            conf_change_rate=0.3,
+            crash_rate=0.04,
+            restart_rate=0.2,
+            partition_rate=0.05,
+            one_way_rate=0.02,
+            leader_crash_rate=0.01,
+            read_rate=0.1,
         ),
     ),
 }
@@ -861,6 +1025,40 @@ def _chaos_step(sim: Simulation, chaos: ChaosOptions) -> None:
         sim.read(node=rng.choice(leaders), lease=rng.random() < chaos.lease_read_fraction)
     if rng.random() < chaos.transfer_rate:
         sim.transfer(rng.choice(sim.ids), node=rng.choice(leaders))
+    if chaos.conf_change_rate and rng.random() < chaos.conf_change_rate:
+        _change_membership(sim, chaos, rng.choice(leaders))
+
+
+def _change_membership(sim: Simulation, chaos: ChaosOptions, leader: str) -> None:
+    rng, core = sim.rng, sim.core(leader)
+    membership = core.membership
+    outside = [n for n in sim.ids if n not in membership.members() and n != leader]
+    removable = list(membership.learners)
+    if len(membership.voters) > chaos.min_voters:
+        removable += membership.voters
+    ops = []
+    if outside:
+        ops.append(ConfChangeOp.ADD_LEARNER)
+    if membership.learners and len(membership.voters) < chaos.max_voters:
+        ops.append(ConfChangeOp.PROMOTE)
+    if removable:
+        ops.append(ConfChangeOp.REMOVE)
+    if not ops:
+        return
+    op = rng.choice(ops)
+    if op is ConfChangeOp.ADD_LEARNER:
+        target = rng.choice(outside)
+        # Safe only once its removal committed: then no configuration that can still
+        # gather a majority counts on its votes.
+        was_member = sim.disk(target)[0].term > 0
+        removed = target not in sim.committed_membership().members()
+        if was_member and removed and rng.random() < chaos.wipe_fraction:
+            sim.wipe(target)
+    elif op is ConfChangeOp.PROMOTE:
+        target = rng.choice(membership.learners)
+    else:
+        target = rng.choice(removable)
+    sim.change_membership(op, target, node=leader)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Membership changes: one server at a time through the log (the Raft dissertation, ch. 4).
 
-Unit tests drive one core with hand-built messages.
+Unit tests drive one core with hand-built messages; scenario tests drive the simulator,
+whose invariants (one leader per term, no two disjoint majorities, ...) run all along.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from raftkv.core import (
     Role,
     changed_membership,
 )
+from raftkv.sim import SimOptions, Simulation, run_chaos
 from raftkv.types import (
     ConfChange,
     Entry,
@@ -35,6 +37,7 @@ from raftkv.types import (
 ADD, PROMOTE, REMOVE = ConfChangeOp.ADD_LEARNER, ConfChangeOp.PROMOTE, ConfChangeOp.REMOVE
 PEERS3 = ("a", "b", "c")
 ET = 10  # election timeout in ticks (the default)
+ELECT_TICKS = 6 * ET
 
 
 # ---- one core, hand-built messages ----------------------------------------------------------
@@ -328,3 +331,160 @@ def test_conf_change_round_trips_and_refuses_garbage() -> None:
                 b'{"op":"remove","node":"","voters":[],"learners":[]}'):  # fmt: skip
         with pytest.raises(ValueError):
             ConfChange.decode(bad)
+
+
+# ---- scenarios on the simulator -------------------------------------------------------------
+
+
+def started(nodes: int = 5, voters: int = 3, seed: int = 1, **options: Any) -> Simulation:
+    sim = Simulation(seed, nodes, SimOptions(voters=voters, **options))
+    assert sim.run_until(lambda: sim.leader() is not None, ELECT_TICKS), "no initial leader"
+    return sim
+
+
+def commit_one(sim: Simulation, max_ticks: int = ELECT_TICKS) -> None:
+    data = sim.new_data()
+    for _ in range(max_ticks):
+        leader = sim.leader()
+        proposal = sim.proposals.get(data)
+        if leader is not None and (proposal is None or proposal.node != leader):
+            sim.propose(data, node=leader)
+        sim.run(1)
+        if sim.is_committed(data):
+            return
+    raise AssertionError(f"{data!r} not committed within {max_ticks} ticks")
+
+
+def change(sim: Simulation, op: ConfChangeOp, node_id: str, max_ticks: int = ELECT_TICKS) -> None:
+    """Propose at the leader until accepted, then run until the change commits."""
+    accepted = None
+    for _ in range(max_ticks):
+        leader = sim.leader()
+        index = sim.change_membership(op, node_id, node=leader)
+        if leader is not None and index is not None:
+            accepted = sim.core(leader).entry(index)
+            break
+        sim.run(1)
+    assert accepted is not None, f"{op.value} {node_id} never accepted"
+    done = sim.run_until(lambda: sim.committed_entry(accepted.index) == accepted, max_ticks)
+    assert done, f"{op.value} {node_id} at {accepted.index} did not commit"
+
+
+def settled(sim: Simulation, voters: Sequence[str], learners: Sequence[str] = ()) -> None:
+    """Every member holds the configuration and has applied what the leader committed."""
+    members = [*voters, *learners]
+    leader = sim.leader()
+    assert leader is not None
+    assert sim.run_until(
+        lambda: all(sim.core(n).membership.same_as(tuple(voters), tuple(learners))
+                    and sim.applied_index(n) >= sim.core(leader).commit_index
+                    for n in members),
+        ELECT_TICKS,
+    ), [(n, sim.core(n).membership) for n in members]  # fmt: skip
+
+
+def test_a_learner_far_behind_catches_up_by_snapshot_then_is_promoted() -> None:
+    sim = started(nodes=4, voters=3, snapshot_every_entries=8)
+    for _ in range(40):
+        commit_one(sim)
+    leader = sim.leader()
+    assert leader is not None and sim.core(leader).snapshot_index > 8
+    snapshots_sent = sim.stats["SNAPSHOT"]
+    change(sim, ADD, "n4")
+    settled(sim, ("n1", "n2", "n3"), ("n4",))
+    assert sim.stats["SNAPSHOT"] > snapshots_sent
+    assert sim.core("n4").snapshot_index > 0
+    change(sim, PROMOTE, "n4")
+    settled(sim, ("n1", "n2", "n3", "n4"))
+    sim.crash("n1")
+    sim.crash("n2")  # two of four down: n3 and n4 alone are not a quorum
+    data = sim.new_data()
+    survivor = sim.leader()
+    if survivor is not None:
+        sim.propose(data, node=survivor)
+    sim.run(3 * ET)
+    assert not sim.is_committed(data)
+
+
+def test_three_voters_to_five_and_back_to_three() -> None:
+    sim = started(nodes=5, voters=3)
+    for learner in ("n4", "n5"):
+        change(sim, ADD, learner)
+        change(sim, PROMOTE, learner)
+        commit_one(sim)
+    settled(sim, ("n1", "n2", "n3", "n4", "n5"))
+    sim.isolate("n1")
+    sim.crash("n2")  # two of five out: the other three still commit
+    commit_one(sim)
+    sim.heal()
+    sim.restart("n2")
+    removed = [n for n in ("n1", "n2", "n3") if n != sim.leader()][:2]
+    for voter in removed:
+        change(sim, REMOVE, voter)
+        commit_one(sim)
+    voters = tuple(n for n in sim.ids if n not in removed)
+    settled(sim, voters)
+    assert len(sim.core(voters[0]).voters) == 3
+    sim.crash(voters[0])  # one of three down: still a quorum
+    commit_one(sim)
+
+
+def test_removing_the_leader_hands_over_and_it_never_leads_again() -> None:
+    sim = started(nodes=3, voters=3)
+    old = sim.leader()
+    assert old is not None
+    old_term = sim.core(old).term
+    start = sim.now_tick
+    change(sim, REMOVE, old)
+    assert sim.run_until(lambda: sim.leader() not in (None, old), ELECT_TICKS)
+    assert sim.now_tick - start < 2 * ET  # TIMEOUT_NOW: no election timeout to wait for
+    new = sim.leader()
+    assert new is not None and sim.core(new).term == old_term + 1
+    commit_one(sim)
+    sim.run(10 * ET)
+    assert sim.core(old).role is Role.FOLLOWER and old not in sim.core(new).voters
+    assert all(holder != old for term, holder in sim.leaders_by_term.items() if term > old_term)
+
+
+def test_a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() -> None:
+    sim = started(nodes=4, voters=4)
+    leader = sim.leader()
+    assert leader is not None
+    gone = next(n for n in sim.ids if n != leader)
+    commit_one(sim)
+    sim.isolate(gone)
+    change(sim, REMOVE, gone)
+    commit_one(sim)
+    assert gone in sim.core(gone).voters  # it never heard of its removal
+    term = sim.core(leader).term
+    sim.run(4 * ET)  # alone it campaigns, with pre-votes nobody grants
+    sim.heal()
+    sim.run(10 * ET)
+    assert sim.leader() == leader and sim.core(leader).term == term
+    commit_one(sim)
+    assert sim.core(gone).role is not Role.LEADER
+
+
+def test_a_removed_node_comes_back_with_a_wiped_disk_as_a_learner_then_a_voter() -> None:
+    sim = started(nodes=3, voters=3)
+    leader = sim.leader()
+    gone = next(n for n in sim.ids if n != leader)
+    change(sim, REMOVE, gone)
+    commit_one(sim)
+    sim.run(ET)
+    assert sim.core(gone).membership.members() == tuple(n for n in sim.ids if n != gone)
+    sim.wipe(gone)
+    assert sim.core(gone).membership == Membership() and sim.core(gone).last_index == 0
+    change(sim, ADD, gone)
+    voters = tuple(n for n in sim.ids if n != gone)
+    settled(sim, voters, (gone,))
+    change(sim, PROMOTE, gone)
+    settled(sim, (*voters, gone))
+    commit_one(sim)
+
+
+def test_the_membership_profile_keeps_every_invariant_on_a_few_seeds() -> None:
+    for seed in range(20):
+        report = run_chaos(seed, "membership")
+        assert report.acked_proposals > 0
+    assert report.stats["conf_promote"] > 0 and report.stats["conf_remove"] > 0

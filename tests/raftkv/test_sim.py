@@ -22,7 +22,7 @@ from raftkv.sim import (
 
 SCALE = int(os.environ.get("RAFTKV_SIM_SEED_SCALE", "1"))
 
-# Seeds per profile: sized so the whole file runs in about a minute and a half on one core.
+# Seeds per profile: sized so the whole file runs in about two minutes on one core.
 SWEEPS = {
     "reliable": 150,
     "small": 800,
@@ -31,6 +31,8 @@ SWEEPS = {
     "churn": 250,
     "figure8": 600,
     "amnesia": 400,
+    "membership": 300,
+    "membership-churn": 300,
 }
 
 
