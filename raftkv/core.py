@@ -106,6 +106,7 @@ BUGS = frozenset(
         "stale-leader-read",
         "vote-amnesia",
         "no-fsync",
+        "conf-two-in-flight",
     }
 )
 """Deliberate bugs a Config may switch on, so the harness can prove it catches them.
@@ -115,6 +116,8 @@ BUGS = frozenset(
 - stale-leader-read: no CheckQuorum step-down, and lease reads are always served.
 - vote-amnesia: the vote is forgotten on restart (see `hard_state_on_restart`).
 - no-fsync: the driver acknowledges before its writes are durable (driver-side only).
+- conf-two-in-flight: a leader starts a configuration change while its previous one is
+  still uncommitted, so two changes may separate the configurations nodes hold.
 """
 
 MAX_ENTRIES_PER_APPEND = 256
@@ -485,7 +488,7 @@ class Raft:
                 "not-committed-in-term",
                 f"leader {self.id} has not yet committed an entry of its term {self.term}",
             )
-        if self.conf_pending:
+        if self.conf_pending and "conf-two-in-flight" not in self.config.bugs:
             raise ConfChangeError(
                 "pending",
                 f"the configuration change at index {self.conf_index} is not committed yet",

@@ -22,7 +22,7 @@ from raftkv.core import (
     Role,
     changed_membership,
 )
-from raftkv.sim import SimOptions, Simulation, run_chaos
+from raftkv.sim import InvariantViolation, SimOptions, Simulation, run_chaos
 from raftkv.types import (
     ConfChange,
     Entry,
@@ -488,3 +488,10 @@ def test_the_membership_profile_keeps_every_invariant_on_a_few_seeds() -> None:
         report = run_chaos(seed, "membership")
         assert report.acked_proposals > 0
     assert report.stats["conf_promote"] > 0 and report.stats["conf_remove"] > 0
+
+
+def test_two_changes_in_flight_are_caught_as_disjoint_majorities() -> None:
+    with pytest.raises(InvariantViolation, match="disjoint majorities") as info:
+        run_chaos(0, "membership", bugs={"conf-two-in-flight"})
+    assert "--bug conf-two-in-flight" in str(info.value)
+    run_chaos(0, "membership")  # the same schedule without the bug keeps every invariant

@@ -68,6 +68,7 @@ BUG_HUNTS = {
     "stale-leader-read": ("small", 200),
     "vote-amnesia": ("amnesia", 300),
     "no-fsync": ("small", 100),
+    "conf-two-in-flight": ("membership", 50),
 }
 
 
