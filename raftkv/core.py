@@ -30,12 +30,14 @@ Membership changes are the dissertation's single-server changes (ch. 4), through
 - A node that is not a voter of its own configuration does not campaign. A learner
   grants votes (dissertation 4.1: a voter may not yet know of its promotion, and a
   quorum may need it); a vote counts only from a voter of the candidate's
-  configuration. A node outside its own configuration (removed, or started with `join`)
-  grants none: a node re-added with a wiped disk would otherwise vote for a candidate
-  whose stale configuration still counts it, in place of the log it lost. It votes again
-  once its log holds the entry that added it, and with it every entry before. A removed
-  server that never heard of its removal cannot win (its log lacks the removal), and
-  leader stickiness (check-quorum) keeps it from disrupting.
+  configuration. A node outside its own configuration (removed, or started with `join`
+  and not yet added) grants none. A removed server that never heard of its removal
+  cannot win (its log lacks the removal), and leader stickiness (check-quorum) keeps it
+  from disrupting.
+- An id names one server with its disk. A server whose disk was wiped comes back under
+  a new id (as etcd gives a re-added member a new member id): under its old one, a
+  stale node's log or an old snapshot would still count it as a voter, and its empty
+  disk would vote again in terms it already voted in, for logs it no longer holds.
 - A leader keeps replicating to a member it removes until the removal commits, so that
   the member learns of it; a leader that removes itself keeps leading without counting
   itself until the removal commits, then sends TIMEOUT_NOW to an up-to-date voter and
@@ -844,8 +846,8 @@ class Raft:
         pre = msg.type is MsgType.PRE_VOTE
         # A learner votes too (dissertation 4.1): it may be a voter that has yet to hear of
         # its promotion, and a quorum may need it; its vote counts only for a candidate
-        # whose configuration makes it a voter. A node outside its own configuration does
-        # not: with a wiped disk, its vote would stand in for a log it no longer has.
+        # whose configuration makes it a voter. A node outside its configuration is
+        # nobody's voter any more, or not yet.
         can_vote = self._is_member and (
             self.vote == msg.src
             or (self.vote is None and self.leader is None)

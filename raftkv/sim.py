@@ -12,8 +12,8 @@ a tiny state machine: a checksum chain over the applied entries, snapshotted eve
 
 Membership changes (`change_membership`): with `SimOptions.voters` only the first nodes
 start as voters; the others start outside the configuration (`Config.join`), for a change
-to add them as learners, and `wipe` gives a removed node an empty disk before it is added
-again.
+to add them as learners. `wipe` gives a node an empty disk and, as a server whose disk was
+wiped must, a new id (n3 becomes n3-2): `ids` names the live incarnations.
 
 Checked continuously, raising `InvariantViolation` with the seed and a replay recipe:
 - election safety: at most one leader per term, whatever configurations the nodes hold;
@@ -253,6 +253,8 @@ class Simulation:
         self.replay = replay or f"Simulation(seed={seed}, nodes={nodes}, options={self.options!r})"
         self.rng = random.Random(seed)
         self.ids = tuple(f"n{i}" for i in range(1, nodes + 1))
+        self.first_voters = self.ids[: self.options.voters] if self.options.voters else self.ids
+        self._incarnations: Counter[str] = Counter()
         self.now_tick = 0
         self.stats: Counter[str] = Counter()
         self.proposals: dict[bytes, Proposal] = {}
@@ -277,7 +279,7 @@ class Simulation:
 
     def _config(self, nid: str, join: bool = False) -> Config:
         o = self.options
-        voters = self.ids[: o.voters] if o.voters else self.ids
+        voters = self.first_voters
         return Config(
             id=nid,
             peers=voters if nid in voters else self.ids,
@@ -369,16 +371,23 @@ class Simulation:
                 record.status = "lost"
         self.stats["crashes"] += 1
 
-    def wipe(self, nid: str) -> None:
-        """Crash `nid`, give it an empty disk, and start it again outside any configuration
-        (`Config.join`), as an operator would before adding a removed server again."""
+    def wipe(self, nid: str) -> str:
+        """Crash `nid` and start its server again with an empty disk, under a new id and
+        outside any configuration (`Config.join`), ready to be added; returns the new id.
+
+        A new id, as etcd gives a re-added member: under its old id, configurations from
+        before its removal (in a stale node's log, or a snapshot sent to it) would count
+        the empty disk as a voter that remembers nothing it promised."""
         self.crash(nid)
-        node = self._nodes[nid]
-        node.disk = Disk()
-        node.unsynced.clear()
-        node.config = self._config(nid, join=True)
+        slot = nid.split("-")[0]
+        self._incarnations[slot] += 1
+        new = f"{slot}-{self._incarnations[slot] + 1}"
+        del self._nodes[nid]
+        self.ids = tuple(new if n == nid else n for n in self.ids)
+        self._nodes[new] = _Node(new, self._config(new, join=True))
         self.stats["wipes"] += 1
-        self.restart(nid)
+        self.restart(new)
+        return new
 
     def restart(self, nid: str) -> None:
         """Start `nid` from its durable state (a no-op if it is up)."""
@@ -511,8 +520,8 @@ class Simulation:
             delivered += 1
             if delivered > self.options.max_deliveries_per_tick:
                 raise self.violation(f"more than {delivered - 1} deliveries in one tick")
-            node = self._nodes[msg.dst]
-            if node.core is None or (msg.src, msg.dst) in self._blocked:
+            node = self._nodes.get(msg.dst)
+            if node is None or node.core is None or (msg.src, msg.dst) in self._blocked:
                 self.stats["undelivered"] += 1
                 continue
             self.stats["delivered"] += 1
@@ -723,8 +732,7 @@ class Simulation:
         """The latest configuration committed anywhere (before any: the first voters)."""
         entry = self._committed.get(self._committed_conf_index)
         if entry is None:
-            o = self.options
-            return Membership(self.ids[: o.voters] if o.voters else self.ids)
+            return Membership(self.first_voters)
         return ConfChange.decode(entry.data).membership
 
     def check_majorities(self) -> None:
@@ -1048,12 +1056,10 @@ def _change_membership(sim: Simulation, chaos: ChaosOptions, leader: str) -> Non
     op = rng.choice(ops)
     if op is ConfChangeOp.ADD_LEARNER:
         target = rng.choice(outside)
-        # Safe only once its removal committed: then no configuration that can still
-        # gather a majority counts on its votes.
         was_member = sim.disk(target)[0].term > 0
         removed = target not in sim.committed_membership().members()
         if was_member and removed and rng.random() < chaos.wipe_fraction:
-            sim.wipe(target)
+            target = sim.wipe(target)
     elif op is ConfChangeOp.PROMOTE:
         target = rng.choice(membership.learners)
     else:
