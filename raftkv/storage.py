@@ -14,6 +14,7 @@ On disk (all integers little-endian)::
 
     LOCK                      flock(2)ed while open: one process per directory
     snapshot.bin              one frame: [SNAPSHOT, version, index, term, peers, data]
+                              (+ learners, only when there are learners)
     wal-0000000001.seg ...    log segments, each a sequence of frames:
         frame   = magic "\\xa7RKw" | u32 crc32(length | payload) | u32 length | payload
         payload = msgpack [HEADER, "raftkv-wal", version, seq, snap_index, snap_term, hs]
@@ -447,9 +448,12 @@ class Storage:
         if error is not None:
             raise CorruptStorage(f"{path} offset 0: {error}")
         try:
-            kind, version, index, term, peers, data = _unpack(buf[_FRAME.size :])
+            kind, version, index, term, peers, data, *rest = _unpack(buf[_FRAME.size :])
             assert kind == _SNAPSHOT and version == _VERSION, (kind, version)
-            return Snapshot(int(index), int(term), tuple(str(p) for p in peers), bytes(data))
+            assert len(rest) <= 1, f"{len(rest)} fields after the data"
+            learners = tuple(str(p) for p in rest[0]) if rest else ()
+            voters = tuple(str(p) for p in peers)
+            return Snapshot(int(index), int(term), voters, bytes(data), learners)
         except (AssertionError, ValueError, TypeError, msgpack.UnpackException) as exc:
             raise CorruptStorage(f"{path} offset 0: undecodable snapshot: {exc!r}") from exc
 
@@ -661,7 +665,10 @@ class Storage:
             self._fsync_dir()
 
     def _write_snapshot_file(self, snap: Snapshot) -> None:
-        payload = _pack((_SNAPSHOT, _VERSION, snap.index, snap.term, list(snap.peers), snap.data))
+        fields = [_SNAPSHOT, _VERSION, snap.index, snap.term, list(snap.peers), snap.data]
+        if snap.learners:
+            fields.append(list(snap.learners))
+        payload = _pack(fields)
         if len(payload) > MAX_SNAPSHOT_BYTES:
             raise StorageError(f"snapshot of {len(payload)} bytes exceeds {MAX_SNAPSHOT_BYTES}")
         tmp = self._dir / _SNAPSHOT_TMP

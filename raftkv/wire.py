@@ -13,8 +13,9 @@ MAX_HELLO_FRAME_BYTES; a client's requests below MAX_REQUEST_FRAME_BYTES; only a
 `message_from_obj` raises FrameError naming the first bad field ("entries[2].data ...").
 
 Message layout: a map with one-letter keys, fields equal to their default left out;
-entries as [term, index, kind, data], a snapshot as [index, term, peers, data, crc32(data)]:
-the checksum lets a follower refuse an image damaged on the way before it persists it.
+entries as [term, index, kind, data], a snapshot as [index, term, peers, data, crc32(data)]
+(then its learners, when it has any): the checksum lets a follower refuse an image damaged
+on the way before it persists it.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def message_to_obj(msg: Message) -> dict[str, Any]:
     if msg.snapshot is not None:
         snap = msg.snapshot
         obj["n"] = [snap.index, snap.term, list(snap.peers), snap.data, zlib.crc32(snap.data)]
+        if snap.learners:
+            obj["n"].append(list(snap.learners))
     return obj
 
 
@@ -223,10 +226,12 @@ def _refuse_entry(name: str, row: object, prev_index: int, prev_term: int) -> No
 
 
 def _snapshot(value: object) -> Snapshot:
-    index, term, peers, data, crc = _list(value, "snapshot", 5)
-    peer_names = tuple(
-        _str(peer, f"snapshot.peers[{n}]") for n, peer in enumerate(_list(peers, "snapshot.peers"))
-    )
+    fields = _list(value, "snapshot")
+    if len(fields) not in (5, 6):
+        raise FrameError(f"field 'snapshot' must have 5 or 6 elements, got {len(fields)}")
+    index, term, peers, data, crc = fields[:5]
+    peer_names = _names(peers, "snapshot.peers")
+    learners = _names(fields[5], "snapshot.learners") if len(fields) == 6 else ()
     data = _bytes(data, "snapshot.data")
     if _int(crc, "snapshot.crc32") != zlib.crc32(data):
         raise FrameError(f"field 'snapshot.data' does not match its checksum {crc:#010x}")
@@ -235,7 +240,12 @@ def _snapshot(value: object) -> Snapshot:
         term=_int(term, "snapshot.term"),
         peers=peer_names,
         data=data,
+        learners=learners,
     )
+
+
+def _names(value: object, field: str) -> tuple[str, ...]:
+    return tuple(_str(name, f"{field}[{n}]") for n, name in enumerate(_list(value, field)))
 
 
 def message_from_obj(obj: object) -> Message:

@@ -256,6 +256,16 @@ def test_log_continues_after_snapshot_and_reopen(tmp_path: Path) -> None:
     assert expected[2] == entries(46, 60, 2) + entries(61, 62, 2)
 
 
+def test_snapshot_keeps_its_configuration_learners_included(tmp_path: Path) -> None:
+    st = Storage.open(tmp_path)
+    st.append(entries(1, 10, 1))
+    st.sync()
+    st.save_snapshot(Snapshot(8, 1, ("n1", "n2"), b"image", learners=("n3",)))
+    st.close()
+    _hs, snap, _log = reopen_state(tmp_path)
+    assert snap == Snapshot(8, 1, ("n1", "n2"), b"image", learners=("n3",))
+
+
 def test_snapshot_beyond_the_log_empties_it(tmp_path: Path) -> None:
     st = Storage.open(tmp_path)
     st.append(entries(1, 5, 1))

@@ -42,6 +42,7 @@ def messages(draw: st.DrawFn) -> Message:
             term=ints,
             peers=st.lists(names, max_size=5).map(tuple),
             data=st.binary(max_size=64),
+            learners=st.lists(names, max_size=3).map(tuple),
         )
     )
     return Message(
@@ -241,7 +242,8 @@ def without(key: str) -> dict[str, Any]:
         (with_field("e", [[4, 12, 0, b""]]), r"'entries\[0\].index' must be 11, got 12"),
         (with_field("e", [[4, 11, 0, b""], [4, 13, 0, b""]]), r"'entries\[1\].index' must be 12"),
         (with_field("e", [[3, 11, 0, b""]]), r"'entries\[0\].term' 3 is below"),
-        (with_field("n", [1, 2, 3]), "'snapshot' must have 5 elements"),
+        (with_field("n", [1, 2, 3]), "'snapshot' must have 5 or 6 elements"),
+        (with_field("n", [1, 2, [], b"", 0, [7]]), r"'snapshot.learners\[0\]' must be a string"),
         (with_field("n", [1, 2, [], b"img", 7]), "'snapshot.data' does not match its checksum"),
         (with_field("n", "img"), "'snapshot' must be an array"),
         (with_field("n", [1, 2, "ab", b"", 0]), "'snapshot.peers' must be an array"),
