@@ -473,13 +473,13 @@ class Raft:
         else:
             self._send_append(to)
 
-    def propose_conf_change(self, op: ConfChangeOp, node_id: str) -> int:
+    def propose_conf_change(self, op: ConfChangeOp, node_id: str, context: str = "") -> int:
         """Append a configuration change on the leader; returns its index.
 
         Raises NotLeader (as `propose`) or ConfChangeError. The change takes effect at
         once (a new learner is replicated to from now on); it is done once its index is
         applied with this term. A leader that removes itself steps down when the removal
-        commits.
+        commits. `context` rides in the entry (`ConfChange.context`) for the drivers.
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
@@ -508,7 +508,7 @@ class Raft:
                     f"the commit index {self.log.committed}",
                 )
         index = self.log.last_index() + 1
-        change = ConfChange(op, node_id, membership.voters, membership.learners)
+        change = ConfChange(op, node_id, membership.voters, membership.learners, context)
         self.log.append([Entry(self.term, index, EntryKind.CONF_CHANGE, change.encode())])
         self._conf_points.append(_ConfPoint(index, self.term, membership))
         self._change_membership(membership)

@@ -76,12 +76,14 @@ class ConfChangeOp(enum.Enum):
 class ConfChange:
     """The payload of a CONF_CHANGE entry: `op` on `node_id`, and the whole configuration
     it results in (`voters`, `learners`), so that a node learns its configuration from
-    the entry alone, without knowing the one before it."""
+    the entry alone, without knowing the one before it. `context` is opaque to Raft: what
+    the proposer attaches for the drivers (raftkv's: the new member's address)."""
 
     op: ConfChangeOp
     node_id: str
     voters: tuple[str, ...]
     learners: tuple[str, ...]
+    context: str = ""
 
     @property
     def membership(self) -> Membership:
@@ -89,12 +91,14 @@ class ConfChange:
 
     def encode(self) -> bytes:
         """Compact JSON, keys sorted: the same change always encodes to the same bytes."""
-        obj = {
+        obj: dict[str, object] = {
             "op": self.op.value,
             "node": self.node_id,
             "voters": list(self.voters),
             "learners": list(self.learners),
         }
+        if self.context:
+            obj["context"] = self.context
         return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
     @staticmethod
@@ -109,7 +113,10 @@ class ConfChange:
             raise ValueError(f"configuration change without voters and learners: {data!r}")
         if not all(isinstance(i, str) and i for i in [node_id, *voters, *learners]):
             raise ValueError(f"configuration change with a bad id: {data!r}")
-        return ConfChange(op, str(node_id), tuple(voters), tuple(learners))
+        context = obj.get("context", "")
+        if not isinstance(context, str):
+            raise ValueError(f"configuration change with a context that is not text: {data!r}")
+        return ConfChange(op, str(node_id), tuple(voters), tuple(learners), context)
 
 
 @dataclass(frozen=True, slots=True)

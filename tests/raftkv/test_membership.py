@@ -184,14 +184,15 @@ def test_one_change_at_a_time() -> None:
 def test_a_change_takes_effect_on_append_and_the_driver_hears_of_it() -> None:
     d = elected()
     rd = d.drain()
-    index = d.core.propose_conf_change(ADD, "d")
+    index = d.core.propose_conf_change(ADD, "d", context="d.example:7001")
     assert d.core.commit_index < index  # not committed, yet in force
     assert d.core.voters == PEERS3 and d.core.learners == ("d",)
     rd = d.drain()
     assert rd.membership == Membership(PEERS3, ("d",))
     entry = d.core.entry(index)
     assert entry is not None and entry.kind is EntryKind.CONF_CHANGE
-    assert ConfChange.decode(entry.data) == ConfChange(ADD, "d", PEERS3, ("d",))
+    assert ConfChange.decode(entry.data) == ConfChange(ADD, "d", PEERS3, ("d",), "d.example:7001")
+    assert entry in rd.entries  # the driver persists it: where it learns the address
     assert "d" in {m.dst for m in rd.messages if m.type is MsgType.APPEND}
     assert d.core.progress("d") is not None
 
@@ -326,9 +327,12 @@ def test_no_leadership_transfer_to_a_learner() -> None:
 def test_conf_change_round_trips_and_refuses_garbage() -> None:
     change = ConfChange(PROMOTE, "d", ("a", "d"), ("e",))
     assert ConfChange.decode(change.encode()) == change
+    with_address = ConfChange(ADD, "e", ("a", "d"), ("e",), context="10.0.0.5:7001")
+    assert ConfChange.decode(with_address.encode()) == with_address
     for bad in (b"", b"[]", b'{"op":"grow","node":"d","voters":[],"learners":[]}',
                 b'{"op":"remove","node":"d","voters":"a","learners":[]}',
-                b'{"op":"remove","node":"","voters":[],"learners":[]}'):  # fmt: skip
+                b'{"op":"remove","node":"","voters":[],"learners":[]}',
+                b'{"op":"remove","node":"d","voters":[],"learners":[],"context":7}'):  # fmt: skip
         with pytest.raises(ValueError):
             ConfChange.decode(bad)
 
