@@ -236,8 +236,9 @@ class Simulation:
     """A cluster of `nodes` Raft cores ("n1".."nN") on a simulated network.
 
     Drive it with `run(ticks)`, inject faults with `partition`/`isolate`/`block`/`heal`/
-    `crash`/`restart`, act as clients with `propose`/`read`/`transfer`. Every method
-    that lets time pass checks the invariants listed in the module docstring.
+    `crash`/`restart`, act as clients with `propose`/`read`/`transfer`, and as an
+    operator with `change_membership`/`wipe`. Every method that lets time pass checks
+    the invariants listed in the module docstring.
     `replay` is the recipe printed in violations (default: this constructor call).
     """
 
@@ -822,8 +823,9 @@ class ChaosOptions:
     heals, restarts everyone, and requires progress within `progress_bound_ticks`.
 
     With `conf_change_rate`, a leader is asked for a configuration change: add a learner
-    (a node outside the configuration; one that was a member before gets a wiped disk
-    with probability `wipe_fraction`), promote a learner while there are fewer than
+    (a node outside the configuration; a server that was a member before and whose
+    removal committed comes back wiped, under a new id, with probability
+    `wipe_fraction`), promote a learner while there are fewer than
     `max_voters` voters, or remove a learner or (while there are more than `min_voters`)
     a voter, the leader included.
     """
