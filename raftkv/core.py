@@ -147,11 +147,11 @@ class Config:
     the node uses until its log or snapshot holds another. With `join` the node starts
     with no configuration instead (a node being added to a running cluster, or a server
     back with a wiped disk, under a new id): it grants votes once its log makes it a
-    member, and campaigns once it makes it a voter. `timing`
-    holds the timeouts (in ticks) and `check_quorum`, with their contract. Without
-    `pre_vote` a node that times out starts a real election at once, disrupting a healthy
-    leader when it rejoins. A leader sends at most `max_entries_per_append` entries per
-    append and keeps at most `max_inflight_appends` unacknowledged appends per follower.
+    member, and campaigns once it makes it a voter. `timing` holds the timeouts (in
+    ticks) and `check_quorum`, with their contract. Without `pre_vote` a node that times
+    out starts a real election at once, disrupting a healthy leader when it rejoins. A
+    leader sends at most `max_entries_per_append` entries per append and keeps at most
+    `max_inflight_appends` unacknowledged appends per follower.
     """
 
     id: str
