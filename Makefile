@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OS_PACKAGES := gcc iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime
+OS_PACKAGES := gcc iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime redis-server redis-sentinel
 
 .PHONY: venv native test check demo lint typecheck bench clean os-packages
 

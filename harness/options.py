@@ -144,8 +144,9 @@ class Option:
     option's (None leaves it out of a command line). `kind` is str, int, float, Path, or
     bool for a flag; `low`/`high` bound a number, `choices` a word, `path` ("dir" or
     "file") says the value names one (`exists`: it must). `group` says what the option
-    is about: run, docker, ssh, http-target, or local: where this machine keeps or shows a
-    run, left out of the command that repeats it."""
+    is about: run, docker, ssh, http-target, redis-target (a target's own, in
+    RunOptions.extra), or local: where this machine keeps or shows a run, left out of the
+    command that repeats it."""
 
     flags: tuple[str, ...]
     dest: str
@@ -304,6 +305,18 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--node-start-timeout",), "node_start_timeout", "extra.node_start_timeout_s",
            "http-target", kind=float, low=0.5, default=20.0, show_default=True,
            help="http target: seconds for every node to answer HTTP after starting."),
+    Option(("--redis-wait",), "redis_wait", "extra.redis_wait", "redis-target", kind=int,
+           low=0, high=8, metavar="N",
+           help="redis target: WAIT for N replicas after each write or cas; fewer "
+           "acknowledging makes the op indeterminate (info). Default 0: no WAIT."),
+    Option(("--redis-min-replicas",), "redis_min_replicas", "extra.redis_min_replicas",
+           "redis-target", kind=int, low=0, high=8, metavar="N",
+           help="redis target: min-replicas-to-write N (replicas acknowledging within 2 s) "
+           "on every server. Default 0: off."),
+    Option(("--redis-appendfsync",), "redis_appendfsync", "extra.redis_appendfsync",
+           "redis-target", choices=("everysec", "always"),
+           help="redis target: appendfsync of the append-only file (appendonly is on). "
+           "Default everysec, Redis's own."),
     Option(("--ops",), "ops", "ops", "run", read=_read_ops, write=",".join,
            help="The workload's ops, comma-separated, of read, write, cas (default: all the "
            "target supports)."),
@@ -344,7 +357,7 @@ def parse_options(values: Mapping[str, Any], explicit: Collection[str] = ()) -> 
         concurrency=run["concurrency"] or 2 * nodes,
         seed=seed,
         ssh=ssh,
-        extra=_node_cmd_extra(given),
+        extra={**_node_cmd_extra(given), **_redis_extra(given)},
         image=_image(given),
     )
     return RunOptions(**run)
@@ -380,7 +393,23 @@ def _node_cmd_extra(given: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     if given["target"] != "http":
         raise UsageError("--node-cmd is for --target http", "--node-cmd")
-    return _group(given, "extra.")
+    return {
+        name: value
+        for name, value in _group(given, "extra.").items()
+        if name not in ("redis_wait", "redis_min_replicas", "redis_appendfsync")
+    }
+
+
+def _redis_extra(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The redis target's options (RunOptions.extra), those given; they belong to no other
+    target."""
+    rows = [row for row in OPTIONS if row.group == "redis-target"]
+    chosen = {row: given[row.dest] for row in rows if given[row.dest] is not None}
+    if chosen and given["target"] != "redis":
+        raise UsageError(f"{next(iter(chosen)).flag} is for --target redis",
+                         next(iter(chosen)).flag)  # fmt: skip
+    assert all(row.field is not None for row in chosen)
+    return {str(row.field).removeprefix("extra."): row.read(v) for row, v in chosen.items()}
 
 
 def _ssh_options(given: Mapping[str, Any], explicit: Collection[str]) -> SshOptions | None:

@@ -10,6 +10,7 @@ from harness.targets.etcd import EtcdTarget
 from harness.targets.http import HttpTarget
 from harness.targets.memory import MemoryTarget
 from harness.targets.raftkv import RaftkvTarget
+from harness.targets.redis import RedisTarget
 
 __all__ = [
     "TARGETS",
@@ -19,6 +20,7 @@ __all__ = [
     "HttpTarget",
     "MemoryTarget",
     "RaftkvTarget",
+    "RedisTarget",
     "Target",
     "TargetClient",
 ]
@@ -28,4 +30,5 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "memory": MemoryTarget,
     "etcd": EtcdTarget,
     "http": HttpTarget,
+    "redis": RedisTarget,
 }

@@ -61,6 +61,14 @@ OFFERED: dict[str, set[type]] = {
         ReportsLeaderTerm,
     },
     "memory": set(),
+    "redis": {
+        ValidatesOptions,
+        KeepsData,
+        ChecksNodes,
+        WaitsReady,
+        ReportsLeaderTerm,
+        NamesLinearizableReads,
+    },
 }
 
 
