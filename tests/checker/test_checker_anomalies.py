@@ -51,6 +51,37 @@ def test_lost_write() -> None:
     assert a.name == "lost write"
 
 
+def test_a_write_lost_when_the_state_went_back_though_newer_writes_follow() -> None:
+    # 2 is acknowledged, then a read sees 1 again and every later read sees only what was
+    # written after that read: the state went back to before 2 (a failover to a replica
+    # that never got it), even though newer writes were made and read afterwards.
+    ops = [
+        *seq(0, "write", 1),
+        *seq(0, "write", 2),
+        *seq(1, "read", None, 1),
+        *seq(1, "write", 3),
+        *seq(2, "read", None, 3),
+        *seq(0, "read", None, 3),
+    ]
+    a = anomaly(history(*ops))
+    assert a.name == "lost write", a.text
+    assert "none of the 2 reads that began after this one saw 2" in a.detail["summary"]
+    assert "went back" in a.text
+
+
+def test_a_lagging_read_is_stale_when_others_still_see_what_it_missed() -> None:
+    ops = [
+        *seq(0, "write", 1),
+        *seq(0, "write", 2),
+        *seq(1, "read", None, 1),
+        *seq(2, "read", None, 2),
+        *seq(1, "write", 3),
+        *seq(2, "read", None, 3),
+    ]
+    a = anomaly(history(*ops))
+    assert a.name == "stale read", a.text
+
+
 def test_read_of_a_value_never_written() -> None:
     a = anomaly(history(*seq(0, "write", 1), *seq(1, "read", None, 7)))
     assert a.name == "read of a value never written"
