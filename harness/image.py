@@ -5,8 +5,9 @@ lookup:
 
     jepsen-py/base:bookworm-<hash>   Debian bookworm from Debian's packages (debootstrap, then
                                      `docker import`): python3, iptables, iproute2, procps,
-                                     etcd-server (members of the etcd target) and
-                                     libfaketime (clock faults).
+                                     etcd-server (members of the etcd target),
+                                     redis-server and redis-sentinel (the redis
+                                     target) and libfaketime (clock faults).
                                      The hash covers the suite and the package list.
     jepsen-py/raftkv:<hash>          the base + raftkv installed from wheels made here by
                                      `backends.bundle` (raftkv's, and its dependencies' at
@@ -69,7 +70,16 @@ __all__ = [
 BASE_REPO = "jepsen-py/base"
 IMAGE_REPO = "jepsen-py/raftkv"
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "iptables", "iproute2", "procps", "etcd-server", "libfaketime")
+BASE_PACKAGES = (
+    "python3",
+    "iptables",
+    "iproute2",
+    "procps",
+    "etcd-server",
+    "libfaketime",
+    "redis-server",
+    "redis-sentinel",
+)
 # What raftkv imports beyond the standard library: the only wheels the image gets.
 NODE_PACKAGES = ("msgpack", "click")
 PYTHON_VERSION = (3, 11)  # bookworm's python3, and the wheels we fetch for it

@@ -49,6 +49,15 @@ def _etcd() -> str | None:
     return None if shutil.which("etcd") else "etcd is not installed (etcd-server)"
 
 
+def _redis() -> str | None:
+    missing = [p for p in ("redis-server", "redis-sentinel") if shutil.which(p) is None]
+    return (
+        f"{' and '.join(missing)} not installed (Debian's redis-server, redis-sentinel)"
+        if missing
+        else None
+    )
+
+
 # marker -> (what it means, for `pytest --markers`; the probe: why the machine lacks it, or None)
 NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
     "root": ("root with ip, iptables and nsenter: network namespaces, firewall rules", _root),
@@ -56,6 +65,7 @@ NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
     "sshd": (f"an OpenSSH server at {SSHD}", _sshd),
     "chromium": ("a headless chromium (or chromium-browser) on PATH", _chromium),
     "etcd": ("etcd on PATH", _etcd),
+    "redis": ("redis-server and redis-sentinel on PATH", _redis),
 }
 
 

@@ -55,6 +55,7 @@ from harness.targets.base import (
     ChecksNodes,
     ClusterSpec,
     Completion,
+    IgnoresPreload,
     KeepsData,
     NamesLinearizableReads,
     ReportsLeaderTerm,
@@ -206,7 +207,7 @@ class _Link:
         self._conn = Connection(
             host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False, protocol=2,
-            lib_name=None, lib_version=None, decode_responses=True,
+            driver_info=None, decode_responses=True,
         )  # fmt: skip
 
     async def call(self, *args: Any) -> Any:
@@ -349,6 +350,7 @@ def _pairs(answer: Any) -> dict[str, str]:
 
 class RedisTarget(
     ValidatesOptions,
+    IgnoresPreload,
     KeepsData,
     ChecksNodes,
     WaitsReady,
@@ -366,6 +368,12 @@ class RedisTarget(
 
     def __init__(self, timing: SentinelTiming = SentinelTiming()) -> None:
         self.timing = timing
+
+    preload_refusal = (
+        "Debian's redis-server is linked with jemalloc, which reads the clock while "
+        "libfaketime is still starting: the library breaks the recursion by failing the "
+        "call, and the server never comes up under it"
+    )
 
     def validate_options(self, extra: dict[str, Any], nodes: int, backend: str) -> None:
         wait, min_replicas, appendfsync = _settings(extra)

@@ -63,6 +63,7 @@ OFFERED: dict[str, set[type]] = {
     "memory": set(),
     "redis": {
         ValidatesOptions,
+        IgnoresPreload,
         KeepsData,
         ChecksNodes,
         WaitsReady,
