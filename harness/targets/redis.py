@@ -13,9 +13,10 @@ Every Sentinel watches the primary under the name `harness` with a quorum of a m
 a replica is promoted when a majority agrees. Failover settings (`SentinelTiming`):
 `down-after-milliseconds` 1000 (a primary silent for a second is subjectively down),
 `failover-timeout` 3000 (a failover that stalls is retried after twice that). A cut-off
-primary is replaced within about 2-4 s (a second to be seen down, about a second for the
-Sentinels to agree and elect the one that leads the failover, then the promotion), so a
-fault of a few seconds sees one.
+primary is replaced within about 4 s, measured on netns (a second to be seen down, a
+random delay of up to a second before a Sentinel asks for votes, the vote, the promotion,
+and the others learning of it), so a fault of 5 s sees one; Redis's defaults (30 s and
+3 min) would need runs of minutes.
 
 A client is bound to one node. It asks that node's Sentinel for the primary
 (`SENTINEL get-master-addr-by-name`) before each write or cas (and read in mode
