@@ -81,6 +81,9 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "node_cmd": ["--target", "http", "--node-cmd", NODE_CMD],
         "node_env": [*HTTP, "--node-env", "A=1", "--node-env", "B=two \"words\" and 'q'"],
         "node_start_timeout": [*HTTP, "--node-start-timeout", "45.5"],
+        "redis_wait": ["--target", "redis", "--redis-wait", "2"],
+        "redis_min_replicas": ["--target", "redis", "--redis-min-replicas", "1"],
+        "redis_appendfsync": ["--target", "redis", "--redis-appendfsync", "always"],
         "ops": ["--ops", "write,read"],
     }
 
