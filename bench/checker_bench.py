@@ -6,11 +6,14 @@
 2. Generated linearizable kv histories with unique written values (10 keys, 12 clients, some
    info and fail): 100,000 and 1,000,000 operations, written as history.jsonl, then parsed
    and checked; peak memory (RSS) is reported too.
+3. Generated linearizable single cas-register histories in the shape of Jepsen's register
+   tests (values 0..4, so written values repeat; 10 processes; about 0.8% indeterminate):
+   `--register-sizes`, 100,000 and 1,000,000 operations by default.
 
 With `--search-only` the search decides every key (no unique-values check).
 
 Usage: python bench/checker_bench.py [--sizes 100000,1000000] [--seed 1] [--skip-corpus]
-                                     [--search-only]
+                                     [--search-only] [--register-sizes 100000,1000000]
 """
 
 from __future__ import annotations
@@ -243,6 +246,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-corpus", action="store_true")
     parser.add_argument("--search-only", action="store_true")
+    parser.add_argument("--register-sizes", default="100000,1000000")
     args = parser.parse_args()
     if not args.skip_corpus:
         for explain in (False, True):
@@ -251,6 +255,8 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",") if s):
         report = bench_generated(size, args.seed, not args.search_only)
         print(json.dumps(report), flush=True)
+    for size in (int(s) for s in args.register_sizes.split(",") if s):
+        print(json.dumps(bench_register(size, args.seed)), flush=True)
 
 
 if __name__ == "__main__":
