@@ -1,7 +1,8 @@
 """An asyncio client for a raftkv cluster over the msgpack protocol.
 
 It finds the leader itself: a `not_leader` answer (a certain failure, safe to
-retry) sends it to the hinted leader, or to the next node when there is no
+retry) sends it to the hinted leader (an address it was not given too, a member that
+joined later: up to MAX_LEARNED_ADDRESSES of them), or to the next node when there is no
 hint. Writes carry a client id and sequence number so a retried write applies
 once. Outcomes are three-valued, as the harness records them:
 ``ok`` True (done), False (certainly not done), None (may have happened).
@@ -21,6 +22,7 @@ CONNECT_TIMEOUT_S = 1.0
 # Unsent requests a connection may hold before new ones are refused as not sent.
 PAUSE_ABOVE_BYTES = 1 << 20
 NO_LEADER_BACKOFF_S = 0.05
+MAX_LEARNED_ADDRESSES = 16
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -163,6 +165,7 @@ class Client:
         self.home = home
         self._target = home or self.cluster[0]
         self._conns: dict[str, _Connection] = {}
+        self._learned = 0
 
     async def close(self) -> None:
         for conn in self._conns.values():
@@ -183,6 +186,24 @@ class Client:
 
     async def cas(self, key: str, expected: Any, value: Any) -> dict[str, Any]:
         return await self.request({"op": "cas", "key": key, "expected": expected, "value": value})
+
+    async def members(self, node: str | None = None) -> dict[str, Any]:
+        """The configuration as the asked node knows it (`node`, else the current target):
+        voters, learners, their addresses, the leader it knows."""
+        return await self.request({"op": "members"}, node=node or self._target)
+
+    async def change_member(
+        self, change: str, member: str, address: str | None = None, http: str | None = None
+    ) -> dict[str, Any]:
+        """Ask the leader to add-learner (with the new member's `address` and `http`),
+        promote or remove `member`; answered once applied. A refusal is
+        {"ok": False, "error": "conf_change", "reason", "retryable", "message"}."""
+        req: dict[str, Any] = {"op": "member", "change": change, "node": member}
+        if address is not None:
+            req["address"] = address
+        if http is not None:
+            req["http"] = http
+        return await self.request(req)
 
     async def request(self, request: dict[str, Any], node: str | None = None) -> dict[str, Any]:
         """Send one request to the leader (or to `node`, without redirects).
@@ -239,11 +260,23 @@ class Client:
             await asyncio.sleep(NO_LEADER_BACKOFF_S)
 
     def _advance(self, hint: object) -> None:
+        if isinstance(hint, str) and hint not in self.cluster and self._may_learn(hint):
+            self.cluster.append(hint)
+            self._learned += 1
         if isinstance(hint, str) and hint in self.cluster:
             self._target = hint
         else:
             i = self.cluster.index(self._target) if self._target in self.cluster else -1
             self._target = self.cluster[(i + 1) % len(self.cluster)]
+
+    def _may_learn(self, addr: str) -> bool:
+        if self._learned >= MAX_LEARNED_ADDRESSES:
+            return False
+        try:
+            split_addr(addr)
+        except ValueError:
+            return False
+        return True
 
     async def _drop(self, addr: str) -> None:
         conn = self._conns.pop(addr, None)

@@ -290,6 +290,10 @@ class KVStore:
     takes a new identity after every indeterminate op) and each entry lives in every
     replica's memory and every snapshot forever otherwise. Eviction is by apply order,
     hence identical on every replica.
+
+    `meta` is text the driver keeps with the state and finds again in a snapshot (raftkv's
+    node: the address book of the cluster's members, which a node restored from a
+    snapshot sees in no log entry); it is no part of the keys and values, and "" when unset.
     """
 
     def __init__(self, *, max_sessions: int = MAX_SESSIONS) -> None:
@@ -298,6 +302,7 @@ class KVStore:
         self.max_sessions = max_sessions
         self._data: dict[str, Any] = {}
         self._sessions: OrderedDict[str, tuple[int, Result]] = OrderedDict()
+        self.meta = ""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, KVStore):
@@ -306,6 +311,7 @@ class KVStore:
             self.applied_index == other.applied_index
             and self._data == other._data
             and list(self._sessions.items()) == list(other._sessions.items())
+            and self.meta == other.meta
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -368,8 +374,9 @@ class KVStore:
             self._sessions.popitem(last=False)
 
     def snapshot(self) -> bytes:
-        """The whole state as msgpack: keys sorted, sessions oldest first."""
-        image = {
+        """The whole state as msgpack: keys sorted, sessions oldest first (and `meta`, only
+        when set, so that a store without it snapshots as before)."""
+        image: dict[str, Any] = {
             "v": _SNAPSHOT_VERSION,
             "applied_index": self.applied_index,
             "data": [[key, self._data[key]] for key in sorted(self._data)],
@@ -378,6 +385,8 @@ class KVStore:
                 for client, (seq, result) in self._sessions.items()
             ],
         }
+        if self.meta:
+            image["meta"] = self.meta
         return msgpack.packb(image, use_bin_type=True)
 
     @classmethod
@@ -401,6 +410,10 @@ class KVStore:
         if isinstance(applied, bool) or not isinstance(applied, int) or applied < 0:
             raise SnapshotError("snapshot applied_index must be an integer >= 0")
         self.applied_index = applied
+        meta = image.get("meta", "")
+        if not isinstance(meta, str):
+            raise SnapshotError("snapshot meta must be text")
+        self.meta = meta
         rows, sessions = image.get("data"), image.get("sessions")
         if not isinstance(rows, list) or not isinstance(sessions, list):
             raise SnapshotError("snapshot data and sessions must be arrays")

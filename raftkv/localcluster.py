@@ -42,7 +42,9 @@ class LocalCluster:
     """N nodes n1..nN on 127.0.0.1; `addrs` are their client/peer addresses.
 
     `cluster_token`: give the nodes a fresh token (True) or none (False: nodes that
-    accept any peer, as before tokens).
+    accept any peer, as before tokens). `spares` more nodes (n<N+1>...) have ports and are
+    not started with the others: `start(spare)` runs one with `serve --join` through the
+    first N, to be added as a learner.
     """
 
     def __init__(
@@ -54,12 +56,15 @@ class LocalCluster:
         bugs: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
         cluster_token: bool = True,
+        spares: int = 0,
     ) -> None:
         self.root = Path(root)
-        self.ids = [f"n{i}" for i in range(1, nodes + 1)]
-        ports = free_ports(2 * nodes)
-        self.peer_ports = dict(zip(self.ids, ports[:nodes]))
-        self.http_ports = dict(zip(self.ids, ports[nodes:]))
+        self.ids = [f"n{i}" for i in range(1, nodes + spares + 1)]
+        self.initial = self.ids[:nodes]
+        count = nodes + spares
+        ports = free_ports(2 * count)
+        self.peer_ports = dict(zip(self.ids, ports[:count]))
+        self.http_ports = dict(zip(self.ids, ports[count:]))
         self.read_mode = read_mode
         self.bugs = bugs
         self.extra_args = extra_args
@@ -74,7 +79,12 @@ class LocalCluster:
         return f"127.0.0.1:{self.peer_ports[node_id]}"
 
     def argv(self, node_id: str) -> list[str]:
-        peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.peer_ports.items())
+        if node_id in self.initial:
+            peers = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.initial)
+            join: list[str] = []
+        else:
+            peers = f"{node_id}=127.0.0.1:{self.peer_ports[node_id]}"
+            join = ["--join", ",".join(self.addr(i) for i in self.initial)]
         argv = [
             sys.executable,
             "-m",
@@ -90,6 +100,7 @@ class LocalCluster:
             f"127.0.0.1:{self.http_ports[node_id]}",
             "--read-mode",
             self.read_mode,
+            *join,
             *self.extra_args,
         ]
         for bug in self.bugs:
@@ -99,7 +110,7 @@ class LocalCluster:
         return argv
 
     def start(self, node_id: str | None = None) -> None:
-        for i in [node_id] if node_id else self.ids:
+        for i in [node_id] if node_id else self.initial:
             assert i not in self.procs or self.procs[i].poll() is not None, f"{i} is running"
             self.root.mkdir(parents=True, exist_ok=True)
             self._write_token()
@@ -152,8 +163,9 @@ class LocalCluster:
             finally:
                 await client.close()
 
-        results = await asyncio.gather(*(one(i) for i in self.ids))
-        return dict(zip(self.ids, results))
+        started = [i for i in self.ids if i in self.procs]
+        results = await asyncio.gather(*(one(i) for i in started))
+        return dict(zip(started, results))
 
     async def wait_for_leader(
         self, timeout_s: float = 15.0, exclude: frozenset[str] | set[str] = frozenset()

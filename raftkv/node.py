@@ -5,6 +5,12 @@ everything else (peer readers, client handlers, the ticker) hands it events
 through a queue, so the core is never touched between `ready()` and
 `advance()`. Per batch: persist and fsync, then send, then apply, then
 answer clients: an acknowledged write is always on disk on a majority.
+
+Membership (docs/membership.md, "For the drivers"): the node dials the members of its
+configuration (`Raft.membership`, then every `Ready.membership`), and a member being
+removed while the leader still replicates to it; it finds their addresses in its address
+book (`raftkv.members`), which every configuration change and every snapshot carries.
+A member change is proposed by `change_member` on the leader and answered once applied.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from raftkv import wire
-from raftkv.core import NotLeader, Raft, Role, hard_state_on_restart
+from raftkv.core import ConfChangeError, NotLeader, Raft, Role, hard_state_on_restart
 from raftkv.kv import (
     BadRequest,
     Command,
@@ -32,12 +38,30 @@ from raftkv.kv import (
     encode_command,
     parse_command,
 )
+from raftkv.members import (
+    Address,
+    MemberChange,
+    claim_data_dir,
+    decode_book,
+    encode_book,
+    parse_change,
+)
 from raftkv.peerauth import ACCEPTOR, CONNECTOR, Handshake, is_nonce, new_nonce
 from raftkv.settings import DEFAULT_RAFT, RaftSettings
 from raftkv.storage import Storage, StorageError
 from raftkv.timing import NODE_TIMING, RaftTiming
-from raftkv.transport import PeerLink
-from raftkv.types import Entry, EntryKind, Message, MsgType, Ready, Snapshot
+from raftkv.transport import PeerLink, split_addr
+from raftkv.types import (
+    ConfChange,
+    ConfChangeOp,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MsgType,
+    Ready,
+    Snapshot,
+)
 
 log = logging.getLogger("raftkv.node")
 T = TypeVar("T")
@@ -63,6 +87,11 @@ class NodeOptions:
     `http`: the address of this node's HTTP face, which whoever runs the node serves
     (`raftkv serve` does, through `raftkv.http_routes`); the node only tells its peers,
     so that a not-leader answer can name the leader's HTTP address.
+    `join`: start with no configuration (`Config.join`), to be added to a running cluster;
+    the data directory must then be empty, or hold this node's state from when it joined
+    (`raftkv.members.claim_data_dir`). A node that joined comes back in join mode anyway:
+    its configuration is in its log and snapshot, never in `peers`, which need only list
+    this node.
     `cluster_token`: the secret every node of the cluster shares (see `raftkv.peerauth`);
     None accepts any peer that names itself, as nodes did before tokens (with a warning).
     `raft`: the operator's Raft settings (check-quorum, pre-vote, append size); the
@@ -81,6 +110,7 @@ class NodeOptions:
     request_timeout_s: float = 5.0
     seed: int | None = None
     cluster_token: bytes | None = None
+    join: bool = False
 
 
 def reply(ok: bool | None, **fields: Any) -> dict[str, Any]:
@@ -139,8 +169,17 @@ class Node:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.storage = Storage.open(opts.data_dir, fsync="no-fsync" not in opts.bugs)
-        config = opts.raft.config(opts.id, tuple(sorted(opts.peers)), opts.timing,
-                                  frozenset(opts.bugs))  # fmt: skip
+        stored = self.storage
+        has_state = bool(stored.snapshot or stored.entries or stored.hard_state != HardState())
+        try:
+            join = claim_data_dir(opts.data_dir, opts.id, opts.join, has_state)
+        except StorageError:
+            stored.close()
+            raise
+        # A node that joins asks the leader to add it; one back from its own disk is in.
+        self.needs_join = opts.join and not has_state
+        peers = (opts.id,) if join else tuple(sorted(opts.peers))
+        config = opts.raft.config(opts.id, peers, opts.timing, frozenset(opts.bugs), join)
         rng = random.Random(opts.seed)
         snap = self.storage.snapshot
         hard_state = hard_state_on_restart(config, self.storage.hard_state)
@@ -150,6 +189,7 @@ class Node:
         except SnapshotError as exc:
             self.storage.close()
             raise StorageError(f"snapshot in {opts.data_dir} does not restore: {exc}") from None
+        self._book: dict[str, Address] = self._first_book()
         self._durable_vote = (self.storage.hard_state.term, self.storage.hard_state.vote)
         self.applied = snap.index if snap else 0
         self.applied_term = snap.term if snap else 0
@@ -159,7 +199,14 @@ class Node:
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
         self._apply_waiters = _Waiters()
+        self._hello: dict[str, object] = {}
         self._links: dict[str, PeerLink] = {}
+        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        self._link_group: asyncio.TaskGroup | None = None
+        self._unknown_addresses: set[str] = set()
+        # Peer addresses from hellos (bounded by the handshake), for peers the book lacks:
+        # a node that joins answers its leader before any entry names the members.
+        self._greeted: dict[str, str] = {}
         self._peer_http: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._connections: set[_Connection] = set()
@@ -184,23 +231,21 @@ class Node:
         http_addr = f"{self.opts.http[0]}:{self.opts.http[1]}" if self.opts.http else None
         if http_addr:
             self._peer_http[self.opts.id] = http_addr
-        hello = {"hello": "peer", "id": self.opts.id, "http": http_addr}
-        token = self.opts.cluster_token
-        if token is None:
+        self._hello = {
+            "hello": "peer", "id": self.opts.id, "http": http_addr, "address": f"{host}:{port}",
+        }  # fmt: skip
+        if self.opts.cluster_token is None:
             log.warning(
                 "node %s has no cluster token: anyone who reaches port %d can speak as a peer",
                 self.opts.id, port,
             )  # fmt: skip
-        for peer, (phost, pport) in self.opts.peers.items():
-            if peer != self.opts.id:
-                self._links[peer] = PeerLink(hello, peer, phost, pport, token)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self._connection, host, port)
         log.info("node %s listening on %s:%d (http %s)", self.opts.id, host, port, http_addr)
         try:
             async with asyncio.TaskGroup() as tg:
-                for link in self._links.values():
-                    tg.create_task(link.run())
+                self._link_group = tg
+                self._sync_links()
                 tg.create_task(self._ticker())
                 if self._lazy_writes:
                     tg.create_task(self._lazy_flusher())
@@ -210,6 +255,7 @@ class Node:
         except* _Stop:
             pass
         finally:
+            self._link_group = None
             server.close()
             for conn in list(self._connections):
                 conn.close()
@@ -257,6 +303,7 @@ class Node:
             self._restored = None
 
     async def _handle_ready(self, rd: Ready) -> None:
+        book_news = self._learn_addresses(rd)
         if rd.snapshot is not None:
             self.storage.save_snapshot(rd.snapshot)
         if rd.entries:
@@ -302,6 +349,9 @@ class Node:
                 fut.set_exception(NotLeader(self.core.leader))
         self.core.advance(rd)
         self._apply_waiters.release(self.applied)
+        if book_news or rd.membership is not None or (rd.committed and _has_conf(rd.committed)):
+            # After the sends: a removed member still gets what was for it in this batch.
+            self._sync_links()
         self._maybe_snapshot()
 
     def _send(self, msg: Message) -> None:
@@ -344,12 +394,192 @@ class Node:
     def _maybe_snapshot(self) -> None:
         if self.applied - self.core.snapshot_index < self.opts.snapshot_entries:
             return
+        membership = self.core.membership_at(self.applied)
+        self.kv.meta = encode_book(self._book_of(membership.members()))
         snap = Snapshot(
-            self.applied, self.applied_term, tuple(sorted(self.opts.peers)), self.kv.snapshot()
-        )
+            self.applied, self.applied_term, membership.voters, self.kv.snapshot(),
+            membership.learners,
+        )  # fmt: skip
         self.storage.save_snapshot(snap)
         self.core.compact(snap)
         log.info("node %s snapshot at index %d", self.opts.id, snap.index)
+
+    # ---- membership --------------------------------------------------------
+
+    def _first_book(self) -> dict[str, Address]:
+        """The addresses known at start: `peers`, then the snapshot's book, then the books
+        of the configuration changes in the log, each newer than the one before."""
+        book: dict[str, Address] = {n: (f"{h}:{p}", None) for n, (h, p) in self.opts.peers.items()}
+        try:
+            book.update(decode_book(self.kv.meta))
+        except ValueError as exc:
+            log.warning("node %s: the snapshot's address book is unreadable: %s", self.opts.id, exc)
+        for entry in self.storage.entries:
+            if entry.kind is EntryKind.CONF_CHANGE:
+                book.update(self._book_in(entry))
+        return self._with_own_address(book)
+
+    def _with_own_address(self, book: dict[str, Address]) -> dict[str, Address]:
+        host, port = self.opts.peers[self.opts.id]
+        http = "{}:{}".format(*self.opts.http) if self.opts.http else None
+        book[self.opts.id] = (f"{host}:{port}", http)
+        return book
+
+    def _book_in(self, entry: Entry) -> dict[str, Address]:
+        try:
+            return decode_book(ConfChange.decode(entry.data).context)
+        except ValueError as exc:
+            log.warning(
+                "node %s: entry %d carries no address book: %s", self.opts.id, entry.index, exc
+            )
+            return {}
+
+    def _learn_addresses(self, rd: Ready) -> bool:
+        """Take the address books of a batch's snapshot and configuration changes."""
+        before = dict(self._book)
+        if rd.snapshot is not None:
+            restored = self._restored
+            if restored is not None and restored[0] is rd.snapshot:
+                meta = restored[1].meta
+            else:
+                meta = KVStore.restore(rd.snapshot.data).meta
+            try:
+                self._book.update(decode_book(meta))
+            except ValueError as exc:
+                log.warning(
+                    "node %s: a snapshot's address book is unreadable: %s", self.opts.id, exc
+                )
+        for entry in rd.entries:
+            if entry.kind is EntryKind.CONF_CHANGE:
+                self._book.update(self._book_in(entry))
+        if self._book == before:
+            return False
+        self._with_own_address(self._book)
+        return True
+
+    def _book_of(self, members: tuple[str, ...]) -> dict[str, Address]:
+        return {n: self._book[n] for n in members if n in self._book}
+
+    def _may_be_peer(self, peer: str) -> bool:
+        """Whom the peer handshake accepts: members of the configuration, nodes the book
+        knows (a removed member may still be told of its removal), and anyone while this
+        node has no configuration yet (it joins: its leader is nobody it knows)."""
+        members = self.core.membership.members()
+        return peer in self._book or peer in members or not members
+
+    def _sync_links(self) -> None:
+        """Dial every member of the configuration, and a member being removed while the
+        leader still replicates to it; close the links to everybody else."""
+        group, core, me = self._link_group, self.core, self.opts.id
+        if group is None:
+            return
+        members = core.membership.members()
+        wanted = {p for p in members if p != me}
+        wanted |= {p for p in self._links if core.progress(p) is not None}
+        if not members:
+            wanted |= self._greeted.keys()
+        for peer in sorted(wanted - self._links.keys()):
+            greeted = self._greeted.get(peer)
+            entry = self._book.get(peer) or ((greeted, None) if greeted else None)
+            try:
+                host, port = split_addr(entry[0]) if entry else ("", 0)
+            except ValueError:
+                entry = None
+            if entry is None:
+                if peer not in self._unknown_addresses:
+                    self._unknown_addresses.add(peer)
+                    log.warning("node %s: no address known for member %s", me, peer)
+                continue
+            link = PeerLink(self._hello, peer, host, port, self.opts.cluster_token)
+            self._links[peer] = link
+            self._link_tasks[peer] = group.create_task(link.run())
+            log.info("node %s: dialing member %s at %s", me, peer, entry[0])
+        for peer in sorted(self._links.keys() - wanted):
+            del self._links[peer]
+            self._link_tasks.pop(peer).cancel()
+            log.info("node %s: closed the link to %s, no longer a member", me, peer)
+
+    def members(self) -> dict[str, Any]:
+        """This node's view of the configuration (the latest in its log, maybe not yet
+        committed: `pending`), with the members' addresses and the leader it knows."""
+        core = self.core
+        membership = core.membership
+        leader = core.leader
+        leader_addr, leader_http = self._book.get(leader, (None, None)) if leader else (None, None)
+        book = self._book_of(membership.members())
+        return {
+            "node_id": self.opts.id,
+            "role": core.role.name.lower(),
+            "term": core.term,
+            "leader": leader,
+            "leader_addr": leader_addr,
+            "leader_http": self._peer_http.get(leader, leader_http) if leader else None,
+            "voters": list(membership.voters),
+            "learners": list(membership.learners),
+            "pending": core.conf_pending,
+            "conf_index": core.conf_index,
+            "members": {n: {"address": a, "http": h} for n, (a, h) in sorted(book.items())},
+        }
+
+    async def change_member(self, change: MemberChange) -> dict[str, Any]:
+        """Propose `change` on the leader and answer once it is applied: ok with the
+        configuration after it; not_leader; conf_change (refused: `reason`, `retryable`);
+        dropped (another leader's entry took its place); timeout or unknown (it may
+        happen). Adding a learner that is already a member at the same address, with no
+        change pending, answers ok at once (`unchanged`): a node that joins may ask after
+        an operator added it."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
+        deadline = loop.time() + self.opts.request_timeout_s
+        proposed: list[int] = []
+
+        def propose() -> None:
+            core = self.core
+            if self._already_member(change):
+                fut.set_result(Result(ok=True, value="unchanged"))
+                return
+            members = tuple(m for m in core.membership.members() if m != change.node)
+            book = self._book_of(members)
+            if change.op is ConfChangeOp.ADD_LEARNER:
+                assert change.address is not None
+                book[change.node] = (change.address, change.http)
+            try:
+                index = core.propose_conf_change(change.op, change.node, encode_book(book))
+            except (NotLeader, ConfChangeError) as exc:
+                fut.set_exception(exc)
+                return
+            proposed.append(index)
+            self._proposals[index] = _Proposal(core.term, fut)
+
+        self._submit(propose)
+        try:
+            result = await wait_until(fut, deadline)
+        except NotLeader as exc:
+            return self._not_leader(exc.leader)
+        except ConfChangeError as exc:
+            return reply(
+                False, error="conf_change", reason=exc.reason, retryable=exc.retryable,
+                message=str(exc),
+            )  # fmt: skip
+        except TimeoutError:
+            message = f"not applied within {self.opts.request_timeout_s} s: it may still happen"
+            return reply(None, error="timeout", message=message)
+        if result.error == "dropped":
+            return reply(False, error="dropped", message="a new leader replaced the change")
+        if result.error is not None:
+            return reply(None, error=result.error, message="the change may or may not be in")
+        unchanged = {"unchanged": True} if result.value == "unchanged" else {}
+        return reply(True, index=proposed[0] if proposed else None, **unchanged, **self.members())
+
+    def _already_member(self, change: MemberChange) -> bool:
+        core = self.core
+        return (
+            change.op is ConfChangeOp.ADD_LEARNER
+            and core.role is Role.LEADER
+            and not core.conf_pending
+            and change.node in core.membership.members()
+            and self._book.get(change.node, ("", None))[0] == change.address
+        )
 
     # ---- requests ----------------------------------------------------------
 
@@ -368,21 +598,28 @@ class Node:
         }
 
     def _not_leader(self, leader: str | None) -> dict[str, Any]:
-        addr = None
-        if leader is not None and leader in self.opts.peers:
-            addr = "{}:{}".format(*self.opts.peers[leader])
+        peer, http = self._book.get(leader, (None, None)) if leader else (None, None)
         return reply(
             False,
             error="not_leader",
             leader=leader,
-            leader_addr=addr,
-            leader_http=self._peer_http.get(leader) if leader else None,
+            leader_addr=peer,
+            leader_http=self._peer_http.get(leader, http) if leader else None,
         )
 
     async def handle(self, request: object) -> dict[str, Any]:
         """Serve one client request (a decoded dict); never raises for bad input."""
         if isinstance(request, dict) and request.get("op") == "status":
             return reply(True, **self.status())
+        if isinstance(request, dict) and request.get("op") == "members":
+            return reply(True, **self.members())
+        if isinstance(request, dict) and request.get("op") == "member":
+            fields = (request.get(f) for f in ("change", "node", "address", "http"))
+            try:
+                change = parse_change(*fields)
+            except BadRequest as exc:
+                return reply(False, error="bad_request", message=str(exc))
+            return await self.change_member(change)
         try:
             cmd = parse_command(request)
             mode = request.get("mode") if isinstance(request, dict) else None
@@ -494,7 +731,7 @@ class Node:
     def _known_peer(self, hello: dict[Any, Any]) -> str | None:
         """The peer a hello names, if it is one of ours."""
         peer = hello.get("id")
-        if not isinstance(peer, str) or peer == self.opts.id or peer not in self.opts.peers:
+        if not isinstance(peer, str) or peer == self.opts.id or not self._may_be_peer(peer):
             return None
         if self.opts.cluster_token is None and "nonce" in hello and not self._untokened_warned:
             self._untokened_warned = True
@@ -508,6 +745,11 @@ class Node:
         http = hello.get("http")
         if isinstance(http, str):
             self._peer_http[peer] = http
+        address = hello.get("address")
+        if isinstance(address, str) and peer not in self._book:
+            self._greeted[peer] = address
+            if not self.core.membership.members():
+                self._sync_links()
 
     async def _answer(self, req: object, conn: _Connection) -> None:
         self._busy_requests += 1
@@ -728,6 +970,10 @@ class _Connection(asyncio.Protocol):
         ):
             self._reading_paused = False
             self._transport.resume_reading()
+
+
+def _has_conf(entries: list[Entry]) -> bool:
+    return any(e.kind is EntryKind.CONF_CHANGE for e in entries)
 
 
 class _Stop(Exception):

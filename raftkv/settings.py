@@ -72,9 +72,14 @@ class RaftSettings:
         return dataclasses.replace(timing, check_quorum=self.check_quorum)
 
     def config(
-        self, node: str, peers: tuple[str, ...], timing: RaftTiming, bugs: frozenset[str]
+        self,
+        node: str,
+        peers: tuple[str, ...],
+        timing: RaftTiming,
+        bugs: frozenset[str],
+        join: bool = False,
     ) -> Config:
-        """The core's Config for `node` under these settings."""
+        """The core's Config for `node` under these settings (`join`: see `Config.join`)."""
         return Config(
             id=node,
             peers=peers,
@@ -82,6 +87,7 @@ class RaftSettings:
             pre_vote=self.pre_vote,
             max_entries_per_append=self.max_append_entries,
             bugs=bugs,
+            join=join,
         )
 
 
