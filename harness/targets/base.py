@@ -264,7 +264,7 @@ class ChangesMembers(Protocol):
     up, for the `member` fault, which adds spare slots (`ClusterSpec.spares`, their data
     directories wiped first where the target `KeepsData`) and removes members through it;
     leaders are then looked for among `cluster.slots`. Without it `--nemesis member` is
-    refused with exit 254 and `all` leaves it out. etcd offers it.
+    refused with exit 254 and `all` leaves it out. etcd and raftkv offer it.
     """
 
     def membership(self, cluster: ClusterSpec) -> MemberControl: ...

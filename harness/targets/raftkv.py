@@ -1,8 +1,12 @@
 """raftkv as a target: nodes run `raftkv serve`, clients speak its msgpack protocol.
 
 The nodes of a run share a cluster token made for that run; each finds it in a private
-file beside its data directory (`prepare_nodes`), never on its command line, which any
-user of the host can read.
+file beside its data directory (`prepare_nodes`, on every slot: a spare may join), never on
+its command line, which any user of the host can read.
+
+Membership (`ChangesMembers`): `harness.targets.raftkv_members` over the nodes' HTTP
+`/members`; a spare slot joins with `raftkv serve --join`, under a new node id when the
+slot was a member before (n4-2: a wiped server comes back under a new id).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from harness.targets.base import (
+    ChangesMembers,
     ClusterSpec,
     Completion,
     KeepsData,
@@ -19,6 +24,7 @@ from harness.targets.base import (
     PreparesNodes,
     ReportsLeaderTerm,
 )
+from harness.targets.raftkv_members import RaftkvMembership
 from harness.workload import Invocation
 from raftkv.client import Client
 from raftkv.core import BUGS
@@ -56,7 +62,7 @@ class RaftkvClient:
 
     def __init__(self, cluster: ClusterSpec, node: str) -> None:
         self._client = Client(
-            [_addr(cluster, n) for n in cluster.nodes],
+            [_addr(cluster, n) for n in cluster.slots],
             timeout_s=cluster.op_timeout_s,
             home=_addr(cluster, node),
             # Short attempts move clients off a cut-off leader quickly; a retry is
@@ -93,7 +99,9 @@ class RaftkvClient:
         await self._client.close()
 
 
-class RaftkvTarget(KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads):
+class RaftkvTarget(
+    KeepsData, PreparesNodes, ChangesMembers, ReportsLeaderTerm, NamesLinearizableReads
+):
     """The project's own Raft store."""
 
     name = "raftkv"
@@ -116,7 +124,7 @@ class RaftkvTarget(KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizabl
     def prepare_nodes(self, cluster: ClusterSpec, backend: Backend) -> None:
         """Put the run's cluster token on every node, mode 0600, before any starts."""
         data = (self._cluster_token + "\n").encode()
-        for node in cluster.nodes:
+        for node in cluster.slots:
             backend.write_private_file(node, _token_path(cluster, node), data)
 
     def data_dir(self, cluster: ClusterSpec, node: str) -> str:
@@ -124,17 +132,39 @@ class RaftkvTarget(KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizabl
 
     def node_argv(self, node: str, cluster: ClusterSpec) -> list[str]:
         peers = ",".join(f"{n}={_addr(cluster, n)}" for n in cluster.nodes)
+        return self._serve_argv(cluster, node, node, ["--peers", peers])
+
+    def join_argv(
+        self, cluster: ClusterSpec, slot: str, node_id: str, members: tuple[str, ...]
+    ) -> list[str]:
+        """`raftkv serve --join` for `slot`'s node, under `node_id`, through `members`' slots."""
+        join = ",".join(_addr(cluster, n) for n in members if n != slot)
+        peers = ["--peers", f"{node_id}={_addr(cluster, slot)}", "--join", join]
+        return self._serve_argv(cluster, slot, node_id, peers)
+
+    def membership(self, cluster: ClusterSpec) -> RaftkvMembership:
+        return RaftkvMembership(self, cluster)
+
+    def peer_address(self, cluster: ClusterSpec, node: str) -> str:
+        return _addr(cluster, node)
+
+    def http_address(self, cluster: ClusterSpec, node: str) -> str:
+        return f"{cluster.addresses[node]}:{HTTP_PORT}"
+
+    def _serve_argv(
+        self, cluster: ClusterSpec, slot: str, node_id: str, peers: list[str]
+    ) -> list[str]:
         argv = [
             cluster.python, "-m", "raftkv.cli", "serve",
-            "--id", node,
-            "--peers", peers,
-            "--data-dir", self.data_dir(cluster, node),
-            "--http", f"{cluster.addresses[node]}:{HTTP_PORT}",
+            "--id", node_id,
+            *peers,
+            "--data-dir", self.data_dir(cluster, slot),
+            "--http", self.http_address(cluster, slot),
             "--read-mode", cluster.read_mode or self.default_read_mode,
             "--tick-ms", str(self.tick_ms),
             "--election-ticks", str(self.election_ticks),
-            "--seed", str(cluster.seed + cluster.nodes.index(node)),
-            "--cluster-token", _token_path(cluster, node),
+            "--seed", str(cluster.seed + cluster.slots.index(slot)),
+            "--cluster-token", _token_path(cluster, slot),
         ]  # fmt: skip
         for bug in cluster.bugs:
             argv += ["--bug", bug]
@@ -146,21 +176,21 @@ class RaftkvTarget(KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizabl
         return RaftkvClient(cluster, node)
 
     async def leader(self, cluster: ClusterSpec) -> str | None:
-        answers = await asyncio.gather(*(_status(cluster, n) for n in cluster.nodes))
+        answers = await asyncio.gather(*(_status(cluster, n) for n in cluster.slots))
         leaders = [
             (a.get("term", 0), n)
-            for n, a in zip(cluster.nodes, answers)
+            for n, a in zip(cluster.slots, answers)
             if a.get("ok") and a.get("role") == "leader"
         ]
         return max(leaders)[1] if leaders else None
 
     async def leader_term(self, cluster: ClusterSpec) -> tuple[str | None, int | None]:
         """The leader of the highest term among the nodes that answer, and that term."""
-        statuses = (_status(cluster, n) for n in cluster.nodes)
+        statuses = (_status(cluster, n) for n in cluster.slots)
         answers = await asyncio.gather(*statuses, return_exceptions=True)
         leaders = [
             (int(a.get("term", 0)), n)
-            for n, a in zip(cluster.nodes, answers)
+            for n, a in zip(cluster.slots, answers)
             if isinstance(a, dict) and a.get("ok") and a.get("role") == "leader"
         ]
         if not leaders:

@@ -30,7 +30,7 @@ def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ({"target": "raftkv"}, "raftkv offers no membership changes"),
+        ({"target": "memory"}, "memory offers no membership changes"),
         ({"target": "memory"}, "(the ChangesMembers hook)"),
         ({"backend": "sim", "target": "raftkv"}, "not simulated yet"),
         ({"backend": "sim"}, "not simulated yet"),
@@ -50,7 +50,7 @@ def test_the_member_nemesis_is_refused_where_it_cannot_run(
 
 def test_a_refusal_is_exit_254_with_one_sentence_and_nothing_made(tmp_path: Path) -> None:
     for args, words in (
-        (["--target", "raftkv", "--nemesis", "member"], "ChangesMembers"),
+        (["--target", "memory", "--nemesis", "member"], "ChangesMembers"),
         (["--target", "etcd", "--backend", "sim", "--nemesis", "member"], "not simulated yet"),
         (["--target", "etcd", "--nodes", "4", "--max-nodes", "3"], "below --nodes 4"),
     ):
@@ -60,13 +60,14 @@ def test_a_refusal_is_exit_254_with_one_sentence_and_nothing_made(tmp_path: Path
     assert not any(tmp_path.iterdir())
 
 
-def test_all_takes_member_for_etcd_only_and_spares_are_made_for_it_alone() -> None:
+def test_all_takes_member_for_etcd_and_raftkv_and_spares_are_made_for_it_alone() -> None:
     def kinds(**kw: object) -> set[str]:
         opts = RunOptions(nemesis="all", **kw)  # type: ignore[arg-type]
         return {n.name for n in parse_nemesis("all", opts.nodes, can_set_up=setup_kinds(opts))}
 
     assert "member" in kinds(target="etcd")
-    assert "member" not in kinds(target="raftkv")
+    assert "member" in kinds(target="raftkv")
+    assert "member" not in kinds(target="memory")
     assert "member" not in kinds(target="etcd", backend="ssh")
     assert "member" not in kinds(target="raftkv", backend="sim")
     opts = RunOptions(target="etcd", nemesis="member,partition")
@@ -162,3 +163,31 @@ def test_a_member_run_stopped_by_sigterm_leaves_no_namespace_process_or_data(
             proc.kill()
     assert proc.returncode == 255, out + err
     assert_nothing_left((tmp_path / "latest").resolve())
+
+
+@pytest.mark.root
+@pytest.mark.timeout(300)
+def test_raftkv_stays_valid_while_members_move_under_partitions_and_kills(
+    tmp_path: Path,
+) -> None:
+    # Seed 5: n5 joins and is promoted, n1 leaves and comes back wiped, as n1-2.
+    proc = harness(
+        "test", "--backend", "netns", "--target", "raftkv",
+        "--nemesis", "member,partition,kill", "--time", "30", "--nemesis-interval", "2",
+        "--seed", "5", "--store", str(tmp_path), "--no-live",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = (tmp_path / "latest").resolve()
+    results = json.loads((run / "results.json").read_text())
+    assert results["valid"] is True and results["counts"]["all"]["ok"] > 500
+    changes = results["membership"]["changes"]
+    ops = {c["op"] for c in changes if "error" not in c}
+    assert {"add-learner", "promote", "remove"} <= ops, changes
+    assert all(3 <= len(c["voters"]) <= 5 for c in changes), changes
+    readded = [c["node"] for c in changes if c["op"] == "add-learner" and not c["fresh"]]
+    for node in readded:
+        # A slot added again runs a new node id, read back as the slot's name.
+        assert f"--id {node}-2 " in (run / "nodes" / node / "raftkv.log").read_text()
+    final = results["nemesis_schedule"][-1]["value"]["members"]
+    assert final["learners"] == [] and len(final["voters"]) >= 3
+    assert_nothing_left(run)

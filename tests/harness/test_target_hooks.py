@@ -43,7 +43,7 @@ from nemesis.remote import Remote
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 OFFERED: dict[str, set[type]] = {
-    "raftkv": {KeepsData, PreparesNodes, ReportsLeaderTerm, NamesLinearizableReads},
+    "raftkv": {KeepsData, PreparesNodes, ChangesMembers, ReportsLeaderTerm, NamesLinearizableReads},
     "etcd": {
         IgnoresPreload,
         PreparesHost,
