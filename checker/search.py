@@ -28,10 +28,12 @@ __all__ = ["Search", "prepare"]
 _NEVER = 1 << 62  # the return of an operation that never returns
 
 # A configuration: (lo, lin, ilo, ilin, state, path). `lin` holds bit j - lo for completed op
-# j; every completed op below `lo` is linearized; likewise `ilin`/`ilo` for indeterminate ops.
+# j; every completed op below `lo` is linearized; likewise `ilin`/`ilo` for indeterminate ops,
+# unless they are counted by kind (`Search.i_kinds`): then `ilo` is 0 and `ilin` a tuple of
+# how many ops of each kind are linearized (always the first ones of the kind).
 # `path` is a linked list (op, rest) of what was linearized, newest first: completed ops as
 # their index, indeterminate ones as ~index.
-Config = tuple[int, int, int, int, Any, Any]
+Config = tuple[int, int, int, Any, Any, Any]
 # For a completed pure op: (reachable(state), completed rescuers, how many of them count,
 # indeterminate rescuers, how many of them count). Each rescuer list holds indexes in call
 # order and is shared by every op the model gave the same rescuers; an op counts the prefix
@@ -66,10 +68,19 @@ class Search:
     `steps` counts configurations expanded. After a False verdict, `best` is the deepest
     configuration reached (most completed operations linearized), for explanations.
     `memo_limit` bounds the number of configurations remembered: reaching it ends the
-    search with `exhausted` set (the verdict is then unknown).
+    search with `exhausted` set (the verdict is then unknown). `by_kind` counts the
+    indeterminate ops by kind (True), walks them (False), or picks (None; see
+    `_info_candidates`): the verdict is the same either way.
     """
 
-    def __init__(self, model: Model, ops: list[Op], *, memo_limit: int = 20_000_000):
+    def __init__(
+        self,
+        model: Model,
+        ops: list[Op],
+        *,
+        memo_limit: int = 20_000_000,
+        by_kind: bool | None = None,
+    ):
         self.model = model
         self.comp = sorted((op for op in ops if op.ret is not None), key=lambda o: o.call)
         self.info = sorted((op for op in ops if op.ret is None), key=lambda o: o.call)
@@ -80,10 +91,18 @@ class Search:
         self.i_call = [op.call for op in self.info]
         self.i_step: list[Step] = [model.step(op) for op in self.info]
         self.i_prev = _previous_identical(self.info)
+        self.i_kinds = _kinds(self.i_prev, by_kind)
+        # Per indeterminate op, with kinds: its kind and its place among the kind's ops.
+        self.i_kind_of = [0] * len(self.info)
+        self.i_place = [0] * len(self.info)
+        for kind, members in enumerate(self.i_kinds or ()):
+            for place, i in enumerate(members):
+                self.i_kind_of[i], self.i_place[i] = kind, place
         self.init = model.initial()
         self.c_rescue = self._rescues(model, ops)
         self.memo_limit = memo_limit
-        root: Config = (0, 0, 0, 0, self.init, None)
+        no_info: Any = 0 if self.i_kinds is None else (0,) * len(self.i_kinds)
+        root: Config = (0, 0, 0, no_info, self.init, None)
         self.stack: list[Config] = [root]
         self.memo: set[tuple[int, int, int, int, Any]] = {root[:5]}
         self.steps = 0
@@ -182,7 +201,7 @@ class Search:
                             plan is not None
                             and not plan[0](s)
                             and _all_linearized(plan[1], plan[2], lo, lin)
-                            and _all_linearized(plan[3], plan[4], ilo, ilin)
+                            and self._info_linearized(plan[3], plan[4], ilo, ilin)
                         ):
                             self.dead_op = j
                             return (lo, lin, ilo, ilin, s, path), None, runmin
@@ -233,26 +252,57 @@ class Search:
                 nlin >>= shift
                 nlo += shift
             children.append((nlo, nlin, ilo, ilin, ns, (j, path)))
-        i_call, i_step, i_prev = self.i_call, self.i_step, self.i_prev
-        i = ilo
-        n = len(i_call)
-        while i < n and i_call[i] < runmin:
-            bit = 1 << (i - ilo)
-            p = i_prev[i]
-            # Identical indeterminate ops are interchangeable: take them in call order only.
-            if not ilin & bit and (p < ilo or (ilin >> (p - ilo)) & 1):
-                ns = i_step[i](s)
-                # One that changes nothing need never be linearized.
-                if ns is not ILLEGAL and ns is not s:
-                    nilin = ilin | bit
-                    nilo = ilo
-                    if nilin & 1:
-                        shift = (~nilin & (nilin + 1)).bit_length() - 1
-                        nilin >>= shift
-                        nilo += shift
-                    children.append((lo, lin, nilo, nilin, ns, (~i, path)))
-            i += 1
+        i_step, kinds = self.i_step, self.i_kinds
+        for i in self._info_candidates(ilo, ilin, runmin):
+            ns = i_step[i](s)
+            # One that changes nothing need never be linearized.
+            if ns is ILLEGAL or ns is s:
+                continue
+            nilo = ilo
+            if kinds is not None:
+                kind = self.i_kind_of[i]
+                nilin = (*ilin[:kind], ilin[kind] + 1, *ilin[kind + 1 :])
+            else:
+                nilin = ilin | (1 << (i - ilo))
+                if nilin & 1:
+                    shift = (~nilin & (nilin + 1)).bit_length() - 1
+                    nilin >>= shift
+                    nilo += shift
+            children.append((lo, lin, nilo, nilin, ns, (~i, path)))
         return children
+
+    def _info_linearized(self, indexes: list[int], end: int, ilo: int, ilin: Any) -> bool:
+        """Whether every indeterminate op in `indexes[:end]` is linearized."""
+        if self.i_kinds is None:
+            return _all_linearized(indexes, end, ilo, ilin)
+        kind_of, place = self.i_kind_of, self.i_place
+        return all(place[i] < ilin[kind_of[i]] for i in indexes[:end])
+
+    def _info_candidates(self, ilo: int, ilin: Any, runmin: int) -> list[int]:
+        """The indeterminate ops that may be linearized next, in call order: called before
+        `runmin`, not linearized, and first of their kind. Identical indeterminate ops are
+        interchangeable, so each kind is taken in call order only: the linearized ones of a
+        kind are always its first ones. Where kinds are few and ops many (Jepsen's registers
+        of five values: the ops that never took effect stay unlinearized for the whole
+        search), ops are counted by kind, and each kind's next op is looked up, not found by
+        a walk over every op called so far."""
+        i_call = self.i_call
+        if self.i_kinds is not None:
+            out = []
+            for members, done in zip(self.i_kinds, ilin):
+                if done < len(members) and i_call[members[done]] < runmin:
+                    out.append(members[done])
+            out.sort()
+            return out
+        i_prev = self.i_prev
+        out = []
+        i, n = ilo, len(i_call)
+        while i < n and i_call[i] < runmin:
+            p = i_prev[i]
+            if not (ilin >> (i - ilo)) & 1 and (p < ilo or (ilin >> (p - ilo)) & 1):
+                out.append(i)
+            i += 1
+        return out
 
     def linearized(self, cfg: Config) -> list[Op]:
         """The operations linearized to reach `cfg`, in linearization order."""
@@ -295,6 +345,26 @@ def _all_linearized(indexes: list[int], end: int, lo: int, lin: int) -> bool:
             return False
         k += 1
     return True
+
+
+def _kinds(prev: list[int], by_kind: bool | None) -> list[list[int]] | None:
+    """The indeterminate ops grouped by kind (chains of `prev`), each group ascending, when
+    `by_kind`, or (None) when there are at most a quarter as many kinds as ops; else None
+    (walking the ops is as cheap)."""
+    if by_kind is False:
+        return None
+    groups: list[list[int]] = []
+    group_of: list[int] = []
+    for i, p in enumerate(prev):
+        if p < 0:
+            group_of.append(len(groups))
+            groups.append([i])
+        else:
+            group_of.append(group_of[p])
+            groups[group_of[p]].append(i)
+    if by_kind is None and len(groups) * 4 > len(prev):
+        return None
+    return groups
 
 
 def _previous_identical(info: list[Op]) -> list[int]:
