@@ -135,6 +135,7 @@ def check(
     workers: int | None = None,
     explain_anomalies: bool = True,
     fast_path: bool = True,
+    explain_time_limit_s: float | None = None,
 ) -> Result:
     """Check one history for linearizability.
 
@@ -145,8 +146,9 @@ def check(
     `workers` caps the processes used for big histories (default: the CPU count; small
     histories always run in this process). With `fast_path` (the default), keys of register
     models whose written values are unique are decided in polynomial time without a search;
-    the search then only explains the invalid ones. Raises `HistoryError` on malformed
-    histories.
+    the search then only explains the invalid ones. `explain_time_limit_s` bounds the time
+    spent explaining invalid keys once the first is found (None: no bound); an explanation
+    the limit cut short says so. Raises `HistoryError` on malformed histories.
     """
     with paused_gc():
         return _check(
@@ -158,6 +160,7 @@ def check(
             workers,
             explain_anomalies,
             fast_path,
+            explain_time_limit_s,
         )
 
 
@@ -170,6 +173,7 @@ def _check(
     workers: int | None,
     explain_anomalies: bool,
     fast_path: bool,
+    explain_time_limit_s: float | None = None,
 ) -> Result:
     started = time.monotonic()
     hist = _events(history)
@@ -183,7 +187,7 @@ def _check(
         mem_entries = int(memory_limit_mb * 1e6 / _BYTES_PER_MEMO_ENTRY)
     memo_limit = mem_entries or 20_000_000
     deadline = None if time_limit_s is None else started + time_limit_s
-    budget = _Budget(deadline, memory_limit_mb)
+    budget = _Budget(deadline, memory_limit_mb, explain_time_limit_s)
     decided, searches, late = _split(parts, budget, memo_limit, fast_path)
     invalid = any(not d.valid for *_, d in decided)
     n_workers = min(workers or os.cpu_count() or 1, 2 if len(searches) > 1 else 1)
@@ -258,21 +262,26 @@ def _explain_decision(
 ) -> tuple[Anomaly, int]:
     """Explain a key the unique-values check found invalid, with a bounded search of the
     whole key (the longest linearizable prefix); failing that, from the witness alone."""
+    explain_by = budget.explain_deadline()
     search = Search(model, prepare(model, ops), memo_limit=min(memo_limit, 4 * _EXPLAIN_STEPS))
     spent = 0
     while spent < _EXPLAIN_STEPS and search.verdict is None and not search.exhausted:
         search.run(_SLICE_STEPS)
         spent += _SLICE_STEPS
-        if budget.exceeded():
+        if budget.exceeded() or budget.explain_over():
             break
     if search.verdict is False:
-        return explain(key, search, shrink_s=0.25), search.steps
+        return explain(key, search, shrink_s=0.25, deadline=explain_by), search.steps
+    assert decision.blocker is not None
+    if budget.explain_over():  # the witness as the unique-values check found it
+        return explain_witness(key, model, decision.witness, decision.blocker, decision.why), (
+            search.steps
+        )
     witness = Search(model, prepare(model, decision.witness), memo_limit=4 * _EXPLAIN_STEPS)
     if witness.run(_EXPLAIN_STEPS) is False:
-        anomaly = explain(key, witness, shrink_s=0.25)
+        anomaly = explain(key, witness, shrink_s=0.25, deadline=explain_by)
         anomaly.reason = f"{decision.why}; {anomaly.reason}"
         return anomaly, search.steps + witness.steps
-    assert decision.blocker is not None
     return explain_witness(key, model, decision.witness, decision.blocker, decision.why), (
         search.steps + witness.steps
     )
@@ -296,6 +305,21 @@ def _resolve(model: str | Model, init: Any, fmt: str, ops: Sequence[Op]) -> Mode
 class _Budget:
     deadline: float | None
     memory_limit_mb: float | None
+    explain_s: float | None = None
+    # When explaining must end: set when the first explanation starts.
+    explain_by: float | None = None
+
+    def explain_deadline(self) -> float | None:
+        """When explanations must be done (None: never); the clock starts at the first call."""
+        if self.explain_s is None:
+            return None
+        if self.explain_by is None:
+            self.explain_by = time.monotonic() + self.explain_s
+        return self.explain_by
+
+    def explain_over(self) -> bool:
+        by = self.explain_deadline()
+        return by is not None and time.monotonic() >= by
 
     def exceeded(self) -> str | None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -353,7 +377,8 @@ def _run_group(
             extra_steps = _extra_effort(searches, explain_anomalies)
         if why is None and extra_steps is not None:
             extra_steps -= _SLICE_STEPS * len(active)
-            why = "stopped after an invalid key" if extra_steps < 0 else None
+            if extra_steps < 0 or (explain_anomalies and budget.explain_over()):
+                why = "stopped after an invalid key"
         if why is not None:
             for idx in active:
                 verdicts[idx] = UNKNOWN
@@ -363,7 +388,9 @@ def _run_group(
     if explain_anomalies:
         for idx, verdict in verdicts.items():
             if verdict is False:
-                anomalies.append(explain(searches[idx][0], searches[idx][1], shrink_s=0.25))
+                key, search = searches[idx]
+                deadline = budget.explain_deadline()
+                anomalies.append(explain(key, search, shrink_s=0.25, deadline=deadline))
     steps = sum(searches[i][1].steps for i in verdicts)
     return verdicts, anomalies, steps, reason
 

@@ -94,16 +94,26 @@ def _op_dict(op: Op) -> dict[str, Any]:
     }
 
 
-def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
-    """Explain the False verdict of a finished `search` of the sub-history under `key`."""
+def explain(
+    key: Hashable, search: Search, *, shrink_s: float = 1.0, deadline: float | None = None
+) -> Anomaly:
+    """Explain the False verdict of a finished `search` of the sub-history under `key`.
+    Past `deadline` (the explanation time limit) it only names the op that cannot be
+    placed; a window the deadline cut short says it may not be the smallest."""
     model = search.model
     best = search.best
     prefix = search.linearized(best)
     pending = search.pending(best)
     blocker = pending[0] if search.best_blocker is None else search.comp[search.best_blocker]
+    if deadline is not None and time.monotonic() >= deadline:
+        return unexplained(key, model, blocker, len(prefix))
     states = search.states_seen_by(blocker)[:10]
     ops = sorted(search.comp + search.info, key=lambda o: o.call)
-    window = shrink(model, ops, blocker, deadline=time.monotonic() + shrink_s)
+    shrink_by = time.monotonic() + shrink_s
+    window = shrink(
+        model, ops, blocker, deadline=shrink_by if deadline is None else min(shrink_by, deadline)
+    )
+    cut_short = deadline is not None and time.monotonic() >= deadline
     name, detail = classify(model, ops, blocker)
     if name == "other" and blocker in window:
         name, detail = classify(model, window, blocker, everything=ops)
@@ -120,6 +130,11 @@ def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
         )
     else:
         reason += f"it is illegal in every state it could have seen ({illegal})"
+    if cut_short:
+        reason += (
+            f" (the explanation time limit ran out: the window of {len(window)} ops may not"
+            " be the smallest)"
+        )
     anomaly = Anomaly(
         key=key,
         name=name,
@@ -132,6 +147,26 @@ def explain(key: Hashable, search: Search, *, shrink_s: float = 1.0) -> Anomaly:
         detail=detail,
     )
     anomaly.text = render(model, anomaly, window, prefix)
+    return anomaly
+
+
+def unexplained(key: Hashable, model: Model, blocker: Op, prefix_len: int) -> Anomaly:
+    """The anomaly of a key found invalid when the explanation time limit had run out:
+    which op cannot be placed, and that nothing more was worked out."""
+    anomaly = Anomaly(
+        key=key,
+        name="other",
+        op=_op_dict(blocker),
+        states=[],
+        prefix_len=prefix_len,
+        prefix=[],
+        window=[],
+        reason=f"{model.describe(blocker)} (process {blocker.process}) cannot be linearized; "
+        "not explained further: the explanation time limit ran out first",
+        detail={"unfinished": True},
+    )
+    name = "" if key is None else f"key {key!r}: "
+    anomaly.text = f"{name}{anomaly.name}\n  {anomaly.reason}"
     return anomaly
 
 

@@ -7,9 +7,15 @@ killed test's last write) is the one thing left out: the verdict's `warnings` sa
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
+import os
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,20 @@ __all__ = ["check_command"]
     "--memory-limit", type=click.FloatRange(min=1), default=4096.0, show_default=True, help="MB."
 )
 @click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes: files checked side by side, or one file's keys [default: the cores].",
+)
+@click.option(
+    "--explain-time-limit",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds per file for explaining invalid keys once the verdict is known; "
+    "an explanation cut short says so.",
+)
+@click.option(
     "--junit",
     "junit_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -54,14 +74,21 @@ def check_command(
     as_json: bool,
     time_limit: float | None,
     memory_limit: float,
+    jobs: int | None,
+    explain_time_limit: float,
     junit_path: Path | None,
     files: tuple[str, ...],
 ) -> int:
     """Check history FILEs for linearizability (history.jsonl, Jepsen EDN, Knossos, Porcupine)."""
+    jobs = jobs or os.cpu_count() or 1
+    side_by_side = min(jobs, len(files))
+    limits = _Limits(model, fmt, time_limit, memory_limit, explain_time_limit,
+                     workers=1 if side_by_side > 1 else jobs)  # fmt: skip
     codes = []
     cases: list[JunitCase] = []
-    for path in files:
-        report, code, keys = _check_file(path, model, fmt, time_limit, memory_limit)
+    for path, (report, code, keys, error) in zip(files, _each(files, limits, side_by_side)):
+        if error is not None:
+            click.echo(f"harness check: {error}", err=True)
         codes.append(code)
         cases += cases_from_check(path, report, keys)
         if as_json:
@@ -77,25 +104,52 @@ def check_command(
     return EXIT_UNKNOWN if EXIT_UNKNOWN in codes else EXIT_VALID
 
 
-def _check_file(
-    path: str, model: str, fmt: str | None, time_limit: float | None, memory_limit: float
-) -> tuple[dict[str, Any], int, list[Any]]:
-    """The report, the exit code and the keys (sub-histories) of one file."""
+@dataclass(frozen=True)
+class _Limits:
+    model: str
+    fmt: str | None
+    time_limit: float | None
+    memory_limit: float
+    explain_time_limit: float
+    workers: int
+
+
+# One file's report, exit code, keys (sub-histories), and the error to print if it failed.
+_Checked = tuple[dict[str, Any], int, list[Any], str | None]
+
+
+def _each(files: tuple[str, ...], limits: _Limits, side_by_side: int) -> Iterator[_Checked]:
+    """Each file checked, in the order given: in this process, or `side_by_side` at once."""
+    if side_by_side <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from (_check_file(path, limits) for path in files)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(side_by_side, mp_context=context) as pool:
+        yield from pool.map(functools.partial(_check_file, limits=limits), files)
+
+
+def _check_file(path: str, limits: _Limits) -> _Checked:
     started = time.monotonic()
     try:
-        history = read_history(path, fmt)
+        history = read_history(path, limits.fmt)
         parse_s = time.monotonic() - started
-        result = check(history, model, time_limit_s=time_limit, memory_limit_mb=memory_limit)
+        result = check(
+            history,
+            limits.model,
+            time_limit_s=limits.time_limit,
+            memory_limit_mb=limits.memory_limit,
+            workers=limits.workers,
+            explain_time_limit_s=limits.explain_time_limit,
+        )
     except HistoryError as exc:
         where = f"{exc.file or path}" + (f":{exc.line}" if exc.line is not None else "")
         message = f"{where}: {exc.message}"
-        click.echo(f"harness check: {message}", err=True)
-        return {"file": path, "error": message}, EXIT_USAGE, []
+        return {"file": path, "error": message}, EXIT_USAGE, [], message
     report: dict[str, Any] = {"file": path, "format": history.format}
     report.update(result.to_json())
     report["parse_s"] = round(parse_s, 6)
     keys = sorted({e.key for e in history.events if e.process != "nemesis"}, key=repr)
-    return report, verdict_exit_code(result.valid), keys
+    return report, verdict_exit_code(result.valid), keys, None
 
 
 def _print_human(report: dict[str, Any]) -> None:

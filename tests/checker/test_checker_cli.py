@@ -51,7 +51,14 @@ def test_forced_model_and_format(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["check"], ["check", "--model", "nope", OK], ["check", "--format", "xml", OK], ["nope"]],
+    [
+        ["check"],
+        ["check", "--model", "nope", OK],
+        ["check", "--format", "xml", OK],
+        ["nope"],
+        ["check", "--jobs", "0", OK],
+        ["check", "--explain-time-limit", "-1", OK],
+    ],
 )
 def test_bad_usage_exits_254(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 254
@@ -67,3 +74,35 @@ def test_unreadable_or_malformed_input_exits_254_naming_file_and_line(
     assert f"{bad}:2:" in err and "Traceback" not in err
     assert main(["check", str(tmp_path / "missing.jsonl")]) == 254
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def _verdicts(out: str) -> list[str]:
+    """Each file's verdict line without its timings."""
+    return [line.split("; parse")[0] for line in out.splitlines() if not line.startswith(" ")]
+
+
+def test_files_checked_side_by_side_report_in_order_as_one_by_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"index": 0, "type": "invoke"\n')
+    files = [BAD, OK, BIG, str(broken), OK]
+    assert main(["check", "--jobs", "1", *files]) == 254
+    alone = capsys.readouterr()
+    assert main(["check", "--jobs", "3", *files]) == 254
+    together = capsys.readouterr()
+    assert _verdicts(together.out) == _verdicts(alone.out)
+    assert [line.split(": ")[0] for line in _verdicts(together.out)] == [BAD, OK, BIG, OK]
+    assert together.err == alone.err and str(broken) in together.err
+
+
+def test_an_explanation_cut_short_by_its_time_limit_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    c50_bad = str(CORPUS / "porcupine/kv/c50-bad.txt")
+    assert main(["check", "--explain-time-limit", "0", c50_bad]) == 1
+    out = capsys.readouterr().out
+    assert "INVALID" in out and "the explanation time limit ran out" in out
+    assert main(["check", c50_bad]) == 1
+    out = capsys.readouterr().out
+    assert "time limit" not in out and "smallest failing window" in out
