@@ -38,6 +38,13 @@ Model, and where it departs from a real node:
 - A node's clock rate scales its ticks, its request deadlines and its lazy flushes.
 - A request sent to a node that is down is refused at once; one that is in flight or open
   when its node crashes is never answered.
+- Membership changes go through the core as a node would serve them: a request
+  {"op": "member", "change", "node"} to the leader is answered once the change is applied.
+  The cluster has `max_nodes` slots; a server joins a slot with an empty disk and
+  `Config.join` (`next_id`, then `join`), and leaves it for good (`leave`). A slot's
+  later servers get new Raft ids (n4-2, ...), as docs/membership.md requires of a server
+  whose disk was wiped. Messages go to any server the cores address; grudges, losses,
+  faults and clients name slots.
 """
 
 from __future__ import annotations
@@ -45,10 +52,20 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from raftkv.core import BUGS, Config, NotLeader, Raft, Role, hard_state_on_restart
+from raftkv.core import (
+    BUGS,
+    ConfChangeError,
+    ConfChangeOp,
+    Config,
+    Membership,
+    NotLeader,
+    Raft,
+    Role,
+    hard_state_on_restart,
+)
 from raftkv.kv import BadRequest, Command, KVStore, Result, encode_command, parse_command
 from raftkv.node import LAZY_FLUSH_S, LEADER_MESSAGES, READ_MODES, reply
 from raftkv.settings import DEFAULT_RAFT, RaftSettings
@@ -80,10 +97,13 @@ class KVSimOptions:
     meanwhile queues what arrives, so that it handles it in one batch after; (0, 0): no
     wait), `snapshot_entries` how many applied entries make a
     node snapshot (as `NodeOptions.snapshot_entries`), `lazy_flush_ns` how often a node
-    with `no-fsync` writes its buffered batches to the OS.
+    with `no-fsync` writes its buffered batches to the OS. `max_nodes` is the number of
+    node slots (None: `nodes`): the first `nodes` start as the first configuration's
+    voters, the others are spares that `join` starts when a change adds them.
     """
 
     nodes: int = 3
+    max_nodes: int | None = None
     read_mode: str = "readindex"
     bugs: frozenset[str] = frozenset()
     timing: RaftTiming = NODE_TIMING
@@ -98,6 +118,8 @@ class KVSimOptions:
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError("a cluster needs at least one node")
+        if self.max_nodes is not None and self.max_nodes < self.nodes:
+            raise ValueError(f"max_nodes {self.max_nodes} is below nodes {self.nodes}")
         if self.read_mode not in READ_MODES:
             raise ValueError(f"unknown read mode {self.read_mode!r}; expected one of {READ_MODES}")
         unknown = set(self.bugs) - BUGS
@@ -130,10 +152,16 @@ class _Request:
 
 @dataclass(slots=True)
 class _SimNode:
-    """One node: what its disk holds, and while it runs, its process."""
+    """One server: what its disk holds, and while it runs, its process. `id` is its Raft
+    id, `slot` the node name it runs as (the same, but for a slot's later servers)."""
 
     id: str
     config: Config
+    slot: str = ""
+    # Out of the cluster: a spare not started yet, or a server stopped after it left;
+    # `restart` leaves it down. `used`: its id was handed out (or it ran) once.
+    out: bool = False
+    used: bool = True
     disk: Disk = field(default_factory=Disk)
     buffered: list[DiskBatch] = field(default_factory=list)
     core: Raft | None = None
@@ -164,13 +192,21 @@ class KVCluster:
     Clients `submit` requests (as `raftkv.node.Node.handle` takes them) and collect the
     replies `advance` delivers; a nemesis calls the fault methods, which take effect at
     `now_ns`. See the module docstring for the model.
+
+    `ids` are the node slots, `options.max_nodes` of them: the first `options.nodes`
+    are the voters of the first configuration, the rest spares, down until a change adds
+    them. Every method takes a slot. A slot's first server has the slot's name as its
+    Raft id; a server started on a slot again, with an empty disk, gets a new one (n4-2,
+    n4-3, ...: docs/membership.md), which `slot_of` maps back.
     """
 
     def __init__(self, seed: int, options: KVSimOptions | None = None) -> None:
         self.seed = seed
         self.options = options = options or KVSimOptions()
         self.rng = random.Random(seed)
-        self.ids = tuple(f"n{i}" for i in range(1, options.nodes + 1))
+        slots = options.nodes if options.max_nodes is None else options.max_nodes
+        self.ids = tuple(f"n{i}" for i in range(1, slots + 1))
+        self.first_voters = self.ids[: options.nodes]
         self.now_ns = 0
         self.failures: list[NodeFailure] = []
         self._queue: list[tuple[int, int, int, Any, Any]] = []
@@ -205,14 +241,23 @@ class KVCluster:
         self.on_vote: Callable[[str, str, int], None] | None = None
         # When set, called with each message a node sends, as it leaves; the same contract.
         self.on_send: Callable[[Message], None] | None = None
-        self._nodes = {nid: self._new_node(nid) for nid in self.ids}
-        for nid in self.ids:
+        # Servers by Raft id, every one there ever was; the server of each slot now.
+        self._nodes = {nid: self._new_node(nid, nid) for nid in self.ids}
+        self._slots = dict(self._nodes)
+        self._slot_of = {nid: nid for nid in self.ids}
+        for nid in self.first_voters:
             self.restart(nid)
 
-    def _new_node(self, nid: str) -> _SimNode:
+    def _new_node(self, nid: str, slot: str) -> _SimNode:
         o = self.options
-        config = o.raft.config(nid, self.ids, o.timing, o.bugs)
-        return _SimNode(nid, config, tick_interval_ns=self._tick_ns)
+        if nid in self.first_voters:
+            config = o.raft.config(nid, self.first_voters, o.timing, o.bugs)
+            return _SimNode(nid, config, slot, tick_interval_ns=self._tick_ns)
+        # A server that joins a running cluster: no configuration until the leader's log
+        # or snapshot gives it one (docs/membership.md, for the drivers).
+        config = replace(o.raft.config(nid, (nid,), o.timing, o.bugs), join=True)
+        return _SimNode(nid, config, slot, out=True, used=nid != slot,
+                        tick_interval_ns=self._tick_ns)  # fmt: skip
 
     # ---- clients ----------------------------------------------------------------------
 
@@ -225,11 +270,11 @@ class KVCluster:
         """
         rid = self._next_rid
         self._next_rid += 1
-        target = self._nodes[node]
+        target = self._slots[node]
         if target.core is None:
             self._push(self.now_ns, _REPLY, rid, reply(False, error="refused"))
             return rid
-        self._requests[rid] = _Request(node, target.epoch, request)
+        self._requests[rid] = _Request(target.id, target.epoch, request)
         self._push(self.now_ns + self._client_delay(), _ARRIVE, rid, None)
         return rid
 
@@ -279,23 +324,83 @@ class KVCluster:
         """The node that leads in the highest term among those that would answer a status
         request (up, not paused), and that term; (None, None) when none believes it leads."""
         best: tuple[str | None, int | None] = (None, None)
-        for node in self._nodes.values():
+        for node in self._slots.values():
             core = node.core
             if core is None or node.paused or core.role is not Role.LEADER:
                 continue
             if best[1] is None or core.term > best[1]:
-                best = (node.id, core.term)
+                best = (node.slot, core.term)
         return best
 
     def is_up(self, node: str) -> bool:
-        return self._nodes[node].core is not None
+        return self._slots[node].core is not None
 
     def is_paused(self, node: str) -> bool:
-        return self._nodes[node].paused
+        return self._slots[node].paused
 
     def status(self, node: str) -> dict[str, Any]:
         """What a status request to a running `node` would answer (asserts it is up)."""
-        return self._status(self._nodes[node])
+        return self._status(self._slots[node])
+
+    def slot_of(self, node_id: str) -> str:
+        """The slot a Raft id's server runs (ran) on."""
+        return self._slot_of[node_id]
+
+    def id_of(self, node: str) -> str:
+        """The Raft id of `node`'s server now."""
+        return self._slots[node].id
+
+    def configuration(self) -> Membership | None:
+        """The configuration the leader (as `leader` picks it) holds, the latest in its
+        log, maybe uncommitted, by slot; None while no node leads."""
+        leader = self.leader()[0]
+        if leader is None:
+            return None
+        core = self._slots[leader].core
+        assert core is not None
+        slot_of = self._slot_of
+        voters = dict.fromkeys(slot_of[n] for n in core.membership.voters)
+        learners = dict.fromkeys(slot_of[n] for n in core.membership.learners)
+        return Membership(tuple(voters), tuple(n for n in learners if n not in voters))
+
+    # ---- membership ---------------------------------------------------------------------
+
+    def next_id(self, node: str) -> str:
+        """The Raft id for a server to join on the slot `node` (to propose, then `join`
+        under): the slot's name for a spare never used, else a new id, since a server
+        that comes back with an empty disk must not answer to its old one."""
+        current = self._slots[node]
+        if not current.used:
+            current.used = True
+            return current.id
+        count = sum(1 for slot in self._slot_of.values() if slot == node) + 1
+        nid = f"{node}-{count}"
+        self._slot_of[nid] = node
+        self._nodes[nid] = self._new_node(nid, node)
+        self._nodes[nid].used = True
+        return nid
+
+    def join(self, node: str, node_id: str) -> None:
+        """Start on the slot `node` the server `next_id` named `node_id`, with an empty
+        disk and no configuration (`Config.join`): the leader's log or snapshot gives it
+        one. A server still running on the slot is stopped first."""
+        server = self._nodes[node_id]
+        assert self._slot_of[node_id] == node and server.core is None
+        assert server.disk.snapshot is None and not server.disk.entries, f"{node_id} ran before"
+        old = self._slots[node]
+        self._crash(old)
+        old.out = True
+        server.rate, server.tick_interval_ns = old.rate, old.tick_interval_ns
+        self._slots[node] = server
+        server.out = False
+        self.restart(node)
+
+    def leave(self, node: str) -> None:
+        """Stop the server of `node` for good (it left the cluster): `restart` no longer
+        starts it; a later `join` starts another."""
+        target = self._slots[node]
+        self._crash(target)
+        target.out = True
 
     # ---- faults -------------------------------------------------------------------------
 
@@ -315,7 +420,7 @@ class KVCluster:
     def kill(self, node: str) -> None:
         """Crash `node`'s process: what it wrote to the OS survives (see the module
         docstring for what `no-fsync` had not written yet). It stays down until `restart`."""
-        self._crash(self._nodes[node])
+        self._crash(self._slots[node])
 
     def power_loss(self, node: str) -> dict[str, int]:
         """Crash `node` with its machine: only what was fsynced survives. Without bugs that
@@ -323,7 +428,7 @@ class KVCluster:
         lost: {"entries": log entries, "snapshots": snapshots (0 or 1)}. A node already
         down (killed: the harness's power-loss kills first) loses what its process had
         written to the OS and never fsynced all the same."""
-        target = self._nodes[node]
+        target = self._slots[node]
         if not self._lazy:
             self._crash(target)
             return {"entries": 0, "snapshots": 0}
@@ -337,9 +442,10 @@ class KVCluster:
         return lost
 
     def restart(self, node: str) -> None:
-        """Start `node` from what its disk holds; nothing happens if it is running."""
-        target = self._nodes[node]
-        if target.core is not None:
+        """Start `node` from what its disk holds; nothing happens if it is running, or out
+        of the cluster (a spare, or a server stopped by `leave`)."""
+        target = self._slots[node]
+        if target.core is not None or target.out:
             return
         disk, snap = target.disk, target.disk.snapshot
         hard_state = hard_state_on_restart(target.config, disk.hard_state)
@@ -351,15 +457,15 @@ class KVCluster:
         target.durable_vote = (disk.hard_state.term, disk.hard_state.vote)
         # Nodes come up at different moments within a tick.
         target.next_tick_ns = self.now_ns + 1 + int(self.rng.random() * target.tick_interval_ns)
-        self._push(target.next_tick_ns, _TICK, node, target.tick_gen)
+        self._push(target.next_tick_ns, _TICK, target.id, target.tick_gen)
         if self._lazy:
             self._push(self.now_ns + self._node_ns(target, self.options.lazy_flush_ns),
-                       _FLUSH, node, target.epoch)  # fmt: skip
+                       _FLUSH, target.id, target.epoch)  # fmt: skip
         self._guarded(target, self._process)
 
     def pause(self, node: str) -> None:
         """SIGSTOP: `node` neither ticks nor handles anything until `resume`."""
-        target = self._nodes[node]
+        target = self._slots[node]
         if target.core is None or target.paused:
             return
         target.paused = True
@@ -367,7 +473,7 @@ class KVCluster:
 
     def resume(self, node: str) -> None:
         """SIGCONT: `node` handles what waited, catches up on its ticks, and runs on."""
-        target = self._nodes[node]
+        target = self._slots[node]
         if target.core is None or not target.paused:
             return
         target.paused = False
@@ -383,7 +489,7 @@ class KVCluster:
         `tick_ms / rate` of virtual time, and its deadlines and flushes stretch alike."""
         if not rate > 0:
             raise ValueError(f"a clock rate must be positive, got {rate}")
-        target = self._nodes[node]
+        target = self._slots[node]
         target.rate = rate
         target.tick_interval_ns = max(1, round(self._tick_ns / rate))
 
@@ -443,11 +549,12 @@ class KVCluster:
         node = self._nodes[msg.dst]
         if node.core is None or node.epoch != epoch:
             return
-        if self._blocked and (msg.src, msg.dst) in self._blocked:
-            return
-        lossy = self._lossy and (msg.src, msg.dst) in self._lossy
-        if lossy and self.rng.random() < self._loss_share:
-            return
+        if self._blocked or self._lossy:  # grudges and losses name slots
+            link = (self._slot_of[msg.src], node.slot)
+            if link in self._blocked:
+                return
+            if link in self._lossy and self.rng.random() < self._loss_share:
+                return
         if node.paused or node.syncing is not None:
             node.inbox.append((_MSG, msg, epoch))
             return
@@ -466,8 +573,8 @@ class KVCluster:
         low, span, now = self._net_low, self._net_span, self.now_ns
         queue, push, seq = self._queue, heapq.heappush, self._seq
         for msg in messages:
-            dst = nodes[msg.dst]
-            if dst.core is None:
+            dst = nodes.get(msg.dst)
+            if dst is None or dst.core is None:
                 continue
             link = (msg.src, msg.dst)
             arrive = now + low + int(random() * span)
@@ -482,7 +589,7 @@ class KVCluster:
     def _tell_votes(self, messages: list[Message]) -> None:
         for msg in messages:
             if msg.type is MsgType.VOTE_RESP and not msg.reject and self.on_vote is not None:
-                self.on_vote(msg.src, msg.dst, msg.term)
+                self.on_vote(self._slot_of[msg.src], self._slot_of[msg.dst], msg.term)
 
     def _on_call(self, fn: Callable[[], None], _: None) -> None:
         fn()
@@ -649,7 +756,9 @@ class KVCluster:
             self._answer(rid, reply(False, error=result.error, value=result.value))
 
     def _snapshot(self, node: _SimNode, core: Raft) -> None:
-        snap = Snapshot(node.applied, node.applied_term, self.ids, node.kv.snapshot())
+        membership = core.membership_at(node.applied)
+        snap = Snapshot(node.applied, node.applied_term, membership.voters, node.kv.snapshot(),
+                        membership.learners)  # fmt: skip
         if self._lazy:
             self._flush(node)
         node.disk.apply(DiskBatch(compact=snap))
@@ -673,8 +782,12 @@ class KVCluster:
 
     def _handle(self, node: _SimNode, rid: int, request: _Request) -> None:
         body = request.body
-        if isinstance(body, dict) and body.get("op") == "status":
+        op = body.get("op") if isinstance(body, dict) else None
+        if op == "status":
             self._answer(rid, reply(True, **self._status(node)))
+            return
+        if op == "member":
+            self._handle_change(node, rid, body)
             return
         try:
             cmd = parse_command(body)
@@ -698,6 +811,37 @@ class KVCluster:
                 self._write(node, rid, cmd)
         except NotLeader as exc:
             self._answer(rid, self._not_leader(exc.leader))
+        finally:
+            if rid in self._requests:
+                heapq.heappush(self._queue, (deadline, seq, _DEADLINE, rid, None))
+
+    def _handle_change(self, node: _SimNode, rid: int, body: dict[str, Any]) -> None:
+        """{"op": "member", "change": a ConfChangeOp value, "node": a Raft id}, as a leader
+        serves it: answered once the change is applied with its term ({"ok": true}), or
+        refused ({"ok": false, "error": the ConfChangeError reason, "retryable"}), or
+        not_leader."""
+        node_id = body.get("node")
+        try:
+            change = ConfChangeOp(body.get("change"))
+        except ValueError:
+            change = None
+        if change is None or not isinstance(node_id, str):
+            self._answer(rid, reply(False, error="bad_request", message=f"bad change {body}"))
+            return
+        core = node.core
+        assert core is not None
+        node.requests.add(rid)
+        deadline = self.now_ns + self._node_ns(node, self.options.request_timeout_ns)
+        seq = self._seq = self._seq + 1
+        try:
+            index = core.propose_conf_change(change, node_id)
+            node.proposals[index] = (core.term, rid)
+            self._process(node)
+        except NotLeader as exc:
+            self._answer(rid, self._not_leader(exc.leader))
+        except ConfChangeError as exc:
+            self._answer(rid, reply(False, error=exc.reason, message=str(exc),
+                                    retryable=exc.retryable))  # fmt: skip
         finally:
             if rid in self._requests:
                 heapq.heappush(self._queue, (deadline, seq, _DEADLINE, rid, None))
@@ -767,8 +911,9 @@ class KVCluster:
         }
 
     def _not_leader(self, leader: str | None) -> dict[str, Any]:
-        # Nodes here have no addresses: the hint is the leader's id.
-        return reply(False, error="not_leader", leader=leader, leader_addr=None, leader_http=None)
+        # Nodes here have no addresses: the hint is the leader's slot, its name.
+        hint = None if leader is None else self._slot_of.get(leader, leader)
+        return reply(False, error="not_leader", leader=hint, leader_addr=None, leader_http=None)
 
     # ---- crashes ------------------------------------------------------------------------
 
@@ -803,7 +948,7 @@ class KVCluster:
     def _fail(self, exc: AssertionError) -> None:
         node = self._current
         assert node is not None, "an assertion outside any node"
-        self.failures.append(NodeFailure(self.now_ns, node.id, f"{type(exc).__name__}: {exc}"))
+        self.failures.append(NodeFailure(self.now_ns, node.slot, f"{type(exc).__name__}: {exc}"))
         self._crash(node)
 
 

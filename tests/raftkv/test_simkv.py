@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from raftkv.core import BUGS
+from raftkv.core import BUGS, Membership
 from raftkv.simkv import KVCluster, KVSimOptions
 
 S = 1_000_000_000
@@ -260,4 +260,90 @@ def test_a_cluster_without_bugs_never_fails_a_node() -> None:
         if step % 40 == 20:
             restart_all(cluster)
         cluster.advance(cluster.now_ns + 20 * MS)
+    assert cluster.failures == []
+
+
+# ---- membership ---------------------------------------------------------------------------
+
+
+def change(cluster: KVCluster, op: str, node_id: str, within_ns: int = 10 * S) -> dict[str, Any]:
+    """Ask the leader for a change, retrying what the leader says may pass later."""
+    end = cluster.now_ns + within_ns
+    while True:
+        resp = call(cluster, leader(cluster), {"op": "member", "change": op, "node": node_id})
+        assert resp is not None
+        if resp["ok"] or not (resp.get("retryable") or resp["error"] == "not_leader"):
+            return resp
+        assert cluster.now_ns < end, resp
+        cluster.advance(cluster.now_ns + 100 * MS)
+
+
+def grow(cluster: KVCluster, node: str) -> str:
+    """Add the slot `node` as a learner, start it, promote it; its Raft id."""
+    node_id = cluster.next_id(node)
+    assert change(cluster, "add-learner", node_id)["ok"] is True
+    cluster.join(node, node_id)
+    assert change(cluster, "promote", node_id)["ok"] is True
+    return node_id
+
+
+def test_spare_slots_stay_down_until_a_change_adds_them() -> None:
+    cluster = KVCluster(3, KVSimOptions(nodes=3, max_nodes=5))
+    assert cluster.ids == ("n1", "n2", "n3", "n4", "n5")
+    first = leader(cluster)
+    assert not cluster.is_up("n4") and call(cluster, "n4", {"op": "status"}) == {
+        "ok": False, "error": "refused"}  # fmt: skip
+    cluster.restart("n4")  # a spare has no process to restart
+    assert not cluster.is_up("n4")
+    assert cluster.configuration() == Membership(("n1", "n2", "n3"))
+    assert grow(cluster, "n4") == "n4"
+    put(cluster, first, "k", 1)
+    assert cluster.configuration() == Membership(("n1", "n2", "n3", "n4"))
+    cluster.advance(cluster.now_ns + 200 * MS)  # the commit reaches the follower
+    assert get(cluster, "n4", "k", mode="follower") == 1
+
+
+def test_the_leader_refuses_what_the_core_refuses_and_a_follower_says_not_leader() -> None:
+    cluster = KVCluster(4, KVSimOptions(nodes=3, max_nodes=4))
+    first = leader(cluster)
+    follower = next(n for n in cluster.first_voters if n != first)
+    resp = call(cluster, follower, {"op": "member", "change": "remove", "node": first})
+    assert resp is not None and resp["error"] == "not_leader" and resp["leader"] == first
+    resp = change(cluster, "promote", "n1")
+    assert resp == {"ok": False, "error": "not-a-learner", "retryable": False,
+                    "message": "'n1' is a voter, not a learner"}  # fmt: skip
+    resp = call(cluster, first, {"op": "member", "change": "grow", "node": "n4"})
+    assert resp is not None and resp["error"] == "bad_request"
+
+
+def test_a_removed_leader_steps_down_and_a_left_node_refuses_its_clients() -> None:
+    cluster = KVCluster(5, KVSimOptions(nodes=3, max_nodes=4))
+    grow(cluster, "n4")
+    first = leader(cluster)
+    assert change(cluster, "remove", cluster.id_of(first))["ok"] is True
+    cluster.leave(first)
+    second = leader(cluster)
+    assert second != first and first not in cluster.configuration().voters  # type: ignore[union-attr]
+    assert call(cluster, first, {"op": "get", "key": "k"}) == {"ok": False, "error": "refused"}
+    cluster.restart(first)  # it left: the heal's restart does not bring it back
+    assert not cluster.is_up(first)
+    assert put(cluster, second, "k", 2)["ok"] is True
+
+
+def test_a_slot_added_again_joins_under_a_new_id_from_the_leader_snapshot() -> None:
+    cluster = KVCluster(6, KVSimOptions(nodes=3, max_nodes=4, snapshot_entries=20))
+    grow(cluster, "n4")
+    first = leader(cluster)
+    gone = next(n for n in ("n2", "n3", "n4") if n != first)
+    assert change(cluster, "remove", cluster.id_of(gone))["ok"] is True
+    cluster.leave(gone)
+    for i in range(50):  # past a snapshot: the new server is caught up by one
+        put(cluster, leader(cluster), f"k{i % 5}", i)
+    assert grow(cluster, gone) == f"{gone}-2"
+    assert cluster.slot_of(f"{gone}-2") == gone and cluster.id_of(gone) == f"{gone}-2"
+    assert gone in cluster.configuration().voters  # type: ignore[union-attr]
+    assert cluster.status(gone)["id"] == f"{gone}-2"
+    cluster.advance(cluster.now_ns + 200 * MS)
+    assert get(cluster, gone, "k4", mode="follower") == 49
+    assert cluster.next_id(gone) == f"{gone}-3"
     assert cluster.failures == []
