@@ -4,18 +4,24 @@ nodes, acting on a simulated cluster (raftkv.simkv.KVCluster).
 Kill, pause and power-loss are the real kinds (nemesis.faults) over `SimProcs`, this
 module's ProcessControl. Partitions and packet-loss are the real kinds too: they choose
 and record exactly as on real nodes, on Remotes that take their iptables commands and do
-nothing (nemesis.fakes.FakeRemote); `apply_to_cluster` then gives the recorded grudge or
-losses to the simulated network. Clock faults change the rate of a node's clock
-(`SimClockNemesis`); the simulation has no wall clock to jump, so `clock` draws among the
-rate settings only, and `clock-strobe` (offset flips) is refused. `election-crash`, which
-only the simulation can time, is `ElectionCrash`.
+nothing (nemesis.fakes.FakeRemote); `SimNetNemesis` gives each recorded grudge or loss
+to the simulated network as the start or stop is made (`apply_to_cluster`). Clock faults
+change the rate of a node's clock (`SimClockNemesis`); the simulation has no wall clock to
+jump, so `clock` draws among the rate settings only, and `clock-strobe` (offset flips) is
+refused. `election-crash`, which only the simulation can time, is `ElectionCrash`.
+
+`member` is the real kind's moves (nemesis.membership.plan_move) through `SimMembership`,
+this module's Membership: each change a request to the leader, waited for in virtual time
+while the clients go on, as the real fault's thread waits while the workers go on. A slot
+added again joins under a new Raft id (n4-2, ...), which its add records as "id"; each
+change's "elapsed_ms" is the virtual time it took (`SimMemberNemesis`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nemesis.fakes import FakeRemote
@@ -25,6 +31,7 @@ from nemesis.faults import (
     SLOW_CLOCK,
     ClockNemesis,
     FaultEvent,
+    MemberNemesis,
     Nemesis,
     NemesisContext,
     PacketLossNemesis,
@@ -33,8 +40,12 @@ from nemesis.faults import (
     SimOnlyNemesis,
     StrobeNemesis,
     TogetherNemesis,
+    apply_move,
     pick_targets,
+    settle_members,
 )
+from nemesis.membership import Members, MembershipError, Move, MoveOp
+from raftkv.core import Membership
 from raftkv.types import Message, MsgType
 
 __all__ = [
@@ -42,10 +53,14 @@ __all__ = [
     "SIM_SETUP_KINDS",
     "ElectionCrash",
     "SimClockNemesis",
+    "SimMemberNemesis",
+    "SimMembership",
+    "SimNetNemesis",
     "SimProcs",
     "apply_to_cluster",
     "heal_everything",
     "replay",
+    "replay_members",
     "sim_context",
     "sim_nemeses",
 ]
@@ -78,6 +93,19 @@ class FaultableCluster(Protocol):
     def set_loss(self, drops: dict[str, set[str]], share: float) -> None: ...
     def set_clock_rate(self, node: str, rate: float) -> None: ...
     def leader(self) -> tuple[str | None, int | None]: ...
+    def slot_of(self, node_id: str) -> str: ...
+
+
+class MemberCluster(FaultableCluster, Protocol):
+    """What `SimMembership` needs besides the faults (raftkv.simkv.KVCluster)."""
+
+    first_voters: tuple[str, ...]
+
+    def configuration(self) -> Membership | None: ...
+    def id_of(self, node: str) -> str: ...
+    def next_id(self, node: str) -> str: ...
+    def join(self, node: str, node_id: str) -> None: ...
+    def leave(self, node: str) -> None: ...
 
 
 @dataclass
@@ -124,6 +152,31 @@ def sim_context(
 
 
 @dataclass
+class SimNetNemesis:
+    """A partition or packet-loss kind that also acts on the simulated network as each of
+    its starts and stops is made, as iptables does on real nodes: within faults acting
+    together, the network is whole again before the next part stops."""
+
+    kind: Nemesis
+    cluster: FaultableCluster
+    name: str = field(init=False)
+    min_nodes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name, self.min_nodes = self.kind.name, self.kind.min_nodes
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        event = self.kind.start(ctx)
+        apply_to_cluster(self.kind, event, self.cluster)
+        return event
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        event = self.kind.stop(ctx)
+        apply_to_cluster(self.kind, event, self.cluster)
+        return event
+
+
+@dataclass
 class SimClockNemesis:
     """A clock fault as a clock rate: `clock` sets x0.5 or x2 on `pick_targets`'s nodes,
     `clock-slow-leader` x0.25 on the leader; stop gives every skewed node rate 1. Values
@@ -156,6 +209,153 @@ class SimClockNemesis:
             self.cluster.set_clock_rate(node, 1.0)
         ctx.clocked.clear()
         return FaultEvent("stop", self.name, done)
+
+
+NS = 1_000_000_000
+# How long a change is tried while the leader says it may pass later, how long one request
+# waits for its answer, the pause between tries, and how long `members` waits for a
+# leader: as etcd's membership API is driven (harness.targets.etcd_members).
+CHANGE_TIMEOUT_NS = 12 * NS
+ANSWER_TIMEOUT_NS = 5 * NS
+RETRY_PAUSE_NS = 100_000_000
+LEADER_WAIT_NS = 5 * NS
+# Refusals that say nothing happened and that the same change may pass a moment later.
+_RETRIED = ("not_leader", "refused", "dropped")
+
+# A request to a node, and virtual time let pass until its answer (None: none within).
+Ask = Callable[[str, dict[str, Any], int], dict[str, Any] | None]
+
+
+class SimMembership:
+    """`nemesis.membership.Membership` on a simulated cluster, in virtual time.
+
+    `ask(node, request, within_ns)` sends a request and lets virtual time pass until its
+    answer or `within_ns`; `wait(ns)` lets time pass: the clients go on meanwhile, and a
+    call returns at the virtual time its change ended.
+    - `members()`: the leader's configuration (the latest in its log) by slot; waits up
+      to LEADER_WAIT_NS for a leader, else MembershipError.
+    - `add(node, learner)`: the slot's next Raft id (the slot's name at first, n4-2, ...
+      after) added as a learner through the leader, then its server started with an
+      empty disk (`join`); as a voter: promoted next.
+    - `promote`, `remove`: the change through the leader. `stop`: the server leaves.
+    A change is retried while the leader says it may pass later (pending, not committed
+    in its term, learner behind), no node leads, or the node asked no longer leads, up to
+    CHANGE_TIMEOUT_NS; a refusal for good raises MembershipError (nothing happened), and
+    so does a request left without an answer (it may have happened).
+    `voters` are the voters as last read, in slot order, for `client_node`."""
+
+    learners_supported = True
+
+    def __init__(self, cluster: MemberCluster, ask: Ask, wait: Callable[[int], None]) -> None:
+        self.cluster = cluster
+        self.slots = cluster.ids
+        self.voters = cluster.first_voters
+        self._ask = ask
+        self._wait = wait
+        # Per change made, in order: the virtual time it took, and an add's Raft id.
+        self._records: list[dict[str, Any]] = []
+
+    def members(self) -> Members:
+        cluster = self.cluster
+        end = cluster.now_ns + LEADER_WAIT_NS
+        conf = cluster.configuration()
+        while conf is None and cluster.now_ns < end:
+            self._wait(RETRY_PAUSE_NS)
+            conf = cluster.configuration()
+        if conf is None:
+            raise MembershipError(f"no leader within {LEADER_WAIT_NS // NS} s")
+        self.voters = tuple(n for n in self.slots if n in conf.voters) or self.voters
+        return Members(tuple(sorted(conf.voters)), tuple(sorted(conf.learners)))
+
+    def add(self, node: str, learner: bool) -> None:
+        began, node_id = self.cluster.now_ns, self.cluster.next_id(node)
+        try:
+            self._change("add-learner", node_id)
+            self.cluster.join(node, node_id)
+            if not learner:
+                self._change("promote", node_id)
+        finally:
+            self._record(began, node_id)
+
+    def promote(self, node: str) -> None:
+        began = self.cluster.now_ns
+        try:
+            self._change("promote", self.cluster.id_of(node))
+        finally:
+            self._record(began)
+
+    def remove(self, node: str) -> None:
+        began = self.cluster.now_ns
+        try:
+            self._change("remove", self.cluster.id_of(node))
+        finally:
+            self._record(began)
+        self.voters = tuple(n for n in self.voters if n != node) or self.voters
+
+    def stop(self, node: str) -> None:
+        self.cluster.leave(node)
+
+    def client_node(self, slot: int) -> str:
+        """The node the client of worker `slot` uses now: the voters in turn, as on real
+        nodes (harness.members)."""
+        return self.voters[slot % len(self.voters)]
+
+    def _change(self, op: str, node_id: str) -> None:
+        cluster = self.cluster
+        end = cluster.now_ns + CHANGE_TIMEOUT_NS
+        request = {"op": "member", "change": op, "node": node_id}
+        last = "no leader"
+        while True:
+            leader = cluster.leader()[0]
+            if leader is not None:
+                answer = self._ask(leader, request, ANSWER_TIMEOUT_NS)
+                if answer is None or answer.get("ok") is None:
+                    why = "no answer" if answer is None else answer.get("error")
+                    raise MembershipError(f"{op} {node_id} on {leader}: {why}; it may be done")
+                if answer["ok"]:
+                    return
+                last = str(answer.get("error"))
+                if not answer.get("retryable") and last not in _RETRIED:
+                    raise MembershipError(f"{op} {node_id}: {last}: {answer.get('message')}")
+            if cluster.now_ns >= end:
+                raise MembershipError(f"{op} {node_id}: {last} for {CHANGE_TIMEOUT_NS // NS} s")
+            self._wait(RETRY_PAUSE_NS)
+
+    def _record(self, began_ns: int, node_id: str | None = None) -> None:
+        record: dict[str, Any] = {"elapsed_ms": round((self.cluster.now_ns - began_ns) / 1e6, 1)}
+        if node_id is not None:
+            record["id"] = node_id
+        self._records.append(record)
+
+    def timed(self, value: Any) -> None:
+        """Give the changes of a member record's `value` (as MemberNemesis and
+        settle_members make it, in the order they were made) the virtual time each took,
+        in place of the wall clock's, and each add the Raft id it proposed."""
+        records, self._records = self._records, []
+        changes = value.get("changes") if isinstance(value, dict) else None
+        for change, record in zip(changes or (), records, strict=False):
+            change.update(record)
+
+
+@dataclass
+class SimMemberNemesis:
+    """`member` on a simulated cluster: MemberNemesis acting through the context's
+    `SimMembership`, its records timed in virtual time (`SimMembership.timed`)."""
+
+    membership: SimMembership
+    name: str = MemberNemesis.name
+    min_nodes: int = MemberNemesis.min_nodes
+    kind: MemberNemesis = field(default_factory=MemberNemesis)
+
+    def start(self, ctx: NemesisContext) -> FaultEvent:
+        event = self.kind.start(ctx)
+        self.membership.timed(event.value)
+        return event
+
+    def stop(self, ctx: NemesisContext) -> FaultEvent:
+        event = self.kind.stop(ctx)
+        self.membership.timed(event.value)
+        return event
 
 
 # election-crash's timing. The leader is cut off for a moment before it is killed, so that
@@ -257,7 +457,9 @@ class ElectionCrash:
     def _watch(self, msg: Message, leader: str, term: int) -> None:
         """Cut `leader` off as it sends an entry of its own term after entries of older
         terms (its first append, a probe, carries its own entry too and is refused)."""
-        if msg.src != leader or msg.type is not MsgType.APPEND or not msg.entries:
+        if msg.type is not MsgType.APPEND or not msg.entries:
+            return
+        if self.cluster.slot_of(msg.src) != leader:
             return
         if any(entry.term == term for entry in msg.entries):
             if self._older_sent:
@@ -330,22 +532,35 @@ def _draw(rng: random.Random, span: tuple[int, int]) -> int:
 
 
 def sim_nemeses(
-    nemeses: list[Nemesis], cluster: FaultableCluster, emit: Callable[[FaultEvent], None]
+    nemeses: list[Nemesis],
+    cluster: FaultableCluster,
+    emit: Callable[[FaultEvent], None],
+    membership: SimMembership | None = None,
 ) -> list[Nemesis]:
-    """`nemeses` (parse_nemesis's) with the clock kinds made clock rates and the kinds only
-    the simulation runs made real (`emit` records what they do between start and stop);
-    ValueError naming a kind the simulation cannot model."""
-    return [_sim_kind(n, cluster, emit) for n in nemeses]
+    """`nemeses` (parse_nemesis's) with the clock kinds made clock rates, the kinds only
+    the simulation runs made real (`emit` records what they do between start and stop),
+    and `member` acting through `membership`; ValueError naming a kind the simulation
+    cannot model."""
+    return [_sim_kind(n, cluster, emit, membership) for n in nemeses]
 
 
 def _sim_kind(
-    nemesis: Nemesis, cluster: FaultableCluster, emit: Callable[[FaultEvent], None]
+    nemesis: Nemesis,
+    cluster: FaultableCluster,
+    emit: Callable[[FaultEvent], None],
+    membership: SimMembership | None,
 ) -> Nemesis:
     if nemesis.name in SIM_REFUSED:
         raise ValueError(f"--backend sim: {SIM_REFUSED[nemesis.name]}")
     if isinstance(nemesis, TogetherNemesis):
-        parts = tuple(_sim_kind(p, cluster, emit) for p in nemesis.parts)
+        parts = tuple(_sim_kind(p, cluster, emit, membership) for p in nemesis.parts)
         return TogetherNemesis(nemesis.name, parts)
+    if isinstance(nemesis, (PartitionNemesis, PacketLossNemesis)):
+        return SimNetNemesis(nemesis, cluster)
+    if isinstance(nemesis, MemberNemesis):
+        if membership is None:
+            raise ValueError("--backend sim: the member nemesis needs the cluster's spare slots")
+        return SimMemberNemesis(membership)
     if isinstance(nemesis, ClockNemesis):
         return SimClockNemesis(cluster, nemesis.name, leader_only=nemesis.leader_only)
     if isinstance(nemesis, SimOnlyNemesis):
@@ -355,7 +570,7 @@ def _sim_kind(
 
 def apply_to_cluster(nemesis: Nemesis, event: FaultEvent, cluster: FaultableCluster) -> None:
     """Give the simulated network what a partition or packet-loss event records (the
-    others act through SimProcs and SimClockNemesis themselves)."""
+    others act through SimProcs and SimClockNemesis themselves); `SimNetNemesis` calls it."""
     if isinstance(nemesis, TogetherNemesis):
         value = event.value if isinstance(event.value, dict) else {}
         for part in nemesis.parts:
@@ -383,13 +598,25 @@ def heal_cluster(cluster: FaultableCluster) -> None:
         cluster.set_clock_rate(node, 1.0)
 
 
-def replay(cluster: FaultableCluster, fault: str, f: str, value: Any) -> None:
+def replay(
+    cluster: FaultableCluster,
+    fault: str,
+    f: str,
+    value: Any,
+    members: Callable[[str, Any], None] | None = None,
+) -> None:
     """Act on the cluster as a recorded fault event (`fault`, `f`, `value`, as the history
-    holds it) says: a shrunk run replays a schedule rather than drawing one."""
+    holds it) says: a shrunk run replays a schedule rather than drawing one. A member
+    event goes to `members(f, value)` (`replay_members`); without it, ValueError."""
     if "+" in fault:
         parts = value if isinstance(value, dict) else {}
         for part in fault.split("+"):
-            replay(cluster, part, f, parts.get(part))
+            replay(cluster, part, f, parts.get(part), members)
+        return
+    if fault == MemberNemesis.name:
+        if members is None:
+            raise ValueError("a member event replays only in a run with the member nemesis")
+        members(f, value)
         return
     if fault == ElectionCrash.name:
         _replay_election_crash(cluster, f, value if isinstance(value, dict) else {})
@@ -405,6 +632,35 @@ def replay(cluster: FaultableCluster, fault: str, f: str, value: Any) -> None:
         nodes = value.get("nodes", []) if isinstance(value, dict) else value or []
         for node in map(str, nodes):
             _replay_on_node(cluster, fault, f, node, value)
+
+
+def replay_members(ctx: NemesisContext, f: str, value: Any) -> None:
+    """Make the changes a member start records again, in order (each may now be refused:
+    the replay goes on), then act on the configuration they left, as the kind does; a stop
+    settles the members (every learner promoted, every node that left stopped)."""
+    membership = ctx.membership
+    assert isinstance(membership, SimMembership), "a member replay needs SimMembership"
+    if f == "stop":
+        settle_members(ctx)
+    else:
+        for change in value.get("changes") or () if isinstance(value, dict) else ():
+            op = str(change.get("op"))
+            if op in _MOVES:
+                move = Move(_MOVES[op], str(change.get("node")), bool(change.get("fresh")))
+                apply_move(ctx, membership, move)
+        try:
+            now = set(membership.members().all)
+        except MembershipError:
+            now = set(ctx.nodes)
+        for node in sorted(set(ctx.nodes) - now):
+            membership.stop(node)
+        ctx.members = now
+    membership.timed(None)  # the replay records what the run recorded, not its own times
+
+
+_MOVES: dict[str, MoveOp] = {
+    "add-learner": "add-learner", "add-voter": "add-voter", "promote": "promote", "remove": "remove"
+}  # fmt: skip
 
 
 def _replay_election_crash(cluster: FaultableCluster, f: str, value: dict[str, Any]) -> None:

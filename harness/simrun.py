@@ -30,10 +30,11 @@ from harness.results import build_results
 from harness.simclient import SimClient
 from harness.simfaults import (
     SIM_SETUP_KINDS,
-    apply_to_cluster,
+    SimMembership,
     heal_cluster,
     heal_everything,
     replay,
+    replay_members,
     sim_context,
     sim_nemeses,
 )
@@ -41,7 +42,7 @@ from harness.store import new_run_dir, point_latest, write_json
 from harness.targets.base import Completion
 from harness.targets.raftkv import ATTEMPT_TIMEOUT_S
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
-from nemesis.faults import FaultEvent, Nemesis, parse_nemesis
+from nemesis.faults import FaultEvent, MemberNemesis, Nemesis, kinds_of, parse_nemesis
 from nemesis.schedule import heal_all
 from raftkv.settings import RaftSettings
 from raftkv.simkv import KVCluster, KVSimOptions
@@ -68,24 +69,36 @@ class SimRun:
         self.plan = plan
         self.opts = opts
         self.run_dir = run_dir
+        parsed = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, SIM_SETUP_KINDS)
+        # The member fault's spare slots, as the runner provisions them (runner.spare_slots).
+        member = MemberNemesis.name in kinds_of(parsed)
         self.cluster = KVCluster(
             opts.seed,
             KVSimOptions(
                 nodes=opts.nodes,
+                max_nodes=opts.slot_count if member else None,
                 read_mode=opts.read_mode or "readindex",
                 bugs=frozenset(opts.bugs),
                 raft=RaftSettings.parse(opts.raft_options),
             ),
         )
-        parsed = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, SIM_SETUP_KINDS)
-        self.nemeses = sim_nemeses(parsed, self.cluster, self._emit)
+        self.membership: SimMembership | None = None
+        if member:
+            self.membership = SimMembership(self.cluster, self.ask, self._let_pass)
+        self.nemeses = sim_nemeses(parsed, self.cluster, self._emit, self.membership)
         self.ctx = sim_context(self.cluster, opts.seed, frozenset(opts.fault_targets or ()))
+        if self.membership is not None:
+            self.ctx.membership = self.membership
+            self.ctx.members = set(self.cluster.first_voters)
         self._t0_ns = 0
         self.history = HistoryWriter(run_dir / "history.jsonl", clock=self._now)
         # [time, order, fn]; fn None: cancelled
         self._timers: list[list[Any]] = []
         self._order = itertools.count()
         self._requests: dict[int, SimClient] = {}
+        # Requests of `ask` -> their answer (None: none yet).
+        self._asked: dict[int, dict[str, Any] | None] = {}
+        self._slots: dict[SimClient, int] = {}
         self._stopping = False
         self._processes: dict[SimClient, int] = {}
         self._leaders: list[str] = []
@@ -117,12 +130,26 @@ class SimRun:
                 client = requests.get(rid)
                 if client is not None:
                     client.on_reply(rid, reply)
+                elif rid in self._asked:
+                    self._asked[rid] = reply
             while timers and timers[0][0] <= cluster.now_ns:
                 fn = heapq.heappop(timers)[2]
                 if fn is not None:
                     fn()
             if cluster.now_ns >= end_ns:
                 return
+
+    def ask(self, node: str, request: dict[str, Any], within_ns: int) -> dict[str, Any] | None:
+        """Send `request` to `node` and run until its answer, or for `within_ns` (then
+        None): a blocking call in virtual time, the clients going on meanwhile."""
+        rid = self.cluster.submit(node, request)
+        asked = self._asked
+        asked[rid] = None
+        self.step_until(self.cluster.now_ns + within_ns, lambda: asked[rid] is not None)
+        return asked.pop(rid)
+
+    def _let_pass(self, span_ns: int) -> None:
+        self.step_until(self.cluster.now_ns + span_ns)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -154,7 +181,7 @@ class SimRun:
         self.history.close()
 
     def _start_clients(self, gen: Generator) -> list[SimClient]:
-        opts, ids = self.opts, self.cluster.ids
+        opts, ids = self.opts, self.cluster.first_voters
         clients = []
         for slot in range(opts.concurrency):
             client = SimClient(
@@ -169,11 +196,15 @@ class SimRun:
                 requests=self._requests,
             )
             self._processes[client] = slot
+            self._slots[client] = slot
             clients.append(client)
             self._invoke(client, gen.next())
         return clients
 
     def _invoke(self, client: SimClient, op: Invocation) -> None:
+        if self.membership is not None and client in self._slots:
+            # Clients follow the voters, moving between two ops (harness.members).
+            client.home = self.membership.client_node(self._slots[client])
         self.history.record_client("invoke", self._processes[client], op.f, op.key, op.value)
         client.begin(op)
 
@@ -213,7 +244,8 @@ class SimRun:
             def act(event: dict[str, Any] = event) -> None:
                 f: Literal["start", "stop"] = "start" if event["f"] == "start" else "stop"
                 self._emit(FaultEvent(f, event["fault"], None, phase="invoke"))
-                replay(self.cluster, event["fault"], f, event.get("value"))
+                members = partial(replay_members, self.ctx) if self.membership else None
+                replay(self.cluster, event["fault"], f, event.get("value"), members)
                 self._emit(FaultEvent(f, event["fault"], event.get("value")))
 
             self.at(self._t0_ns + int(event["time"]), act)
@@ -222,7 +254,6 @@ class SimRun:
         self._emit(FaultEvent("start" if f == "start" else "stop", nemesis.name, None,
                               phase="invoke"))  # fmt: skip
         event = nemesis.start(self.ctx) if f == "start" else nemesis.stop(self.ctx)
-        apply_to_cluster(nemesis, event, self.cluster)
         self._emit(event)
 
     def _emit(self, event: FaultEvent) -> None:
@@ -232,7 +263,12 @@ class SimRun:
         self.history.record(op.pop("type"), op.pop("process"), op.pop("f"), **op)
 
     def _heal_all(self) -> None:
+        if self.membership is not None:
+            # Settling the members needs the network whole, as heal_all makes it on nodes.
+            heal_cluster(self.cluster)
         for event in heal_all(self.ctx, list(self._active)):
+            if self.membership is not None and isinstance(event.value, dict):
+                self.membership.timed(event.value.get("members"))  # the heal's settling
             self._emit(event)
         if self.plan is not None:  # replayed faults act on the cluster only
             heal_everything(self.cluster)
