@@ -837,11 +837,11 @@ class KVCluster:
             index = core.propose_conf_change(change, node_id)
             node.proposals[index] = (core.term, rid)
             self._process(node)
-        except NotLeader as exc:
-            self._answer(rid, self._not_leader(exc.leader))
-        except ConfChangeError as exc:
-            self._answer(rid, reply(False, error=exc.reason, message=str(exc),
-                                    retryable=exc.retryable))  # fmt: skip
+        except NotLeader as not_leader:
+            self._answer(rid, self._not_leader(not_leader.leader))
+        except ConfChangeError as refused:  # a name of its own: mypyc types one per name
+            self._answer(rid, reply(False, error=refused.reason, message=str(refused),
+                                    retryable=refused.retryable))  # fmt: skip
         finally:
             if rid in self._requests:
                 heapq.heappush(self._queue, (deadline, seq, _DEADLINE, rid, None))
