@@ -254,6 +254,9 @@ class SimMembership:
         self._wait = wait
         # Per change made, in order: the virtual time it took, and an add's Raft id.
         self._records: list[dict[str, Any]] = []
+        # The Raft id last proposed for each slot: an add without an answer may be in the
+        # configuration, its server never started.
+        self._ids: dict[str, str] = {}
 
     def members(self) -> Members:
         cluster = self.cluster
@@ -269,6 +272,7 @@ class SimMembership:
 
     def add(self, node: str, learner: bool) -> None:
         began, node_id = self.cluster.now_ns, self.cluster.next_id(node)
+        self._ids[node] = node_id
         try:
             self._change("add-learner", node_id)
             self.cluster.join(node, node_id)
@@ -280,14 +284,14 @@ class SimMembership:
     def promote(self, node: str) -> None:
         began = self.cluster.now_ns
         try:
-            self._change("promote", self.cluster.id_of(node))
+            self._change("promote", self._id(node))
         finally:
             self._record(began)
 
     def remove(self, node: str) -> None:
         began = self.cluster.now_ns
         try:
-            self._change("remove", self.cluster.id_of(node))
+            self._change("remove", self._id(node))
         finally:
             self._record(began)
         self.voters = tuple(n for n in self.voters if n != node) or self.voters
@@ -299,6 +303,9 @@ class SimMembership:
         """The node the client of worker `slot` uses now: the voters in turn, as on real
         nodes (harness.members)."""
         return self.voters[slot % len(self.voters)]
+
+    def _id(self, node: str) -> str:
+        return self._ids.get(node) or self.cluster.id_of(node)
 
     def _change(self, op: str, node_id: str) -> None:
         cluster = self.cluster
