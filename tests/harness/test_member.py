@@ -32,7 +32,7 @@ def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     [
         ({"target": "memory"}, "memory offers no membership changes"),
         ({"target": "memory"}, "(the ChangesMembers hook)"),
-        ({"backend": "sim", "target": "raftkv"}, "not simulated yet"),
+        ({"backend": "sim", "target": "raftkv", "max_nodes": 3}, "raise --max-nodes"),
         ({"backend": "sim"}, "not simulated yet"),
         ({"backend": "ssh"}, "the ssh backend has no spare nodes to add"),
         ({"max_nodes": 3}, "raise --max-nodes"),
