@@ -165,9 +165,14 @@ class Client:
         self.home = home
         self._target = home or self.cluster[0]
         self._conns: dict[str, _Connection] = {}
+        # Connections being opened: requests that start together wait for the same one.
+        self._opening: dict[str, asyncio.Task[_Connection]] = {}
         self._learned = 0
 
     async def close(self) -> None:
+        for task in self._opening.values():
+            task.cancel()
+        self._opening.clear()
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
@@ -285,8 +290,21 @@ class Client:
 
     async def _connection(self, addr: str) -> _Connection:
         conn = self._conns.get(addr)
-        if conn is None or not conn.alive:
+        if conn is not None and conn.alive:
+            return conn
+        opening = self._opening.get(addr)
+        if opening is None:
             await self._drop(addr)
-            conn = await _Connection.open(addr)
-            self._conns[addr] = conn
-        return conn
+            opening = asyncio.create_task(_Connection.open(addr))
+            self._opening[addr] = opening
+            opening.add_done_callback(lambda task: self._opened(addr, task))
+        # Shielded: a caller that gives up must not take the others' connection with it.
+        return await asyncio.shield(opening)
+
+    def _opened(self, addr: str, task: asyncio.Task[_Connection]) -> None:
+        if self._opening.get(addr) is task:
+            del self._opening[addr]
+        if task.cancelled():
+            return
+        if task.exception() is None:  # else each waiter has it (and it counts as seen)
+            self._conns[addr] = task.result()

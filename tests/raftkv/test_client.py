@@ -87,3 +87,26 @@ def test_answers_split_across_reads_are_matched_by_id() -> None:
     answers = asyncio.run(with_server(answer_in_pieces, body))
     assert [a["ok"] for a in answers] == [True] * 5
     assert all(a["value"] == 7 for a in answers)
+
+
+def test_requests_that_start_together_share_the_one_connection_they_open() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        frames = wire.FrameReader()
+        while data := await reader.read(4096):
+            for request in frames.feed(data):
+                if isinstance(request, dict) and "id" in request:
+                    writer.write(wire.encode_frame({"ok": True, "value": 1, "id": request["id"]}))
+
+    async def body(addr: str) -> list[dict[str, Any]]:
+        client = Client([addr], timeout_s=5)
+        try:
+            return list(await asyncio.gather(*(client.get(f"k{i}") for i in range(50))))
+        finally:
+            await client.close()
+
+    answers = asyncio.run(with_server(answer, body))
+    assert [a["ok"] for a in answers] == [True] * 50
+    assert len(connections) == 1
