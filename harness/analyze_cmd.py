@@ -10,7 +10,6 @@ message names the file, and the line in a history).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from harness.exit import EXIT_USAGE, UsageError, verdict_exit_code
 from harness.history import ops_from_json
 from harness.junit import cases_from_results, relative_to_junit, suite_properties, write_junit
 from harness.report import REPORT_FILE, write_report
-from harness.results import check_history, membership, nemesis_schedule
+from harness.results import check_history, counts_text, membership, nemesis_schedule
 from harness.store import write_json
 from nemesis.faults import MemberNemesis
 
@@ -156,8 +155,5 @@ def analyze_command(run_dir: Path, time_limit: float | None, junit_path: Path | 
         rel = relative_to_junit(run_dir / REPORT_FILE, junit_path)
         write_junit(junit_path, cases_from_results(results, rel), suite_properties(results))
     word = {True: "VALID", False: "INVALID"}.get(results["valid"], "UNKNOWN")
-    click.echo(
-        f"{word}: stale reads {results['stale_reads']}; keys {json.dumps(results['keys'])}; "
-        f"report {run_dir / REPORT_FILE}"
-    )
+    click.echo(f"{word}: {counts_text(results)}; report {run_dir / REPORT_FILE}")
     return verdict_exit_code(results["valid"])

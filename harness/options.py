@@ -30,7 +30,7 @@ from harness.clocks import clock_kinds
 from harness.disks import power_loss_refusal
 from harness.exit import UsageError
 from harness.targets import TARGETS
-from harness.targets.base import ChangesMembers, IgnoresPreload, ValidatesOptions
+from harness.targets.base import ChangesMembers, HasSets, IgnoresPreload, ValidatesOptions
 from harness.workload import OPS, WORKLOADS
 from nemesis import clock
 from nemesis.faults import (
@@ -470,6 +470,12 @@ def validate(opts: RunOptions) -> None:
             target.validate_options(opts.extra, opts.nodes, opts.backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if opts.workload == "set" and not (isinstance(target, HasSets) and "set" in target.workloads):
+        raise UsageError(
+            f"{opts.target} has no sets to add to; the set workload runs on "
+            f"{', '.join(_set_targets())}",
+            "--workload",
+        )
     if opts.read_mode is not None and opts.read_mode not in target.read_modes:
         raise UsageError(
             f"{opts.target} has no read mode {opts.read_mode!r}; "
@@ -514,6 +520,14 @@ def _validate_raft_options(opts: RunOptions) -> None:
 
 # The targets the sim backend can run: those with a core to simulate.
 _SIM_TARGETS = ("raftkv",)
+
+
+def _set_targets() -> list[str]:
+    return [
+        name
+        for name, cls in TARGETS.items()
+        if isinstance(t := cls(), HasSets) and "set" in t.workloads
+    ]
 
 
 def _validate_sim(opts: RunOptions) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,9 @@ __all__ = [
     "anomaly_line",
     "build_results",
     "check_history",
+    "counts_text",
     "finding_lines",
+    "lost_text",
     "membership",
     "nemesis_schedule",
 ]
@@ -32,7 +35,8 @@ def check_history(
     `checker.read_history` read them, if they were read from a file (its errors then name
     the file and line)."""
     target = history if history is not None else [op.to_json() for op in ops]
-    result = checker.check(target, "kv", time_limit_s=time_limit_s)
+    sets = any(op.f == "add" for op in ops)
+    result = checker.check(target, "set-kv" if sets else "kv", time_limit_s=time_limit_s)
     spans = pair_ops(ops)
     keys = sorted({s.key for s in spans if s.key is not None}, key=str)
     bad = {a.key for a in result.anomalies}
@@ -40,6 +44,9 @@ def check_history(
     per_key = {
         str(k): (False if k in bad else checker.UNKNOWN if k in unknown else True) for k in keys
     }
+    if sets:
+        return {"valid": result.valid, "checker": result.to_json(), "keys": per_key,
+                **_set_findings(target), "counts": count_ops(spans)}  # fmt: skip
     stale = stale_reads(spans)
     return {
         "valid": result.valid,
@@ -50,6 +57,32 @@ def check_history(
         "stale_reads_by_key": dict(Counter(str(s.key) for s in stale)),
         "max_staleness_ms": round(max((s.staleness_ms for s in stale), default=0.0), 3),
         "counts": count_ops(spans),
+    }
+
+
+def lost_text(sets: Mapping[str, Any]) -> str:
+    """The set workload's lost writes in one line, with the first as an example."""
+    lost = sets["lost"]
+    first = lost[0]
+    return (
+        f"lost writes: {len(lost)} of {sets['acknowledged']} acknowledged adds, e.g. "
+        f"{first['element']} added to {first['key']} (line {first['line']}), missing from "
+        f"every read of {first['key']} from line {first['missing_from_line']} on "
+        f"({first['missing_reads']} reads)"
+    )
+
+
+def _set_findings(history: Any) -> dict[str, Any]:
+    """What the set workload's history shows element by element (`checker.set_analysis`):
+    `lost_writes`, the acknowledged adds missing from every read of their key from some
+    read on, and `stale_reads`, the elements a read missed that a later read had."""
+    sets = checker.set_analysis(history).to_json()
+    return {
+        "lost_writes": len(sets["lost"]),
+        "stale_reads": sets["stale"],
+        "stale_reads_by_key": {},
+        "max_staleness_ms": 0.0,
+        "set": sets,
     }
 
 
@@ -142,10 +175,27 @@ def anomaly_line(results: Mapping[str, Any]) -> str | None:
     return f"first anomaly: {anomaly.get('name')} on key {anomaly.get('key')}: {reason}"
 
 
+def counts_text(results: Mapping[str, Any]) -> str:
+    """Lost writes (the set workload's), stale reads and the verdict per key, as the
+    summary line shows them: keys as JSON, or counted when there are many (the set
+    workload moves on to fresh keys as it goes)."""
+    keys = results["keys"]
+    if len(keys) <= 10:
+        shown = json.dumps(keys)
+    else:
+        bad = sum(1 for v in keys.values() if v is False)
+        unknown = sum(1 for v in keys.values() if v not in (True, False))
+        shown = f"{len(keys)} ({bad} invalid, {unknown} unknown)"
+    lost = f"lost writes {results['lost_writes']}; " if "lost_writes" in results else ""
+    return f"{lost}stale reads {results['stale_reads']}; keys {shown}"
+
+
 def finding_lines(results: Mapping[str, Any]) -> list[str]:
-    """One line per finding besides the checker's (see build_results): each node that
-    crashed on its own, and a cluster that did not serve again after healing."""
-    lines = [crash_text(c) for c in results.get("node_crashes") or ()]
+    """One line per finding besides the checker's (see build_results): acknowledged adds
+    the set workload lost, each node that crashed on its own, and a cluster that did not
+    serve again after healing."""
+    lines = [lost_text(results["set"])] if results.get("lost_writes") else []
+    lines += [crash_text(c) for c in results.get("node_crashes") or ()]
     recovery = results.get("recovery") or {}
     if recovery.get("unread"):
         lines.append(

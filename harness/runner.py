@@ -189,6 +189,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             seed=opts.seed,
             op_timeout_s=opts.op_timeout_s,
             extra=dict(opts.extra),
+            workload=opts.workload,
         )
         if isinstance(target, ChecksNodes):
             remotes = {n: backend.remote(n) for n in nodes}
@@ -225,8 +226,8 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             ctx.members = set(nodes)
         if disks is not None:
             ctx.lose_unsynced = {n: functools.partial(disks.lose, n) for n in nodes}
-        await _drive(opts, target, cluster, ctx, nemeses, history)
-        await _final_reads(opts, target, cluster, history)
+        keys = await _drive(opts, target, cluster, ctx, nemeses, history)
+        await _final_reads(opts, target, cluster, history, keys)
         history.close()
         results = build_results(opts, history.ops, run_dir, nemeses)
         write_json(run_dir / "results.json", results)
@@ -336,7 +337,8 @@ async def _drive(
     ctx: NemesisContext,
     nemeses: list[Any],
     history: HistoryWriter,
-) -> None:
+) -> list[str]:
+    """Run the workload and the nemesis for the run's time; the keys the workload used."""
     gen = Generator(
         WorkloadOptions(opts.workload, opts.keys, ops=opts.ops or OPS), random.Random(opts.seed)
     )
@@ -383,6 +385,7 @@ async def _drive(
                 )
             await asyncio.sleep(opts.time_s)
             stop.set()
+    return gen.used_keys
 
 
 def _placement(cluster: ClusterSpec, ctx: NemesisContext) -> Callable[[int], str]:
@@ -447,7 +450,11 @@ async def invoke_one(
 
 
 async def _final_reads(
-    opts: RunOptions, target: Target, cluster: ClusterSpec, history: HistoryWriter
+    opts: RunOptions,
+    target: Target,
+    cluster: ClusterSpec,
+    history: HistoryWriter,
+    keys: list[str],
 ) -> None:
     """Healed: wait for a leader, then read every key once more."""
     try:
@@ -459,7 +466,7 @@ async def _final_reads(
     client = target.client(cluster, leader or cluster.nodes[0])
     process = 10 * opts.concurrency * 1000  # apart from every worker's ids
     try:
-        for key in Generator(WorkloadOptions(opts.workload, opts.keys), random.Random()).keys:
+        for key in keys:
             await invoke_one(client, Invocation("read", key, None), process, 1, history, None)
             process += 1
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import signal
 from collections.abc import Collection, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from harness.exit import (
 )
 from harness.junit import write_runs_junit
 from harness.options import OPTIONS, Option, RunOptions, parse_options, validate
-from harness.results import anomaly_line, finding_lines
+from harness.results import anomaly_line, counts_text, finding_lines
 from harness.runner import RunOutcome, remove_leftover_data_dirs, run_test
 from harness.targets.base import TargetSetupError
 
@@ -231,8 +230,7 @@ def _summary(outcome: RunOutcome) -> None:
     )
     click.echo(
         f"{verdict}: {counts.get('ok', 0)} ok, {counts.get('fail', 0)} fail, "
-        f"{counts.get('info', 0)} info; stale reads {r['stale_reads']}; keys "
-        + json.dumps(r["keys"])
+        f"{counts.get('info', 0)} info; {counts_text(r)}"
     )
     for line in [anomaly_line(r), *finding_lines(r)]:
         if line is None:

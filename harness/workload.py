@@ -2,7 +2,12 @@
 
 A `Generator` hands out ops (`f`, `key`, `value`) from one seeded rng. Every
 written value is unique in the run, so a read names the write it saw. `kv`
-spreads ops over independent keys; `register` uses one key.
+spreads ops over independent keys; `register` uses one key. `set` adds unique
+elements to grow-only sets and reads them whole (Jepsen's set test): an element
+whose add was acknowledged must be in every later read of its key, so a lost
+write is proven, not guessed. Each of its `keys` slots moves on to a fresh key
+after `SET_ADDS_PER_KEY` adds, which bounds what a read returns; the final
+reads read every key the run used.
 """
 
 from __future__ import annotations
@@ -15,15 +20,19 @@ from typing import Any
 
 __all__ = ["OPS", "WORKLOADS", "Generator", "Invocation", "WorkloadOptions"]
 
-WORKLOADS = ("kv", "register")
+WORKLOADS = ("kv", "register", "set")
 OPS = ("read", "write", "cas")
+SET_OPS = ("read", "add")
 RECENT_VALUES = 4
+SET_ADDS_PER_KEY = 100
+SET_READS = 0.25  # of the set workload's ops
 
 
 @dataclass(frozen=True)
 class WorkloadOptions:
     """`mix` weighs read, write and cas; `keys` is forced to 1 for `register`; `ops`
-    restricts the mix to those ops (a system without cas: `("read", "write")`)."""
+    restricts the mix to those ops (a system without cas: `("read", "write")`); `set`
+    ignores both: a quarter of its ops are reads, the rest adds."""
 
     workload: str = "kv"
     keys: int = 5
@@ -75,12 +84,21 @@ class Generator:
         self._cum_weights = list(accumulate(opts.weights))
         # cas guesses an old value among those recently written, so some succeed.
         self._recent: dict[str, deque[Any]] = defaultdict(lambda: deque(maxlen=RECENT_VALUES))
+        self._used = list(self.keys)
+        self._adds = [0] * len(self.keys)
+
+    @property
+    def used_keys(self) -> list[str]:
+        """Every key handed out so far (all of them for kv and register), in order."""
+        return self.keys if self.opts.workload != "set" else self._used
 
     def _fresh(self) -> int:
         self._next_value += 1
         return self._next_value
 
     def next(self) -> Invocation:
+        if self.opts.workload == "set":
+            return self._next_set()
         key = self._rng.choice(self.keys)
         f = self._rng.choices(OPS, cum_weights=self._cum_weights)[0]
         if f == "read":
@@ -94,3 +112,14 @@ class Generator:
         new = self._fresh()
         recent.append(new)
         return Invocation("cas", key, [old, new])
+
+    def _next_set(self) -> Invocation:
+        slot = self._rng.randrange(len(self.keys))
+        if self._rng.random() < SET_READS:
+            return Invocation("read", self.keys[slot], None)
+        if self._adds[slot] == SET_ADDS_PER_KEY:
+            self._adds[slot] = 0
+            self.keys[slot] = f"k{len(self._used)}"
+            self._used.append(self.keys[slot])
+        self._adds[slot] += 1
+        return Invocation("add", self.keys[slot], self._fresh())

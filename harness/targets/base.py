@@ -36,6 +36,7 @@ __all__ = [
     "ClusterSpec",
     "Completion",
     "DetectsOps",
+    "HasSets",
     "IgnoresPreload",
     "KeepsData",
     "MemberControl",
@@ -78,6 +79,8 @@ class ClusterSpec:
     # The Python interpreter on the nodes; the backend says (netns: the harness's own).
     python: str = sys.executable
     spares: tuple[str, ...] = ()
+    # What the clients' reads return: a register's value, or for `set` a set's elements.
+    workload: str = "kv"
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -294,8 +297,23 @@ class NamesLinearizableReads(Protocol):
     linearizable_read_modes: tuple[str, ...]
 
 
+@runtime_checkable
+class HasSets(Protocol):
+    """`workloads`: the workloads the target's clients can run, when that is more than kv
+    and register (whose ops every target has).
+
+    The set workload's ops are `add` (an element to a key's set; the completion's value is
+    the element) and `read` (the completion's value: every element, as a list). redis
+    (SADD, SMEMBERS) and memory have them; a run of the set workload on any other target
+    stops as bad usage, exit 254.
+    """
+
+    workloads: tuple[str, ...]
+
+
 TARGET_HOOKS: tuple[type, ...] = (
     ValidatesOptions,
+    HasSets,
     IgnoresPreload,
     PreparesHost,
     KeepsData,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.targets.base import ClusterSpec, Completion
+from harness.targets.base import ClusterSpec, Completion, HasSets
 from harness.workload import Invocation
 
 __all__ = ["MemoryTarget"]
@@ -24,7 +24,12 @@ class MemoryClient:
 
     async def invoke(self, op: Invocation) -> Completion:
         current = self._registers.get(op.key)
+        if op.f == "add":
+            self._registers[op.key] = (current or frozenset()) | {op.value}
+            return Completion("ok", value=op.value)
         if op.f == "read":
+            if isinstance(current, frozenset):
+                return Completion("ok", value=sorted(current))
             return Completion("ok", value=current)
         if op.f == "write":
             self._registers[op.key] = op.value
@@ -39,13 +44,14 @@ class MemoryClient:
         return None
 
 
-class MemoryTarget:
-    """Registers in the harness's memory; nodes are placeholders that sleep."""
+class MemoryTarget(HasSets):
+    """Registers and sets in the harness's memory; nodes are placeholders that sleep."""
 
     name = "memory"
     read_modes: tuple[str, ...] = ("memory",)
     default_read_mode = "memory"
     bugs: tuple[str, ...] = ()
+    workloads: tuple[str, ...] = ("kv", "register", "set")
 
     def __init__(self) -> None:
         self._registers: dict[str, Any] = {}

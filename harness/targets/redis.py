@@ -56,6 +56,7 @@ from harness.targets.base import (
     ChecksNodes,
     ClusterSpec,
     Completion,
+    HasSets,
     IgnoresPreload,
     KeepsData,
     NamesLinearizableReads,
@@ -255,6 +256,7 @@ class RedisClient:
         self._timeout_s = cluster.op_timeout_s
         self._wait, _, _ = _settings(cluster.extra)
         self._replica_reads = cluster.read_mode == "replica"
+        self._sets = cluster.workload == "set"
         self._sentinel = _Link(cluster.addresses[node], SENTINEL_PORT, self._timeout_s)
         self._links: dict[str, _Link] = {}
 
@@ -297,10 +299,15 @@ class RedisClient:
         if op.f == "read":
             host = self._cluster.addresses[self._node] if self._replica_reads else None
             link = self._link(host or await self.primary())
+            if self._sets:
+                members = await link.call("SMEMBERS", key)
+                return Completion("ok", value=sorted(int(m) for m in members))
             text = await link.call("GET", key)
             return Completion("ok", value=None if text is None else json.loads(text))
         link = self._link(await self.primary())
-        if op.f == "write":
+        if op.f == "add":
+            await link.call("SADD", key, str(op.value))
+        elif op.f == "write":
             await link.call("SET", key, json.dumps(op.value))
         elif op.f == "cas":
             old, new = op.value
@@ -351,6 +358,7 @@ def _pairs(answer: Any) -> dict[str, str]:
 
 class RedisTarget(
     ValidatesOptions,
+    HasSets,
     IgnoresPreload,
     KeepsData,
     ChecksNodes,
@@ -366,6 +374,7 @@ class RedisTarget(
     # Neither promises linearizability: a failover can lose acknowledged writes.
     linearizable_read_modes: tuple[str, ...] = ()
     bugs: tuple[str, ...] = ()
+    workloads: tuple[str, ...] = ("kv", "register", "set")
 
     def __init__(self, timing: SentinelTiming = SentinelTiming()) -> None:
         self.timing = timing

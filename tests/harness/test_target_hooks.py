@@ -24,6 +24,7 @@ from harness.targets.base import (
     ChecksNodes,
     ClusterSpec,
     DetectsOps,
+    HasSets,
     IgnoresPreload,
     KeepsData,
     MemberControl,
@@ -60,9 +61,10 @@ OFFERED: dict[str, set[type]] = {
         DetectsOps,
         ReportsLeaderTerm,
     },
-    "memory": set(),
+    "memory": {HasSets},
     "redis": {
         ValidatesOptions,
+        HasSets,
         IgnoresPreload,
         KeepsData,
         ChecksNodes,
@@ -137,6 +139,7 @@ class HookedTarget(BareTarget):
 
     name = "hooked"
     linearizable_read_modes: tuple[str, ...] = ("quick",)
+    workloads: tuple[str, ...] = ("kv", "register", "set")
 
     def validate_options(self, extra: dict[str, Any], nodes: int, backend: str) -> None:
         if extra.get("refuse"):
