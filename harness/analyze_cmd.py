@@ -23,7 +23,7 @@ from harness.junit import cases_from_results, relative_to_junit, suite_propertie
 from harness.report import REPORT_FILE, write_report
 from harness.results import check_history, counts_text, membership, nemesis_schedule
 from harness.store import write_json
-from nemesis.faults import MemberNemesis
+from nemesis.faults import MEMBER_KINDS
 
 __all__ = ["analyze_command", "analyze_run"]
 
@@ -109,7 +109,7 @@ def analyze_run(run_dir: Path, time_limit_s: float | None = None) -> dict[str, A
         **{k: v for k, v in checked.items() if k != "valid"},
         "nemesis_schedule": nemesis_schedule(ops),
     }
-    if any(MemberNemesis.name in str(name).split("+") for name in results["nemeses"]):
+    if any(MEMBER_KINDS & set(str(name).split("+")) for name in results["nemeses"]):
         nodes = options.get("nodes")
         count = nodes if type(nodes) is int else 0
         results["membership"] = membership(ops, [f"n{i}" for i in range(1, count + 1)])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,6 +91,28 @@ class ClusterMembers:
 
     def promote(self, node: str) -> None:
         self._wait(self._control.promote(node))
+
+    def promote_together(self, nodes: Sequence[str], within_s: float) -> dict[str, str | None]:
+        """The promotions' requests sent at once on the run's loop; what is not answered
+        within `within_s` is abandoned (it may still happen)."""
+
+        async def one(node: str) -> str | None:
+            try:
+                await asyncio.wait_for(self._control.promote(node), within_s)
+            except TimeoutError:
+                return f"no answer within {within_s:.0f} s; it may be done"
+            except MembershipError as exc:
+                return str(exc)
+            return None
+
+        async def every() -> list[str | None]:
+            return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+        try:
+            answers = self._wait(every())
+        except MembershipError as exc:
+            return {n: str(exc) for n in nodes}
+        return dict(zip(nodes, answers, strict=True))
 
     def remove(self, node: str) -> None:
         self._wait(self._control.remove(node))

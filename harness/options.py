@@ -34,8 +34,8 @@ from harness.targets.base import ChangesMembers, HasSets, IgnoresPreload, Valida
 from harness.workload import OPS, WORKLOADS
 from nemesis import clock
 from nemesis.faults import (
+    MEMBER_KINDS,
     TARGET_MODES,
-    MemberNemesis,
     PacketLossNemesis,
     PartitionNemesis,
     PowerLossNemesis,
@@ -669,7 +669,7 @@ def setup_kinds(opts: RunOptions) -> frozenset[str]:
         return frozenset(SIM_SETUP_KINDS)
     target = TARGETS[opts.target]()
     refusal = power_loss_refusal(target, opts.backend)
-    member = frozenset() if member_refusal(opts) else {MemberNemesis.name}
+    member = frozenset() if member_refusal(opts) else MEMBER_KINDS
     return clock_kinds(opts) | (frozenset() if refusal else {PowerLossNemesis.name}) | member
 
 
@@ -723,8 +723,9 @@ def _validate_member(opts: RunOptions) -> None:
             "--max-nodes",
         )
     names = opts.nemesis.lower().replace("+", ",").split(",")
-    if MemberNemesis.name not in (name.strip() for name in names):
+    asked = MEMBER_KINDS & {name.strip() for name in names}
+    if not asked:
         return
     refusal = member_refusal(opts)
     if refusal is not None:
-        raise UsageError(f"the member nemesis cannot run: {refusal}", "--nemesis")
+        raise UsageError(f"the {min(asked)} nemesis cannot run: {refusal}", "--nemesis")

@@ -14,7 +14,7 @@ from harness.analysis import count_ops, stale_reads
 from harness.history import Op, pair_ops
 from harness.junit import crash_text
 from harness.options import RunOptions, options_to_json
-from nemesis.faults import MemberNemesis, kinds_of
+from nemesis.faults import MEMBER_KINDS, kinds_of
 
 __all__ = [
     "anomaly_line",
@@ -100,12 +100,10 @@ def _member_value(op: Op) -> Mapping[str, Any] | None:
         return None
     found = (
         value
-        if fault == MemberNemesis.name
+        if fault in MEMBER_KINDS
         else value.get("members")
         if fault == "heal-all"
-        else value.get(MemberNemesis.name)
-        if MemberNemesis.name in fault.split("+")
-        else None
+        else next((value.get(k) for k in fault.split("+") if k in MEMBER_KINDS), None)
     )
     return found if isinstance(found, Mapping) else None
 
@@ -161,7 +159,7 @@ def build_results(
         "nemesis_schedule": nemesis_schedule(ops),
         **extra,
     }
-    if MemberNemesis.name in kinds_of(nemeses):
+    if kinds_of(nemeses) & MEMBER_KINDS:
         results["membership"] = membership(ops, [f"n{i}" for i in range(1, opts.nodes + 1)])
     return results
 

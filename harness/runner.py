@@ -52,8 +52,8 @@ from harness.targets.base import (
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
 from nemesis import clock
 from nemesis.faults import (
+    MEMBER_KINDS,
     FaultEvent,
-    MemberNemesis,
     Nemesis,
     NemesisContext,
     kinds_of,
@@ -100,8 +100,8 @@ def make_backend(opts: RunOptions) -> Backend:
 
 def spare_slots(opts: RunOptions, nemeses: list[Nemesis]) -> list[str]:
     """The node slots provisioned beside the first `opts.nodes`, for nodes that join: up to
-    `opts.slot_count` when the `member` fault runs, else none."""
-    if MemberNemesis.name not in kinds_of(nemeses):
+    `opts.slot_count` when a member fault runs, else none."""
+    if not kinds_of(nemeses) & MEMBER_KINDS:
         return []
     return [f"n{i}" for i in range(opts.nodes + 1, opts.slot_count + 1)]
 

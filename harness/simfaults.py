@@ -20,7 +20,7 @@ change's "elapsed_ms" is the virtual time it took (`SimMemberNemesis`).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ from nemesis.faults import (
     pick_targets,
     settle_members,
 )
+from nemesis.member_race import MemberRaceNemesis
 from nemesis.membership import Members, MembershipError, Move, MoveOp
 from raftkv.core import Membership
 from raftkv.types import Message, MsgType
@@ -224,6 +225,9 @@ _RETRIED = ("not_leader", "refused", "dropped")
 
 # A request to a node, and virtual time let pass until its answer (None: none within).
 Ask = Callable[[str, dict[str, Any], int], dict[str, Any] | None]
+# Requests sent at the same instant, and virtual time let pass until every answer (None for
+# each without one within).
+AskAll = Callable[[list[tuple[str, dict[str, Any]]], int], list[dict[str, Any] | None]]
 
 
 class SimMembership:
@@ -246,11 +250,13 @@ class SimMembership:
 
     learners_supported = True
 
-    def __init__(self, cluster: MemberCluster, ask: Ask, wait: Callable[[int], None]) -> None:
+    def __init__(
+        self, cluster: MemberCluster, ask_all: AskAll, wait: Callable[[int], None]
+    ) -> None:
         self.cluster = cluster
         self.slots = cluster.ids
         self.voters = cluster.first_voters
-        self._ask = ask
+        self._ask_all = ask_all
         self._wait = wait
         # Per change made, in order: the virtual time it took, and an add's Raft id.
         self._records: list[dict[str, Any]] = []
@@ -288,6 +294,30 @@ class SimMembership:
         finally:
             self._record(began)
 
+    def promote_together(self, nodes: Sequence[str], within_s: float) -> dict[str, str | None]:
+        """Every promotion sent to the leader at the same virtual instant; each one the
+        leader says may pass later is sent again, until `within_s` has passed."""
+        began, cluster = self.cluster.now_ns, self.cluster
+        end = began + int(within_s * NS)
+        answers: dict[str, str | None] = {n: "no leader" for n in nodes}
+        waiting = list(nodes)
+        while waiting:
+            leader = cluster.leader()[0]
+            if leader is not None:
+                asked = [(leader, self._request("promote", self._id(n))) for n in waiting]
+                got = self._ask_all(asked, max(1, end - cluster.now_ns))
+                for node, answer in zip(list(waiting), got, strict=True):
+                    verdict, retry = _verdict(answer)
+                    answers[node] = verdict
+                    if not retry:
+                        waiting.remove(node)
+            if cluster.now_ns >= end:
+                break
+            self._wait(RETRY_PAUSE_NS)
+        for _ in nodes:
+            self._record(began)
+        return answers
+
     def remove(self, node: str) -> None:
         began = self.cluster.now_ns
         try:
@@ -310,12 +340,12 @@ class SimMembership:
     def _change(self, op: str, node_id: str) -> None:
         cluster = self.cluster
         end = cluster.now_ns + CHANGE_TIMEOUT_NS
-        request = {"op": "member", "change": op, "node": node_id}
+        request = self._request(op, node_id)
         last = "no leader"
         while True:
             leader = cluster.leader()[0]
             if leader is not None:
-                answer = self._ask(leader, request, ANSWER_TIMEOUT_NS)
+                answer = self._ask_all([(leader, request)], ANSWER_TIMEOUT_NS)[0]
                 if answer is None or answer.get("ok") is None:
                     why = "no answer" if answer is None else answer.get("error")
                     raise MembershipError(f"{op} {node_id} on {leader}: {why}; it may be done")
@@ -327,6 +357,10 @@ class SimMembership:
             if cluster.now_ns >= end:
                 raise MembershipError(f"{op} {node_id}: {last} for {CHANGE_TIMEOUT_NS // NS} s")
             self._wait(RETRY_PAUSE_NS)
+
+    @staticmethod
+    def _request(op: str, node_id: str) -> dict[str, Any]:
+        return {"op": "member", "change": op, "node": node_id}
 
     def _record(self, began_ns: int, node_id: str | None = None) -> None:
         record: dict[str, Any] = {"elapsed_ms": round((self.cluster.now_ns - began_ns) / 1e6, 1)}
@@ -344,15 +378,28 @@ class SimMembership:
             change.update(record)
 
 
+def _verdict(answer: dict[str, Any] | None) -> tuple[str | None, bool]:
+    """A change's answer as (None if done, else why not; whether to send it again)."""
+    if answer is None or answer.get("ok") is None:
+        why = "no answer" if answer is None else answer.get("error")
+        return f"{why}; it may be done", False
+    if answer["ok"]:
+        return None, False
+    error = str(answer.get("error"))
+    why = f"{error}: {answer.get('message')}"
+    return why, bool(answer.get("retryable")) or error in _RETRIED
+
+
 @dataclass
 class SimMemberNemesis:
-    """`member` on a simulated cluster: MemberNemesis acting through the context's
-    `SimMembership`, its records timed in virtual time (`SimMembership.timed`)."""
+    """`member` (or `member-race`, as `kind`) on a simulated cluster: the real kind acting
+    through the context's `SimMembership`, its records timed in virtual time
+    (`SimMembership.timed`); member-race's cut is given to the simulated network."""
 
     membership: SimMembership
     name: str = MemberNemesis.name
     min_nodes: int = MemberNemesis.min_nodes
-    kind: MemberNemesis = field(default_factory=MemberNemesis)
+    kind: MemberNemesis | MemberRaceNemesis = field(default_factory=MemberNemesis)
 
     def start(self, ctx: NemesisContext) -> FaultEvent:
         event = self.kind.start(ctx)
@@ -564,9 +611,14 @@ def _sim_kind(
         return TogetherNemesis(nemesis.name, parts)
     if isinstance(nemesis, (PartitionNemesis, PacketLossNemesis)):
         return SimNetNemesis(nemesis, cluster)
-    if isinstance(nemesis, MemberNemesis):
+    if isinstance(nemesis, (MemberNemesis, MemberRaceNemesis)):
         if membership is None:
-            raise ValueError("--backend sim: the member nemesis needs the cluster's spare slots")
+            raise ValueError(
+                f"--backend sim: the {nemesis.name} nemesis needs the cluster's spare slots"
+            )
+        if isinstance(nemesis, MemberRaceNemesis):
+            race = MemberRaceNemesis(cut=SimNetNemesis(nemesis.cut, cluster))
+            return SimMemberNemesis(membership, race.name, race.min_nodes, race)
         return SimMemberNemesis(membership)
     if isinstance(nemesis, ClockNemesis):
         return SimClockNemesis(cluster, nemesis.name, leader_only=nemesis.leader_only)
@@ -620,6 +672,11 @@ def replay(
         for part in fault.split("+"):
             replay(cluster, part, f, parts.get(part), members)
         return
+    if fault == MemberRaceNemesis.name:
+        raise ValueError(
+            "a member-race event does not replay: its promotions race each other, which a "
+            "schedule of changes made one after another cannot repeat"
+        )
     if fault == MemberNemesis.name:
         if members is None:
             raise ValueError("a member event replays only in a run with the member nemesis")

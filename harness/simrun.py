@@ -42,7 +42,7 @@ from harness.store import new_run_dir, point_latest, write_json
 from harness.targets.base import Completion
 from harness.targets.raftkv import ATTEMPT_TIMEOUT_S
 from harness.workload import OPS, Generator, Invocation, WorkloadOptions
-from nemesis.faults import FaultEvent, MemberNemesis, Nemesis, kinds_of, parse_nemesis
+from nemesis.faults import MEMBER_KINDS, FaultEvent, Nemesis, kinds_of, parse_nemesis
 from nemesis.schedule import heal_all
 from raftkv.settings import RaftSettings
 from raftkv.simkv import KVCluster, KVSimOptions
@@ -71,7 +71,7 @@ class SimRun:
         self.run_dir = run_dir
         parsed = parse_nemesis(opts.nemesis, opts.nodes, opts.packet_loss, SIM_SETUP_KINDS)
         # The member fault's spare slots, as the runner provisions them (runner.spare_slots).
-        member = MemberNemesis.name in kinds_of(parsed)
+        member = bool(kinds_of(parsed) & MEMBER_KINDS)
         self.cluster = KVCluster(
             opts.seed,
             KVSimOptions(
@@ -84,7 +84,7 @@ class SimRun:
         )
         self.membership: SimMembership | None = None
         if member:
-            self.membership = SimMembership(self.cluster, self.ask, self._let_pass)
+            self.membership = SimMembership(self.cluster, self.ask_all, self._let_pass)
         self.nemeses = sim_nemeses(parsed, self.cluster, self._emit, self.membership)
         self.ctx = sim_context(self.cluster, opts.seed, frozenset(opts.fault_targets or ()))
         if self.membership is not None:
@@ -139,14 +139,19 @@ class SimRun:
             if cluster.now_ns >= end_ns:
                 return
 
-    def ask(self, node: str, request: dict[str, Any], within_ns: int) -> dict[str, Any] | None:
-        """Send `request` to `node` and run until its answer, or for `within_ns` (then
-        None): a blocking call in virtual time, the clients going on meanwhile."""
-        rid = self.cluster.submit(node, request)
+    def ask_all(
+        self, requests: list[tuple[str, dict[str, Any]]], within_ns: int
+    ) -> list[dict[str, Any] | None]:
+        """Send every (node, request) at this instant and run until all are answered, or
+        for `within_ns` (None for each unanswered): a blocking call in virtual time, the
+        clients going on meanwhile."""
         asked = self._asked
-        asked[rid] = None
-        self.step_until(self.cluster.now_ns + within_ns, lambda: asked[rid] is not None)
-        return asked.pop(rid)
+        rids = [self.cluster.submit(node, request) for node, request in requests]
+        for rid in rids:
+            asked[rid] = None
+        self.step_until(self.cluster.now_ns + within_ns,
+                        lambda: all(asked[rid] is not None for rid in rids))  # fmt: skip
+        return [asked.pop(rid) for rid in rids]
 
     def _let_pass(self, span_ns: int) -> None:
         self.step_until(self.cluster.now_ns + span_ns)

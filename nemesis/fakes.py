@@ -216,6 +216,7 @@ class FakeMembership:
     refuse: set[str] = field(default_factory=set)
     stuck: set[str] = field(default_factory=set)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    one_change_at_a_time: bool = True
 
     def __post_init__(self) -> None:
         self.running |= self.voters
@@ -241,6 +242,20 @@ class FakeMembership:
             raise MembershipError(f"{node} is not a learner in sync")
         self.learners.discard(node)
         self.voters.add(node)
+
+    def promote_together(self, nodes: Sequence[str], within_s: float) -> dict[str, str | None]:
+        """Each promotion as `promote`, all of them taken (a cluster that lets two changes
+        fly); `one_change_at_a_time` refuses every one but the first as pending."""
+        answers: dict[str, str | None] = {}
+        for i, node in enumerate(nodes):
+            try:
+                if i and self.one_change_at_a_time:
+                    raise MembershipError("a configuration change is pending")
+                self.promote(node)
+                answers[node] = None
+            except MembershipError as exc:
+                answers[node] = str(exc)
+        return answers
 
     def remove(self, node: str) -> None:
         self._enter("remove", node)

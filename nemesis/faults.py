@@ -19,6 +19,10 @@ Kinds (names as `--nemesis` takes them; `partition` is short for `partition-halv
     member                    change the cluster's membership by one move: add a spare node
                               (a learner, promoted at stop), or remove a voter or the leader;
                               never below 3 voters (nemesis.membership)
+    member-race               two spare nodes join as learners; the other voters are cut
+                              off from the leader and them; both are promoted at once (a
+                              correct cluster refuses the second while the first is
+                              pending); stop heals and promotes (nemesis.member_race)
 
     election-crash            sim backend only: cut the leader off and kill it; when a node
                               then grants a vote, kill it within half a millisecond (its
@@ -70,6 +74,7 @@ from nemesis.remote import ProcessControl, Remote, RemoteError
 
 __all__ = [
     "KINDS",
+    "MEMBER_KINDS",
     "SIM_ONLY",
     "TARGET_MODES",
     "ClockNemesis",
@@ -88,6 +93,7 @@ __all__ = [
     "parse_nemesis",
     "parse_target_modes",
     "settle_members",
+    "sync_members",
     "uses_clock",
 ]
 
@@ -618,7 +624,7 @@ class MemberNemesis:
                 return FaultEvent("start", self.name, value, error="no move possible")
             change = apply_move(ctx, ctx.membership, move)
             self._used.add(move.node)
-            after, error = _sync_members(ctx, ctx.membership)
+            after, error = sync_members(ctx, ctx.membership)
             error = "; ".join(e for e in (change.get("error"), error) if e) or None
             return FaultEvent("start", self.name, {"changes": [change], **after}, error=error)
 
@@ -658,7 +664,7 @@ def apply_move(ctx: NemesisContext, membership: Membership, move: Move) -> dict[
     return change
 
 
-def _sync_members(
+def sync_members(
     ctx: NemesisContext, membership: Membership
 ) -> tuple[dict[str, list[str]], str | None]:
     """Read the configuration back: faults now act on its members, and every node that
@@ -699,7 +705,7 @@ def settle_members(ctx: NemesisContext) -> tuple[dict[str, Any], list[str]]:
         if "error" in change:
             changes.append(apply_move(ctx, membership, Move("remove", learner)))
     errors += [f"{c['op']} {c['node']}: {c['error']}" for c in changes if "error" in c]
-    after, error = _sync_members(ctx, membership)
+    after, error = sync_members(ctx, membership)
     if error:
         errors.append(error)
     return {"changes": changes, **after}, errors
@@ -752,6 +758,7 @@ KINDS: dict[str, int] = {
     "clock-slow-leader": ClockNemesis.min_nodes,
     StrobeNemesis.name: StrobeNemesis.min_nodes,
     MemberNemesis.name: MemberNemesis.min_nodes,
+    "member-race": 3,
     "election-crash": 3,
 }
 # Kinds that need the nodes set up for them before they start: clock (under libfaketime,
@@ -759,7 +766,9 @@ KINDS: dict[str, int] = {
 # target's membership API, spare node slots).
 # `all` takes them only where the caller says that setup can be made (`parse_nemesis`).
 CLOCK_KINDS = frozenset({ClockNemesis.name, "clock-slow-leader", StrobeNemesis.name})
-NEEDS_SETUP = CLOCK_KINDS | {PowerLossNemesis.name, MemberNemesis.name}
+# The kinds that change the cluster's members (nemesis.membership; nemesis.member_race).
+MEMBER_KINDS = frozenset({MemberNemesis.name, "member-race"})
+NEEDS_SETUP = CLOCK_KINDS | {PowerLossNemesis.name} | MEMBER_KINDS
 ALIASES = {"partition": "partition-halves"}
 
 
@@ -891,6 +900,10 @@ def _make(kind: str, packet_loss: float) -> Nemesis:
         return StrobeNemesis()
     if kind == MemberNemesis.name:
         return MemberNemesis()
+    if kind == "member-race":
+        from nemesis.member_race import MemberRaceNemesis  # it builds on this module
+
+        return MemberRaceNemesis()
     if kind in SIM_ONLY:
         return SimOnlyNemesis(kind, KINDS[kind])
     least, make = _PARTITIONS[kind]

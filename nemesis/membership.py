@@ -81,6 +81,10 @@ class Membership(Protocol):
     - `add(node, learner)`: make `node` a member (a learner if `learner`), then start it
       with an empty data directory; it has not caught up when this returns.
     - `promote(node)`: make the learner `node` a voter (waits, bounded, until it caught up).
+    - `promote_together(nodes, within_s)`: promote the learners `nodes` with requests sent
+      at once, none waiting for another's answer (the `member-race` fault); waits at most
+      `within_s` for the answers. Returns, per node, None if it was promoted, else why not
+      (refused, or no answer: it may still happen). Never raises MembershipError.
     - `remove(node)`: take `node` out of the configuration (the fault then stops it).
     - `stop(node)`: stop the process of `node` (a node no longer a member); idempotent.
     """
@@ -93,6 +97,8 @@ class Membership(Protocol):
     def add(self, node: str, learner: bool) -> None: ...
 
     def promote(self, node: str) -> None: ...
+
+    def promote_together(self, nodes: Sequence[str], within_s: float) -> dict[str, str | None]: ...
 
     def remove(self, node: str) -> None: ...
 
