@@ -7,9 +7,10 @@ that still fails (shrunk automatically), and a name:
 - ``stale read``: the value read had certainly been overwritten before the read began
   (`Overwrites` says when that is certain: never on the word of a read that may be stale);
 - ``lost write``: as a stale read, and no later read ever sees the overwriting write or
-  anything newer; or no read that begins after the stale one ever sees the overwriting
-  write or anything written between it and the stale read (the state went back, as when a
-  failover promotes a replica that never got them): the acknowledged write vanished;
+  anything newer (the state never moved on past it). When newer writes follow and are
+  read, a register cannot tell a lost write from a read that lagged: what the lagging read
+  missed may be overwritten before anyone reads it. Such a read is a stale read; a
+  grow-only set workload proves lost writes instead;
 - ``read of a value never written``;
 - ``cas anomaly``: a compare-and-set that succeeded from an impossible value;
 - ``other``: anything else (mutex, multi-register, append, real-time orders).
@@ -271,14 +272,6 @@ def classify(
     every = ops if everything is None else everything
     if writes and _lost(model, every, last, blocker):
         return "lost write", {"summary": summary + "; no later read ever saw it or anything newer"}
-    if writes and (vanished := _vanished(model, every, last, blocker)):
-        gone, later = vanished
-        since = f" or any of the {len(gone) - 1} values written after it before this read"
-        return "lost write", {
-            "summary": summary + f"; none of the {later} reads that began after this one "
-            f"saw {_show(gone[0])}{since if len(gone) > 1 else ''}: the state went back to "
-            "before the acknowledged write, which vanished"
-        }
     return "stale read", {"summary": summary}
 
 
@@ -310,27 +303,6 @@ def _lost(model: Model, ops: list[Op], write: Op, blocker: Op) -> bool:
     return bool(later_reads) and not any(
         v in newer for op in later_reads for v in model.observes(op)
     )
-
-
-def _vanished(model: Model, ops: list[Op], write: Op, blocker: Op) -> tuple[list[Any], int] | None:
-    """The values written from `write` on that were gone for good once `blocker` read an
-    older one, with the number of reads that began after `blocker`: `write`'s value first,
-    then those of every op that began at or after it and returned before `blocker` began,
-    when some reads began after `blocker` and none of them saw any of these values; else
-    None. A read that lags (a stale replica) leaves the others seeing what it missed; a
-    state that went back (a failover to a replica that never got them, a rollback) never
-    shows them again."""
-    assert write.ret is not None
-    gone = list(model.produces(write))
-    for op in ops:
-        if op.call >= write.call and op.ret is not None and op.ret < blocker.call:
-            gone += [v for v in model.produces(op) if v not in gone]
-    later_reads = [
-        op for op in ops if model.pure(op) and op.call > blocker.call and op.id != blocker.id
-    ]
-    if not later_reads or any(v in gone for op in later_reads for v in model.observes(op)):
-        return None
-    return gone, len(later_reads)
 
 
 @dataclass(frozen=True, slots=True)
