@@ -15,7 +15,10 @@ Models by name (`MODELS`):
 - ``etcd-register``: a cas-register starting null (Jepsen etcd logs).
 - ``multi-register``: ``txn`` of ``[read k v]`` / ``[write k v]`` micro-ops, atomic.
 - ``mutex``: acquire/release, starting unlocked.
-- ``set``: ``add`` element; ``read`` returns the whole set.
+- ``set``: ``add`` element; ``read`` returns the whole set (any order).
+- ``set-kv``: independent grow-only sets per key, each starting empty (Jepsen's set test
+  with keys); also accepts Jepsen's independent ``[key, value]`` tuples when ops carry no
+  key.
 
 With ``nil_read_any`` (Knossos's convention, used for EDN histories) a read of null constrains
 nothing; otherwise a null read means "absent".
@@ -23,7 +26,7 @@ nothing; otherwise a null read means "absent".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from checker.history import HistoryError, Op, brief
@@ -147,7 +150,18 @@ def _show(value: Any) -> str:
         return "nil"
     if isinstance(value, tuple):
         return "[" + " ".join(_show(v) for v in value) + "]"
+    if isinstance(value, frozenset):
+        return "#{" + " ".join(_show(v) for v in _sorted(value)) + "}"
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def _sorted(values: Iterable[Any]) -> list[Any]:
+    """`values` in their natural order, or by their text when they cannot be compared."""
+    items = list(values)
+    try:
+        return sorted(items)
+    except TypeError:
+        return sorted(items, key=repr)
 
 
 class CasRegister(Model):
@@ -452,6 +466,20 @@ class SetModel(Model):
         return (op.value,) if op.f == "add" else ()
 
 
+class SetKV(KV):
+    """Independent grow-only sets, one per key, each starting at `init` (empty by default)."""
+
+    name = "set-kv"
+
+    def default_init(self) -> Any:
+        return frozenset()
+
+    def _sub(self) -> Model:
+        sub = SetModel(self.init, nil_read_any=self.nil_read_any)
+        sub.name = self.name
+        return sub
+
+
 MODELS: dict[str, type[Model]] = {
     "register": Register,
     "cas-register": CasRegister,
@@ -461,6 +489,7 @@ MODELS: dict[str, type[Model]] = {
     "multi-register": MultiRegister,
     "mutex": Mutex,
     "set": SetModel,
+    "set-kv": SetKV,
 }
 
 
