@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from checker.explain import Anomaly, _jsonable, explain, explain_witness
-from checker.history import Event, HistoryError, Op, pair, paused_gc
+from checker.history import Event, Op, pair, paused_gc
 from checker.models import MODELS, Model, make_model
-from checker.readers import History, _record_event
+from checker.readers import History
+from checker.readers import as_history as _events
 from checker.search import Search, prepare
 from checker.unique import Decision, decide
 
@@ -109,20 +110,6 @@ def infer_model(fmt: str, ops: Sequence[Op]) -> tuple[str, Any]:
     if fmt == "jepsen-edn":
         return "cas-register", None
     return "kv", None
-
-
-def _events(history: History | Sequence[Event] | Sequence[dict[str, Any]]) -> History:
-    if isinstance(history, History):
-        return history
-    events: list[Event] = []
-    for n, rec in enumerate(history, 1):
-        if isinstance(rec, Event):
-            events.append(rec)
-        elif isinstance(rec, dict):
-            events.append(_record_event(rec, n, None))
-        else:
-            raise HistoryError(f"expected an Event or a dict, got {type(rec).__name__}", line=n)
-    return History(events, "jsonl")
 
 
 def check(

@@ -18,7 +18,7 @@ import codecs
 import json
 import re
 import sys
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -26,7 +26,15 @@ from typing import Any
 from checker.edn import SEQUENCE, EdnError, Form, iter_forms, parse_all, parse_atom, parse_one
 from checker.history import DEPTH_MAX, NEMESIS, TYPES, Event, HistoryError, brief, paused_gc
 
-__all__ = ["FORMATS", "History", "detect_format", "load_json", "parse_history", "read_history"]
+__all__ = [
+    "FORMATS",
+    "History",
+    "as_history",
+    "detect_format",
+    "load_json",
+    "parse_history",
+    "read_history",
+]
 
 FORMATS = ("jsonl", "jepsen-edn", "knossos-edn", "porcupine-kv", "jepsen-etcd-log")
 
@@ -45,6 +53,22 @@ class History:
     file: str | None = None
     warnings: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] | None = None
+
+
+def as_history(history: History | Sequence[Event] | Sequence[dict[str, Any]]) -> History:
+    """`history` as a `History`: a parsed one as is, a sequence of `Event` or of dicts shaped
+    like ``history.jsonl`` records (line numbers are their 1-based positions)."""
+    if isinstance(history, History):
+        return history
+    events: list[Event] = []
+    for n, rec in enumerate(history, 1):
+        if isinstance(rec, Event):
+            events.append(rec)
+        elif isinstance(rec, dict):
+            events.append(_record_event(rec, n, None))
+        else:
+            raise HistoryError(f"expected an Event or a dict, got {type(rec).__name__}", line=n)
+    return History(events, "jsonl")
 
 
 def read_history(path: str, fmt: str | None = None, *, keep_records: bool = False) -> History:
