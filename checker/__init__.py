@@ -7,6 +7,9 @@ Read a history (`read_history`, any supported format), then `check` it against a
     result.valid        # True, False or "unknown"
     result.anomalies    # why, for every key found invalid
 
+A grow-only set history (model ``set-kv``) can also be analysed element by element, as
+Jepsen's set-full checker does: `set_analysis` says which acknowledged elements were lost.
+
 Verdicts merge as Jepsen's do: False beats "unknown" beats True (`merge_valid`).
 """
 
@@ -23,6 +26,7 @@ from checker.readers import (
     read_history,
 )
 from checker.search import Search, prepare
+from checker.sets import LostElement, SetAnalysis, set_analysis
 
 __all__ = [
     "ANOMALY_NAMES",
@@ -35,10 +39,12 @@ __all__ = [
     "Event",
     "History",
     "HistoryError",
+    "LostElement",
     "Model",
     "Op",
     "Result",
     "Search",
+    "SetAnalysis",
     "Verdict",
     "brief",
     "check",
@@ -51,4 +57,5 @@ __all__ = [
     "parse_history",
     "prepare",
     "read_history",
+    "set_analysis",
 ]

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from checker.history import Op
-from checker.models import ILLEGAL, Model, _show
+from checker.models import ILLEGAL, Model, SetModel, _jsonable, _show
 from checker.search import Search
+from checker.sets import classify_set
 
 __all__ = ["ANOMALY_NAMES", "Anomaly", "Overwrites", "Shown", "explain", "explain_witness"]
 
@@ -70,18 +71,6 @@ class Anomaly:
         out["key"] = _jsonable(self.key)
         out["states"] = [_jsonable(s) for s in self.states]
         return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, frozenset | set):
-        return sorted((_jsonable(v) for v in value), key=repr)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)
 
 
 def _op_dict(op: Op) -> dict[str, Any]:
@@ -246,7 +235,10 @@ def classify(
     model: Model, ops: list[Op], blocker: Op, everything: list[Op] | None = None
 ) -> tuple[str, dict[str, Any]]:
     """Name the anomaly that `blocker` (the op that cannot be placed) shows among `ops`;
-    whether a write was lost is judged on `everything` (default: `ops`)."""
+    whether a write was lost is judged on `everything` (default: `ops`). A read of a
+    grow-only set is named by `classify_set`, on `everything`."""
+    if isinstance(model, SetModel):
+        return classify_set(model, ops if everything is None else everything, blocker)
     if blocker.f == "cas":
         return "cas anomaly", {"summary": "a compare-and-set succeeded from an impossible value"}
     seen = model.observes(blocker)

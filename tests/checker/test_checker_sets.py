@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from checker import check
+from checker import LostElement, check, set_analysis
 
 
 class Log:
@@ -84,3 +86,125 @@ def test_a_read_that_drops_an_element_is_invalid_on_its_key_only() -> None:
     assert result.valid is False
     assert [a.key for a in result.anomalies] == ["b"]
     assert "#{1}" in result.anomalies[0].text
+
+
+def anomaly(log: Log) -> Any:
+    result = check(log.records, "set-kv")
+    assert result.valid is False
+    assert len(result.anomalies) == 1
+    return result.anomalies[0]
+
+
+def test_an_acknowledged_add_that_no_later_read_contains_is_a_lost_write() -> None:
+    log = Log()
+    log.add(0, "k3", 1)
+    line = log.add(0, "k3", 17)
+    log.read(1, "k3", [1, 17])
+    log.read(1, "k3", [1])
+    log.add(0, "k3", 5)
+    log.read(2, "k3", [1, 5])
+    log.read(1, "k3", [5, 1])
+    a = anomaly(log)
+    assert a.name == "lost write", a.text
+    assert a.detail["summary"] == (
+        f"add 17 (line {line}) was acknowledged before this read began; neither this read "
+        "nor any of the 2 reads of k3 that began after it contain 17: the acknowledged write "
+        "vanished"
+    )
+    assert a.detail["element"] == 17 and a.detail["add_line"] == line
+
+
+def test_the_last_read_missing_an_acknowledged_add_is_a_lost_write() -> None:
+    log = Log()
+    log.add(0, "k", 1)
+    log.read(1, "k", [])
+    assert anomaly(log).name == "lost write"
+
+
+def test_a_read_missing_what_a_later_read_contains_is_stale() -> None:
+    log = Log()
+    line = log.add(0, "k3", 17)
+    log.read(1, "k3", [])
+    later = log.read(2, "k3", [17])
+    a = anomaly(log)
+    assert a.name == "stale read", a.text
+    assert a.detail["summary"] == (
+        f"this read missed 17, acknowledged before it began (line {line}); "
+        f"a later read (line {later}) contains it"
+    )
+
+
+def test_an_element_a_finished_read_returned_must_stay() -> None:
+    # The add never returned, but a read that ended before the last one began saw it.
+    log = Log()
+    log.invoke(0, "add", "k", 4)
+    log.read(1, "k", [4])
+    log.read(1, "k", [])
+    a = anomaly(log)
+    assert a.name == "lost write", a.text
+    assert "was returned by a read" in a.detail["summary"]
+
+
+def test_a_read_of_an_element_never_added() -> None:
+    log = Log()
+    log.add(0, "k", 1)
+    log.add(0, "k", 2, "fail")
+    log.read(1, "k", [1, 2, 9])
+    a = anomaly(log)
+    assert a.name == "read of a value never written", a.text
+    assert a.detail["summary"] == "no operation ever added 2 9"
+
+
+def test_set_analysis_counts_lost_stale_unread_and_ok_elements() -> None:
+    log = Log()
+    log.add(0, "k", 1)  # ok: every later read has it
+    lost = log.add(0, "k", 2)  # seen, then gone for good
+    log.add(0, "k", 3)  # stale: one read misses it, the last has it
+    log.read(1, "k", [1, 2])
+    gone = log.read(1, "k", [1, 3])
+    log.read(2, "k", [1, 3])
+    log.add(0, "k", 4)  # unread: no read began after it
+    log.add(0, "j", 1, "fail")
+    log.read(1, "j", [])
+    result = set_analysis(log.records)
+    assert result.acknowledged == 4
+    assert (result.ok, result.stale, result.unread) == (1, 1, 1)
+    assert result.lost == [LostElement("k", 2, lost, gone, 2)]
+    assert result.unexpected == [] and not result.valid
+    out = result.to_json()
+    assert out["lost"] == [
+        {"key": "k", "element": 2, "add_line": lost, "missing_from_line": gone, "reads_missing": 2}
+    ]
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_set_analysis_knows_an_info_add_from_a_read_and_flags_what_was_never_added() -> None:
+    log = Log()
+    info = log.add(0, "k", 7, "info")
+    log.add(5, "k", 8, "info")  # never read: not known, so not counted
+    log.add(1, "k", 9, "fail")
+    first = log.read(1, "k", [7, 9])
+    log.read(2, "k", [7])
+    gone = log.read(1, "k", [])
+    result = set_analysis(log.records)
+    assert result.acknowledged == 0
+    assert result.lost == [LostElement("k", 7, info, gone, 1)]
+    assert result.unexpected == [("k", 9, first)]
+    assert (result.ok, result.stale, result.unread) == (0, 0, 0)
+
+
+def test_set_analysis_of_a_valid_history_file(tmp_path: Path) -> None:
+    log = Log()
+    log.add(0, "k", 1)
+    log.read(1, "k", [1])
+    log.add(0, "k", 2)
+    log.invoke(0, "add", "k", 3)
+    log.read(1, "k", [2, 1])
+    log.end(0, "add", "k", 3)
+    path = tmp_path / "history.jsonl"
+    path.write_text(
+        "".join(json.dumps({"index": i, **r}) + "\n" for i, r in enumerate(log.records))
+    )
+    result = set_analysis(path)
+    assert result.valid and result.to_json()["valid"] is True
+    assert (result.acknowledged, result.ok, result.unread) == (3, 2, 1)

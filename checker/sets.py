@@ -1,0 +1,244 @@
+"""Grow-only sets: naming what a set read that cannot be linearized shows, and Jepsen's
+set-full analysis of a whole history.
+
+A grow-only set never loses an element in a correct system: once an element is known to be
+in the set (its add was acknowledged, or a read returned it), every read of that key that
+begins afterwards must contain it. So, unlike a register, whose lagging reads and lost
+writes look alike once newer writes follow, a set proves a lost write: an element known to
+be in the set that the last read of its key does not contain is gone. A read that misses
+an element which a later read contains again merely lagged: a stale read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from checker.history import Event, Op, pair, paused_gc
+from checker.models import Model, SetKV, _jsonable, _show, _sorted
+from checker.readers import History, as_history, read_history
+
+__all__ = ["LostElement", "SetAnalysis", "classify_set", "set_analysis"]
+
+_INF = float("inf")
+
+
+def _elements(op: Op) -> frozenset[Any] | None:
+    """What a completed set read returned; None for any other op."""
+    if op.f != "read" or op.ret is None or not isinstance(op.value, tuple | frozenset):
+        return None
+    return frozenset(op.value)
+
+
+def _known(ops: list[Op], reads: list[tuple[Op, frozenset[Any]]]) -> dict[Any, tuple[float, Op]]:
+    """For each element: when it became known to be in the set (the return of its
+    acknowledged add, or of the first read that returned it), and the op that made it so."""
+    known: dict[Any, tuple[float, Op]] = {}
+    for op in ops:
+        if op.f == "add" and op.ret is not None and op.ret < known.get(op.value, (_INF,))[0]:
+            known[op.value] = (op.ret, op)
+    for op, got in reads:
+        assert op.ret is not None
+        for e in got:
+            if op.ret < known.get(e, (_INF,))[0]:
+                known[e] = (op.ret, op)
+    return known
+
+
+def _adds(ops: list[Op]) -> dict[Any, Op]:
+    """The first add of each element that may have taken effect."""
+    adds: dict[Any, Op] = {}
+    for op in ops:
+        if op.f == "add":
+            adds.setdefault(op.value, op)
+    return adds
+
+
+def _where(op: Op) -> str:
+    return f"line {op.line}" if op.line is not None else f"operation {op.id}"
+
+
+def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[str, Any]]:
+    """Name the anomaly a set read `blocker` that cannot be placed shows among `ops` (every
+    op of its key): "read of a value never written", "lost write", "stale read" or "other".
+
+    The elements a read misses are those known to be in the set before it began (their add
+    acknowledged, or returned by a read that ended); one that neither this read nor any read
+    of the key that began after it contains was lost, else the read was stale.
+    """
+    got = _elements(blocker)
+    if got is None:
+        return "other", {}
+    initial = model.initial()
+    adds = _adds(ops)
+    strange = [e for e in got if e not in adds and e not in initial]
+    if strange:
+        shown = " ".join(_show(e) for e in _sorted(strange))
+        return "read of a value never written", {
+            "summary": f"no operation ever added {shown}",
+            "elements": strange,
+        }
+    reads = [(op, e) for op in ops if op.id != blocker.id and (e := _elements(op)) is not None]
+    known = _known(ops, reads)
+    missed = sorted(
+        ((t, e, why) for e, (t, why) in known.items() if t < blocker.call and e not in got),
+        key=lambda m: (m[0], repr(m[1])),
+    )
+    if not missed:
+        return "other", {}
+    later = [(op, e) for op, e in reads if op.call > blocker.call]
+    key = "" if blocker.key is None else f" of {blocker.key}"
+    lost = [m for m in missed if not any(m[1] in e for _, e in later)]
+    if lost:
+        _, element, why = lost[0]
+        add = adds[element]
+        how = f"add {_show(element)} ({_where(add)}) was acknowledged before this read began"
+        if why is not add:
+            how = (
+                f"{_show(element)} (added on {_where(add)}) was returned by a read "
+                f"({_where(why)}) that ended before this read began"
+            )
+        more = f" ({len(lost) - 1} more elements likewise)" if len(lost) > 1 else ""
+        return "lost write", {
+            "summary": f"{how}; neither this read nor any of the {len(later)} reads{key} "
+            f"that began after it contain {_show(element)}: the acknowledged write "
+            f"vanished{more}",
+            "element": element,
+            "add_line": add.line,
+            "later_reads": len(later),
+            "lost": [m[1] for m in lost],
+        }
+    _, element, why = missed[0]
+    again = min((op for op, e in later if element in e), key=lambda op: op.call)
+    how = "acknowledged" if why.f == "add" else f"returned by a read ({_where(why)}) that ended"
+    more = f" ({len(missed) - 1} more elements likewise)" if len(missed) > 1 else ""
+    return "stale read", {
+        "summary": f"this read missed {_show(element)}, {how} before it began "
+        f"({_where(adds[element])}); a later read ({_where(again)}) contains it{more}",
+        "element": element,
+        "add_line": adds[element].line,
+    }
+
+
+@dataclass(slots=True)
+class LostElement:
+    """An element known to be in its key's set that the last read of the key lacks.
+
+    `add_line` is the line of its add; `missing_from_line` the line of the first read
+    that missed it for good (every read of the key from then on lacks it); `reads_missing`
+    how many reads those are.
+    """
+
+    key: Hashable
+    element: Any
+    add_line: int | None
+    missing_from_line: int | None
+    reads_missing: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": _jsonable(self.key),
+            "element": _jsonable(self.element),
+            "add_line": self.add_line,
+            "missing_from_line": self.missing_from_line,
+            "reads_missing": self.reads_missing,
+        }
+
+
+@dataclass(slots=True)
+class SetAnalysis:
+    """Jepsen's set-full analysis of a grow-only set history, per key and element.
+
+    An element is *known* from the return of its acknowledged add, or of the first read
+    that returned it (an add that ended in ``info`` becomes known so). Over the reads of
+    its key that began after it became known: none is `unread`; the last one lacks it is
+    `lost` (the set only grows, so it certainly vanished); some lack it but the last has it
+    is `stale`; every one has it is `ok`. `unexpected` lists elements read that no add which
+    may have taken effect ever added (failed adds certainly did not), as (key, element,
+    line of the first read that returned it). `acknowledged` counts acknowledged adds.
+    """
+
+    acknowledged: int = 0
+    ok: int = 0
+    lost: list[LostElement] = field(default_factory=list)
+    stale: int = 0
+    unread: int = 0
+    unexpected: list[tuple[Hashable, Any, int | None]] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        """No element lost and none unexpected (stale reads are not linearizable, but no
+        acknowledged element vanished)."""
+        return not self.lost and not self.unexpected
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "acknowledged": self.acknowledged,
+            "ok": self.ok,
+            "lost": [x.to_json() for x in self.lost],
+            "stale": self.stale,
+            "unread": self.unread,
+            "unexpected": [
+                {"key": _jsonable(k), "element": _jsonable(e), "line": line}
+                for k, e, line in self.unexpected
+            ],
+        }
+
+
+def set_analysis(
+    history: str | os.PathLike[str] | History | Sequence[Event] | Sequence[dict[str, Any]],
+) -> SetAnalysis:
+    """Analyse a grow-only set history (``add`` element, ``read`` returning the whole set,
+    per key) as Jepsen's set-full checker does; see `SetAnalysis`. `history` is a path to a
+    history file, a parsed `History`, a sequence of `Event` or of dicts shaped like
+    ``history.jsonl`` records. Time is O(n log n) in the size of the history (elements
+    returned by reads included)."""
+    with paused_gc():
+        if isinstance(history, str | os.PathLike):
+            hist = read_history(os.fspath(history))
+        else:
+            hist = as_history(history)
+        ops = pair(hist.events, file=hist.file)
+        out = SetAnalysis()
+        for key, _, part in SetKV().partition(ops):
+            _analyse_key(key, part, out)
+        out.lost.sort(key=lambda x: (_INF if x.add_line is None else x.add_line, repr(x.key)))
+        return out
+
+
+def _analyse_key(key: Hashable, ops: list[Op], out: SetAnalysis) -> None:
+    reads = sorted(
+        ((op, e) for op in ops if (e := _elements(op)) is not None), key=lambda r: r[0].call
+    )
+    calls = [op.call for op, _ in reads]
+    # For each element, the positions (in call order) of the reads that returned it.
+    seen_in: dict[Any, list[int]] = {}
+    for i, (_, got) in enumerate(reads):
+        for e in got:
+            seen_in.setdefault(e, []).append(i)
+    adds = _adds(ops)
+    out.acknowledged += sum(1 for op in ops if op.f == "add" and op.ret is not None)
+    for e, seen in seen_in.items():
+        if e not in adds:
+            out.unexpected.append((key, e, reads[seen[0]][0].line))
+    for e, (t, _) in _known(ops, reads).items():
+        if e not in adds:
+            continue
+        first = bisect.bisect_right(calls, t)  # the first read that began after e was known
+        if first == len(reads):
+            out.unread += 1
+            continue
+        seen = seen_in.get(e, [])
+        if not seen or seen[-1] != len(reads) - 1:
+            gone = max(first, seen[-1] + 1 if seen else 0)
+            out.lost.append(
+                LostElement(key, e, adds[e].line, reads[gone][0].line, len(reads) - gone)
+            )
+        elif len(seen) - bisect.bisect_left(seen, first) < len(reads) - first:
+            out.stale += 1
+        else:
+            out.ok += 1
