@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checker.history import Event, Op, pair, paused_gc
-from checker.models import Model, SetKV, _jsonable, _show, _sorted
+from checker.models import Model, _jsonable, _show, _sorted
 from checker.readers import History, as_history, read_history
 
 __all__ = ["LostElement", "SetAnalysis", "classify_set", "set_analysis"]
@@ -65,9 +65,10 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
     """Name the anomaly a set read `blocker` that cannot be placed shows among `ops` (every
     op of its key): "read of a value never written", "lost write", "stale read" or "other".
 
-    The elements a read misses are those known to be in the set before it began (their add
-    acknowledged, or returned by a read that ended); one that neither this read nor any read
-    of the key that began after it contains was lost, else the read was stale.
+    The elements a read misses are those known to be in the set (their add acknowledged, or
+    returned by a read that ended) before it began, or before the add of an element it
+    returned began; one that neither this read nor any read of the key that began after it
+    contains was lost, else the read was stale.
     """
     got = _elements(blocker)
     if got is None:
@@ -81,30 +82,38 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
             "summary": f"no operation ever added {shown}",
             "elements": strange,
         }
+    # The read took effect after it began and after every add of what it returned began:
+    # whatever was known to be in the set before then must be in it.
+    since, newest = blocker.call, None
+    for e in got:
+        add = adds.get(e)
+        if add is not None and add.call > since:
+            since, newest = add.call, add
     reads = [(op, e) for op in ops if op.id != blocker.id and (e := _elements(op)) is not None]
-    known = _known(ops, reads)
     missed = sorted(
-        ((t, e, why) for e, (t, why) in known.items() if t < blocker.call and e not in got),
+        ((t, e, why) for e, (t, why) in _known(ops, reads).items() if t < since and e not in got),
         key=lambda m: (m[0], repr(m[1])),
     )
     if not missed:
         return "other", {}
     later = [(op, e) for op, e in reads if op.call > blocker.call]
-    key = "" if blocker.key is None else f" of {blocker.key}"
     lost = [m for m in missed if not any(m[1] in e for _, e in later)]
     if lost:
         _, element, why = lost[0]
         add = adds[element]
-        how = f"add {_show(element)} ({_where(add)}) was acknowledged before this read began"
+        before = _before("this read", newest)
+        how = f"add {_show(element)} ({_where(add)}) was acknowledged {before}"
         if why is not add:
             how = (
                 f"{_show(element)} (added on {_where(add)}) was returned by a read "
-                f"({_where(why)}) that ended before this read began"
+                f"({_where(why)}) that ended {before}"
             )
+        key = "" if blocker.key is None else f" of {blocker.key}"
         more = f" ({len(lost) - 1} more elements likewise)" if len(lost) > 1 else ""
+        acknowledged = "acknowledged " if add.ret is not None else ""
         return "lost write", {
             "summary": f"{how}; neither this read nor any of the {len(later)} reads{key} "
-            f"that began after it contain {_show(element)}: the acknowledged write "
+            f"that began after it contain {_show(element)}: the {acknowledged}write "
             f"vanished{more}",
             "element": element,
             "add_line": add.line,
@@ -112,15 +121,27 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
             "lost": [m[1] for m in lost],
         }
     _, element, why = missed[0]
+    add = adds[element]
+    before = _before("it", newest)
+    how = f"acknowledged {before} ({_where(add)})"
+    if why is not add:
+        how = f"(added on {_where(add)}) returned by a read ({_where(why)}) that ended {before}"
     again = min((op for op, e in later if element in e), key=lambda op: op.call)
-    how = "acknowledged" if why.f == "add" else f"returned by a read ({_where(why)}) that ended"
     more = f" ({len(missed) - 1} more elements likewise)" if len(missed) > 1 else ""
     return "stale read", {
-        "summary": f"this read missed {_show(element)}, {how} before it began "
-        f"({_where(adds[element])}); a later read ({_where(again)}) contains it{more}",
+        "summary": f"this read missed {_show(element)}, {how}; a later read "
+        f"({_where(again)}) contains it{more}",
         "element": element,
-        "add_line": adds[element].line,
+        "add_line": add.line,
     }
+
+
+def _before(read: str, newest: Op | None) -> str:
+    """When the read had certainly not yet taken effect: before it began, or before the
+    last-called add of an element it returned began."""
+    if newest is None:
+        return f"before {read} began"
+    return f"before the add of {_show(newest.value)} ({_where(newest)}), which {read} saw, began"
 
 
 @dataclass(slots=True)
@@ -195,8 +216,8 @@ def set_analysis(
     """Analyse a grow-only set history (``add`` element, ``read`` returning the whole set,
     per key) as Jepsen's set-full checker does; see `SetAnalysis`. `history` is a path to a
     history file, a parsed `History`, a sequence of `Event` or of dicts shaped like
-    ``history.jsonl`` records. Time is O(n log n) in the size of the history (elements
-    returned by reads included)."""
+    ``history.jsonl`` records. Ops without a key form one set. Time is O(n log n) in the
+    size of the history (elements returned by reads included)."""
     with paused_gc():
         if isinstance(history, str | os.PathLike):
             hist = read_history(os.fspath(history))
@@ -204,7 +225,10 @@ def set_analysis(
             hist = as_history(history)
         ops = pair(hist.events, file=hist.file)
         out = SetAnalysis()
-        for key, _, part in SetKV().partition(ops):
+        keys: dict[Hashable, list[Op]] = {}
+        for op in ops:
+            keys.setdefault(op.key, []).append(op)
+        for key, part in keys.items():
             _analyse_key(key, part, out)
         out.lost.sort(key=lambda x: (_INF if x.add_line is None else x.add_line, repr(x.key)))
         return out

@@ -208,3 +208,20 @@ def test_set_analysis_of_a_valid_history_file(tmp_path: Path) -> None:
     result = set_analysis(path)
     assert result.valid and result.to_json()["valid"] is True
     assert (result.acknowledged, result.ok, result.unread) == (3, 2, 1)
+
+
+def test_a_read_that_saw_a_newer_add_must_see_what_was_acknowledged_before_it() -> None:
+    # The read began before 1 was acknowledged, but it saw 2, added after that: it took
+    # effect after 1 was in the set, and missed it.
+    log = Log()
+    log.invoke(1, "read", "k")
+    first = log.add(0, "k", 1)
+    line = log.add(0, "k", 2)
+    log.end(1, "read", "k", [2])
+    later = log.read(1, "k", [1, 2])
+    a = anomaly(log)
+    assert a.name == "stale read", a.text
+    assert a.detail["summary"] == (
+        f"this read missed 1, acknowledged before the add of 2 (line {line}), which it saw, "
+        f"began (line {first}); a later read (line {later}) contains it"
+    )
