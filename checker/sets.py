@@ -90,8 +90,9 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         if add is not None and add.call > since:
             since, newest = add.call, add
     reads = [(op, e) for op in ops if op.id != blocker.id and (e := _elements(op)) is not None]
+    known = _known(ops, reads)
     missed = sorted(
-        ((t, e, why) for e, (t, why) in _known(ops, reads).items() if t < since and e not in got),
+        ((t, e, why) for e, (t, why) in known.items() if t < since and e in adds and e not in got),
         key=lambda m: (m[0], repr(m[1])),
     )
     if not missed:

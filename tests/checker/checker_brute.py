@@ -66,6 +66,12 @@ def apply(model: str, state: Any, op: dict[str, Any], nil_read_any: bool) -> Any
         if f == "get":
             return state if state == v else "ILLEGAL"
         return v if f == "put" else state + v
+    if model == "set-kv":
+        sets = dict(state)
+        current = sets.get(op["key"], frozenset())
+        if f == "add":
+            return tuple(sorted({**sets, op["key"]: current | {v}}.items(), key=repr))
+        return state if v is None or current == frozenset(v) else "ILLEGAL"
     if model == "set":
         if f == "add":
             return state | {v}

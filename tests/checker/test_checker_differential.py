@@ -237,3 +237,9 @@ def test_counting_indeterminate_ops_by_kind_or_walking_them_agree_with_brute_for
     for by_kind in (True, False):
         search = Search(model, ops, by_kind=by_kind)
         assert search.run(10**7) is expected, (by_kind, records)
+
+
+@settings(SETTINGS, max_examples=500)
+@given(histories("set", keys=2, max_ops=7))
+def test_set_kv_agrees_with_brute_force(records: list[dict[str, Any]]) -> None:
+    _agree(records, "set-kv", frozenset(), ())

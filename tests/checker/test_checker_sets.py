@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
-from checker import LostElement, check, set_analysis
+from checker_brute import linearizable
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from checker import ANOMALY_NAMES, LostElement, check, set_analysis
 
 
 class Log:
@@ -225,3 +230,60 @@ def test_a_read_that_saw_a_newer_add_must_see_what_was_acknowledged_before_it() 
         f"this read missed 1, acknowledged before the add of 2 (line {line}), which it saw, "
         f"began (line {first}); a later read (line {later}) contains it"
     )
+
+
+def set_run(seed: int, n_ops: int = 6, keys: int = 2) -> list[dict[str, Any]]:
+    """Records of 3 clients on real grow-only sets: each op takes effect at one step between
+    its invoke and its completion (an info add took effect or not); then half the runs
+    drop an element from one read, or from every read of its key from one on."""
+    rng = random.Random(seed)
+    sets: list[set[int]] = [set() for _ in range(keys)]
+    log = Log()
+    pending: list[list[Any] | None] = [None] * 3  # [f, key, value, applied, outcome]
+    pid = [0, 1, 2]
+    started = element = 0
+    while started < n_ops or any(p is not None for p in pending):
+        c = rng.randrange(3)
+        op = pending[c]
+        if op is None:
+            if started < n_ops:
+                started += 1
+                key = rng.randrange(keys)
+                element += 1
+                f, value = ("add", element) if rng.random() < 0.5 else ("read", None)
+                pending[c] = op = [f, key, value, False, "ok"]
+                log.invoke(pid[c], f, f"k{key}", value)
+        elif not op[3]:
+            op[3] = True
+            if op[0] == "add" and rng.random() < 0.2:
+                op[4] = rng.choice(["info", "fail"])
+            if op[0] == "read":
+                op[2] = sorted(sets[op[1]], key=lambda _: rng.random())
+            elif op[4] != "fail" and not (op[4] == "info" and rng.random() < 0.5):
+                sets[op[1]].add(op[2])
+        else:
+            pending[c] = None
+            log.end(pid[c], op[0], f"k{op[1]}", op[2], op[4])
+            pid[c] += 3 if op[4] == "info" else 0
+    reads = [r for r in log.records if r["type"] == "ok" and r["f"] == "read" and r["value"]]
+    if reads and rng.random() < 0.5:
+        victim = rng.choice(reads)
+        gone = rng.choice(victim["value"])
+        every = rng.random() < 0.5
+        for r in reads[reads.index(victim) :] if every else [victim]:
+            if r["key"] == victim["key"]:
+                r["value"] = [e for e in r["value"] if e != gone]
+    return log.records
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.integers(0, 2**32))
+def test_set_kv_on_real_sets_agrees_with_brute_force(seed: int) -> None:
+    records = set_run(seed)
+    result = check(records, "set-kv", workers=1)
+    assert result.valid is linearizable(records, "set-kv", ()), records
+    analysis = set_analysis(records)
+    if analysis.lost or analysis.stale or analysis.unexpected:
+        assert result.valid is False, (analysis, records)
+    for a in result.anomalies:
+        assert a.name in ANOMALY_NAMES
