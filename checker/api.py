@@ -100,7 +100,7 @@ def infer_model(fmt: str, ops: Sequence[Op]) -> tuple[str, Any]:
     if fs and fs <= {"acquire", "release"}:
         return "mutex", False
     if "add" in fs:
-        return "set", frozenset()
+        return ("set-kv" if any(op.key is not None for op in ops) else "set"), frozenset()
     if fs & {"get", "put", "append"}:
         return "append-kv", ""
     if any(op.key is not None for op in ops):

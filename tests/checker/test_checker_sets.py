@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,18 +233,21 @@ def test_a_read_that_saw_a_newer_add_must_see_what_was_acknowledged_before_it() 
     )
 
 
-def set_run(seed: int, n_ops: int = 6, keys: int = 2) -> list[dict[str, Any]]:
-    """Records of 3 clients on real grow-only sets: each op takes effect at one step between
-    its invoke and its completion (an info add took effect or not); then half the runs
-    drop an element from one read, or from every read of its key from one on."""
+def set_run(
+    seed: int, n_ops: int = 6, keys: int = 2, clients: int = 3, drop: bool = True
+) -> list[dict[str, Any]]:
+    """Records of `clients` clients on real grow-only sets: each op takes effect at one step
+    between its invoke and its completion (an info add took effect or not); then, with
+    `drop`, half the runs drop an element from one read, or from every read of its key from
+    one on."""
     rng = random.Random(seed)
     sets: list[set[int]] = [set() for _ in range(keys)]
     log = Log()
-    pending: list[list[Any] | None] = [None] * 3  # [f, key, value, applied, outcome]
-    pid = [0, 1, 2]
+    pending: list[list[Any] | None] = [None] * clients  # [f, key, value, applied, outcome]
+    pid = list(range(clients))
     started = element = 0
     while started < n_ops or any(p is not None for p in pending):
-        c = rng.randrange(3)
+        c = rng.randrange(clients)
         op = pending[c]
         if op is None:
             if started < n_ops:
@@ -264,9 +268,9 @@ def set_run(seed: int, n_ops: int = 6, keys: int = 2) -> list[dict[str, Any]]:
         else:
             pending[c] = None
             log.end(pid[c], op[0], f"k{op[1]}", op[2], op[4])
-            pid[c] += 3 if op[4] == "info" else 0
+            pid[c] += clients if op[4] == "info" else 0
     reads = [r for r in log.records if r["type"] == "ok" and r["f"] == "read" and r["value"]]
-    if reads and rng.random() < 0.5:
+    if drop and reads and rng.random() < 0.5:
         victim = rng.choice(reads)
         gone = rng.choice(victim["value"])
         every = rng.random() < 0.5
@@ -287,3 +291,21 @@ def test_set_kv_on_real_sets_agrees_with_brute_force(seed: int) -> None:
         assert result.valid is False, (analysis, records)
     for a in result.anomalies:
         assert a.name in ANOMALY_NAMES
+
+
+def test_a_long_set_history_checks_in_seconds() -> None:
+    # 50,000 ops of 10 clients over 125 keys (about 200 adds each): about a second each.
+    records = set_run(1, n_ops=50_000, keys=125, clients=10, drop=False)
+    started = time.monotonic()
+    result = check(records, "set-kv")
+    assert result.valid is True and result.keys == 125
+    analysis = set_analysis(records)
+    assert analysis.valid and analysis.stale == 0
+    assert time.monotonic() - started < 30
+
+
+def test_auto_picks_set_kv_for_keyed_adds() -> None:
+    log = Log()
+    log.add(0, "k", 1)
+    log.read(1, "k", [1])
+    assert check(log.records).model == "set-kv"
