@@ -10,7 +10,9 @@ that still fails (shrunk automatically), and a name:
   anything newer (the state never moved on past it). When newer writes follow and are
   read, a register cannot tell a lost write from a read that lagged: what the lagging read
   missed may be overwritten before anyone reads it. Such a read is a stale read; a
-  grow-only set workload proves lost writes instead;
+  grow-only set workload proves lost writes instead: for ``set`` and ``set-kv``, a read
+  missing an element known to be in the set is a lost write when no read that began after
+  it contains the element, else a stale read (`checker.sets.classify_set`);
 - ``read of a value never written``;
 - ``cas anomaly``: a compare-and-set that succeeded from an impossible value;
 - ``other``: anything else (mutex, multi-register, append, real-time orders).

@@ -98,7 +98,8 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
     if not missed:
         return "other", {}
     later = [(op, e) for op, e in reads if op.call > blocker.call]
-    lost = [m for m in missed if not any(m[1] in e for _, e in later)]
+    seen_later: set[Any] = set().union(*(e for _, e in later))
+    lost = [m for m in missed if m[1] not in seen_later]
     if lost:
         _, element, why = lost[0]
         add = adds[element]
