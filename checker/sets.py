@@ -125,13 +125,13 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
     _, element, why = missed[0]
     add = adds[element]
     before = _before("it", newest)
-    how = f"acknowledged {before} ({_where(add)})"
+    how = f", acknowledged {before} ({_where(add)})"
     if why is not add:
-        how = f"(added on {_where(add)}) returned by a read ({_where(why)}) that ended {before}"
+        how = f" (added on {_where(add)}), returned by a read ({_where(why)}) that ended {before}"
     again = min((op for op, e in later if element in e), key=lambda op: op.call)
     more = f" ({len(missed) - 1} more elements likewise)" if len(missed) > 1 else ""
     return "stale read", {
-        "summary": f"this read missed {_show(element)}, {how}; a later read "
+        "summary": f"this read missed {_show(element)}{how}; a later read "
         f"({_where(again)}) contains it{more}",
         "element": element,
         "add_line": add.line,

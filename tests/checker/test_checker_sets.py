@@ -309,3 +309,17 @@ def test_auto_picks_set_kv_for_keyed_adds() -> None:
     log.add(0, "k", 1)
     log.read(1, "k", [1])
     assert check(log.records).model == "set-kv"
+
+
+def test_a_read_missing_what_a_finished_read_returned_is_stale_if_it_comes_back() -> None:
+    log = Log()
+    line = log.invoke(0, "add", "k", 4)
+    seen = log.read(1, "k", [4])
+    log.read(2, "k", [])
+    later = log.read(1, "k", [4])
+    a = anomaly(log)
+    assert a.name == "stale read", a.text
+    assert a.detail["summary"] == (
+        f"this read missed 4 (added on line {line}), returned by a read (line {seen}) that "
+        f"ended before it began; a later read (line {later}) contains it"
+    )
