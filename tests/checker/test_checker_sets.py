@@ -243,39 +243,36 @@ def test_a_read_that_saw_a_newer_add_must_see_what_was_acknowledged_before_it() 
 def set_run(
     seed: int, n_ops: int = 6, keys: int = 2, clients: int = 3, drop: bool = True
 ) -> list[dict[str, Any]]:
-    """Records of `clients` clients on real grow-only sets: each op takes effect at one step
-    between its invoke and its completion (an info add took effect or not); then, with
-    `drop`, half the runs drop an element from one read, or from every read of its key from
-    one on."""
+    """Records of `clients` clients on real grow-only sets: each op begins, takes effect
+    and ends at random times, one op at a time per client (an info add took effect or not);
+    then, with `drop`, half the runs drop an element from one read, or from every read of
+    its key from one on."""
     rng = random.Random(seed)
-    sets: list[set[int]] = [set() for _ in range(keys)]
-    log = Log()
-    pending: list[list[Any] | None] = [None] * clients  # [f, key, value, applied, outcome]
-    pid = list(range(clients))
-    started = element = 0
-    while started < n_ops or any(p is not None for p in pending):
+    clock = [0.0] * clients
+    moments: list[tuple[float, int, int, list[Any]]] = []  # (time, phase, op number, op)
+    for n in range(n_ops):
         c = rng.randrange(clients)
-        op = pending[c]
-        if op is None:
-            if started < n_ops:
-                started += 1
-                key = rng.randrange(keys)
-                element += 1
-                f, value = ("add", element) if rng.random() < 0.5 else ("read", None)
-                pending[c] = op = [f, key, value, False, "ok"]
-                log.invoke(pid[c], f, f"k{key}", value)
-        elif not op[3]:
-            op[3] = True
-            if op[0] == "add" and rng.random() < 0.2:
-                op[4] = rng.choice(["info", "fail"])
-            if op[0] == "read":
-                op[2] = sorted(sets[op[1]], key=lambda _: rng.random())
-            elif op[4] != "fail" and not (op[4] == "info" and rng.random() < 0.5):
-                sets[op[1]].add(op[2])
-        else:
-            pending[c] = None
-            log.end(pid[c], op[0], f"k{op[1]}", op[2], op[4])
-            pid[c] += clients if op[4] == "info" else 0
+        f, value = ("add", n + 1) if rng.random() < 0.5 else ("read", None)
+        outcome = rng.choice(["info", "fail"]) if f == "add" and rng.random() < 0.2 else "ok"
+        op = [c, f, rng.randrange(keys), value, outcome]
+        begin = clock[c] + rng.random()
+        effect = begin + rng.random()
+        clock[c] = effect + rng.random()
+        moments += [(begin, 0, n, op), (effect, 1, n, op), (clock[c], 2, n, op)]
+    sets: list[set[int]] = [set() for _ in range(keys)]
+    pid = list(range(clients))
+    log = Log()
+    for _, phase, _, op in sorted(moments):
+        c, f, key, value, outcome = op
+        if phase == 0:
+            log.invoke(pid[c], f, f"k{key}", value)
+        elif phase == 2:
+            log.end(pid[c], f, f"k{key}", value, outcome)
+            pid[c] += clients if outcome == "info" else 0
+        elif f == "read":
+            op[3] = sorted(sets[key], key=lambda _: rng.random())
+        elif outcome == "ok" or (outcome == "info" and rng.random() < 0.5):
+            sets[key].add(value)
     reads = [r for r in log.records if r["type"] == "ok" and r["f"] == "read" and r["value"]]
     if drop and reads and rng.random() < 0.5:
         victim = rng.choice(reads)
