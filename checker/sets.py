@@ -105,7 +105,7 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         add = adds[element]
         before = _before("this read", newest)
         how = f"add {_show(element)} ({_where(add)}) was acknowledged {before}"
-        if why is not add:
+        if not _acked(add, since):
             how = (
                 f"{_show(element)} (added on {_where(add)}) was returned by a read "
                 f"({_where(why)}) that ended {before}"
@@ -126,7 +126,7 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
     add = adds[element]
     before = _before("it", newest)
     how = f", acknowledged {before} ({_where(add)})"
-    if why is not add:
+    if not _acked(add, since):
         how = f" (added on {_where(add)}), returned by a read ({_where(why)}) that ended {before}"
     again = min((op for op, e in later if element in e), key=lambda op: op.call)
     more = f" ({len(missed) - 1} more elements likewise)" if len(missed) > 1 else ""
@@ -136,6 +136,12 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         "element": element,
         "add_line": add.line,
     }
+
+
+def _acked(add: Op, since: int) -> bool:
+    """Whether `add` was acknowledged before `since` (then it is named, rather than a read
+    that returned its element first)."""
+    return add.ret is not None and add.ret < since
 
 
 def _before(read: str, newest: Op | None) -> str:

@@ -313,3 +313,17 @@ def test_auto_picks_set_kv_for_keyed_adds() -> None:
     log.add(0, "k", 1)
     log.read(1, "k", [1])
     assert check(log.records).model == "set-kv"
+
+
+def test_an_add_acknowledged_before_the_read_is_named_though_a_read_saw_it_first() -> None:
+    log = Log()
+    log.invoke(1, "read", "k")
+    line = log.invoke(0, "add", "k", 5)
+    log.end(1, "read", "k", [5])
+    log.end(0, "add", "k", 5)
+    log.read(1, "k", [])
+    a = anomaly(log)
+    assert a.name == "lost write", a.text
+    assert a.detail["summary"].startswith(
+        f"add 5 (line {line}) was acknowledged before this read began; "
+    )
