@@ -66,9 +66,9 @@ def lost_text(sets: Mapping[str, Any]) -> str:
     first = lost[0]
     return (
         f"lost writes: {len(lost)} of {sets['acknowledged']} acknowledged adds, e.g. "
-        f"{first['element']} added to {first['key']} (line {first['line']}), missing from "
+        f"{first['element']} added to {first['key']} (line {first['add_line']}), missing from "
         f"every read of {first['key']} from line {first['missing_from_line']} on "
-        f"({first['missing_reads']} reads)"
+        f"({first['reads_missing']} reads)"
     )
 
 
