@@ -66,7 +66,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or SETTINGS:
-            row = run(name, SETTINGS[name], args.time, args.seed, Path(tmp) / name.replace(" ", "-"))
+            store = Path(tmp) / name.replace(" ", "-")
+            row = run(name, SETTINGS[name], args.time, args.seed, store)
             print(row, flush=True)
     sys.stdout.flush()
 
