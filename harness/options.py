@@ -729,3 +729,9 @@ def _validate_member(opts: RunOptions) -> None:
     refusal = member_refusal(opts)
     if refusal is not None:
         raise UsageError(f"the {min(asked)} nemesis cannot run: {refusal}", "--nemesis")
+    if "member-race" in asked and opts.slot_count < MIN_VOTERS + 2:
+        raise UsageError(
+            f"the member-race nemesis adds two learners to at least {MIN_VOTERS} voters: it "
+            f"needs --max-nodes {MIN_VOTERS + 2} or more (got {opts.slot_count})",
+            "--max-nodes",
+        )

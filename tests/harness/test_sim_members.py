@@ -92,6 +92,7 @@ def test_a_replayed_schedule_makes_its_member_changes_again(tmp_path: Path) -> N
     [
         (["--max-nodes", "3"], "no node can join"),
         (["--target", "etcd"], "etcd's membership changes are not simulated yet"),
+        (["--nemesis", "member-race", "--max-nodes", "4"], "needs --max-nodes 5 or more"),
     ],
 )
 def test_what_the_sim_cannot_change_is_refused(tmp_path: Path, args: list[str], why: str) -> None:
