@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -397,6 +398,16 @@ def _can_fork() -> bool:
 _WORK: dict[str, Any] = {}
 
 
+def _own_signals() -> None:
+    """A forked worker takes SIGTERM and SIGINT as a process of its own: a caller's
+    handlers (an asyncio loop's, which write to a wakeup fd the worker would share with its
+    parent) would keep the pool's terminate from ending it, and would pass the signal on to
+    the parent as if the parent had been sent it."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _worker(indices: list[int]) -> _Outcome:
     return _run_group(
         _WORK["searches"],
@@ -431,7 +442,7 @@ def _run_parallel(
         invalid=invalid,
     )
     try:
-        with ctx.Pool(n_workers) as pool:
+        with ctx.Pool(n_workers, initializer=_own_signals) as pool:
             outcomes = pool.map(_worker, groups, chunksize=1)
     finally:
         _WORK.clear()

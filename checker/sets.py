@@ -114,12 +114,12 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         more = f" ({len(lost) - 1} more elements likewise)" if len(lost) > 1 else ""
         acknowledged = "acknowledged " if add.ret is not None else ""
         after = (
-            f"neither this read nor any of the {len(later)} reads{key} that began after it "
-            "contain" if later else f"this read, the last{key}, does not contain"
+            f"neither this read nor any of the {len(later)} reads{key} that began after it contain"
+            if later
+            else f"this read, the last{key}, does not contain"
         )
         return "lost write", {
-            "summary": f"{how}; {after} {_show(element)}: the {acknowledged}write "
-            f"vanished{more}",
+            "summary": f"{how}; {after} {_show(element)}: the {acknowledged}write vanished{more}",
             "element": element,
             "add_line": add.line,
             "later_reads": len(later),
