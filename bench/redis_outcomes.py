@@ -47,8 +47,9 @@ def run(name: str, extra: list[str], time_s: float, seed: int, store: Path) -> s
     verdict = "VALID" if r["valid"] is True else "INVALID" if r["valid"] is False else "UNKNOWN"
     sets = r["set"]
     figures = f"{c.get('ok', 0):,} / {c.get('fail', 0):,} / {c.get('info', 0):,}"
-    lost = f"{len(sets['lost']):,} of {sets['acknowledged']:,}"
-    names = sorted({a["name"] for a in r["checker"]["anomalies"]})
+    acked = sum(1 for x in sets["lost"] if x["acknowledged"])
+    lost = f"{acked:,} of {sets['acknowledged']:,} (+{len(sets['lost']) - acked:,})"
+    names = sorted({a["name"] for a in r["checker"].get("anomalies", [])})
     return (
         f"| `{' '.join(extra) or '(no faults)'}` | {verdict} | {figures} | {lost} | "
         f"{sets['stale']:,} | {', '.join(names) or 'none'} |"
@@ -61,8 +62,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=sorted(SETTINGS), action="append")
     args = parser.parse_args()
-    print("| options | verdict | ok / fail / info | acknowledged adds lost | stale elements "
-          "| anomalies named |")  # fmt: skip
+    print("| options | verdict | ok / fail / info | acknowledged adds lost (+ read, then lost) "
+          "| stale elements | anomalies named |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or SETTINGS:

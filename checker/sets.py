@@ -161,7 +161,8 @@ class LostElement:
 
     `add_line` is the line of its add; `missing_from_line` the line of the first read
     that missed it for good (every read of the key from then on lacks it); `reads_missing`
-    how many reads those are.
+    how many reads those are; `acknowledged` whether its add was (else the add ended
+    `info` and a read had returned the element).
     """
 
     key: Hashable
@@ -169,6 +170,7 @@ class LostElement:
     add_line: int | None
     missing_from_line: int | None
     reads_missing: int
+    acknowledged: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -177,6 +179,7 @@ class LostElement:
             "add_line": self.add_line,
             "missing_from_line": self.missing_from_line,
             "reads_missing": self.reads_missing,
+            "acknowledged": self.acknowledged,
         }
 
 
@@ -270,9 +273,10 @@ def _analyse_key(key: Hashable, ops: list[Op], out: SetAnalysis) -> None:
         seen = seen_in.get(e, [])
         if not seen or seen[-1] != len(reads) - 1:
             gone = max(first, seen[-1] + 1 if seen else 0)
-            out.lost.append(
-                LostElement(key, e, adds[e].line, reads[gone][0].line, len(reads) - gone)
-            )
+            add, missing = adds[e], len(reads) - gone
+            line = reads[gone][0].line
+            acked = add.ret is not None
+            out.lost.append(LostElement(key, e, add.line, line, missing, acknowledged=acked))
         elif len(seen) - bisect.bisect_left(seen, first) < len(reads) - first:
             out.stale += 1
         else:

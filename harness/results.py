@@ -61,13 +61,17 @@ def check_history(
 
 
 def lost_text(sets: Mapping[str, Any]) -> str:
-    """The set workload's lost writes in one line, with the first as an example."""
+    """The set workload's lost writes in one line, with the first as an example: those
+    acknowledged, and those whose add was indeterminate but which reads had returned."""
     lost = sets["lost"]
-    first = lost[0]
+    acked = sum(1 for x in lost if x.get("acknowledged", True))
+    first = next((x for x in lost if x.get("acknowledged", True)), lost[0])
+    how = "added" if first.get("acknowledged", True) else "added (indeterminate), read,"
     return (
-        f"lost writes: {len(lost)} of {sets['acknowledged']} acknowledged adds, e.g. "
-        f"{first['element']} added to {first['key']} (line {first['add_line']}), missing from "
-        f"every read of {first['key']} from line {first['missing_from_line']} on "
+        f"lost writes: {acked} of {sets['acknowledged']} acknowledged adds, and "
+        f"{len(lost) - acked} more that reads had returned; e.g. {first['element']} {how} "
+        f"to {first['key']} (line {first['add_line']}), missing from every read of "
+        f"{first['key']} from line {first['missing_from_line']} on "
         f"({first['reads_missing']} reads)"
     )
 
@@ -75,10 +79,12 @@ def lost_text(sets: Mapping[str, Any]) -> str:
 def _set_findings(history: Any) -> dict[str, Any]:
     """What the set workload's history shows element by element (`checker.set_analysis`):
     `lost_writes`, the acknowledged adds missing from every read of their key from some
-    read on, and `stale_reads`, the elements a read missed that a later read had."""
+    read on (`set.lost` has those and the elements of indeterminate adds that reads had
+    returned before they vanished), and `stale_reads`, the elements a read missed that a
+    later read had."""
     sets = checker.set_analysis(history).to_json()
     return {
-        "lost_writes": len(sets["lost"]),
+        "lost_writes": sum(1 for x in sets["lost"] if x["acknowledged"]),
         "stale_reads": sets["stale"],
         "stale_reads_by_key": {},
         "max_staleness_ms": 0.0,
@@ -192,7 +198,7 @@ def finding_lines(results: Mapping[str, Any]) -> list[str]:
     """One line per finding besides the checker's (see build_results): acknowledged adds
     the set workload lost, each node that crashed on its own, and a cluster that did not
     serve again after healing."""
-    lines = [lost_text(results["set"])] if results.get("lost_writes") else []
+    lines = [lost_text(results["set"])] if (results.get("set") or {}).get("lost") else []
     lines += [crash_text(c) for c in results.get("node_crashes") or ()]
     recovery = results.get("recovery") or {}
     if recovery.get("unread"):

@@ -186,8 +186,9 @@ def test_set_analysis_counts_lost_stale_unread_and_ok_elements() -> None:
     assert result.unexpected == [] and not result.valid
     out = result.to_json()
     assert out["lost"] == [
-        {"key": "k", "element": 2, "add_line": lost, "missing_from_line": gone, "reads_missing": 2}
-    ]
+        {"key": "k", "element": 2, "add_line": lost, "missing_from_line": gone,
+         "reads_missing": 2, "acknowledged": True}
+    ]  # fmt: skip
     assert json.loads(json.dumps(out)) == out
 
 
@@ -201,7 +202,7 @@ def test_set_analysis_knows_an_info_add_from_a_read_and_flags_what_was_never_add
     gone = log.read(1, "k", [])
     result = set_analysis(log.records)
     assert result.acknowledged == 0
-    assert result.lost == [LostElement("k", 7, info, gone, 1)]
+    assert result.lost == [LostElement("k", 7, info, gone, 1, acknowledged=False)]
     assert result.unexpected == [("k", 9, first)]
     assert (result.ok, result.stale, result.unread) == (0, 0, 0)
 
