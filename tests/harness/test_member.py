@@ -194,3 +194,23 @@ def test_raftkv_stays_valid_while_members_move_under_partitions_and_kills(
     final = results["nemesis_schedule"][-1]["value"]["members"]
     assert final["learners"] == [] and len(final["voters"]) >= 3
     assert_nothing_left(run)
+
+
+@pytest.mark.root
+@pytest.mark.timeout(300)
+def test_member_race_catches_raftkv_letting_two_changes_fly(tmp_path: Path) -> None:
+    # One race (5 s in, healed at 10 s): with conf-two-in-flight both promotions pass while
+    # the other voters are cut off, two leaders serve at once, and the history shows it.
+    proc = harness(
+        "test", "--backend", "netns", "--target", "raftkv", "--nemesis", "member-race",
+        "--bug", "conf-two-in-flight", "--time", "14", "--nemesis-interval", "5",
+        "--seed", "1", "--store", str(tmp_path), "--no-live",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    run = (tmp_path / "latest").resolve()
+    results = json.loads((run / "results.json").read_text())
+    assert results["checker"]["anomalies"] and results["stale_reads"] > 0
+    race = next(e for e in results["nemesis_schedule"]
+                if e["fault"] == "member-race" and e["type"] == "info")  # fmt: skip
+    assert len(race["value"]["voters"]) == 5 and race["value"]["cut"], race
+    assert_nothing_left(run)
