@@ -15,7 +15,7 @@ Verdicts merge as Jepsen's do: False beats "unknown" beats True (`merge_valid`).
 
 from checker.api import UNKNOWN, Result, Verdict, check, infer_model, merge_valid
 from checker.explain import ANOMALY_NAMES, Anomaly
-from checker.history import NEMESIS, Event, HistoryError, Op, brief, pair
+from checker.history import NEMESIS, Event, HistoryError, Op, brief, pair, show_key
 from checker.models import ILLEGAL, MODELS, Model, make_model
 from checker.readers import (
     FORMATS,
@@ -58,4 +58,5 @@ __all__ = [
     "prepare",
     "read_history",
     "set_analysis",
+    "show_key",
 ]

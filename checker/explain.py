@@ -28,7 +28,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from checker.history import Op
+from checker.history import Op, show_key
 from checker.models import ILLEGAL, Model, SetModel, _jsonable, _show
 from checker.search import Search
 from checker.sets import classify_set
@@ -157,7 +157,7 @@ def unexplained(key: Hashable, model: Model, blocker: Op, prefix_len: int) -> An
         "not explained further: the explanation time limit ran out first",
         detail={"unfinished": True},
     )
-    name = "" if key is None else f"key {key!r}: "
+    name = "" if key is None else f"key {show_key(key)}: "
     anomaly.text = f"{name}{anomaly.name}\n  {anomaly.reason}"
     return anomaly
 
@@ -185,7 +185,7 @@ def explain_witness(
 
 def render(model: Model, anomaly: Anomaly, window: list[Op], prefix: list[Op]) -> str:
     """The anomaly as terminal text."""
-    key = "" if anomaly.key is None else f"key {anomaly.key!r}: "
+    key = "" if anomaly.key is None else f"key {show_key(anomaly.key)}: "
     lines = [f"{key}{anomaly.name}", f"  {anomaly.reason}"]
     if anomaly.detail.get("summary"):
         lines.append(f"  {anomaly.detail['summary']}")

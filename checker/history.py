@@ -29,6 +29,7 @@ __all__ = [
     "brief",
     "pair",
     "paused_gc",
+    "show_key",
 ]
 
 NEMESIS = "nemesis"
@@ -56,6 +57,14 @@ def brief(value: Any) -> str:
     """`repr(value)` cut to a few dozen characters, to quote bad input in a message."""
     text = repr(value[: _BRIEF_CHARS + 1] if isinstance(value, str) else value)
     return text if len(text) <= _BRIEF_CHARS else text[:_BRIEF_CHARS] + "..."
+
+
+def show_key(key: Any) -> str:
+    """A key as a person reads it: a string key as it is (`k0`), unless it is empty or holds
+    white space (then quoted, as any other key is shown by its repr)."""
+    if isinstance(key, str) and key and not any(c.isspace() for c in key):
+        return key
+    return repr(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from checker.history import HistoryError, Op, brief
+from checker.history import HistoryError, Op, brief, show_key
 
 __all__ = ["ILLEGAL", "MODELS", "Model", "Step", "make_model"]
 
@@ -128,7 +128,7 @@ class Model:
         return {v for op in ops for v in self.observes(op) if v not in produced}
 
     def describe(self, op: Op) -> str:
-        key = "" if op.key is None else f"[{op.key!r}] "
+        key = "" if op.key is None else f"{show_key(op.key)} "
         return f"{op.f} {key}{_show(op.value)}"
 
     def _bad(self, op: Op, file: str | None = None) -> HistoryError:

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from checker.history import show_key
+
 if TYPE_CHECKING:
     from harness.options import RunOptions
     from harness.runner import RunOutcome
@@ -205,7 +207,7 @@ def explain_failure(where: str, results: dict[str, Any]) -> str:
     if anomalies:
         lines += _clip(anomalies[0].get("text") or json.dumps(anomalies[0], default=str))
     for anomaly in anomalies[1 : MAX_OTHER_ANOMALIES + 1]:
-        lines.append(f"also key {anomaly.get('key')!r}: {anomaly.get('name')}")
+        lines.append(f"also key {show_key(anomaly.get('key'))}: {anomaly.get('name')}")
     if len(anomalies) > MAX_OTHER_ANOMALIES + 1:
         lines.append(f"and {len(anomalies) - MAX_OTHER_ANOMALIES - 1} more invalid keys")
     if checker_json.get("reason"):

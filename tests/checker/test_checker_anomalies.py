@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from checker import UNKNOWN, check, merge_valid, read_history
+from checker import UNKNOWN, check, merge_valid, read_history, show_key
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "histories"
 
@@ -177,3 +177,18 @@ def test_a_read_can_witness_the_overwrite() -> None:
     a = anomaly(history(*ops))
     assert a.name == "stale read", a.text
     assert "as seen by read" in a.detail["summary"], a.detail
+
+
+def test_a_key_reads_as_itself_in_the_explanation_and_stays_a_string_in_json() -> None:
+    records = [
+        {"index": i, "type": t, "process": p, "f": f, "key": "k0", "value": v}
+        for i, (t, p, f, v) in enumerate([*seq(0, "write", 1), *seq(1, "read", None, 2)])
+    ]
+    a = anomaly(records)
+    assert a.text.startswith("key k0: ") and "p1 read k0 2 -> ok" in a.text, a.text
+    assert "[" not in a.reason and "'" not in a.text, a.text
+    assert a.to_json()["key"] == "k0" and a.to_json()["op"]["key"] == "k0"
+
+
+def test_a_key_that_would_not_read_as_one_word_is_quoted() -> None:
+    assert [show_key(k) for k in ("k0", "a b", "", 3, None)] == ["k0", "'a b'", "''", "3", "None"]

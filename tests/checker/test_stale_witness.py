@@ -59,7 +59,7 @@ def test_a_stale_read_is_named_by_the_write_not_by_another_read() -> None:
         *read(1, 1), *read(2, 2),
     )  # fmt: skip
     assert a.name == "stale read" and a.op["value"] == 1
-    assert "by write ['k'] 2" in a.detail["summary"], a.detail
+    assert "by write k 2," in a.detail["summary"], a.detail
 
 
 # Random small histories: every read the rule calls stale is stale in every way the ops can

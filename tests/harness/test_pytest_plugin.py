@@ -48,6 +48,8 @@ def test_a_stale_read_fails_with_the_checkers_explanation() -> None:
     assert "cannot be linearized" in message  # the op that cannot be placed
     assert "smallest failing window" in message
     assert "1 certainly stale reads" in message
+    assert "key k0: stale read" in message and "p2 read k0 1 -> ok" in message
+    assert "['k0']" not in message
 
 
 def test_a_recorded_history_file_and_a_run_directory_are_checked(tmp_path: Path) -> None:
