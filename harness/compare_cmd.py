@@ -43,7 +43,7 @@ from harness.runner import RunOutcome
 from harness.store import new_run_dir, write_json
 from harness.targets import TARGETS, Target
 from harness.targets.base import NamesLinearizableReads
-from harness.test_cmd import click_params, options_from_params, run_once
+from harness.test_cmd import SectionedCommand, click_params, options_from_params, run_once
 
 __all__ = [
     "ModeRow",
@@ -364,7 +364,7 @@ def _params() -> list[click.Parameter]:
     return params
 
 
-compare_command = click.Command(
+compare_command = SectionedCommand(
     "compare-reads",
     params=_params(),
     callback=compare_reads,

@@ -198,7 +198,7 @@ def _not(value: Any) -> bool:
     return not value
 
 
-# In the order `harness test --help` lists them.
+# In the order `harness test --help` lists them, a section per group (test_cmd.HELP_SECTIONS).
 OPTIONS: tuple[Option, ...] = (
     Option(("--backend",), "backend", "backend", "run", kind=str, choices=BACKENDS,
            default="docker", show_default=True),

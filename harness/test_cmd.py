@@ -36,6 +36,7 @@ from harness.runner import RunOutcome, remove_leftover_data_dirs, run_test
 from harness.targets.base import TargetSetupError
 
 __all__ = [
+    "SectionedCommand",
     "argv_to_options",
     "cleanup_command",
     "click_params",
@@ -92,6 +93,43 @@ def click_params(
         for row in OPTIONS
         if row.dest not in exclude
     ]
+
+
+# The sections of `--help`, one per `Option.group`, in this order.
+HELP_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("run", "Run options"),
+    ("docker", "Docker backend options"),
+    ("ssh", "ssh backend options"),
+    ("http-target", "http target options (--target http)"),
+    ("redis-target", "redis target options (--target redis)"),
+    ("local", "Where this machine keeps and shows the run"),
+)
+
+
+class SectionedCommand(click.Command):
+    """A click command whose --help lists the options of OPTIONS in one section per
+    group (HELP_SECTIONS), each in the table's order; the command's own options (not in
+    OPTIONS) come first, --help last."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        group_of = {row.dest: row.group for row in OPTIONS}
+        help_names = set(self.get_help_option_names(ctx))
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if help_names.intersection(param.opts):
+                group = "help"
+            else:
+                group = group_of.get(param.name or "", "own")
+            rows.setdefault(group, []).append(record)
+        titles = (("own", "Options"), *HELP_SECTIONS, ("help", "Other options"))
+        for group, title in titles:
+            if group in rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows.pop(group))
+        assert not rows, f"options of no help section: {sorted(rows)}"
 
 
 def options_from_params(params: Mapping[str, Any]) -> RunOptions:
@@ -162,7 +200,7 @@ def _test(**kw: Any) -> int:
     return verdict_exit_code(merge_valid(verdicts))
 
 
-test_command = click.Command(
+test_command = SectionedCommand(
     "test",
     params=click_params(),
     callback=_test,
