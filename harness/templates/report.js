@@ -67,7 +67,7 @@
   }
 
   function faultBands(svg, x, t0, t1, top, bottom, labels) {
-    var g = el("g", { class: "faults" }, svg);
+    var g = el("g", { class: "faults" }, svg), labelEnd = -Infinity;
     DATA.faults.forEach(function (f) {
       if (f.end < t0 || f.start > t1) return;
       var a = x(Math.max(f.start, t0)), b = x(Math.min(f.end, t1));
@@ -75,7 +75,10 @@
         height: bottom - top, "data-fault": f.fault }, g);
       title(r, f.label + " (" + (f.start / 1000).toFixed(3) + " s to " +
         (f.end / 1000).toFixed(3) + " s)");
-      if (labels && b - a > 30) text(g, a + 2, top + 10, f.label, "fault-label");
+      if (!labels || b - a <= 30 || a + 2 < labelEnd) return;
+      // A label runs past its band, so one that would overlap the last one drawn is left out.
+      var t = text(g, a + 2, top + 10, f.label, "fault-label");
+      labelEnd = a + 2 + t.getComputedTextLength() + 6;
     });
     return g;
   }
@@ -393,11 +396,15 @@
 
   Timeline.prototype.render = function () {
     var tl = this.tl, ops = tl.ops, lanes = this.order.procs.length;
-    var laneH = 16, top = 58, w = width(this.plot), h = top + lanes * laneH + 24;
+    var laneH = 16, w = width(this.plot);
     this.w = w;
     while (this.plot.firstChild) this.plot.removeChild(this.plot.firstChild);
-    var svg = el("svg", { width: w, height: h, class: "timeline-svg" }, this.plot);
-    var x = scale(this.t0, this.t1, LEFT, w - RIGHT), bottom = h - 24;
+    var svg = el("svg", { width: w, class: "timeline-svg" }, this.plot);
+    var x = scale(this.t0, this.t1, LEFT, w - RIGHT);
+    var flags = this.flags(x);
+    var rows = layoutLabels(svg, flags, this.markLines(x), LEFT, w - RIGHT);
+    var top = FIRST_ROW + rows * ROW_H, h = top + lanes * laneH + 24, bottom = h - 24;
+    svg.setAttribute("height", h);
     var clipId = "clip-" + this.id;
     var clip = el("clipPath", { id: clipId }, el("defs", {}, svg));
     el("rect", { x: LEFT, y: 0, width: w - LEFT - RIGHT, height: h }, clip);
@@ -421,7 +428,7 @@
       vis.total + " ops in view";
     var self = this;
     vis.idx.forEach(function (i) { self.bar(body, x, i, top, laneH); });
-    this.marks(body, x, top, laneH, bottom);
+    this.marks(body, x, flags, top, laneH, bottom);
   };
 
   Timeline.prototype.bar = function (g, x, i, top, laneH) {
@@ -443,32 +450,94 @@
     if (b - a > label.length * 6 + 6) text(g, a + 3, y + laneH - 7, label, "op-label");
   };
 
-  Timeline.prototype.marks = function (g, x, top, laneH, bottom) {
-    var tl = this.tl, ops = tl.ops, self = this;
-    function at(index) { return self.pos[index]; }
-    function flag(index, label, cls, markerCls, up) {
-      var i = at(index);
+  // The markers' labels sit in rows above the lanes, the first row under the fault labels.
+  var FIRST_ROW = 44, ROW_H = 14, LABEL_GAP = 6;
+
+  // The marked ops in view, most important first: the op that cannot be placed, then the
+  // writes.
+  Timeline.prototype.flags = function (x) {
+    var tl = this.tl, ops = tl.ops, s = tl.stale, self = this, out = [];
+    function add(index, label, cls, markerCls) {
+      var i = self.pos[index];
       if (i === undefined) return;
       var end = ops.e[i] === null ? ops.s[i] : ops.e[i];
       var cx = (x(ops.s[i]) + x(end)) / 2;
-      var y = top + self.order.lane(ops.p[i]) * laneH;
-      var tri = el("path", { class: markerCls, "data-role": markerCls,
-        d: "M" + (cx - 6) + "," + (up - 8) + "L" + (cx + 6) + "," + (up - 8) + "L" + cx + "," + up + "Z" }, g);
-      title(tri, label);
-      el("line", { class: markerCls === "anomaly-marker" ? "read-start" : "newest-end",
-        x1: cx, x2: cx, y1: up, y2: y }, g);
-      text(g, cx + 8, up - 1, label, cls);
+      if (cx < LEFT || cx > self.w - RIGHT) return;
+      out.push({ i: i, label: label, cls: cls, markerCls: markerCls, cx: cx });
     }
-    var s = tl.stale;
+    add(tl.blocker, "cannot be placed: " + tl.anomaly.name, "marker-label", "anomaly-marker");
     if (s) {
-      if (s.saw !== null) flag(s.saw, "wrote " + s.value + " (the value read)", "mark-label", "mark", 44);
-      flag(s.newest, "newest completed write: " + s.newest_value, "mark-label", "mark", 44);
+      add(s.newest, "newest completed write: " + s.newest_value, "mark-label", "mark");
+      if (s.saw !== null) add(s.saw, "wrote " + s.value + " (the value read)", "mark-label", "mark");
+    }
+    return out;
+  };
+
+  // Where the stale read's lines cross every label row: the newer write's end, the read's start.
+  Timeline.prototype.markLines = function (x) {
+    var s = this.tl.stale;
+    return s ? [x(s.newest_end), x(s.read_start)] : [];
+  };
+
+  function labelBox(f, side) {
+    return side > 0 ? [f.cx + 8, f.cx + 8 + f.width] : [f.cx - 8 - f.width, f.cx - 8];
+  }
+
+  // Gives each flag a row and a side (1: text right of its marker, -1: left) so that no two
+  // labels overlap and no marker's line (which runs down from its row) crosses a label: the
+  // first row and side that fit between `left` and `right` (a new row included), else a new
+  // row with the text on the right, where no other label is. Returns the number of rows.
+  function layoutLabels(svg, flags, lines, left, right) {
+    var probe = el("g", { visibility: "hidden" }, svg);
+    flags.forEach(function (f) {
+      f.width = text(probe, 0, 0, f.label, f.cls).getComputedTextLength();
+    });
+    svg.removeChild(probe);
+    var placed = [], rows = 0;
+    function crosses(px, box) { return px >= box[0] - LABEL_GAP && px <= box[1] + LABEL_GAP; }
+    function fits(f, row, box) {
+      if (box[0] < left || box[1] > right) return false;
+      if (lines.some(function (px) { return crosses(px, box); })) return false;
+      return placed.every(function (p) {
+        if (p.row === row) return box[1] + LABEL_GAP <= p.box[0] || p.box[1] + LABEL_GAP <= box[0];
+        return p.row < row ? !crosses(p.cx, box) : !crosses(f.cx, p.box);
+      });
+    }
+    flags.forEach(function (f) {
+      var spot = null;
+      for (var row = 0; row <= rows && spot === null; row++) {
+        for (var side = 1; side >= -1 && spot === null; side -= 2) {
+          if (fits(f, row, labelBox(f, side))) spot = [row, side];
+        }
+      }
+      spot = spot || [rows, 1];
+      f.row = spot[0];
+      f.side = spot[1];
+      f.box = labelBox(f, f.side);
+      rows = Math.max(rows, f.row + 1);
+      placed.push(f);
+    });
+    return Math.max(rows, 1);
+  }
+
+  Timeline.prototype.marks = function (g, x, flags, top, laneH, bottom) {
+    var s = this.tl.stale, ops = this.tl.ops, self = this;
+    if (s) {
       var ne = x(s.newest_end), rs = x(s.read_start);
       el("line", { class: "newest-end", x1: ne, x2: ne, y1: 30, y2: bottom }, g);
       var rl = el("line", { class: "read-start", x1: rs, x2: rs, y1: 30, y2: bottom }, g);
       title(rl, "the read began here, " + s.by_ms.toFixed(3) + " ms after the newer write completed");
     }
-    flag(tl.blocker, "cannot be placed: " + tl.anomaly.name, "marker-label", "anomaly-marker", 30);
+    flags.slice().reverse().forEach(function (f) {
+      var up = FIRST_ROW + f.row * ROW_H, cx = f.cx;
+      var y = top + self.order.lane(ops.p[f.i]) * laneH;
+      var tri = el("path", { class: f.markerCls, "data-role": f.markerCls,
+        d: "M" + (cx - 6) + "," + (up - 8) + "L" + (cx + 6) + "," + (up - 8) + "L" + cx + "," + up + "Z" }, g);
+      title(tri, f.label);
+      el("line", { class: f.markerCls === "anomaly-marker" ? "read-start" : "newest-end",
+        x1: cx, x2: cx, y1: up, y2: y }, g);
+      text(g, cx + 8 * f.side, up - 1, f.label, f.cls, f.side > 0 ? null : "end");
+    });
   };
 
   // ---- page ----

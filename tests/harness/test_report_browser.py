@@ -83,23 +83,29 @@ def test_a_report_of_100000_operations_draws_a_bounded_number_of_elements(
         assert browser.errors() == []
 
 
-@pytest.mark.root
-def test_the_report_of_a_real_invalid_run(tmp_path: Path) -> None:
-    # A deposed leader that keeps serving lease reads: stale reads under a leader partition.
+def invalid_run(store: Path, timeout_s: float, *args: str) -> Path:
+    """The run directory of `harness test ARGS` under leader partitions (seed 3), which
+    must find the run invalid."""
     proc = subprocess.run(
         [
-            sys.executable, "-m", "harness.cli", "test", "--backend", "netns",
-            "--read-mode", "lease",
-            "--bug", "stale-leader-read", "--nemesis", "partition-leader", "--time", "8",
-            "--nemesis-interval", "1", "--seed", "3", "--store", str(tmp_path), "--no-live",
-            "--junit", str(tmp_path / "junit.xml"), "--test-count", "3",
+            sys.executable, "-m", "harness.cli", "test", "--nemesis", "partition-leader",
+            "--nemesis-interval", "1", "--seed", "3", "--store", str(store), "--no-live", *args,
         ],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=timeout_s,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    run = (tmp_path / "latest").resolve()
+    return (store / "latest").resolve()
+
+
+@pytest.mark.root
+def test_the_report_of_a_real_invalid_run(tmp_path: Path) -> None:
+    # A deposed leader that keeps serving lease reads: stale reads under a leader partition.
+    run = invalid_run(
+        tmp_path, 400, "--backend", "netns", "--read-mode", "lease", "--bug", "stale-leader-read",
+        "--time", "8", "--junit", str(tmp_path / "junit.xml"), "--test-count", "3",
+    )  # fmt: skip
     for name in ("report.html", "junit.xml", "leaders.jsonl", "results.json"):
         assert (run / name).is_file(), name
     samples = [json.loads(line) for line in (run / "leaders.jsonl").read_text().splitlines()]
@@ -154,3 +160,36 @@ def test_the_membership_track_draws_voters_and_learners_per_node(tmp_path: Path)
         assert count(browser, ".leader-chart rect.leader-seg") >= 1
         browser.evaluate("window.dispatchEvent(new Event('resize'))")
         assert browser.errors() == []
+
+
+# Every pair of labels above a timeline whose boxes intersect, as [text, text].
+OVERLAPS = """(() => {
+  const out = [];
+  document.querySelectorAll('.timeline svg.timeline-svg').forEach(svg => {
+    const boxes = Array.from(svg.querySelectorAll('text.mark-label, text.marker-label, '
+      + 'text.fault-label')).map(t => [t.textContent, t.getBoundingClientRect()]);
+    boxes.forEach(([s, a], i) => boxes.slice(i + 1).forEach(([u, b]) => {
+      if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) {
+        out.push([s, u]);
+      }
+    }));
+  });
+  return out;
+})()"""
+
+
+def test_the_labels_of_nearby_markers_never_overlap(tmp_path: Path) -> None:
+    # A real invalid run: local reads served by a cut-off leader, in virtual time.
+    run = invalid_run(tmp_path, 120, "--backend", "sim", "--read-mode", "local", "--time", "10")
+    labels = "document.querySelectorAll('.timeline text.mark-label, .timeline text.marker-label')"
+    for width in (1400, 700):
+        with Browser(width=width) as browser:
+            open_report(browser, run)
+            assert int(browser.evaluate(labels + ".length")) >= 3
+            assert browser.evaluate(OVERLAPS) == []
+            browser.screenshot(tmp_path / f"labels-{width}.png")
+            for role in ("zoom-out", "zoom-out", "view-window", "zoom-in", "view-all"):
+                browser.evaluate(f"document.querySelector('[data-role={role}]').click()")
+                assert browser.evaluate(OVERLAPS) == [], role
+            assert browser.errors() == []
+        assert (tmp_path / f"labels-{width}.png").stat().st_size > 10_000
