@@ -10,7 +10,9 @@ at that moment the fault takes a random node, which shifts the later random choi
 Output: a table on stdout (on stderr with `--json`, which prints one JSON object
 `{"modes": [{"mode", "valid", "stale_reads", "max_staleness_ms", "read_p50_ms",
 "read_p99_ms", "ops_per_s", "availability", ...}, ...], ...}` on stdout), and
-`store/compare-reads/<time>/{compare.html, compare.json, junit.xml}`.
+`store/compare-reads/<time>/{compare.html, compare.json, junit.xml}`; compare.html has the
+table and, drawn as inline SVG (`chart_view`), each mode's stale reads and max staleness
+against its read latency.
 
 Exit codes: 0 when every mode the target declares linearizable (its
 `linearizable_read_modes`; raftkv: log, readindex, lease) is valid, 1 when one of them is
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -47,6 +50,7 @@ from harness.test_cmd import SectionedCommand, click_params, options_from_params
 
 __all__ = [
     "ModeRow",
+    "chart_view",
     "compare_command",
     "compare_exit_code",
     "linearizable_modes",
@@ -174,6 +178,69 @@ def render_text(rows: Sequence[ModeRow]) -> str:
     return "\n".join(lines) + "\n\n" + textwrap.fill(FOOTER, width=100)
 
 
+# The charts of compare.html: a fixed size in px, the plot inside these margins.
+CHART_W, CHART_H = 420, 240
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 56, 16, 12, 40
+MODE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+# What each chart puts up the y axis: (ModeRow field, axis title).
+CHART_MEASURES = (("stale_reads", "stale reads"), ("max_staleness_ms", "max staleness ms"))
+
+
+def _nice_ticks(high: float, count: int = 4) -> list[float]:
+    """Round ticks from 0 to at least `high`, about `count` steps of 1, 2 or 5 x 10^k."""
+    raw = max(high, 1e-9) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(math.ceil(max(high, step) / step - 1e-9) + 1)]
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:g}" if value >= 1 or value == 0 else f"{value:.2g}"
+
+
+def chart_view(rows: Sequence[ModeRow]) -> list[dict[str, Any]]:
+    """The charts of compare.html, in px: per measure of CHART_MEASURES, one point per read
+    mode with reads at its median read latency (x), a whisker out to its p99. Modes without
+    an ok read are left out (they have no latency)."""
+    drawn = [(i, r) for i, r in enumerate(rows) if r.read_p50_ms is not None]
+    x_ticks = _nice_ticks(max((r.read_p99_ms or r.read_p50_ms or 0.0 for _, r in drawn), default=1))
+    plot_w = CHART_W - CHART_LEFT - CHART_RIGHT
+    plot_h = CHART_H - CHART_TOP - CHART_BOTTOM
+
+    def px(ms: float) -> float:
+        return round(CHART_LEFT + ms / x_ticks[-1] * plot_w, 1)
+
+    charts = []
+    for field, axis in CHART_MEASURES:
+        y_ticks = _nice_ticks(max((float(getattr(r, field)) for _, r in drawn), default=1))
+
+        def py(v: float, top: float = y_ticks[-1]) -> float:
+            return round(CHART_TOP + plot_h - v / top * plot_h, 1)
+
+        points = [
+            {
+                "mode": r.mode,
+                "colour": MODE_COLOURS[i % len(MODE_COLOURS)],
+                "cx": px(r.read_p50_ms or 0.0),
+                "x99": px(r.read_p99_ms or r.read_p50_ms or 0.0),
+                "cy": py(float(getattr(r, field))),
+                "tip": f"{r.mode}: {_fmt(getattr(r, field))} {axis}, read p50 "
+                f"{_fmt(r.read_p50_ms, 2)} ms, p99 {_fmt(r.read_p99_ms, 2)} ms",
+            }
+            for i, r in drawn
+        ]
+        charts.append(
+            {
+                "field": field,
+                "axis": axis,
+                "x_ticks": [(px(t), _tick_text(t)) for t in x_ticks],
+                "y_ticks": [(py(t), _tick_text(t)) for t in y_ticks],
+                "points": points,
+            }
+        )
+    return charts
+
+
 def render_html(rows: Sequence[ModeRow], title: str, facts: dict[str, Any], out_dir: Path) -> str:
     """One self-contained HTML page (Jinja2, autoescaped: values come from histories)."""
     view = []
@@ -204,7 +271,15 @@ def render_html(rows: Sequence[ModeRow], title: str, facts: dict[str, Any], out_
         headers=HEADERS,
         rows=view,
         footer=FOOTER,
-    )
+        charts=chart_view(rows),
+        chart={"w": CHART_W, "h": CHART_H, "left": CHART_LEFT, "right": CHART_W - CHART_RIGHT,
+               "top": CHART_TOP, "bottom": CHART_H - CHART_BOTTOM},
+        legend=[
+            (MODE_COLOURS[i % len(MODE_COLOURS)], row.mode)
+            for i, row in enumerate(rows)
+            if row.read_p50_ms is not None
+        ],
+    )  # fmt: skip
 
 
 def _relpath(path: Path, start: Path) -> str:

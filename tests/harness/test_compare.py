@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from harness.compare_cmd import (
+    CHART_MEASURES,
     ModeRow,
+    chart_view,
     compare_command,
     compare_exit_code,
     mode_row,
@@ -128,6 +130,48 @@ def test_the_page_escapes_what_histories_and_modes_carry(tmp_path: Path) -> None
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'href="r/results.json"' in page
+
+
+def test_the_charts_put_each_mode_at_its_read_latency_and_staleness(tmp_path: Path) -> None:
+    def row(mode: str, stale: int, staleness: float, p50: float | None) -> ModeRow:
+        p99 = None if p50 is None else 2 * p50
+        return ModeRow(mode, stale == 0, stale == 0, stale, staleness, p50, p99, 1.0, 1.0, None,
+                       str(tmp_path / mode))  # fmt: skip
+
+    rows = [row("log", 0, 0.0, 4.0), row("local", 5, 150.0, 1.0), row("follower", 500, 370.0, 0.5),
+            row("unread", 0, 0.0, None)]  # fmt: skip
+    charts = chart_view(rows)
+    assert [c["field"] for c in charts] == [field for field, _ in CHART_MEASURES]
+    for chart in charts:
+        points = {p["mode"]: p for p in chart["points"]}
+        assert list(points) == ["log", "local", "follower"]  # no reads, no latency: left out
+        # Further right the slower the median read, a whisker out to p99; higher the staler.
+        assert points["follower"]["cx"] < points["local"]["cx"] < points["log"]["cx"]
+        assert all(p["x99"] > p["cx"] for p in points.values())
+        assert points["follower"]["cy"] < points["local"]["cy"] < points["log"]["cy"]
+        assert chart["x_ticks"][-1][0] >= points["log"]["x99"]  # the axis reaches p99
+        assert [t for _, t in chart["x_ticks"]] == ["0", "2", "4", "6", "8"]
+    assert [t for _, t in charts[0]["y_ticks"]] == ["0", "200", "400", "600"]
+    page = render_html(rows, "t", {}, tmp_path)
+    assert page.count('<svg class="chart"') == 2 and "<script" not in page
+    assert page.count('<g class="point" data-mode="follower">') == 2
+    assert "follower: 500 stale reads, read p50 0.50 ms, p99 1.00 ms" in page
+
+
+def test_a_comparison_without_reads_draws_no_chart(tmp_path: Path) -> None:
+    row = ModeRow("log", True, True, 0, 0.0, None, None, 0.0, None, None, str(tmp_path / "r"))
+    page = render_html([row], "t", {}, tmp_path)
+    assert 'class="chart"' not in page and "<table" in page
+
+
+def test_compare_reads_on_the_sim_backend_writes_a_page_with_its_charts(tmp_path: Path) -> None:
+    proc = harness("compare-reads", "--backend", "sim", "--modes", "lease,follower", "--time",
+                   "5", "--seed", "3", "--store", str(tmp_path), "--json", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    page = Path(report["html"]).read_text()
+    for mode in ("lease", "follower"):
+        assert page.count(f'<g class="point" data-mode="{mode}">') == 2, mode
 
 
 def test_bad_modes_are_usage_errors_that_leave_nothing(tmp_path: Path) -> None:
