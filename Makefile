@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Setup steps write their output here; the terminal shows it only when a step fails.
+SETUP_LOG := build/setup.log
+QUIETLY := tools/quietly $(SETUP_LOG)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 OS_PACKAGES := gcc iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime redis-server redis-sentinel
 
 .PHONY: venv native test check demo lint typecheck bench clean os-packages
@@ -11,26 +15,29 @@ OS_PACKAGES := gcc iproute2 iptables procps chromium openssh-server etcd-server 
 venv: $(STAMP) os-packages
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "setup: installing the project and its Python packages into $(VENV) (about a minute; output in $(SETUP_LOG))"
+	@$(QUIETLY) $(PYTHON) -m venv $(VENV)
+	@$(QUIETLY) $(BIN)/pip install --quiet --upgrade pip
+	@$(QUIETLY) $(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
 
 # OS packages the tests need; installed only when missing and we are root.
 os-packages:
 	@missing=""; for p in $(OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing:$$missing"; apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+			echo "setup: installing OS packages with apt-get:$$missing (output in $(SETUP_LOG))"; \
+			$(QUIETLY) apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive $(QUIETLY) apt-get install -y -qq $$missing; \
 		else echo "missing OS packages (need root to install):$$missing"; fi; \
 	fi
 
 # The hot modules compiled with mypyc (raftkv/native.py says which and how they are
 # used), rebuilt only when a source changed; if compiling fails, pure Python runs.
 native: $(STAMP)
-	@$(BIN)/python -c "import raftkv.native as n, sys; sys.exit(not n.usable())" || \
-		$(BIN)/python tools/build_native.py || true
+	@$(BIN)/python -c "import raftkv.native as n, sys; sys.exit(not n.usable())" || { \
+		echo "setup: compiling the hot modules with mypyc (output in $(SETUP_LOG))"; \
+		$(QUIETLY) $(BIN)/python tools/build_native.py || echo "setup: compiling failed; pure Python runs"; }
 
 # Neither needs the OS packages, so neither installs them.
 lint: $(STAMP)

@@ -1,0 +1,37 @@
+"""What `make` prints: its setup steps say what they do and keep their tools' output in a log
+(tools/quietly), shown only when a step fails."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIETLY = ROOT / "tools" / "quietly"
+
+
+def quietly(log: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(QUIETLY), str(log), *argv], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_a_step_that_works_prints_nothing_and_keeps_its_output_in_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "build" / "setup.log"
+    first = quietly(log, "sh", "-c", "echo some warning block >&2; echo done")
+    second = quietly(log, "echo", "again")
+    assert (first.returncode, first.stdout, first.stderr) == (0, "", "")
+    assert (second.returncode, second.stdout, second.stderr) == (0, "", "")
+    text = log.read_text()
+    assert "some warning block" in text and "done" in text
+    assert text.index("done") < text.index("again")  # appended, step after step
+
+
+def test_a_step_that_fails_shows_its_output_and_exit_code(tmp_path: Path) -> None:
+    log = tmp_path / "setup.log"
+    proc = quietly(log, "sh", "-c", "echo the reason it broke; exit 3")
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert "failed (exit 3)" in proc.stderr and "the reason it broke" in proc.stderr
+    assert str(log) in proc.stderr and "the reason it broke" in log.read_text()
+    missing = quietly(log, "no-such-command-here")
+    assert missing.returncode == 127 and "no-such-command-here" in missing.stderr
