@@ -56,9 +56,17 @@ CHECK_TESTS := not root and not docker and not sshd and not chromium and not etc
 check: native lint typecheck
 	$(BIN)/pytest -q -m "$(CHECK_TESTS)"
 
-# A minute of partitions on Docker (the first run builds the node image, about two minutes).
+# A minute of partitions on Docker (the first run builds the node image, about two minutes):
+# random halves, and the leader cut off from the rest, so a failover shows.
+DEMO_NEMESIS := partition,partition-leader
+
 demo: venv native
-	$(BIN)/harness test --nemesis partition --time 60
+	@echo "demo: 60 s of partitions ($(DEMO_NEMESIS)) on a 3-node Docker cluster; the first run builds the node image"
+	@$(BIN)/harness test --nemesis $(DEMO_NEMESIS) --time 60; rc=$$?; \
+	case $$rc in 0|1|2) \
+		echo "demo: the report is $$(readlink -f store/latest)/report.html;" \
+			"to compare the read modes (stale reads, latency): $(BIN)/harness compare-reads";; \
+	esac; exit $$rc
 
 bench: venv
 	$(BIN)/python bench/raftkv_bench.py

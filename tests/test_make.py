@@ -1,10 +1,13 @@
 """What `make` prints: its setup steps say what they do and keep their tools' output in a log
-(tools/quietly), shown only when a step fails."""
+(tools/quietly), shown only when a step fails; `make demo` runs leader partitions too."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIETLY = ROOT / "tools" / "quietly"
@@ -35,3 +38,23 @@ def test_a_step_that_fails_shows_its_output_and_exit_code(tmp_path: Path) -> Non
     assert str(log) in proc.stderr and "the reason it broke" in log.read_text()
     missing = quietly(log, "no-such-command-here")
     assert missing.returncode == 127 and "no-such-command-here" in missing.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_the_demo_runs_leader_partitions_and_points_at_the_report_and_compare_reads() -> None:
+    # -n: print the recipes without running them; the setup steps are up to date or not.
+    proc = subprocess.run(
+        ["make", "-n", "--always-make", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "harness test --nemesis partition,partition-leader --time 60" in proc.stdout
+    assert "report.html" in proc.stdout and "harness compare-reads" in proc.stdout
+    # Every setup tool runs through quietly; nothing of pip's or apt's reaches the terminal.
+    for tool in ("pip install", "-m venv", "build_native.py", "apt-get install"):
+        lines = [line for line in proc.stdout.splitlines() if tool in line]
+        assert lines and all("tools/quietly" in line for line in lines), (tool, lines)
