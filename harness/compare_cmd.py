@@ -28,7 +28,7 @@ import json
 import math
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,25 +198,22 @@ def _tick_text(value: float) -> str:
     return f"{value:g}" if value >= 1 or value == 0 else f"{value:.2g}"
 
 
+def _scale(top: float, start_px: float, length_px: float) -> Callable[[float], float]:
+    """0..top onto start_px..start_px + length_px (a negative length goes up the page)."""
+    return lambda value: round(start_px + value / top * length_px, 1)
+
+
 def chart_view(rows: Sequence[ModeRow]) -> list[dict[str, Any]]:
-    """The charts of compare.html, in px: per measure of CHART_MEASURES, one point per read
-    mode with reads at its median read latency (x), a whisker out to its p99. Modes without
-    an ok read are left out (they have no latency)."""
+    """The charts of compare.html, in px, one per measure of CHART_MEASURES: a point per read
+    mode at its median read latency (x) and the measure (y), a whisker out to its p99
+    latency. Modes without an ok read have no latency and are left out."""
     drawn = [(i, r) for i, r in enumerate(rows) if r.read_p50_ms is not None]
     x_ticks = _nice_ticks(max((r.read_p99_ms or r.read_p50_ms or 0.0 for _, r in drawn), default=1))
-    plot_w = CHART_W - CHART_LEFT - CHART_RIGHT
-    plot_h = CHART_H - CHART_TOP - CHART_BOTTOM
-
-    def px(ms: float) -> float:
-        return round(CHART_LEFT + ms / x_ticks[-1] * plot_w, 1)
-
+    px = _scale(x_ticks[-1], CHART_LEFT, CHART_W - CHART_LEFT - CHART_RIGHT)
     charts = []
     for field, axis in CHART_MEASURES:
         y_ticks = _nice_ticks(max((float(getattr(r, field)) for _, r in drawn), default=1))
-
-        def py(v: float, top: float = y_ticks[-1]) -> float:
-            return round(CHART_TOP + plot_h - v / top * plot_h, 1)
-
+        py = _scale(y_ticks[-1], CHART_H - CHART_BOTTOM, CHART_TOP + CHART_BOTTOM - CHART_H)
         points = [
             {
                 "mode": r.mode,
