@@ -387,6 +387,16 @@ def _fill_context(client: DockerClient, root: Path, context: Path, progress: OnB
     shutil.copytree(bundle, context / "wheels", ignore=shutil.ignore_patterns(".complete"))
 
 
+# How much of a build step's instruction the progress shows: its start says what it does.
+_STEP_CHARS = 64
+
+
+def _step_line(line: str) -> str:
+    """A build step (`Step 5/6 : RUN install ... && ...`) on one short line."""
+    text = " ".join(line.split())
+    return text if len(text) <= _STEP_CHARS else text[: _STEP_CHARS - 3] + "..."
+
+
 def _build(
     client: DockerClient,
     context: Path,
@@ -415,7 +425,7 @@ def _build(
                 raise BackendError(f"docker build of {tag} failed: {str(chunk['error']).strip()}")
             line = str(chunk.get("stream", "")).strip()
             if line.startswith("Step "):
-                progress(line)
+                progress(_step_line(line))
             aux = chunk.get("aux")
             if isinstance(aux, dict) and "ID" in aux:
                 image_id = str(aux["ID"])

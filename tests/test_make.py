@@ -1,5 +1,6 @@
 """What `make` prints: its setup steps say what they do and keep their tools' output in a log
-(tools/quietly), shown only when a step fails; `make demo` runs leader partitions too."""
+(tools/quietly), shown only when a step fails; `make demo` runs leader partitions too, and
+the node image's build steps take a short line each."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from harness.image import _step_line
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIETLY = ROOT / "tools" / "quietly"
@@ -58,3 +61,12 @@ def test_the_demo_runs_leader_partitions_and_points_at_the_report_and_compare_re
     for tool in ("pip install", "-m venv", "build_native.py", "apt-get install"):
         lines = [line for line in proc.stdout.splitlines() if tool in line]
         assert lines and all("tools/quietly" in line for line in lines), (tool, lines)
+
+
+def test_a_build_step_shows_as_one_short_line() -> None:
+    step = (
+        "Step 5/6 : RUN install -m 0755 /tmp/context/supervisor.sh /usr/local/bin/raftkv-node"
+        "  && raftkv-node install /tmp/context/wheels  && rm -rf /tmp/context"
+    )
+    assert _step_line(step) == "Step 5/6 : RUN install -m 0755 /tmp/context/supervisor.sh /us..."
+    assert _step_line("Step 2/6 : FROM ${BASE}") == "Step 2/6 : FROM ${BASE}"
