@@ -128,7 +128,12 @@ class Model:
         return {v for op in ops for v in self.observes(op) if v not in produced}
 
     def describe(self, op: Op) -> str:
-        key = "" if op.key is None else f"{show_key(op.key)} "
+        if op.key is None:
+            key = ""
+        elif isinstance(op.key, str):
+            key = f"{show_key(op.key)} "
+        else:  # a number beside a number value would read as two values
+            key = f"[{op.key!r}] "
         return f"{op.f} {key}{_show(op.value)}"
 
     def _bad(self, op: Op, file: str | None = None) -> HistoryError:

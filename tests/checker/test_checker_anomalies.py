@@ -192,3 +192,12 @@ def test_a_key_reads_as_itself_in_the_explanation_and_stays_a_string_in_json() -
 
 def test_a_key_that_would_not_read_as_one_word_is_quoted() -> None:
     assert [show_key(k) for k in ("k0", "a b", "", 3, None)] == ["k0", "'a b'", "''", "3", "None"]
+
+
+def test_a_number_key_is_bracketed_in_an_op_so_it_does_not_read_as_a_value() -> None:
+    records = [  # Jepsen's independent [key, value] tuples
+        {"index": i, "type": t, "process": p, "f": f, "value": [0, v]}
+        for i, (t, p, f, v) in enumerate([*seq(0, "write", 1), *seq(1, "read", None, 2)])
+    ]
+    a = anomaly(records)
+    assert a.text.startswith("key 0: ") and "p1 read [0] 2 -> ok" in a.text, a.text
