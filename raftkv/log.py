@@ -8,6 +8,7 @@ committed), `applied` (handed to the state machine and acknowledged) and `unstab
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from raftkv.errors import LogConflict
@@ -104,11 +105,13 @@ class RaftLog:
         log whose entry at `index` has `term`. Returns term 0 when compacted.
         """
         index = min(index, self.last_index())
-        while index > self.offset:
-            entry_term = self.entries[index - self.offset - 1].term
-            if entry_term <= term:
-                return index, entry_term
-            index -= 1
+        # Terms never decrease along a log: the entries up to `index` whose term is at most
+        # `term` are a prefix of them, found by bisection (a diverged log can be long).
+        upto = max(0, index - self.offset)
+        found = bisect.bisect_right(self.entries, term, 0, upto, key=_term)
+        if found > 0:
+            return self.offset + found, self.entries[found - 1].term
+        index = min(index, self.offset)
         if index == self.offset and self.offset_term <= term:
             return index, self.offset_term
         return index, 0
@@ -141,3 +144,7 @@ class RaftLog:
         del self.entries[: snapshot.index - self.offset]
         self.offset, self.offset_term = snapshot.index, snapshot.term
         self.snapshot = snapshot
+
+
+def _term(entry: Entry) -> int:
+    return entry.term
