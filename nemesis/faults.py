@@ -688,8 +688,9 @@ def sync_members(
 
 def settle_members(ctx: NemesisContext) -> tuple[dict[str, Any], list[str]]:
     """Bring the cluster to a stable configuration: promote every learner (one that cannot
-    be promoted is removed), stop every node that is no longer a member. Returns what it
-    did ({"changes", "voters", "learners"}) and the errors. The caller holds `ctx.lock`."""
+    be promoted is removed; when that fails too, the others are left as they are), stop
+    every node that is no longer a member. Returns what it did ({"changes", "voters",
+    "learners"}) and the errors. The caller holds `ctx.lock`."""
     assert ctx.membership is not None
     membership = ctx.membership
     changes: list[dict[str, Any]] = []
@@ -704,6 +705,11 @@ def settle_members(ctx: NemesisContext) -> tuple[dict[str, Any], list[str]]:
         changes.append(change)
         if "error" in change:
             changes.append(apply_move(ctx, membership, Move("remove", learner)))
+            if "error" in changes[-1]:
+                # Neither change passed: a cluster that takes none would only make every
+                # other learner wait out two timeouts more.
+                errors.append("the cluster takes no membership change: the rest left as is")
+                break
     errors += [f"{c['op']} {c['node']}: {c['error']}" for c in changes if "error" in c]
     after, error = sync_members(ctx, membership)
     if error:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 1.0
 # Long enough for a learner to catch up by snapshot, or a new leader after a partition.
-CHANGE_TIMEOUT_S = 30.0
+CHANGE_TIMEOUT_S = 15.0
 RETRY_PAUSE_S = 0.1
 
 

@@ -5,7 +5,7 @@ again, and leaves a settled configuration at stop."""
 from __future__ import annotations
 
 from nemesis.fakes import FakeMembership
-from nemesis.faults import parse_nemesis
+from nemesis.faults import parse_nemesis, settle_members
 from nemesis.member_race import MemberRaceNemesis
 from tests.nemesis.test_member_moves import context, fake
 
@@ -68,3 +68,14 @@ def test_it_is_a_kind_of_its_own_that_all_takes_only_where_set_up() -> None:
     (race,) = parse_nemesis("member-race", 3, can_set_up={"member-race"})
     assert isinstance(race, MemberRaceNemesis)
     assert "member-race" not in {n.name for n in parse_nemesis("all", 3)}
+
+
+def test_a_cluster_that_takes_no_change_is_left_after_one_learner_fails_twice() -> None:
+    cluster = fake()
+    cluster.learners |= {"n4", "n5"}
+    cluster.refuse |= {"promote", "remove"}
+    ctx = context(cluster)
+    value, errors = settle_members(ctx)
+    assert [(c["op"], c["node"]) for c in value["changes"]] == [("promote", "n4"), ("remove", "n4")]
+    assert any("takes no membership change" in e for e in errors)
+    assert value["learners"] == ["n4", "n5"]
