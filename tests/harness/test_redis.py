@@ -183,6 +183,12 @@ def test_bad_redis_options_exit_254_before_anything_is_made(tmp_path: Path) -> N
 # --- whole runs --------------------------------------------------------------------------
 
 
+def set_run(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A run of the set workload on netns with `args`, in `store`."""
+    return harness("test", "--backend", "netns", "--target", "redis", "--workload", "set",
+                   *args, "--store", str(store), "--no-live")  # fmt: skip
+
+
 def _results(store: Path) -> dict[str, Any]:
     return json.loads((store / "latest" / "results.json").read_text())
 
@@ -194,11 +200,8 @@ def test_a_cut_off_primary_loses_acknowledged_writes_after_the_heal(tmp_path: Pa
     # At most three runs of 15 s; each cuts the primary off twice for 5 s, long enough for
     # Sentinel to promote a replica while the old primary still acknowledges writes. The set
     # workload proves each loss: an acknowledged add missing from every later read.
-    proc = harness(
-        "test", "--backend", "netns", "--target", "redis", "--workload", "set",
-        "--nemesis", "partition-leader", "--time", "15", "--nemesis-interval", "5",
-        "--test-count", "3", "--seed", "1", "--store", str(tmp_path), "--no-live",
-    )  # fmt: skip
+    proc = set_run(tmp_path, "--nemesis", "partition-leader", "--time", "15",
+                   "--nemesis-interval", "5", "--test-count", "3", "--seed", "1")  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "lost writes: " in proc.stdout
     r = _results(tmp_path)
@@ -224,11 +227,7 @@ def test_a_cut_off_primary_loses_acknowledged_writes_after_the_heal(tmp_path: Pa
 def test_without_a_failover_no_acknowledged_add_is_lost(tmp_path: Path) -> None:
     # Replica reads lag (stale), yet every add the primary acknowledged is in the final
     # reads: the set workload does not call lag a loss.
-    proc = harness(
-        "test", "--backend", "netns", "--target", "redis", "--workload", "set",
-        "--read-mode", "replica", "--time", "8", "--seed", "3", "--store", str(tmp_path),
-        "--no-live",
-    )  # fmt: skip
+    proc = set_run(tmp_path, "--read-mode", "replica", "--time", "8", "--seed", "3")
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     r = _results(tmp_path)
     assert r["set"]["lost"] == [] and r["set"]["acknowledged"] > 1000, r["set"]

@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,21 +54,20 @@ class ClockHosts:
         return args
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClockHosts]:
-    tmp = tmp_path_factory.mktemp("ssh-clock-hosts")
+@contextmanager
+def odd_last_host(tmp: Path, names: list[str], wrapper: list[str]) -> Iterator[ClockHosts]:
+    """sshd in a network namespace per host of `names`, the last one's started through
+    `wrapper` (an argv that ends by running the sshd argv it is given): a host that differs
+    from the others in what its own mount namespace shows."""
     config, host_key_line = sshd_config(tmp)
     netns = NetnsBackend()
-    netns.setup(HOSTS)
+    netns.setup(names)
     try:
         sshd = [SSHD, "-D", "-e", "-f", str(config)]
-        for host in HOSTS[:-1]:
+        for host in names[:-1]:
             netns.start_process(host, sshd, str(tmp / f"sshd-{host}.log"))
-        library_dir = posixpath.dirname(clock.LIBFAKETIME)
-        hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c", HIDE_LIBRARY]
-        argv = [*hidden, "sh", library_dir, *sshd]
-        netns.start_process(HOSTS[-1], argv, str(tmp / f"sshd-{HOSTS[-1]}.log"))
-        addresses = {h: netns.remote(h).address for h in HOSTS}
+        netns.start_process(names[-1], [*wrapper, *sshd], str(tmp / f"sshd-{names[-1]}.log"))
+        addresses = {h: netns.remote(h).address for h in names}
         for address in addresses.values():
             wait_listening(address, 22)
         known_hosts = tmp / "known_hosts"
@@ -75,6 +75,29 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClockHosts]:
         yield ClockHosts(addresses, tmp / "client_ed25519", known_hosts)
     finally:
         netns.teardown()
+
+
+def refused_with_odd_host(hosts: ClockHosts, tmp_path: Path, *args: str) -> tuple[str, Path, Path]:
+    """A 5-s run with `args` on the first two hosts and the odd one (the last of four), which
+    must stop with exit 254; its stderr, remote directory and store."""
+    remote_dir, store = tmp_path / "remote", tmp_path / "store"
+    names = list(hosts.addresses)
+    chosen = [names[0], names[1], names[-1]]
+    proc = harness(
+        "test", *hosts.cli_args(remote_dir, chosen), *args, "--time", "5",
+        "--store", str(store), "--no-live",
+    )  # fmt: skip
+    assert proc.returncode == 254, proc.stdout + proc.stderr
+    return proc.stderr, remote_dir, store
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClockHosts]:
+    tmp = tmp_path_factory.mktemp("ssh-clock-hosts")
+    library_dir = posixpath.dirname(clock.LIBFAKETIME)
+    hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c", HIDE_LIBRARY]
+    with odd_last_host(tmp, HOSTS, [*hidden, "sh", library_dir]) as made:
+        yield made
     assert os.path.exists(clock.LIBFAKETIME), "the library stays on this machine"
 
 
@@ -106,14 +129,9 @@ def test_raftkv_over_ssh_takes_clock_faults_probed_on_each_host(
 def test_a_host_without_libfaketime_is_refused_before_any_node_starts(
     hosts: ClockHosts, tmp_path: Path
 ) -> None:
-    remote_dir, store = tmp_path / "remote", tmp_path / "store"
-    chosen = [HOSTS[0], HOSTS[1], HOSTS[3]]
-    proc = harness(
-        "test", *hosts.cli_args(remote_dir, chosen), "--nemesis", "partition,clock-strobe",
-        "--time", "5", "--store", str(store), "--no-live",
-    )  # fmt: skip
-    assert proc.returncode == 254, proc.stdout + proc.stderr
-    err = proc.stderr
+    err, remote_dir, store = refused_with_odd_host(
+        hosts, tmp_path, "--nemesis", "partition,clock-strobe"
+    )
     assert f"n3 ({hosts.addresses[HOSTS[3]]}) has no libfaketime" in err, err
     assert "apt-get install libfaketime" in err and "Traceback" not in err
     assert not list((store / "latest").glob("nodes/*/raftkv.log")), "a node started"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ssh import SSHD, harness, processes_under, sshd_config, wait_listening, write_known_hosts
+from test_ssh import harness, processes_under
 from test_ssh_clock import ClockHosts as SshHosts  # addresses, key, known hosts; cli_args
+from test_ssh_clock import odd_last_host
 
-from harness.backends.netns import NetnsBackend
 from harness.disks import mounted
 from nemesis.lazyfs import FSNAME_PREFIX
 
@@ -40,23 +40,9 @@ BARE_DEV = (
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHosts]:
     tmp = tmp_path_factory.mktemp("ssh-fuse-hosts")
-    config, host_key_line = sshd_config(tmp)
-    netns = NetnsBackend()
-    netns.setup(HOSTS)
-    try:
-        sshd = [SSHD, "-D", "-e", "-f", str(config)]
-        for host in HOSTS[:-1]:
-            netns.start_process(host, sshd, str(tmp / f"sshd-{host}.log"))
-        bare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", BARE_DEV, "sh"]
-        netns.start_process(HOSTS[-1], [*bare, *sshd], str(tmp / f"sshd-{HOSTS[-1]}.log"))
-        addresses = {h: netns.remote(h).address for h in HOSTS}
-        for address in addresses.values():
-            wait_listening(address, 22)
-        known_hosts = tmp / "known_hosts"
-        write_known_hosts(known_hosts, list(addresses.values()), host_key_line)
-        yield SshHosts(addresses, tmp / "client_ed25519", known_hosts)
-    finally:
-        netns.teardown()
+    bare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", BARE_DEV, "sh"]
+    with odd_last_host(tmp, HOSTS, bare) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
