@@ -401,8 +401,8 @@ class KVStore:
         store = cls(max_sessions=max_sessions)
         try:
             store._load(image)
-        except BadRequest as err:
-            raise SnapshotError(f"snapshot holds an invalid entry: {err}") from None
+        except BadRequest as bad:
+            raise SnapshotError(f"snapshot holds an invalid entry: {bad}") from None
         return store
 
     def _load(self, image: dict[Any, Any]) -> None:

@@ -809,8 +809,8 @@ class KVCluster:
                 self._read(node, rid, request, cmd.key, mode)
             else:
                 self._write(node, rid, cmd)
-        except NotLeader as exc:
-            self._answer(rid, self._not_leader(exc.leader))
+        except NotLeader as refused:
+            self._answer(rid, self._not_leader(refused.leader))
         finally:
             if rid in self._requests:
                 heapq.heappush(self._queue, (deadline, seq, _DEADLINE, rid, None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -90,3 +91,20 @@ def test_compiled_and_pure_python_write_the_same_history(tmp_path: Path) -> None
         run = store / "latest"
         outputs.append([(run / name).read_bytes() for name in ("history.jsonl", "leaders.jsonl")])
     assert outputs[0] == outputs[1]
+
+
+def test_no_compiled_function_binds_one_name_to_two_kinds_of_exception() -> None:
+    # mypyc gives a name one type per function: `except A as e` then `except B as e` makes
+    # the second a TypeError at run time ("A object expected; got B"), compiled only.
+    clashes = []
+    for rel in native.MODULES:
+        tree = ast.parse((native.ROOT / rel).read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            kinds: dict[str, set[str]] = {}
+            for handler in ast.walk(fn):
+                if isinstance(handler, ast.ExceptHandler) and handler.name and handler.type:
+                    kinds.setdefault(handler.name, set()).add(ast.unparse(handler.type))
+            clashes += [f"{rel}:{fn.name}: {n} {sorted(k)}" for n, k in kinds.items() if len(k) > 1]
+    assert clashes == []
