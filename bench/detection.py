@@ -61,6 +61,7 @@ CASES = (
     Case("vote-amnesia", "--nemesis all --raft-option check-quorum=off"),
     Case("skip-log-check", "--nemesis partition-one+kill --nemesis-interval 0.5"),
     Case("skip-log-check", "--nemesis all"),
+    Case("conf-two-in-flight", "--nemesis member-race --nemesis-interval 5"),
 )
 
 
