@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 SETUP_LOG := build/setup.log
 QUIETLY := tools/quietly $(SETUP_LOG)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-OS_PACKAGES := gcc iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime redis-server redis-sentinel
+OS_PACKAGES := gcc make dpkg-dev iproute2 iptables procps chromium openssh-server etcd-server etcd-client debootstrap fuse3 libfaketime redis-server redis-sentinel
 
-.PHONY: venv native test check demo lint typecheck bench clean os-packages
+.PHONY: venv native test check demo lint typecheck bench clean os-packages redis-libc
 
 venv: $(STAMP) os-packages
 
@@ -32,6 +32,20 @@ os-packages:
 		else echo "missing OS packages (need root to install):$$missing"; fi; \
 	fi
 
+# Redis built with libc's malloc, for clock faults on the redis target (Debian's jemalloc
+# build cannot start under libfaketime: tools/build_redis_libc says why). Rebuilt when
+# Debian's redis-server changes version; built only as root, as the OS packages are.
+REDIS_LIBC := /usr/local/bin/redis-server-libc
+
+redis-libc: os-packages
+	@v() { "$$1" --version 2>/dev/null | sed -n 's/.* v=\([^ ]*\).*/\1/p'; }; \
+	if [ "$$(v $(REDIS_LIBC))" != "$$(v redis-server)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "setup: building Debian's Redis with libc malloc as $(REDIS_LIBC), for clock faults (output in $(SETUP_LOG))"; \
+			$(QUIETLY) tools/build_redis_libc $(REDIS_LIBC); \
+		else echo "missing $(REDIS_LIBC) (need root to build it: make redis-libc)"; fi; \
+	fi
+
 # The hot modules compiled with mypyc (raftkv/native.py says which and how they are
 # used), rebuilt only when a source changed; if compiling fails, pure Python runs.
 native: $(STAMP)
@@ -47,7 +61,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: venv native lint typecheck
+test: venv native redis-libc lint typecheck
 	$(BIN)/pytest -q
 
 # The environment needs are the markers of tests/conftest.py; slow marks long simulations.

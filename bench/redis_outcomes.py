@@ -31,6 +31,11 @@ SETTINGS: dict[str, list[str]] = {
     "power-loss": POWER,
     "power-loss, appendfsync always": [*POWER, "--redis-appendfsync", "always"],
     "no faults, replica reads": ["--read-mode", "replica"],
+    "clocks": ["--nemesis", "clock,clock-strobe", "--nemesis-interval", "3"],
+    "clocks, all nodes": [
+        "--nemesis", "clock", "--nemesis-interval", "3", "--fault-targets", "all",
+    ],  # fmt: skip
+    "cut and clocks": ["--nemesis", "partition-leader,clock", "--nemesis-interval", "5"],
 }
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from harness.backends.base import Backend, BackendUnavailable
 from harness.targets import TARGETS
-from harness.targets.base import ClusterSpec, IgnoresPreload
+from harness.targets.base import ClusterSpec, IgnoresPreload, SwapsForPreload
 from nemesis import clock
 from nemesis.faults import CLOCK_KINDS, Nemesis, uses_clock
 from nemesis.remote import Remote, RemoteError
@@ -26,7 +26,7 @@ from nemesis.remote import Remote, RemoteError
 if TYPE_CHECKING:
     from harness.options import RunOptions
 
-__all__ = ["clock_kinds", "prepare_clocks"]
+__all__ = ["clock_kinds", "preload_program_missing", "prepare_clocks"]
 
 # The setting a throwaway control file gets to prove the library acts on a node: a process
 # that only seems to run under the preload (the loader skips a library it cannot load, with
@@ -39,20 +39,30 @@ _MAX_THREADS = 9
 def clock_kinds(opts: RunOptions) -> frozenset[str]:
     """The clock kinds (nemesis.faults.CLOCK_KINDS) `--nemesis all` takes for `opts`: all of
     them where the nodes can run under libfaketime, none for a target whose program ignores
-    LD_PRELOAD (IgnoresPreload), on netns without the library on this host, or for a user's
+    LD_PRELOAD (IgnoresPreload), on netns without the library (or the target's build for
+    it, SwapsForPreload) on this host, or for a user's
     docker image when this host has no library to copy in (the image may lack one)."""
-    if isinstance(TARGETS[opts.target](), IgnoresPreload):
+    target = TARGETS[opts.target]()
+    if isinstance(target, IgnoresPreload):
         return frozenset()
     host_has_it = os.path.exists(clock.LIBFAKETIME)
-    if opts.backend == "netns" and not host_has_it:
+    if opts.backend == "netns" and (not host_has_it or preload_program_missing(target)):
         return frozenset()
     if opts.backend == "docker" and opts.image is not None and not host_has_it:
         return frozenset()
     return CLOCK_KINDS
 
 
+def preload_program_missing(target: object) -> str | None:
+    """The program a SwapsForPreload target runs under libfaketime, when this host lacks it."""
+    if not isinstance(target, SwapsForPreload):
+        return None
+    program = target.preload_program
+    return None if os.access(program.path, os.X_OK) else program.path
+
+
 def prepare_clocks(
-    backend: Backend, nemeses: list[Nemesis], cluster: ClusterSpec
+    backend: Backend, nemeses: list[Nemesis], cluster: ClusterSpec, target: object = None
 ) -> dict[str, str]:
     """With a clock nemesis: each node's libfaketime control file (nemesis.clock), written
     with the true clock before the node starts under the preload, once every node is known
@@ -63,7 +73,7 @@ def prepare_clocks(
     files = {n: clock.control_path(cluster.data_root, n) for n in cluster.nodes}
     with ThreadPoolExecutor(min(_MAX_THREADS, len(files))) as pool:
         checks = [
-            pool.submit(_check_node, backend.remote(node), path, _where(backend, node))
+            pool.submit(_check_node, backend.remote(node), path, _where(backend, node), target)
             for node, path in files.items()
         ]
     for check in checks:
@@ -79,15 +89,24 @@ def _where(backend: Backend, node: str) -> str:
     return f"{node} ({hosts.get(node) or backend.remote(node).address})"
 
 
-def _check_node(remote: Remote, path: str, where: str) -> None:
-    """The library is at clock.LIBFAKETIME and a probe under it on a throwaway control file
-    beside `path` shows that file's setting; BackendUnavailable saying why not."""
+def _check_node(remote: Remote, path: str, where: str, target: object = None) -> None:
+    """The library is at clock.LIBFAKETIME (and a SwapsForPreload target's program is
+    there), and a probe under it on a throwaway control file beside `path` shows that file's
+    setting; BackendUnavailable saying why not."""
     found = remote.execute(["test", "-f", clock.LIBFAKETIME], _CHECK_TIMEOUT_S, check=False)
     if found.returncode != 0:
         raise BackendUnavailable(
             f"clock faults: {where} has no libfaketime ({clock.LIBFAKETIME}); install "
             "Debian's there (apt-get install libfaketime), or leave clock faults out of --nemesis"
         )
+    if isinstance(target, SwapsForPreload):
+        program = target.preload_program
+        found = remote.execute(["test", "-x", program.path], _CHECK_TIMEOUT_S, check=False)
+        if found.returncode != 0:
+            raise BackendUnavailable(
+                f"clock faults: {where} has no {program.path}: {program.hint}; "
+                "or leave clock faults out of --nemesis"
+            )
     check = f"{path}.check"
     try:
         remote.execute(["mkdir", "-p", posixpath.dirname(path)], _CHECK_TIMEOUT_S)

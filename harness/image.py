@@ -13,7 +13,9 @@ lookup:
                                      `backends.bundle` (raftkv's, and its dependencies' at
                                      the versions installed here, fetched from PyPI once),
                                      the backends' supervisor (`backends/supervisor.sh`) as
-                                     `raftkv-node`. The hash covers raftkv's sources, its
+                                     `raftkv-node`, and this host's Redis built with libc
+                                     malloc when it has one (clock faults on redis). The
+                                     hash covers those, raftkv's sources, its
                                      requirements (bounds and pins), docker/Dockerfile, the
                                      supervisor and the base's image id.
                                      Also tagged `jepsen-py/raftkv:latest` (docker/compose.yaml).
@@ -52,6 +54,7 @@ import raftkv
 from harness.backends.base import BackendError, BackendUnavailable
 from harness.backends.bundle import build_bundle, pins
 from harness.backends.supervisor import SCRIPT as SUPERVISOR_SCRIPT
+from harness.targets.redis import REDIS_LIBC
 
 __all__ = [
     "BASE_REPO",
@@ -98,6 +101,10 @@ _ROOTFS_EXCLUDES = (
 _DOCKER_FILES = ("Dockerfile",)
 # The supervisor's name in the build context (the Dockerfile installs it).
 _SUPERVISOR_FILE = "supervisor.sh"
+# Programs of this host the image carries when this host has them (the Dockerfile installs
+# them at the same path): Redis built with libc malloc, for clock faults on redis.
+_HOST_PROGRAMS = (REDIS_LIBC,)
+_HOST_DIR = "host-programs"
 _REQ_NAME_RE = re.compile(r"[\s<>=!~;\[]")
 
 OnBuildStep = Callable[[str], None]
@@ -181,6 +188,10 @@ def tree_hash(root: Path, base_id: str) -> str:
     script = SUPERVISOR_SCRIPT.encode()
     h.update(f"{_SUPERVISOR_FILE}\0{len(script)}\0".encode())
     h.update(script)
+    for program in _host_programs():
+        data = program.read_bytes()
+        h.update(f"{program}\0{len(data)}\0".encode())
+        h.update(data)
     requirements = " ".join(node_requirements(root) + pins(NODE_PACKAGES))
     h.update(f"base\0{base_id}\0python\0{PYTHON_VERSION}\0{requirements}".encode())
     return h.hexdigest()
@@ -375,12 +386,20 @@ def _engine_machine(client: DockerClient) -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
 
+def _host_programs() -> list[Path]:
+    return [Path(p) for p in _HOST_PROGRAMS if os.access(p, os.X_OK)]
+
+
 def _fill_context(client: DockerClient, root: Path, context: Path, progress: OnBuildStep) -> None:
     """Dockerfile, the supervisor and wheels/: raftkv's wheel (raftkv alone, so the image
     carries nothing else of ours) and its dependencies', for the image's Python."""
     for name in _DOCKER_FILES:
         shutil.copy2(root / "docker" / name, context / name)
     (context / _SUPERVISOR_FILE).write_text(SUPERVISOR_SCRIPT)
+    for program in _host_programs():  # to the same path: context/host-programs/usr/...
+        copy = context / _HOST_DIR / program.relative_to("/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(program, copy)
     bundle = build_bundle(
         ("raftkv",), NODE_PACKAGES, PYTHON_VERSION, _engine_machine(client), say=progress
     )

@@ -26,11 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
-from harness.clocks import clock_kinds
+from harness.clocks import clock_kinds, preload_program_missing
 from harness.disks import power_loss_refusal
 from harness.exit import UsageError
 from harness.targets import TARGETS
-from harness.targets.base import ChangesMembers, HasSets, IgnoresPreload, ValidatesOptions
+from harness.targets.base import (
+    ChangesMembers,
+    HasSets,
+    IgnoresPreload,
+    SwapsForPreload,
+    ValidatesOptions,
+)
 from harness.workload import OPS, WORKLOADS
 from nemesis import clock
 from nemesis.faults import (
@@ -655,6 +661,12 @@ def _validate_clock(opts: RunOptions) -> None:
         raise UsageError(
             f"the clock nemesis needs libfaketime ({clock.LIBFAKETIME}): "
             "apt-get install libfaketime",
+            "--nemesis",
+        )
+    missing = preload_program_missing(target) if opts.backend == "netns" else None
+    if missing and isinstance(target, SwapsForPreload):
+        raise UsageError(
+            f"the clock nemesis on {opts.target} needs {missing}: {target.preload_program.hint}",
             "--nemesis",
         )
 

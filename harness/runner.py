@@ -196,7 +196,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             await asyncio.to_thread(target.check_nodes, cluster, remotes)
         if isinstance(target, PreparesNodes):
             await asyncio.to_thread(target.prepare_nodes, cluster, backend)
-        clock_files = await asyncio.to_thread(prepare_clocks, backend, nemeses, cluster)
+        clock_files = await asyncio.to_thread(prepare_clocks, backend, nemeses, cluster, target)
         if disks is None:
             disks = await asyncio.to_thread(
                 mount_disks, target, nemeses, cluster, backend, run_id, run_dir, metadata=metadata

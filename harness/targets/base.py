@@ -42,9 +42,11 @@ __all__ = [
     "MemberControl",
     "Members",
     "NamesLinearizableReads",
+    "PreloadProgram",
     "PreparesHost",
     "PreparesNodes",
     "ReportsLeaderTerm",
+    "SwapsForPreload",
     "Target",
     "TargetClient",
     "TargetSetupError",
@@ -164,6 +166,31 @@ class IgnoresPreload(Protocol):
     """
 
     preload_refusal: str
+
+
+@dataclass(frozen=True)
+class PreloadProgram:
+    """A build of a node program that runs under LD_PRELOAD: its `path` on the nodes, and
+    `hint`, a sentence on why it is needed and how to get it."""
+
+    path: str
+    hint: str
+
+
+@runtime_checkable
+class SwapsForPreload(Protocol):
+    """`preload_program`: a build of the node program (PreloadProgram) run instead of the
+    usual one when a clock fault preloads libfaketime (the node's command sees LD_PRELOAD
+    and chooses).
+
+    It is checked before the nodes start: on this host for netns (a run that names a clock
+    fault without it is refused, exit 254, and `all` leaves the clock kinds out), on each
+    node for docker and ssh (BackendUnavailable naming the node). The node image carries
+    this host's copy. redis offers it (Debian's jemalloc build cannot start under
+    libfaketime).
+    """
+
+    preload_program: PreloadProgram
 
 
 @runtime_checkable
@@ -315,6 +342,7 @@ TARGET_HOOKS: tuple[type, ...] = (
     ValidatesOptions,
     HasSets,
     IgnoresPreload,
+    SwapsForPreload,
     PreparesHost,
     KeepsData,
     ChecksNodes,

@@ -1,5 +1,9 @@
 """Redis with Sentinel as a target: Debian's `redis-server` and `redis-sentinel` (7.0).
 
+Under a clock fault (libfaketime in LD_PRELOAD) the node runs the same Redis built with libc
+malloc (`REDIS_LIBC`, made by tools/build_redis_libc) as server and as Sentinel: Debian's
+jemalloc build reads the clock while libfaketime is still starting and never comes up.
+
 Each node runs a Redis server (port 6379) and a Sentinel (port 26379), both bound to the
 node's address, under one foreground shell (`NODE_SCRIPT`) that the backend's supervisor
 starts: the shell leads the process group, so a kill, a SIGSTOP and a SIGTERM of the node
@@ -57,10 +61,11 @@ from harness.targets.base import (
     ClusterSpec,
     Completion,
     HasSets,
-    IgnoresPreload,
     KeepsData,
     NamesLinearizableReads,
+    PreloadProgram,
     ReportsLeaderTerm,
+    SwapsForPreload,
     TargetSetupError,
     ValidatesOptions,
     WaitsReady,
@@ -71,6 +76,7 @@ from nemesis.remote import Remote, RemoteError
 __all__ = [
     "APPENDFSYNC",
     "NODE_SCRIPT",
+    "REDIS_LIBC",
     "RedisClient",
     "RedisTarget",
     "SentinelTiming",
@@ -84,6 +90,9 @@ REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 MASTER_NAME = "harness"
 PROGRAMS = ("redis-server", "redis-sentinel")
+# Debian's Redis built with libc malloc (tools/build_redis_libc), which the nodes run under
+# libfaketime: Debian's jemalloc build reads the clock while the library is still starting.
+REDIS_LIBC = "/usr/local/bin/redis-server-libc"
 APPENDFSYNC = ("everysec", "always")
 STATUS_TIMEOUT_S = 1.0
 READY_TIMEOUT_S = 30.0
@@ -104,7 +113,7 @@ return 0
 """
 
 # The node: writes both configs once (and fsyncs them), runs both programs, and exits when
-# either does. $1 data dir, $2 redis.conf text, $3 sentinel.conf text.
+# either does. $1 data dir, $2 redis.conf text, $3 sentinel.conf text, $4 REDIS_LIBC.
 NODE_SCRIPT = r"""
 set -u
 dir=$1
@@ -112,10 +121,14 @@ mkdir -p "$dir" || exit 1
 [ -s "$dir/redis.conf" ] || { printf '%s\n' "$2" >"$dir/redis.conf" && sync "$dir/redis.conf"; }
 [ -s "$dir/sentinel.conf" ] || {
     printf '%s\n' "$3" >"$dir/sentinel.conf" && sync "$dir/sentinel.conf"; }
-redis-server "$dir/redis.conf" &
-server=$!
-redis-sentinel "$dir/sentinel.conf" &
-sentinel=$!
+case ${LD_PRELOAD:-} in
+*faketime*)  # under a clock fault: the libc-malloc build, as server and as Sentinel
+    "$4" "$dir/redis.conf" & server=$!
+    "$4" "$dir/sentinel.conf" --sentinel & sentinel=$! ;;
+*)
+    redis-server "$dir/redis.conf" & server=$!
+    redis-sentinel "$dir/sentinel.conf" & sentinel=$! ;;
+esac
 trap 'kill -TERM "$server" "$sentinel" 2>/dev/null' TERM INT
 while kill -0 "$server" 2>/dev/null && kill -0 "$sentinel" 2>/dev/null; do sleep 0.2; done
 kill -TERM "$server" "$sentinel" 2>/dev/null
@@ -359,7 +372,7 @@ def _pairs(answer: Any) -> dict[str, str]:
 class RedisTarget(
     ValidatesOptions,
     HasSets,
-    IgnoresPreload,
+    SwapsForPreload,
     KeepsData,
     ChecksNodes,
     WaitsReady,
@@ -379,10 +392,11 @@ class RedisTarget(
     def __init__(self, timing: SentinelTiming = SentinelTiming()) -> None:
         self.timing = timing
 
-    preload_refusal = (
-        "Debian's redis-server is linked with jemalloc, which reads the clock while "
-        "libfaketime is still starting: the library breaks the recursion by failing the "
-        "call, and the server never comes up under it"
+    preload_program = PreloadProgram(
+        REDIS_LIBC,
+        "Debian's redis-server is linked with jemalloc, which cannot start under libfaketime; "
+        "`make redis-libc` (root) builds Debian's Redis with libc malloc there, "
+        "from Debian's source package (tools/build_redis_libc)",
     )
 
     def validate_options(self, extra: dict[str, Any], nodes: int, backend: str) -> None:
@@ -402,7 +416,7 @@ class RedisTarget(
         return [
             "sh", "-c", NODE_SCRIPT, "redis-node", data_dir,
             redis_conf(node, cluster, data_dir, self.timing),
-            sentinel_conf(node, cluster, data_dir, self.timing),
+            sentinel_conf(node, cluster, data_dir, self.timing), REDIS_LIBC,
         ]  # fmt: skip
 
     def check_nodes(self, cluster: ClusterSpec, remotes: Mapping[str, Remote]) -> None:

@@ -1,7 +1,7 @@
 """The redis target: its configurations, the outcomes of its client's answers, its checks of
 the nodes and its options, and whole `harness test` runs of Redis with Sentinel on network
-namespaces: a cut-off primary's acknowledged writes are lost after the heal, and replica
-reads are stale."""
+namespaces: a cut-off primary's acknowledged writes are lost after the heal, replica reads
+are stale, and clock faults reach server and Sentinel (through the libc-malloc build)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
+from harness.backends.base import BackendUnavailable
+from harness.clocks import _check_node
 from harness.exit import UsageError
-from harness.options import parse_options, reproduce_command
+from harness.options import parse_options, reproduce_command, setup_kinds, validate
 from harness.targets import ClusterSpec, RedisTarget
-from harness.targets.base import TargetSetupError
+from harness.targets.base import PreloadProgram, TargetSetupError
 from harness.targets.redis import (
     NODE_SCRIPT,
+    REDIS_LIBC,
     RedisClient,
     _Lost,
     _Refused,
@@ -29,6 +32,7 @@ from harness.targets.redis import (
 )
 from harness.workload import Invocation
 from nemesis.fakes import FakeRemote
+from nemesis.faults import CLOCK_KINDS
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 NODES = ("n1", "n2", "n3")
@@ -246,3 +250,51 @@ def test_replica_reads_are_stale(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     r = _results(tmp_path)
     assert r["valid"] is False and r["stale_reads"] > 0
+
+
+def clock_args() -> list[str]:
+    """Options of a short set run with clock faults; seed 2 moves n3's clock 2 s ahead."""
+    return ["--target", "redis", "--workload", "set", "--nemesis", "clock",
+            "--nemesis-interval", "2", "--time", "10", "--seed", "2", "--no-live"]  # fmt: skip
+
+
+def assert_clocks_reached_redis(run: Path) -> None:
+    """Each clock fault of the run at `run` was read back by the probe on its nodes, and
+    each Sentinel whose clock jumped 2 s ahead entered TILT mode (it acts on nothing it
+    measured for 30 s when its clock moves by more than 2 s between two ticks): server and
+    Sentinel ran under libfaketime, which Debian's jemalloc build cannot start under."""
+    history = [json.loads(line) for line in (run / "history.jsonl").open()]
+    done = [op for op in history if op.get("fault") == "clock" and op["type"] == "info"]
+    starts = [op["value"] for op in done if op["f"] == "start"]
+    assert starts and all(v["readings"] for v in starts), starts
+    logs = {n: (run / "nodes" / n / "redis.log").read_text() for n in NODES}
+    assert all("Ready to accept connections" in log for log in logs.values())
+    jumped = {n for v in starts if v["offset_s"] >= 2 for n in v["nodes"]}
+    assert jumped, starts
+    assert all("+tilt" in logs[n] for n in jumped), "a Sentinel missed its clock's jump"
+
+
+@pytest.mark.root
+@pytest.mark.redis
+@pytest.mark.timeout(300)
+def test_clock_faults_reach_server_and_sentinel(tmp_path: Path) -> None:
+    proc = harness("test", "--backend", "netns", *clock_args(), "--store", str(tmp_path))
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert_clocks_reached_redis(tmp_path / "latest")
+
+
+def test_clock_faults_without_the_libc_build_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = PreloadProgram("/nonexistent/redis-server-libc", RedisTarget.preload_program.hint)
+    monkeypatch.setattr(RedisTarget, "preload_program", missing)
+    words = r"needs /nonexistent/redis-server-libc: .*make redis-libc"
+    with pytest.raises(UsageError, match=words):
+        validate(parse_options({"target": "redis", "backend": "netns", "nemesis": "clock"}))
+    opts = parse_options({"target": "redis", "backend": "netns", "nemesis": "all"})
+    assert not setup_kinds(opts) & CLOCK_KINDS
+
+
+def test_a_node_without_the_libc_build_is_named() -> None:
+    remote = FakeRemote("n3", "10.0.0.13")
+    remote.add_script(["test", "-x", REDIS_LIBC], returncode=1)
+    with pytest.raises(BackendUnavailable, match=f"n3 \\(h3\\) has no {REDIS_LIBC}: .*jemalloc"):
+        _check_node(remote, "/d/n3.faketime", "n3 (h3)", RedisTarget())

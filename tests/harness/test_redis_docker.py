@@ -1,5 +1,6 @@
 """The redis target on the Docker backend: redis-server and redis-sentinel come with the node
-image (Debian's packages in the base built by debootstrap), one container per node."""
+image (Debian's packages in the base built by debootstrap), one container per node; the image
+also carries this host's Redis built with libc malloc, which clock faults run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from docker_runs import leftovers
+from test_redis import assert_clocks_reached_redis, clock_args
 
 pytestmark = [
     pytest.mark.docker,
@@ -43,3 +45,13 @@ def test_a_cut_off_primary_loses_writes_in_containers_too(tmp_path: Path) -> Non
     run_id = re.search(r"\(id ([0-9a-f]{4})\)", (run / "harness.log").read_text())
     assert run_id is not None
     assert leftovers(run_id[1]) == [], "the run left containers or its network behind"
+
+
+def test_clock_faults_reach_redis_in_containers(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "test", "--backend", "docker", *clock_args(),
+         "--store", str(tmp_path)],
+        capture_output=True, text=True, timeout=850,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert_clocks_reached_redis(tmp_path / "latest")

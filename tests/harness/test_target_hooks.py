@@ -32,6 +32,7 @@ from harness.targets.base import (
     PreparesHost,
     PreparesNodes,
     ReportsLeaderTerm,
+    SwapsForPreload,
     Target,
     TargetClient,
     ValidatesOptions,
@@ -65,7 +66,7 @@ OFFERED: dict[str, set[type]] = {
     "redis": {
         ValidatesOptions,
         HasSets,
-        IgnoresPreload,
+        SwapsForPreload,
         KeepsData,
         ChecksNodes,
         WaitsReady,
