@@ -22,6 +22,7 @@ HARNESS = ROOT / ".venv" / "bin" / "harness"
 
 CUT = ["--nemesis", "partition-leader", "--nemesis-interval", "5"]
 POWER = ["--nemesis", "power-loss", "--fault-targets", "all"]
+CLOCK = ["--nemesis", "clock", "--nemesis-interval", "3"]
 SETTINGS: dict[str, list[str]] = {
     "defaults": CUT,
     "min-replicas 1": [*CUT, "--redis-min-replicas", "1"],
@@ -32,9 +33,7 @@ SETTINGS: dict[str, list[str]] = {
     "power-loss, appendfsync always": [*POWER, "--redis-appendfsync", "always"],
     "no faults, replica reads": ["--read-mode", "replica"],
     "clocks": ["--nemesis", "clock,clock-strobe", "--nemesis-interval", "3"],
-    "clocks, all nodes": [
-        "--nemesis", "clock", "--nemesis-interval", "3", "--fault-targets", "all",
-    ],  # fmt: skip
+    "clocks, all nodes": [*CLOCK, "--fault-targets", "all"],
     "cut and clocks": ["--nemesis", "partition-leader,clock", "--nemesis-interval", "5"],
 }
 
