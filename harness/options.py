@@ -673,8 +673,9 @@ def _validate_clock(opts: RunOptions) -> None:
 
 def setup_kinds(opts: RunOptions) -> frozenset[str]:
     """The kinds that need the nodes set up for them (nemesis.faults.NEEDS_SETUP) which this
-    run can set up, so `--nemesis all` takes them: clock (harness.clocks.clock_kinds) and
-    power-loss (harness.disks.power_loss_refusal)."""
+    run can set up, so `--nemesis all` takes them: clock (harness.clocks.clock_kinds),
+    power-loss (harness.disks.power_loss_refusal), member (member_refusal) and member-race
+    where there are also slots for it."""
     if opts.backend == "sim":  # the simulation models them itself
         from harness.simfaults import SIM_SETUP_KINDS
 
@@ -682,6 +683,8 @@ def setup_kinds(opts: RunOptions) -> frozenset[str]:
     target = TARGETS[opts.target]()
     refusal = power_loss_refusal(target, opts.backend)
     member = frozenset() if member_refusal(opts) else MEMBER_KINDS
+    if opts.slot_count < MIN_VOTERS + 2:  # member-race needs two spare slots beyond that
+        member -= {"member-race"}
     return clock_kinds(opts) | (frozenset() if refusal else {PowerLossNemesis.name}) | member
 
 

@@ -71,6 +71,10 @@ def test_all_takes_member_for_etcd_and_raftkv_and_spares_are_made_for_it_alone()
     assert "member" not in kinds(target="memory")
     assert "member" not in kinds(target="etcd", backend="ssh")
     assert "member" not in kinds(target="raftkv", backend="sim")
+    # member-race needs two slots beyond three voters: `all` leaves it out below five.
+    assert "member-race" in kinds(target="raftkv")
+    assert "member-race" not in kinds(target="raftkv", max_nodes=4)
+    assert "member" in kinds(target="raftkv", max_nodes=4)
     opts = RunOptions(target="etcd", nemesis="member,partition")
     assert spare_slots(opts, parse_nemesis(opts.nemesis, 3)) == ["n4", "n5"]
     assert spare_slots(opts, parse_nemesis("partition", 3)) == []
