@@ -636,6 +636,11 @@ class MemberNemesis:
             return FaultEvent("stop", self.name, value, error="; ".join(errors) or None)
 
 
+def change_errors(changes: list[dict[str, Any]]) -> list[str]:
+    """One line per change (`apply_move`'s record) that failed: "promote n4: why"."""
+    return [f"{c['op']} {c['node']}: {c['error']}" for c in changes if "error" in c]
+
+
 def apply_move(ctx: NemesisContext, membership: Membership, move: Move) -> dict[str, Any]:
     """Make `move` through `membership`; the change as the member fault records it. A node
     that leaves is stopped, and no longer killed or paused for the heal to undo."""
@@ -710,7 +715,7 @@ def settle_members(ctx: NemesisContext) -> tuple[dict[str, Any], list[str]]:
                 # other learner wait out two timeouts more.
                 errors.append("the cluster takes no membership change: the rest left as is")
                 break
-    errors += [f"{c['op']} {c['node']}: {c['error']}" for c in changes if "error" in c]
+    errors += change_errors(changes)
     after, error = sync_members(ctx, membership)
     if error:
         errors.append(error)

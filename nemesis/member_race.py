@@ -31,6 +31,7 @@ from nemesis.faults import (
     NemesisContext,
     PartitionNemesis,
     apply_move,
+    change_errors,
     settle_members,
     sync_members,
 )
@@ -80,7 +81,7 @@ class MemberRaceNemesis:
                 )
             spares = [s for s in ctx.membership.slots if s not in now.all][:2]
             value: dict[str, Any] = {"changes": changes}
-            errors = [f"{c['op']} {c['node']}: {c['error']}" for c in changes if "error" in c]
+            errors = change_errors(changes)
             if now.learners or len(spares) < 2:
                 why = "a learner is waiting" if now.learners else "fewer than two spare slots"
                 errors.append(f"no race possible: {why}")
@@ -114,7 +115,7 @@ class MemberRaceNemesis:
         changes = [apply_move(ctx, ctx.membership, move) for move in adds]
         self.used.update(spares)
         value["changes"] += changes
-        errors = [f"add {c['node']}: {c['error']}" for c in changes if "error" in c]
+        errors = change_errors(changes)
         if errors:
             return errors
         cut = self.cut.start(ctx)
@@ -123,7 +124,7 @@ class MemberRaceNemesis:
             return [f"cut: {cut.error}"]
         promotions = self._promote(ctx, spares)
         value["changes"] += promotions
-        return [f"promote {c['node']}: {c['error']}" for c in promotions if "error" in c]
+        return change_errors(promotions)
 
     def _promote(self, ctx: NemesisContext, nodes: list[str]) -> list[dict[str, Any]]:
         assert ctx.membership is not None
