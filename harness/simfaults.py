@@ -297,26 +297,12 @@ class SimMembership:
     def promote_together(self, nodes: Sequence[str], within_s: float) -> dict[str, str | None]:
         """Every promotion sent to the leader at the same virtual instant; each one the
         leader says may pass later is sent again, until `within_s` has passed."""
-        began, cluster = self.cluster.now_ns, self.cluster
-        end = began + int(within_s * NS)
-        answers: dict[str, str | None] = {n: "no leader" for n in nodes}
-        waiting = list(nodes)
-        while waiting:
-            leader = cluster.leader()[0]
-            if leader is not None:
-                asked = [(leader, self._request("promote", self._id(n))) for n in waiting]
-                got = self._ask_all(asked, max(1, end - cluster.now_ns))
-                for node, answer in zip(list(waiting), got, strict=True):
-                    verdict, retry = _verdict(answer)
-                    answers[node] = verdict
-                    if not retry:
-                        waiting.remove(node)
-            if cluster.now_ns >= end:
-                break
-            self._wait(RETRY_PAUSE_NS)
+        began = self.cluster.now_ns
+        ids = {self._id(n): n for n in nodes}
+        verdicts = self._send("promote", list(ids), began + int(within_s * NS), None)
         for _ in nodes:
             self._record(began)
-        return answers
+        return {ids[i]: why for i, why in verdicts.items()}
 
     def remove(self, node: str) -> None:
         began = self.cluster.now_ns
@@ -338,25 +324,33 @@ class SimMembership:
         return self._ids.get(node) or self.cluster.id_of(node)
 
     def _change(self, op: str, node_id: str) -> None:
+        end = self.cluster.now_ns + CHANGE_TIMEOUT_NS
+        why = self._send(op, [node_id], end, ANSWER_TIMEOUT_NS)[node_id]
+        if why is not None:
+            raise MembershipError(f"{op} {node_id}: {why}")
+
+    def _send(
+        self, op: str, node_ids: list[str], end_ns: int, answer_ns: int | None
+    ) -> dict[str, str | None]:
+        """`op` for each of `node_ids` sent to the leader at one virtual instant (each
+        answer waited for `answer_ns`, or until `end_ns` when None), and each the leader
+        says may pass later sent again until `end_ns`: per id, None if done, else why not."""
         cluster = self.cluster
-        end = cluster.now_ns + CHANGE_TIMEOUT_NS
-        request = self._request(op, node_id)
-        last = "no leader"
-        while True:
+        verdicts: dict[str, str | None] = {i: "no leader" for i in node_ids}
+        waiting = list(node_ids)
+        while waiting:
             leader = cluster.leader()[0]
             if leader is not None:
-                answer = self._ask_all([(leader, request)], ANSWER_TIMEOUT_NS)[0]
-                if answer is None or answer.get("ok") is None:
-                    why = "no answer" if answer is None else answer.get("error")
-                    raise MembershipError(f"{op} {node_id} on {leader}: {why}; it may be done")
-                if answer["ok"]:
-                    return
-                last = str(answer.get("error"))
-                if not answer.get("retryable") and last not in _RETRIED:
-                    raise MembershipError(f"{op} {node_id}: {last}: {answer.get('message')}")
-            if cluster.now_ns >= end:
-                raise MembershipError(f"{op} {node_id}: {last} for {CHANGE_TIMEOUT_NS // NS} s")
+                within = answer_ns if answer_ns is not None else max(1, end_ns - cluster.now_ns)
+                got = self._ask_all([(leader, self._request(op, i)) for i in waiting], within)
+                for node_id, answer in zip(list(waiting), got, strict=True):
+                    verdicts[node_id], retry = _verdict(answer)
+                    if not retry:
+                        waiting.remove(node_id)
+            if not waiting or cluster.now_ns >= end_ns:
+                break
             self._wait(RETRY_PAUSE_NS)
+        return verdicts
 
     @staticmethod
     def _request(op: str, node_id: str) -> dict[str, Any]:
