@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_runs import assert_cleanup_removes, sigkill_mid_run
 
 from harness.exit import UsageError
 from harness.options import RunOptions, setup_kinds, validate
@@ -232,3 +233,20 @@ def test_member_race_passes_raftkv_and_catches_it_letting_two_changes_fly(
     assert code == 1 and results["checker"]["anomalies"] and results["stale_reads"] > 0
     value = first_race(results)
     assert len(value["voters"]) == 5 and value["cut"], value
+
+
+@pytest.mark.root
+@pytest.mark.timeout(300)
+def test_cleanup_after_a_run_killed_mid_race_leaves_nothing(tmp_path: Path) -> None:
+    # Killed while the race's promotions are out: learners n4 and n5 running, the cut in
+    # place. Cleanup removes the namespaces (and with them the cut) and every node process.
+    def racing(history: Path) -> bool:
+        if '"fault":"member-race"' not in history.read_text():
+            return False
+        time.sleep(1.5)  # into the race: the adds take about a second, the promotions 3 s
+        return True
+
+    args = ["--nemesis", "member-race", "--time", "60", "--nemesis-interval", "3", "--seed", "1"]
+    killed = sigkill_mid_run(tmp_path, args, racing)
+    assert len(killed) >= 5, f"the spare slots' nodes were not made: {sorted(killed)}"
+    assert_cleanup_removes(killed)

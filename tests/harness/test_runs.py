@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -155,55 +156,54 @@ def test_acknowledging_before_writing_is_caught_when_nodes_crash(tmp_path: Path)
     assert results(tmp_path)["valid"] is False
 
 
-def test_a_sigkilled_harness_leaves_a_readable_history_and_cleanup_removes_the_rest(
-    tmp_path: Path,
-) -> None:
+def sigkill_mid_run(store: Path, args: list[str], ready: Callable[[Path], bool]) -> set[str]:
+    """Starts `harness test --backend netns args` in `store`, SIGKILLs it once `ready(history
+    path)` holds (at most 60 s), and returns the namespaces it left behind."""
     before = namespaces()
     proc = subprocess.Popen(
-        [
-            *HARNESS,
-            "test",
-            "--backend",
-            "netns",
-            "--nemesis",
-            "partition",
-            "--time",
-            "60",
-            "--nemesis-interval",
-            "2",
-            "--store",
-            str(tmp_path),
-            "--no-live",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    history = tmp_path / "latest" / "history.jsonl"
+        [*HARNESS, "test", "--backend", "netns", *args, "--store", str(store), "--no-live"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    history = store / "latest" / "history.jsonl"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if history.exists() and history.stat().st_size > 20_000:
-            break
+    while time.monotonic() < deadline and not (history.exists() and ready(history)):
         time.sleep(0.5)
-    time.sleep(2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     killed = set(namespaces()) - set(before)
     assert killed, "the killed run's namespaces should still be there"
-    run_ids = {name.split("-")[1] for name in killed}
-    check = harness("check", "--json", str(history), timeout=120)
-    assert check.returncode in (0, 2), check.stdout + check.stderr
-    verdict = json.loads(check.stdout)
-    assert verdict["ops"] > 100
+    return killed
+
+
+def assert_cleanup_removes(killed: set[str]) -> None:
+    """`harness cleanup` removes the namespaces in `killed` and their run's node processes."""
     cleanup = harness("cleanup", timeout=120)
     assert cleanup.returncode == 0, cleanup.stderr
     # Only the killed run's things: cleanup spares any other run alive on this machine.
     assert not killed & set(namespaces()), "cleanup left the killed run's namespaces behind"
-    (run_id,) = run_ids
+    (run_id,) = {name.split("-")[1] for name in killed}
     leftover = subprocess.run(
         ["pgrep", "-f", "--", f"--data-dir /tmp/harness-{run_id}-"], capture_output=True, timeout=10
     )
     assert leftover.returncode == 1, f"node processes survived: {leftover.stdout!r}"
+
+
+def test_a_sigkilled_harness_leaves_a_readable_history_and_cleanup_removes_the_rest(
+    tmp_path: Path,
+) -> None:
+    def busy(history: Path) -> bool:
+        if history.stat().st_size <= 20_000:
+            return False
+        time.sleep(2)
+        return True
+
+    args = ["--nemesis", "partition", "--time", "60", "--nemesis-interval", "2"]
+    killed = sigkill_mid_run(tmp_path, args, busy)
+    check = harness("check", "--json", str(tmp_path / "latest" / "history.jsonl"), timeout=120)
+    assert check.returncode in (0, 2), check.stdout + check.stderr
+    verdict = json.loads(check.stdout)
+    assert verdict["ops"] > 100
+    assert_cleanup_removes(killed)
 
 
 def test_bad_options_exit_254_and_leave_nothing(tmp_path: Path) -> None:
