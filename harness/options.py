@@ -131,8 +131,10 @@ class RunOptions:
 
     @property
     def test_name(self) -> str:
+        """`--name`, else target, workload, read mode and `--nemesis` as written: a comma
+        (faults taking turns) stays one, as `+` (faults acting together) stays a `+`."""
         mode = f"-{self.read_mode}" if self.read_mode else ""
-        return self.name or f"{self.target}-{self.workload}{mode}-{self.nemesis.replace(',', '+')}"
+        return self.name or f"{self.target}-{self.workload}{mode}-{self.nemesis}"
 
 
 def _same(value: Any) -> Any:

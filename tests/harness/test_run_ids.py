@@ -36,3 +36,10 @@ def test_a_netns_run_whose_drawn_id_is_taken_runs_under_another(
         assert used is not None and used[1] != squatter.run_id
         shown = squatter.remote("n1").execute(["ip", "-o", "addr", "show", "eth0"], 10).stdout
         assert squatter.remote("n1").address in shown, "the other run is untouched"
+
+
+def test_a_run_is_named_by_its_nemesis_as_written() -> None:
+    # Faults taking turns (,) and faults acting together (+) stay apart in the name.
+    opts = RunOptions(nemesis="partition,kill+pause", read_mode="lease")
+    assert opts.test_name == "raftkv-kv-lease-partition,kill+pause"
+    assert RunOptions(nemesis="partition", name="mine").test_name == "mine"
