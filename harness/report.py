@@ -9,7 +9,9 @@ holds is shown as text (Jinja2 with `autoescape=True`; the script only ever sets
 What is drawn is bounded whatever the history's size: latency points are thinned past
 `LATENCY_POINTS_MAX`, quantiles and throughput are aggregated into about `BUCKETS`
 time buckets, and each invalid key's timeline embeds at most `TIMELINE_OPS_MAX`
-operations around its anomaly (and the page draws only those in view).
+operations around its anomaly (and the page draws only those in view); the first
+`ANOMALIES_SHOWN_MAX` invalid keys get a timeline and an explanation, and the page says how
+many more there are.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import math
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,9 @@ REPORT_FILE = "report.html"
 LATENCY_POINTS_MAX = 200_000
 BUCKETS = 200
 TIMELINE_OPS_MAX = 10_000
+# Invalid keys drawn (timeline) and explained on the page, in the checker's order: a set run
+# can have hundreds, and each costs its operations; results.json keeps every one.
+ANOMALIES_SHOWN_MAX = 20
 VALUE_CHARS_MAX = 80
 _TYPES = ("ok", "fail", "info", "invoke")  # invoke: never completed
 
@@ -348,7 +353,10 @@ def per_key_rows(ops: Iterable[Op], results: dict[str, Any]) -> list[dict[str, A
     return _key_rows(pair_ops(ops), results)
 
 
-def _key_rows(analysed: Sequence[OpSpan], results: dict[str, Any]) -> list[dict[str, Any]]:
+def _key_rows(
+    analysed: Sequence[OpSpan], results: dict[str, Any], drawn: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """As per_key_rows; a row links to its key's timeline when it is in `drawn` (None: all)."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for s in analysed:
         counts[str(s.key)][s.type] += 1
@@ -372,7 +380,9 @@ def _key_rows(analysed: Sequence[OpSpan], results: dict[str, Any]) -> list[dict[
                 "info": counts[key]["info"],
                 "stale": stale[key],
                 "anomaly": anomaly.get("name") if anomaly else "",
-                "anchor": f"key-{_anchor(key)}" if anomaly else "",
+                "anchor": f"key-{_anchor(key)}"
+                if anomaly and (drawn is None or key in drawn)
+                else "",
             }
         )
     return rows
@@ -403,7 +413,7 @@ def _report_data(
     anomalies = results.get("checker", {}).get("anomalies", [])
     by_key = {str(s.key): s.key for s in spans}
     timelines = []
-    for anomaly in anomalies:
+    for anomaly in anomalies[:ANOMALIES_SHOWN_MAX]:
         key = by_key.get(str(anomaly.get("key")))
         if key is None:
             continue
@@ -475,14 +485,17 @@ def render_report(
     options = results.get("options") or {}
     checker_json = results.get("checker", {})
     first = (checker_json.get("anomalies") or [None])[0]
+    shown = (checker_json.get("anomalies") or [])[:ANOMALIES_SHOWN_MAX]
     template = _environment().get_template("report.html.j2")
     return template.render(
         r=results,
         verdict=_verdict_word(results.get("valid")),
         options=sorted(options.items()),
         repro=repro_command(options) if options else "",
-        rows=_key_rows(analysed, results),
+        rows=_key_rows(analysed, results, {str(a.get("key")) for a in shown}),
         checker=checker_json,
+        shown=shown,
+        not_shown=len(checker_json.get("anomalies") or []) - len(shown),
         first=first,
         first_anchor=data["timelines"][0]["anchor"] if data["timelines"] else "",
         findings=finding_lines(results),

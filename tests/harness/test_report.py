@@ -154,3 +154,18 @@ def test_options_that_do_not_read_back_print_no_command() -> None:
     # A results.json edited or written by something else: the page still renders.
     assert repro_command({"seed": 1, "ssh": {"no such field": 1}}) == ""
     assert repro_command({"seed": 1, "ops": 5}) == ""
+
+
+def test_past_the_cap_invalid_keys_are_counted_not_drawn(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path)
+    main(["analyze", str(run)])
+    drawn = (run / "report.html").read_text()
+    assert 'href="#key-' in drawn and "anomalies-not-shown" not in drawn
+    monkeypatch.setattr("harness.report.ANOMALIES_SHOWN_MAX", 0)
+    main(["analyze", str(run)])
+    page = (run / "report.html").read_text()
+    data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0])
+    assert data["timelines"] == [] and 'href="#key-' not in page
+    assert "checker's explanation for key" not in page
+    note = page.split('id="anomalies-not-shown">', 1)[1].split("</p>", 1)[0]
+    assert "1 more are listed in the table above and in results.json" in " ".join(note.split())
