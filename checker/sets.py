@@ -96,7 +96,7 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         key=lambda m: (m[0], repr(m[1])),
     )
     if not missed:
-        return "other", {}
+        return _later_loss(ops, adds, blocker) or ("other", {})
     later = [(op, e) for op, e in reads if op.call > blocker.call]
     seen_later: set[Any] = set().union(*(e for _, e in later))
     lost = [m for m in missed if m[1] not in seen_later]
@@ -104,14 +104,9 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         _, element, why = lost[0]
         add = adds[element]
         before = _before("this read", newest)
-        how = f"add {_show(element)} ({_where(add)}) was acknowledged {before}"
-        if not _acked(add, since):
-            how = (
-                f"{_show(element)} (added on {_where(add)}) was returned by a read "
-                f"({_where(why)}) that ended {before}"
-            )
+        how = _how_known(element, add, why, _acked(add, since), before)
         key = "" if blocker.key is None else f" of {blocker.key}"
-        more = f" ({len(lost) - 1} more elements likewise)" if len(lost) > 1 else ""
+        more = _likewise(lost)
         acknowledged = "acknowledged " if add.ret is not None else ""
         after = (
             f"neither this read nor any of the {len(later)} reads{key} that began after it contain"
@@ -132,13 +127,77 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
     if not _acked(add, since):
         how = f" (added on {_where(add)}), returned by a read ({_where(why)}) that ended {before}"
     again = min((op for op, e in later if element in e), key=lambda op: op.call)
-    more = f" ({len(missed) - 1} more elements likewise)" if len(missed) > 1 else ""
+    more = _likewise(missed)
     return "stale read", {
         "summary": f"this read missed {_show(element)}{how}; a later read "
         f"({_where(again)}) contains it{more}",
         "element": element,
         "add_line": add.line,
     }
+
+
+# How many reads after the one that cannot be placed `_later_loss` looks through: it scans
+# the key's known elements for each, and explanations must stay cheap.
+_LATER_READS_MAX = 2_000
+
+
+def _later_loss(
+    ops: list[Op], adds: dict[Any, Op], blocker: Op
+) -> tuple[str, dict[str, Any]] | None:
+    """A lost write proved by a read of the key that began after `blocker`, when `blocker`
+    misses nothing known before it began: concurrent adds and reads can leave the read that
+    cannot be placed without a missing element of its own, while a later read, and every
+    read after it, lacks an element known before it began. The earliest such read."""
+    reads = [(op, e) for op in ops if (e := _elements(op)) is not None]
+    known = _known(ops, reads)
+    later = sorted((r for r in reads if r[0].call > blocker.call), key=lambda r: r[0].call)
+    later = later[:_LATER_READS_MAX]
+    seen_after: set[Any] = set()
+    found: tuple[Op, list[Any], int] | None = None
+    for i in range(len(later) - 1, -1, -1):
+        read, got = later[i]
+        gone = got | seen_after
+        lacks = [e for e, (t, _) in known.items() if t < read.call and e in adds and e not in gone]
+        if lacks:
+            found = (read, sorted(lacks, key=lambda e: (known[e][0], repr(e))), len(later) - 1 - i)
+        seen_after |= got
+    if found is None:
+        return None
+    read, lost, after = found
+    element = lost[0]
+    add, why = adds[element], known[element][1]
+    how = _how_known(element, add, why, why is add, f"before a later read ({_where(read)}) began")
+    more = _likewise(lost)
+    key = "" if blocker.key is None else f" of {blocker.key}"
+    lacking = (
+        f"neither it nor any of the {after} later reads{key} contain"
+        if after
+        else f"that read, the last{key}, does not contain"
+    )
+    return "lost write", {
+        "summary": f"{how}; {lacking} "
+        f"{_show(element)}: the write vanished, and this read cannot be placed in that "
+        f"history{more}",
+        "element": element,
+        "add_line": add.line,
+        "later_reads": after,
+        "lost": lost,
+    }
+
+
+def _how_known(element: Any, add: Op, why: Op, acked: bool, when: str) -> str:
+    """How `element` was known to be in the set `when`: its add acknowledged, or else a read
+    (`why`) that returned it."""
+    if acked:
+        return f"add {_show(element)} ({_where(add)}) was acknowledged {when}"
+    return (
+        f"{_show(element)} (added on {_where(add)}) was returned by a read ({_where(why)}) "
+        f"that ended {when}"
+    )
+
+
+def _likewise(lost: Sequence[Any]) -> str:
+    return f" ({len(lost) - 1} more elements likewise)" if len(lost) > 1 else ""
 
 
 def _acked(add: Op, since: int) -> bool:

@@ -15,6 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from checker import ANOMALY_NAMES, LostElement, check, set_analysis
+from checker.history import pair
+from checker.models import make_model
+from checker.readers import as_history
+from checker.sets import classify_set
 
 
 class Log:
@@ -328,3 +332,29 @@ def test_an_add_acknowledged_before_the_read_is_named_though_a_read_saw_it_first
     assert a.detail["summary"].startswith(
         f"add 5 (line {line}) was acknowledged before this read began; "
     )
+
+
+def test_a_loss_a_later_read_proves_names_a_read_that_misses_nothing_known() -> None:
+    # p5's read began first and returned [2]; add 1 and a read of [1] ended while add 2 was
+    # still running. So p5's read misses nothing known before it (or before add 2) began,
+    # yet no order places it (1 before [1] before 2 before [2] before 1). The later read of
+    # [2] lacks 1, acknowledged before it began: the loss that explains it.
+    log = Log()
+    log.invoke(5, "read", "k")
+    log.invoke(2, "add", "k", 2)
+    add_line = log.add(0, "k", 1)
+    log.read(3, "k", [1])
+    log.end(2, "add", "k", 2)
+    log.end(5, "read", "k", [2])
+    later = log.read(1, "k", [2])
+    ops = pair(as_history(log.records).events)
+    blocker = next(op for op in ops if op.process == 5)
+    name, detail = classify_set(make_model("set-kv"), ops, blocker)
+    assert name == "lost write", detail
+    assert detail["summary"] == (
+        f"add 1 (line {add_line}) was acknowledged before a later read (line {later}) began; "
+        "that read, the last of k, does not contain 1: the write vanished, and this read "
+        "cannot be placed in that history"
+    )
+    assert detail["element"] == 1 and detail["lost"] == [1]
+    assert not check(log.records, model="set-kv").valid
