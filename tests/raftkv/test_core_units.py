@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from core_driver import Driver
 
 from raftkv.core import (
     CAMPAIGN_TRANSFER,
@@ -25,40 +26,6 @@ PEERS3 = ("a", "b", "c")
 TIMING_FIELDS = frozenset(f.name for f in dataclasses.fields(RaftTiming))
 
 
-class Harness:
-    """One core plus the Ready bookkeeping a driver does."""
-
-    def __init__(self, core: Raft) -> None:
-        self.core = core
-        self.applied: list[Entry] = []
-
-    def drain(self) -> Ready:
-        """Carry out every pending Ready; return them merged."""
-        merged = Ready()
-        while self.core.has_ready():
-            rd = self.core.ready()
-            merged.hard_state = rd.hard_state or merged.hard_state
-            merged.snapshot = rd.snapshot or merged.snapshot
-            merged.entries += rd.entries
-            merged.messages += rd.messages
-            merged.committed += rd.committed
-            merged.reads += rd.reads
-            merged.dropped_reads += rd.dropped_reads
-            self.applied += rd.committed
-            self.core.advance(rd)
-        return merged
-
-    def step(self, msg_type: MsgType, src: str, **fields: Any) -> Ready:
-        fields.setdefault("term", self.core.term)
-        self.core.step(Message(type=msg_type, src=src, dst=self.core.id, **fields))
-        return self.drain()
-
-    def ticks(self, n: int) -> Ready:
-        for _ in range(n):
-            self.core.tick()
-        return self.drain()
-
-
 def sent(rd: Ready, msg_type: MsgType) -> list[Message]:
     return [m for m in rd.messages if m.type is msg_type]
 
@@ -70,10 +37,10 @@ def make(
     entries: Sequence[Entry] = (),
     snapshot: Snapshot | None = None,
     **config: Any,
-) -> Harness:
+) -> Driver:
     cfg = config_of(node_id, peers, **config)
     core = Raft(cfg, random.Random(7), hard_state or HardState(), snapshot, entries)
-    return Harness(core)
+    return Driver(core)
 
 
 def config_of(node_id: str = "a", peers: Sequence[str] = PEERS3, **settings: Any) -> Config:
@@ -86,7 +53,7 @@ def log_of(*terms: int) -> list[Entry]:
     return [Entry(term=t, index=i + 1, data=f"e{i + 1}".encode()) for i, t in enumerate(terms)]
 
 
-def elect(h: Harness) -> Ready:
+def elect(h: Driver) -> Ready:
     """Make the core leader: time out, then answer its pre-votes and votes."""
     h.ticks(2 * h.core.config.timing.election_timeout_ticks)
     others = [p for p in h.core.config.peers if p != h.core.id]
@@ -98,7 +65,7 @@ def elect(h: Harness) -> Ready:
     return rd
 
 
-def ack_all(h: Harness) -> Ready:
+def ack_all(h: Driver) -> Ready:
     rd = Ready()
     for peer in h.core.config.peers:
         if peer != h.core.id:
@@ -183,7 +150,7 @@ def test_new_leader_appends_a_noop_in_its_term() -> None:
     assert noop in rd.entries
 
 
-def _vote_request(h: Harness, src: str, term: int, index: int, log_term: int, **kw: Any) -> Ready:
+def _vote_request(h: Driver, src: str, term: int, index: int, log_term: int, **kw: Any) -> Ready:
     return h.step(MsgType.VOTE, src, term=term, index=index, log_term=log_term, **kw)
 
 

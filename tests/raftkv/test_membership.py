@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from core_driver import Driver
 
 from raftkv.core import (
     ConfChangeError,
@@ -28,9 +29,7 @@ from raftkv.types import (
     Entry,
     EntryKind,
     HardState,
-    Message,
     MsgType,
-    Ready,
     Snapshot,
 )
 
@@ -41,43 +40,6 @@ ELECT_TICKS = 6 * ET
 
 
 # ---- one core, hand-built messages ----------------------------------------------------------
-
-
-class Driver:
-    """One core and what a driver does with its Ready batches."""
-
-    def __init__(self, core: Raft) -> None:
-        self.core = core
-        self.memberships: list[Membership] = []
-
-    def drain(self) -> Ready:
-        merged = Ready()
-        while self.core.has_ready():
-            rd = self.core.ready()
-            merged.messages += rd.messages
-            merged.entries += rd.entries
-            merged.committed += rd.committed
-            if rd.membership is not None:
-                self.memberships.append(rd.membership)
-                merged.membership = rd.membership
-            self.core.advance(rd)
-        return merged
-
-    def step(self, msg_type: MsgType, src: str, **fields: Any) -> Ready:
-        fields.setdefault("term", self.core.term)
-        self.core.step(Message(type=msg_type, src=src, dst=self.core.id, **fields))
-        return self.drain()
-
-    def ticks(self, n: int) -> Ready:
-        for _ in range(n):
-            self.core.tick()
-        return self.drain()
-
-    def ack(self, *peers: str) -> Ready:
-        rd = Ready()
-        for peer in peers:
-            rd = self.step(MsgType.APPEND_RESP, peer, index=self.core.last_index)
-        return rd
 
 
 def node(
