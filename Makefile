@@ -65,7 +65,7 @@ test: venv native redis-libc lint typecheck
 	$(BIN)/pytest -q
 
 # The environment needs are the markers of tests/conftest.py; slow marks long simulations.
-CHECK_TESTS := not root and not docker and not sshd and not chromium and not etcd and not redis and not slow
+CHECK_TESTS := not root and not docker and not sshd and not chromium and not etcd and not redis and not redis_libc and not slow
 
 check: native lint typecheck
 	$(BIN)/pytest -q -m "$(CHECK_TESTS)"

@@ -58,6 +58,14 @@ def _redis() -> str | None:
     )
 
 
+def _redis_libc() -> str | None:
+    from harness.targets.redis import REDIS_LIBC
+
+    if os.access(REDIS_LIBC, os.X_OK):
+        return None
+    return f"{REDIS_LIBC} is not built (make redis-libc, as root)"
+
+
 # marker -> (what it means, for `pytest --markers`; the probe: why the machine lacks it, or None)
 NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
     "root": ("root with ip, iptables and nsenter: network namespaces, firewall rules", _root),
@@ -66,6 +74,7 @@ NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
     "chromium": ("a headless chromium (or chromium-browser) on PATH", _chromium),
     "etcd": ("etcd on PATH", _etcd),
     "redis": ("redis-server and redis-sentinel on PATH", _redis),
+    "redis_libc": ("Redis built with libc malloc, for clock faults (make redis-libc)", _redis_libc),
 }
 
 

@@ -276,6 +276,7 @@ def assert_clocks_reached_redis(run: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.redis
+@pytest.mark.redis_libc
 @pytest.mark.timeout(300)
 def test_clock_faults_reach_server_and_sentinel(tmp_path: Path) -> None:
     proc = harness("test", "--backend", "netns", *clock_args(), "--store", str(tmp_path))

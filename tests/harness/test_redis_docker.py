@@ -47,6 +47,7 @@ def test_a_cut_off_primary_loses_writes_in_containers_too(tmp_path: Path) -> Non
     assert leftovers(run_id[1]) == [], "the run left containers or its network behind"
 
 
+@pytest.mark.redis_libc
 def test_clock_faults_reach_redis_in_containers(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "test", "--backend", "docker", *clock_args(),

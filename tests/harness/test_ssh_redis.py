@@ -60,6 +60,7 @@ def test_a_cut_off_primary_loses_acknowledged_adds_over_ssh(
     assert list((remote_dir / "runs").iterdir()) == []
 
 
+@pytest.mark.redis_libc
 def test_clock_faults_reach_redis_over_ssh(hosts: SshHosts, tmp_path: Path) -> None:
     remote_dir, store = tmp_path / "remote", tmp_path / "store"
     proc = harness("test", *hosts.cli_args(remote_dir, HOSTS[:3]), *clock_args(),
