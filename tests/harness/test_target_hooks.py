@@ -29,6 +29,7 @@ from harness.targets.base import (
     KeepsData,
     MemberControl,
     NamesLinearizableReads,
+    PreloadProgram,
     PreparesHost,
     PreparesNodes,
     ReportsLeaderTerm,
@@ -147,6 +148,7 @@ class HookedTarget(BareTarget):
             raise ValueError("refused by the target")
 
     preload_refusal = "its program is a static binary"
+    preload_program = PreloadProgram("/opt/hooked/node-preload", "a build for libfaketime")
 
     def prepare(self, backend: str) -> None:
         self.calls.append(f"prepare {backend}")
