@@ -26,7 +26,7 @@ nothing; otherwise a null read means "absent".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from checker.history import HistoryError, Op, brief, show_key
@@ -150,14 +150,26 @@ def _pair(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 2
 
 
+# A collection longer than this is shown by its first SHOWN_ITEMS - 1 items, an ellipsis, its
+# last item and its size: a set read can hold hundreds of elements.
+SHOWN_ITEMS = 10
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "nil"
     if isinstance(value, tuple):
-        return "[" + " ".join(_show(v) for v in value) + "]"
+        return _items("[", value, "]")
     if isinstance(value, frozenset):
-        return "#{" + " ".join(_show(v) for v in _sorted(value)) + "}"
+        return _items("#{", _sorted(value), "}")
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def _items(opener: str, items: Sequence[Any], closer: str) -> str:
+    if len(items) <= SHOWN_ITEMS:
+        return opener + " ".join(_show(v) for v in items) + closer
+    head = " ".join(_show(v) for v in items[: SHOWN_ITEMS - 1])
+    return f"{opener}{head} ... {_show(items[-1])}{closer} ({len(items)} items)"
 
 
 def _jsonable(value: Any) -> Any:

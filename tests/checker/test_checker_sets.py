@@ -358,3 +358,14 @@ def test_a_loss_a_later_read_proves_names_a_read_that_misses_nothing_known() -> 
     )
     assert detail["element"] == 1 and detail["lost"] == [1]
     assert not check(log.records, model="set-kv").valid
+
+
+def test_a_long_read_is_shown_by_its_ends_and_its_size() -> None:
+    log = Log()
+    for e in range(30):
+        log.add(0, "k", e)
+    log.read(1, "k", list(range(1, 30)))  # 0 is gone
+    a = anomaly(log)
+    assert a.name == "lost write"
+    assert "read k [1 2 3 4 5 6 7 8 9 ... 29] (29 items)" in a.text, a.text
+    assert " 15 " not in a.text.split("smallest failing window")[0]
