@@ -26,7 +26,7 @@ from nemesis.remote import Remote, RemoteError
 if TYPE_CHECKING:
     from harness.options import RunOptions
 
-__all__ = ["clock_kinds", "preload_program_missing", "prepare_clocks"]
+__all__ = ["clock_kinds", "host_needs_preload_program", "prepare_clocks"]
 
 # The setting a throwaway control file gets to prove the library acts on a node: a process
 # that only seems to run under the preload (the loader skips a library it cannot load, with
@@ -39,23 +39,29 @@ _MAX_THREADS = 9
 def clock_kinds(opts: RunOptions) -> frozenset[str]:
     """The clock kinds (nemesis.faults.CLOCK_KINDS) `--nemesis all` takes for `opts`: all of
     them where the nodes can run under libfaketime, none for a target whose program ignores
-    LD_PRELOAD (IgnoresPreload), on netns without the library (or the target's build for
-    it, SwapsForPreload) on this host, or for a user's
-    docker image when this host has no library to copy in (the image may lack one)."""
+    LD_PRELOAD (IgnoresPreload), on netns without the library on this host, for a user's
+    docker image when this host has no library to copy in (the image may lack one), and
+    where the nodes would lack a SwapsForPreload target's build (host_needs_preload_program)."""
     target = TARGETS[opts.target]()
     if isinstance(target, IgnoresPreload):
         return frozenset()
     host_has_it = os.path.exists(clock.LIBFAKETIME)
-    if opts.backend == "netns" and (not host_has_it or preload_program_missing(target)):
+    if opts.backend == "netns" and not host_has_it:
+        return frozenset()
+    if host_needs_preload_program(opts, target):
         return frozenset()
     if opts.backend == "docker" and opts.image is not None and not host_has_it:
         return frozenset()
     return CLOCK_KINDS
 
 
-def preload_program_missing(target: object) -> str | None:
-    """The program a SwapsForPreload target runs under libfaketime, when this host lacks it."""
+def host_needs_preload_program(opts: RunOptions, target: object) -> str | None:
+    """The program a SwapsForPreload target runs under libfaketime, when the nodes get it
+    from this host (netns runs it here; our docker image carries this host's copy) and this
+    host lacks it; else None (ssh hosts and a user's image are checked when the run starts)."""
     if not isinstance(target, SwapsForPreload):
+        return None
+    if not (opts.backend == "netns" or (opts.backend == "docker" and opts.image is None)):
         return None
     program = target.preload_program
     return None if os.access(program.path, os.X_OK) else program.path

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendUnavailable
 from harness.backends.netns import check_available
-from harness.clocks import clock_kinds, preload_program_missing
+from harness.clocks import clock_kinds, host_needs_preload_program
 from harness.disks import power_loss_refusal
 from harness.exit import UsageError
 from harness.targets import TARGETS
@@ -665,7 +665,7 @@ def _validate_clock(opts: RunOptions) -> None:
             "apt-get install libfaketime",
             "--nemesis",
         )
-    missing = preload_program_missing(target) if opts.backend == "netns" else None
+    missing = host_needs_preload_program(opts, target)
     if missing and isinstance(target, SwapsForPreload):
         raise UsageError(
             f"the clock nemesis on {opts.target} needs {missing}: {target.preload_program.hint}",

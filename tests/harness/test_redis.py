@@ -16,7 +16,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from harness.backends.base import BackendUnavailable
-from harness.clocks import _check_node
+from harness.clocks import _check_node, host_needs_preload_program
 from harness.exit import UsageError
 from harness.options import parse_options, reproduce_command, setup_kinds, validate
 from harness.targets import ClusterSpec, RedisTarget
@@ -292,6 +292,10 @@ def test_clock_faults_without_the_libc_build_are_refused(monkeypatch: pytest.Mon
         validate(parse_options({"target": "redis", "backend": "netns", "nemesis": "clock"}))
     opts = parse_options({"target": "redis", "backend": "netns", "nemesis": "all"})
     assert not setup_kinds(opts) & CLOCK_KINDS
+    # Our node image carries this host's build: without it, docker refuses as early.
+    docker = parse_options({"target": "redis", "backend": "docker", "nemesis": "clock"})
+    assert host_needs_preload_program(docker, RedisTarget()) == missing.path
+    assert not setup_kinds(parse_options({"target": "redis", "backend": "docker"})) & CLOCK_KINDS
 
 
 def test_a_node_without_the_libc_build_is_named() -> None:
