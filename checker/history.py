@@ -86,9 +86,11 @@ class Event:
     has_value: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing may change an Op once made (it is hashed): a frozen dataclass's
+# constructor costs five times as much, most of pairing a small history.
+@dataclass(slots=True, unsafe_hash=True)
 class Op:
-    """One client operation as the checker sees it.
+    """One client operation as the checker sees it; read-only by contract.
 
     `call` and `ret` are positions in the event sequence (time is record order); `ret` is None
     for an indeterminate operation. `value` is the completion's value when the operation
@@ -112,41 +114,54 @@ class Op:
 
 def pair(events: Iterable[Event], *, file: str | None = None) -> list[Op]:
     """Pair invocations with completions by process; raises `HistoryError` on nonsense."""
-    pending: dict[Hashable, int] = {}
-    invokes: dict[int, Event] = {}
-    completion: dict[int, tuple[int, Event]] = {}
+    pending: dict[Hashable, int] = {}  # process -> its pending invocation's place in `invokes`
+    invokes: list[Event] = []
+    calls: list[int] = []
+    ends: list[Event | None] = []
+    rets: list[int] = []
     for pos, ev in enumerate(events):
-        if ev.process == NEMESIS:
+        process = ev.process
+        if process == NEMESIS:
             continue
         if ev.type == "invoke":
-            if ev.process in pending:
+            if process in pending:
                 raise HistoryError(
-                    f"process {brief(ev.process)} invokes while its previous operation is pending",
+                    f"process {brief(process)} invokes while its previous operation is pending",
                     file=file,
                     line=ev.line,
                 )
-            pending[ev.process] = pos
-            invokes[pos] = ev
+            pending[process] = len(invokes)
+            invokes.append(ev)
+            calls.append(pos)
+            ends.append(None)
+            rets.append(pos)
             continue
-        call = pending.pop(ev.process, None)
-        if call is None:
+        n = pending.pop(process, None)
+        if n is None:
             if ev.type == "info":
                 continue  # an info with nothing pending is noise, as in Jepsen
             raise HistoryError(
-                f"{ev.type} for process {brief(ev.process)} with no pending invoke",
+                f"{ev.type} for process {brief(process)} with no pending invoke",
                 file=file,
                 line=ev.line,
             )
-        if ev.f != invokes[call].f:
+        if ev.f != invokes[n].f:
             raise HistoryError(
-                f"completion f {brief(ev.f)} does not match invoke f {brief(invokes[call].f)}",
+                f"completion f {brief(ev.f)} does not match invoke f {brief(invokes[n].f)}",
                 file=file,
                 line=ev.line,
             )
-        completion[call] = (pos, ev)
+        ends[n] = ev
+        rets[n] = pos
+    return _ops(invokes, calls, ends, rets)
+
+
+def _ops(
+    invokes: list[Event], calls: list[int], ends: list[Event | None], rets: list[int]
+) -> list[Op]:
+    """The operations of paired invocations, failed ones dropped, in invocation order."""
     ops: list[Op] = []
-    for call, inv in invokes.items():
-        ret, end = completion.get(call, (None, None))
+    for inv, call, end, ret in zip(invokes, calls, ends, rets):
         if end is None or end.type == "info":
             ops.append(Op(len(ops), inv.process, inv.f, inv.value, inv.key, call, None, inv.line))
         elif end.type == "ok":
