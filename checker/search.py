@@ -180,47 +180,45 @@ class Search:
         call, ret, step, pure = self.c_call, self.c_ret, self.c_step, self.c_pure
         rescue = self.c_rescue
         n = len(call)
-        while True:
-            runmin = _NEVER
-            cands: list[tuple[int, Any]] = []
-            j = lo
-            committed = False
-            while j < n:
-                bit = 1 << (j - lo)
-                if not lin & bit:
-                    if call[j] > runmin:
-                        break
-                    r = ret[j]
-                    if r < runmin:
-                        runmin = r
-                    ns = step[j](s)
-                    if ns is ILLEGAL:
-                        plan = rescue[j]
-                        # It must still be linearized, and nothing left can make it legal.
-                        if (
-                            plan is not None
-                            and not plan[0](s)
-                            and _all_linearized(plan[1], plan[2], lo, lin)
-                            and self._info_linearized(plan[3], plan[4], ilo, ilin)
-                        ):
-                            self.dead_op = j
-                            return (lo, lin, ilo, ilin, s, path), None, runmin
-                    else:
-                        if ns is s and pure[j]:
-                            # A legal op that never changes any state: linearizing it now
-                            # loses nothing.
-                            lin |= bit
-                            path = (j, path)
-                            committed = True
-                            break
-                        cands.append((j, ns))
-                j += 1
-            if not committed:
-                return (lo, lin, ilo, ilin, s, path), cands, runmin
-            if lin & 1:
-                shift = (~lin & (lin + 1)).bit_length() - 1
-                lin >>= shift
-                lo += shift
+        runmin = _NEVER
+        cands: list[tuple[int, Any]] = []
+        j = lo
+        while j < n:
+            bit = 1 << (j - lo)
+            if not lin & bit:
+                if call[j] > runmin:
+                    break
+                ns = step[j](s)
+                if ns is ILLEGAL:
+                    plan = rescue[j]
+                    # It must still be linearized, and nothing left can make it legal.
+                    if (
+                        plan is not None
+                        and not plan[0](s)
+                        and _all_linearized(plan[1], plan[2], lo, lin)
+                        and self._info_linearized(plan[3], plan[4], ilo, ilin)
+                    ):
+                        self.dead_op = j
+                        return (lo, lin, ilo, ilin, s, path), None, runmin
+                elif ns is s and pure[j]:
+                    # A legal op that never changes any state: linearizing it now loses
+                    # nothing. The state stays, so what the scan found so far stands, and
+                    # the scan goes on (the op's return no longer bounds the candidates).
+                    lin |= bit
+                    path = (j, path)
+                    j += 1
+                    if lin & 1:  # then j was lo: the window moves past every op linearized
+                        shift = (~lin & (lin + 1)).bit_length() - 1
+                        lin >>= shift
+                        lo += shift
+                        j = lo
+                    continue
+                else:
+                    cands.append((j, ns))
+                if ret[j] < runmin:
+                    runmin = ret[j]
+            j += 1
+        return (lo, lin, ilo, ilin, s, path), cands, runmin
 
     def _expand(self, cfg: Config) -> list[Config] | None:
         """The children of `cfg` in preference order, or None if it completes the search."""
