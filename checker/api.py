@@ -176,7 +176,10 @@ def _check(
     memo_limit = mem_entries or 20_000_000
     deadline = None if time_limit_s is None else started + time_limit_s
     budget = _Budget(deadline, memory_limit_mb, explain_time_limit_s)
-    decided, searches, late = _split(parts, budget, memo_limit, fast_path)
+    # Explanations read the search's deepest configuration, which pruning shapes: prune
+    # from the start when explaining, else only searches that outlast a first slice.
+    prune_after = 0 if explain_anomalies else _SLICE_STEPS
+    decided, searches, late = _split(parts, budget, memo_limit, fast_path, prune_after)
     invalid = any(not d.valid for *_, d in decided)
     n_workers = min(workers or os.cpu_count() or 1, 2 if len(searches) > 1 else 1)
     if not searches:
@@ -224,6 +227,7 @@ def _split(
     budget: _Budget,
     memo_limit: int,
     fast_path: bool,
+    prune_after: int,
 ) -> tuple[list[_Decided], list[tuple[Hashable, Search]], list[Hashable]]:
     """The keys the unique-values check decides, the searches of the others, and the keys
     left undecided because the budget ran out first."""
@@ -232,7 +236,8 @@ def _split(
     for n, (key, sub, part) in enumerate(parts):
         decision = decide(sub, part) if fast_path else None
         if decision is None:
-            searches.append((key, Search(sub, prepare(sub, part), memo_limit=memo_limit)))
+            search = Search(sub, prepare(sub, part), memo_limit=memo_limit, prune_after=prune_after)
+            searches.append((key, search))
         else:
             decided.append((key, sub, part, decision))
         if decision is not None and n + 1 < len(parts) and budget.exceeded():

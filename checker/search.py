@@ -70,7 +70,11 @@ class Search:
     `memo_limit` bounds the number of configurations remembered: reaching it ends the
     search with `exhausted` set (the verdict is then unknown). `by_kind` counts the
     indeterminate ops by kind (True), walks them (False), or picks (None; see
-    `_info_candidates`): the verdict is the same either way.
+    `_info_candidates`): the verdict is the same either way. With `prune_after` > 0, the
+    rescue plans (see `_Rescue`) that let the search abandon configurations that can never
+    complete are built only at the first call of `run` after that many steps: on a small
+    search, building them costs more than they save. The verdict is the same; `steps` and
+    `best` may differ, so a search to be explained keeps the default (0, from the start).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Search:
         *,
         memo_limit: int = 20_000_000,
         by_kind: bool | None = None,
+        prune_after: int = 0,
     ):
         self.model = model
         self.comp = sorted((op for op in ops if op.ret is not None), key=lambda o: o.call)
@@ -99,7 +104,10 @@ class Search:
             for place, i in enumerate(members):
                 self.i_kind_of[i], self.i_place[i] = kind, place
         self.init = model.initial()
-        self.c_rescue = self._rescues(model, ops)
+        self.prune_after = prune_after
+        self.c_rescue: list[_Rescue | None] = [None] * len(self.comp)
+        if prune_after == 0:
+            self.c_rescue = self._rescues(model, ops)
         self.memo_limit = memo_limit
         no_info: Any = 0 if self.i_kinds is None else (0,) * len(self.i_kinds)
         root: Config = (0, 0, 0, no_info, self.init, None)
@@ -122,6 +130,9 @@ class Search:
         """Expand at most `max_steps` configurations; the verdict if known, else None."""
         if self.verdict is not None or self.exhausted:
             return self.verdict
+        if 0 < self.prune_after <= self.steps:
+            self.c_rescue = self._rescues(self.model, self.comp + self.info)
+            self.prune_after = 0
         stack, memo, expand = self.stack, self.memo, self._expand
         limit = self.steps + max_steps
         while stack:
