@@ -181,10 +181,13 @@ def _check(
     prune_after = 0 if explain_anomalies else _SLICE_STEPS
     decided, searches, late = _split(parts, budget, memo_limit, fast_path, prune_after)
     invalid = any(not d.valid for *_, d in decided)
-    n_workers = min(workers or os.cpu_count() or 1, 2 if len(searches) > 1 else 1)
+    # One key, or a small history, is searched here: no worker pool (nor the CPU count,
+    # a system call) for it.
+    parallel = len(searches) > 1 and len(ops) >= _PARALLEL_MIN_OPS
+    n_workers = min(workers or os.cpu_count() or 1, 2) if parallel else 1
     if not searches:
         outcome: _Outcome = ({}, [], 0, None)
-    elif n_workers > 1 and len(ops) >= _PARALLEL_MIN_OPS and _can_fork():
+    elif n_workers > 1 and _can_fork():
         outcome = _run_parallel(searches, budget, explain_anomalies, n_workers, invalid)
     else:
         outcome = _run_group(searches, budget, explain_anomalies, invalid=invalid)
