@@ -219,6 +219,19 @@ class CasRegister(Model):
             return "cas value must be [old new]"
         return super().shape_error(op)
 
+    def validate(self, ops: list[Op], file: str | None = None) -> None:
+        # Checked in bulk, without a call per op; on any doubt, op by op, which names the
+        # first bad one.
+        fs = {op.f for op in ops}
+        try:
+            hash(tuple([op.value for op in ops]))
+        except TypeError:
+            fs.add("")
+        if not fs <= ({"read", "write", "cas"} if self.allow_cas else {"read", "write"}) or (
+            "cas" in fs and not all(_pair(op.value) for op in ops if op.f == "cas")
+        ):
+            super().validate(ops, file)
+
     def pure(self, op: Op) -> bool:
         return op.f == "read"
 
