@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Hashable
+from operator import attrgetter
 from typing import Any
 
 from checker.history import Op
@@ -48,14 +49,17 @@ def prepare(model: Model, ops: list[Op]) -> list[Op]:
     and indeterminate operations whose every effect is invisible: they produce only values
     that no operation ever observes, so linearizing them can make nothing else legal.
     """
-    kept = [op for op in ops if not model.unconstrained(op)]
+    unconstrained, observes, produces = model.unconstrained, model.observes, model.produces
+    kept = [op for op in ops if not unconstrained(op)]
+    if all(op.ret is not None for op in kept):
+        return kept  # nothing indeterminate to drop: what is observed does not matter
     observed: set[Any] = set()
     for op in kept:
-        observed.update(model.observes(op))
+        observed.update(observes(op))
     out = []
     for op in kept:
         if op.ret is None:
-            produced = model.produces(op)
+            produced = produces(op)
             if produced and not any(v in observed for v in produced):
                 continue
         out.append(op)
@@ -87,14 +91,15 @@ class Search:
         prune_after: int = 0,
     ):
         self.model = model
-        self.comp = sorted((op for op in ops if op.ret is not None), key=lambda o: o.call)
-        self.info = sorted((op for op in ops if op.ret is None), key=lambda o: o.call)
+        by_call, step = attrgetter("call"), model.step
+        self.comp = sorted([op for op in ops if op.ret is not None], key=by_call)
+        self.info = sorted([op for op in ops if op.ret is None], key=by_call)
         self.c_call = [op.call for op in self.comp]
         self.c_ret = [op.ret if op.ret is not None else _NEVER for op in self.comp]
-        self.c_step: list[Step] = [model.step(op) for op in self.comp]
+        self.c_step: list[Step] = [step(op) for op in self.comp]
         self.c_pure = [model.pure(op) for op in self.comp]
         self.i_call = [op.call for op in self.info]
-        self.i_step: list[Step] = [model.step(op) for op in self.info]
+        self.i_step: list[Step] = [step(op) for op in self.info]
         self.i_prev = _previous_identical(self.info)
         self.i_kinds = _kinds(self.i_prev, by_kind)
         # Per indeterminate op, with kinds: its kind and its place among the kind's ops.
