@@ -240,7 +240,7 @@ class Search:
         """The children of `cfg` in preference order, or None if it completes the search."""
         before = cfg[:5]
         cfg, cands, runmin = self._close(cfg)
-        lo, lin, ilo, ilin, s, path = cfg
+        lo, lin, ilo, ilin, _, path = cfg
         key = cfg[:5]
         if key != before:
             if key in self.memo:
@@ -266,6 +266,13 @@ class Search:
                 nlin >>= shift
                 nlo += shift
             children.append((nlo, nlin, ilo, ilin, ns, (j, path)))
+        if self.i_call:  # most small histories have no indeterminate op: skip the call
+            self._info_children(cfg, runmin, children)
+        return children
+
+    def _info_children(self, cfg: Config, runmin: int, children: list[Config]) -> None:
+        """Append the children that linearize an indeterminate op next."""
+        lo, lin, ilo, ilin, s, path = cfg
         i_step, kinds = self.i_step, self.i_kinds
         for i in self._info_candidates(ilo, ilin, runmin):
             ns = i_step[i](s)
@@ -283,7 +290,6 @@ class Search:
                     nilin >>= shift
                     nilo += shift
             children.append((lo, lin, nilo, nilin, ns, (~i, path)))
-        return children
 
     def _info_linearized(self, indexes: list[int], end: int, ilo: int, ilin: Any) -> bool:
         """Whether every indeterminate op in `indexes[:end]` is linearized."""
