@@ -24,6 +24,10 @@ UNKNOWN: Literal["unknown"] = "unknown"
 Verdict = bool | Literal["unknown"]
 _UNSET: Any = object()
 _SLICE_STEPS = 2_000
+# Without explanations, the steps a search takes before it builds its rescue plans: most
+# small searches are over by then, and building the plans would cost them as many steps
+# again; a hard search loses at most these steps to dead configurations.
+_PRUNE_AFTER_STEPS = 100
 _PARALLEL_MIN_OPS = 20_000
 _BYTES_PER_MEMO_ENTRY = 400
 _EXPLAIN_STEPS = 300_000
@@ -177,8 +181,8 @@ def _check(
     deadline = None if time_limit_s is None else started + time_limit_s
     budget = _Budget(deadline, memory_limit_mb, explain_time_limit_s)
     # Explanations read the search's deepest configuration, which pruning shapes: prune
-    # from the start when explaining, else only searches that outlast a first slice.
-    prune_after = 0 if explain_anomalies else _SLICE_STEPS
+    # from the start when explaining, else only searches that are not over at once.
+    prune_after = 0 if explain_anomalies else _PRUNE_AFTER_STEPS
     decided, searches, late = _split(parts, budget, memo_limit, fast_path, prune_after)
     invalid = any(not d.valid for *_, d in decided)
     # One key, or a small history, is searched here: no worker pool (nor the CPU count,

@@ -115,7 +115,9 @@ class Model:
     def rescue_plan(self, ops: list[Op]) -> dict[int, tuple[Callable[[Any], bool], list[Op]]]:
         """For pure ops (by id): `(reachable, rescuers)` such that, once every rescuer is
         linearized, a state `s` with `reachable(s)` False can never again lead to a state in
-        which the op is legal. The search abandons such configurations. Empty: no pruning."""
+        which the op is legal. The search abandons such configurations. Empty: no pruning.
+        Rescuers are ops that can change the state (a pure op rescues nothing): the search
+        commits pure ops without looking again at the ops before them."""
         return {}
 
     def unsupported(self, ops: list[Op]) -> set[Any]:

@@ -76,8 +76,8 @@ class Search:
     indeterminate ops by kind (True), walks them (False), or picks (None; see
     `_info_candidates`): the verdict is the same either way. With `prune_after` > 0, the
     rescue plans (see `_Rescue`) that let the search abandon configurations that can never
-    complete are built only at the first call of `run` after that many steps: on a small
-    search, building them costs more than they save. The verdict is the same; `steps` and
+    complete are built only once the search has taken that many steps: on a small search,
+    building them costs more than they save. The verdict is the same; `steps` and
     `best` may differ, so a search to be explained keeps the default (0, from the start).
     """
 
@@ -133,13 +133,19 @@ class Search:
 
     def run(self, max_steps: int) -> bool | None:
         """Expand at most `max_steps` configurations; the verdict if known, else None."""
-        if self.verdict is not None or self.exhausted:
-            return self.verdict
-        if 0 < self.prune_after <= self.steps:
+        limit = self.steps + max_steps
+        if 0 < self.prune_after < limit:
+            if self._walk(self.prune_after) is not None or self.exhausted:
+                return self.verdict
             self.c_rescue = self._rescues(self.model, self.comp + self.info)
             self.prune_after = 0
+        return self._walk(limit)
+
+    def _walk(self, limit: int) -> bool | None:
+        """Expand configurations until `steps` reaches `limit`; the verdict if known."""
+        if self.verdict is not None or self.exhausted:
+            return self.verdict
         stack, memo, expand = self.stack, self.memo, self._expand
-        limit = self.steps + max_steps
         while stack:
             if self.steps >= limit:
                 return None
