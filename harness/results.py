@@ -139,7 +139,8 @@ def build_results(
     """results.json of a run made with `opts` (its options as `options_to_json` writes
     them; `options_from_json` reads them back).
 
-    Where the backend can tell (the sim backend), two findings besides the checker's:
+    Two findings besides the checker's, where the backend can tell (the sim backend; the
+    real ones through their supervisors, harness.node_watch, for crashes):
     `node_crashes`, the nodes that died on their own, no fault having killed them ({"time",
     "node", "what"}: a node's own safety check failed), and `recovery` ({"window_s",
     "unread"}), the keys the final reads could not read within window_s seconds after

@@ -34,6 +34,7 @@ from harness.disks import Disks, bind_disks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.members import ClusterMembers
+from harness.node_watch import watch_nodes
 from harness.options import RunOptions, setup_kinds
 from harness.progress import ProgressLine
 from harness.report import write_run_reports
@@ -226,10 +227,11 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             ctx.members = set(nodes)
         if disks is not None:
             ctx.lose_unsynced = {n: functools.partial(disks.lose, n) for n in nodes}
-        keys = await _drive(opts, target, cluster, ctx, nemeses, history)
+        crashes: list[dict[str, Any]] = []
+        keys = await _drive(opts, target, cluster, ctx, nemeses, history, crashes)
         await _final_reads(opts, target, cluster, history, keys)
         history.close()
-        results = build_results(opts, history.ops, run_dir, nemeses)
+        results = build_results(opts, history.ops, run_dir, nemeses, crashes)
         write_json(run_dir / "results.json", results)
         write_run_reports(run_dir, results, history.ops)
         return RunOutcome(results["valid"], run_dir, results)
@@ -337,8 +339,10 @@ async def _drive(
     ctx: NemesisContext,
     nemeses: list[Any],
     history: HistoryWriter,
+    crashes: list[dict[str, Any]],
 ) -> list[str]:
-    """Run the workload and the nemesis for the run's time; the keys the workload used."""
+    """Run the workload and the nemesis for the run's time; the keys the workload used.
+    Nodes that exit on their own meanwhile go into `crashes` (harness.node_watch)."""
     gen = Generator(
         WorkloadOptions(opts.workload, opts.keys, ops=opts.ops or OPS), random.Random(opts.seed)
     )
@@ -364,6 +368,7 @@ async def _drive(
             tg.create_task(flusher())
             leaders_path = history.path.parent / LEADERS_FILE
             tg.create_task(sample_leaders(target, cluster, leaders_path, history.now_ns, stop))
+            tg.create_task(watch_nodes(ctx, history.now_ns, stop, crashes))
             tg.create_task(
                 run_schedule(ctx, nemeses, interval_s=opts.nemesis_interval_s, emit=emit, stop=stop)
             )

@@ -238,3 +238,29 @@ def test_missing_iptables_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 254, proc.stderr
     assert "iptables" in proc.stderr or "iproute2" in proc.stderr
+
+
+def test_a_node_that_exits_on_its_own_makes_the_run_invalid(tmp_path: Path) -> None:
+    # A SIGKILL from outside stands for a node's own crash: no fault stopped it, so the run
+    # is INVALID naming it, whatever the history says; the other nodes are left alone.
+    proc = subprocess.Popen(
+        [*HARNESS, "test", "--backend", "netns", "--nemesis", "partition", "--time", "10",
+         "--nemesis-interval", "2", "--seed", "1", "--store", str(tmp_path), "--no-live"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    history = tmp_path / "latest" / "history.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (history.exists() and history.stat().st_size):
+        time.sleep(0.2)
+    run_id = re.search(r"\(id ([0-9a-f]{4})\)", (tmp_path / "latest" / "harness.log").read_text())
+    assert run_id is not None
+    node = f"--id n2 .*--data-dir /tmp/harness-{run_id[1]}-"
+    found = subprocess.run(["pgrep", "-f", "--", node], capture_output=True, text=True, timeout=10)
+    assert found.returncode == 0, "n2's raftkv is not running"
+    for pid in found.stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    r = results(tmp_path)
+    assert [c["node"] for c in r["node_crashes"]] == ["n2"], r["node_crashes"]
+    assert "node n2 crashed on its own" in out and "node n2 exited on its own" in err
