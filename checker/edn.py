@@ -14,9 +14,11 @@ Bounds: collections nest at most `DEPTH_MAX` deep and integers have at most
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import accumulate, chain, islice, repeat
+from operator import add
+from typing import Any, NamedTuple
 
 from checker.history import DEPTH_MAX, brief
 
@@ -24,6 +26,7 @@ __all__ = [
     "INT_DIGITS_MAX",
     "SEQUENCE",
     "EdnError",
+    "FlatMaps",
     "Form",
     "Map",
     "iter_forms",
@@ -59,10 +62,16 @@ _TOKEN = re.compile(
     re.X | re.S,
 )
 # A map of atoms, escape-free strings and vectors of atoms (most history records): read in
-# one piece, its items split by `_FLAT_ITEM`.
-_FLAT_BODY = r'\{((?:[^{}\[\]()"#;\\]|"[^"\\]*"|\[[^{}\[\]()"#;\\]*\])*)\}'
+# one piece, its items split by `_FLAT_ITEM`. Possessive quantifiers: the regex engine then
+# runs through a map without keeping a backtracking point per character.
+_FLAT_INSIDE = r'(?:[^{}\[\]()"#;\\]++|"[^"\\]*+"|\[[^{}\[\]()"#;\\]*+\])*+'
+_FLAT_BODY = rf"\{{({_FLAT_INSIDE})\}}"
 _FLAT_MAP = re.compile(_FLAT_BODY)
-_NEXT_FLAT_MAP = re.compile(r"[\s,]*(?=\{)" + _FLAT_BODY)
+# What may come before a map in a run of them: separators, and a tag such as
+# ``#jepsen.history.Op`` (the reader ignores tags).
+_FLAT_PREFIX = r'[\s,]*+(?:\#[A-Za-z][^\s,\[\](){}";]*+[\s,]*+)?'
+_FLAT_RUN = re.compile(rf"(?:{_FLAT_PREFIX}\{{{_FLAT_INSIDE}\}})*+")
+_FLAT_RUN_ITEM = re.compile(f"({_FLAT_PREFIX}){_FLAT_BODY}")
 _FLAT_ITEM = re.compile(r'"[^"]*"|\[[^\]]*\]|[^\s,\["]+')
 _ATOM = re.compile(r'[^\s,\[\](){}";\#][^\s,\[\](){}";]*')
 _INT = re.compile(r"[+-]?\d+N?")
@@ -71,7 +80,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 _CLOSERS = {"[": "]", "(": ")", "{": "}", "#{": "}"}
 _CONSTANTS: dict[str, Any] = {"nil": None, "true": True, "false": False}
 _SEQUENCES = ("[", "(")
-_FLAT_RUN_MAX = 1024
+_RUN_CHARS = 1 << 16
 
 
 class _Sequence:
@@ -141,7 +150,7 @@ class _Atoms(dict[str, Any]):
         return value
 
 
-def _flat_map(body: str, atoms: _Atoms) -> dict[Any, Any] | None:
+def _flat_map(body: str, atoms: _Atoms) -> Map | None:
     """The map whose text between braces is `body` (matched by `_FLAT_MAP`); None if it is
     not well formed (a bad number, an odd number of forms), for the general reader to
     report."""
@@ -154,24 +163,64 @@ def _flat_map(body: str, atoms: _Atoms) -> dict[Any, Any] | None:
     return Map(zip(items[::2], items[1::2], strict=True))
 
 
-def _more_flat_maps(
-    text: str, pos: int, atoms: _Atoms, items: list[Any], track: list[int] | None, lines: _Lines
-) -> int:
-    """Read the flat maps that follow `pos` into `items` (their lines into `track`), at most
-    `_FLAT_RUN_MAX` of them; the position after the last."""
-    match = _NEXT_FLAT_MAP.match
-    for _ in range(_FLAT_RUN_MAX):
-        m = match(text, pos)
-        if m is None:
-            return pos
-        record = _flat_map(m.group(1), atoms)
+class _FlatRun(NamedTuple):
+    """Flat maps one after another: the text between the braces of each (`bodies`), the
+    line each starts on, and the position after the last; what separates them is only
+    white space, commas and tags."""
+
+    bodies: list[str]
+    lines: list[int]
+    prefixes: list[str]
+    end: int
+
+
+def _flat_run(text: str, start: int, lines: _Lines) -> _FlatRun | None:
+    """The flat maps from `start` (a ``{``) on, within `_RUN_CHARS` characters; None if
+    the map at `start` is not flat or larger. Two passes of the regex engine, each over the
+    whole run, instead of one call per map."""
+    m = _FLAT_RUN.match(text, start, start + _RUN_CHARS)
+    if m is None or m.end() == start:
+        return None
+    prefixes, bodies = map(list, zip(*_FLAT_RUN_ITEM.findall(text, start, m.end())))
+    counts = map(str.count, prefixes, repeat("\n"))
+    counts_before = chain((0,), map(str.count, bodies, repeat("\n")))
+    starts = accumulate(map(add, counts, counts_before), initial=lines.at(start))
+    return _FlatRun(bodies, list(islice(starts, 1, None)), prefixes, m.end())
+
+
+def _flat_maps(run: _FlatRun, start: int, atoms: _Atoms) -> tuple[list[Any], int]:
+    """The maps of `run` up to the first that `_flat_map` cannot read, and the position
+    after them (where the general reader takes over)."""
+    records: list[Any] = []
+    for body in run.bodies:
+        record = _flat_map(body, atoms)
         if record is None:
-            return pos
-        if track is not None:
-            track.append(lines.at(m.end() - len(m.group(1)) - 2))
-        items.append(record)
-        pos = m.end()
-    return pos
+            n = len(records)
+            return records, start + sum(map(len, run.prefixes[:n])) + sum(
+                len(b) + 2 for b in run.bodies[:n]
+            )
+        records.append(record)
+    return records, run.end
+
+
+class FlatMaps:
+    """Reads the maps of `Form.flat` runs; numbers and names each parsed once."""
+
+    def __init__(self) -> None:
+        self.atoms = _Atoms()
+
+    def read(self, body: str, line: int) -> Map:
+        """The map whose text between its braces is `body`, starting on `line`; raises
+        `EdnError` as reading it in place would."""
+        record = _flat_map(body, self.atoms)
+        if record is not None:
+            return record
+        try:
+            (form,) = parse_all("{" + body + "}")
+        except EdnError as exc:
+            raise EdnError(exc.message, line + exc.line - 1) from None
+        value: Map = form.value
+        return value
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -182,12 +231,15 @@ def _line_of(text: str, pos: int) -> int:
 class Form:
     """A top-level form (`depth` 0) and the line it starts on, with the line of each item if
     it is a vector or list; or (`depth` 1) a batch of items of an unwrapped top-level vector
-    or list: `value` lists them, `item_lines` gives their lines."""
+    or list: `value` lists them, `item_lines` gives their lines. A `flat` form (see
+    `iter_forms`) is a run of maps of either depth: `value` lists the text between the
+    braces of each, to be read with `FlatMaps.read`, and `item_lines` their lines."""
 
     value: Any
     line: int
     item_lines: list[int] = field(default_factory=list)
     depth: int = 0
+    flat: bool = False
 
 
 class _Lines:
@@ -225,12 +277,14 @@ def parse_all(text: str) -> list[Form]:
     return list(iter_forms(text))
 
 
-def iter_forms(text: str, *, unwrap: bool = False) -> Iterator[Form]:
+def iter_forms(text: str, *, unwrap: bool = False, flat: bool = False) -> Iterator[Form]:
     """The top-level forms of `text`, each as soon as it is read, so a reader can turn it
     into a record and let it go; raises `EdnError` naming the line on bad input (after
     yielding the forms before it). With `unwrap`, a top-level vector or list is not read
     whole: a form whose value is `SEQUENCE` stands for it, then its items follow in
-    batches (forms of depth 1), as soon as they are read."""
+    batches (forms of depth 1), as soon as they are read. With `flat` too, runs of flat
+    maps there (or at the top level) come unread, as forms with `flat` set: the caller
+    reads each map with `FlatMaps.read`, or reads maps that repeat once."""
     lines = _Lines(text)
     # Each open collection: (opening token, items, start position); discards per depth.
     stack: list[tuple[str, list[Any], int]] = []
@@ -238,7 +292,6 @@ def iter_forms(text: str, *, unwrap: bool = False) -> Iterator[Form]:
     top = Form(None, 0)  # the top-level collection being read
     pos = 0
     match = _TOKEN.match
-    flat = _FLAT_MAP.match
     atoms = _Atoms()
     while True:
         m = match(text, pos)
@@ -258,23 +311,9 @@ def iter_forms(text: str, *, unwrap: bool = False) -> Iterator[Form]:
             discards[-1] += 1
             continue
         if kind == "open" and text[start] == "{" and len(stack) <= DEPTH_MAX - 2:
-            fm = flat(text, start)
-            record = None if fm is None else _flat_map(fm.group(1), atoms)
-            if record is not None:
-                assert fm is not None
-                pos = fm.end()
-                if discards[-1]:
-                    discards[-1] -= 1
-                elif not stack:
-                    yield Form(record, lines.at(start))
-                else:
-                    track = top.item_lines if _tracked(stack, discards) else None
-                    if track is not None:
-                        track.append(lines.at(start))
-                    stack[-1][1].append(record)
-                    pos = _more_flat_maps(text, pos, atoms, stack[-1][1], track, lines)
-                    if len(stack) == 1 and top.value is SEQUENCE:
-                        yield _batch(top, stack[0][1])
+            end = yield from _flat_forms(text, start, lines, stack, discards, top, atoms, flat)
+            if end is not None:
+                pos = end
                 continue
         if kind == "open":
             if len(stack) >= DEPTH_MAX:
@@ -312,6 +351,50 @@ def iter_forms(text: str, *, unwrap: bool = False) -> Iterator[Form]:
         elif top.value is not SEQUENCE:
             top.value = value
             yield top
+
+
+def _flat_forms(
+    text: str,
+    start: int,
+    lines: _Lines,
+    stack: list[tuple[str, list[Any], int]],
+    discards: list[int],
+    top: Form,
+    atoms: _Atoms,
+    flat: bool,
+) -> Generator[Form, None, int | None]:
+    """Read the flat map at `start` (a ``{``), and the run of them it begins where it is a
+    top-level form or an item of the top-level vector or list; yield what `iter_forms`
+    yields for them and return the position after them, or None if that map is not flat."""
+    run = None
+    if not discards[-1] and (not stack or _tracked(stack, discards)):
+        run = _flat_run(text, start, lines)
+    if run is None:
+        fm = _FLAT_MAP.match(text, start)
+        record = None if fm is None else _flat_map(fm.group(1), atoms)
+        if fm is None or record is None:
+            return None
+        if discards[-1]:
+            discards[-1] -= 1
+            return fm.end()
+        records, record_lines, end = [record], [lines.at(start)], fm.end()
+    elif flat and (not stack or top.value is SEQUENCE):
+        yield Form(run.bodies, run.lines[0], run.lines, len(stack), flat=True)
+        return run.end
+    else:
+        records, end = _flat_maps(run, start, atoms)
+        if not records:
+            return None
+        record_lines = run.lines[: len(records)]
+    if not stack:
+        yield from map(Form, records, record_lines)
+        return end
+    stack[-1][1].extend(records)
+    if _tracked(stack, discards):
+        top.item_lines.extend(record_lines)
+    if len(stack) == 1 and top.value is SEQUENCE:
+        yield _batch(top, stack[0][1])
+    return end
 
 
 def _batch(top: Form, items: list[Any]) -> Form:
