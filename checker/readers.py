@@ -15,15 +15,26 @@ Every reader returns a `History` or raises `HistoryError` naming the file and li
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import re
 import sys
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
-from checker.edn import SEQUENCE, EdnError, Form, iter_forms, parse_all, parse_atom, parse_one
+from checker.edn import (
+    SEQUENCE,
+    EdnError,
+    FlatMaps,
+    Form,
+    iter_forms,
+    parse_all,
+    parse_atom,
+    parse_one,
+)
 from checker.history import DEPTH_MAX, NEMESIS, TYPES, Event, HistoryError, brief, paused_gc
 
 __all__ = [
@@ -253,6 +264,13 @@ def _record_event(rec: Any, lineno: int, file: str | None) -> Event:
 
 
 def _event(rec: dict[Any, Any], lineno: int, file: str | None, value: Any) -> Event:
+    typ, process, f, value, key, time_ns, has_value = _fields(rec, lineno, file, value)
+    return Event(typ, process, f, value, key, time_ns, lineno, has_value)
+
+
+def _fields(rec: dict[Any, Any], lineno: int, file: str | None, value: Any) -> _Fields:
+    """The fields of the event of `rec`, but its line, in the order of `Event`'s; raises
+    `HistoryError` at `file`:`lineno` if it is no event."""
     typ = rec.get("type")
     if typ not in TYPES:
         raise HistoryError(
@@ -279,10 +297,10 @@ def _event(rec: dict[Any, Any], lineno: int, file: str | None, value: Any) -> Ev
     if time_ns is not None and (type(time_ns) is not int):
         raise HistoryError("time must be an integer (ns)", file=file, line=lineno)
     # One string object per type and f, not one per record.
-    typ, f = _TYPE_NAMES[typ], sys.intern(f)
-    return Event(typ, process, f, value, key, time_ns, lineno, "value" in rec)
+    return _TYPE_NAMES[typ], process, sys.intern(f), value, key, time_ns, "value" in rec
 
 
+_Fields = tuple[str, Any, str, Any, Any, int | None, bool]
 _TYPE_NAMES = {t: t for t in TYPES}
 
 
@@ -302,17 +320,24 @@ def _frozen(value: Any, file: str | None, line: int, depth: int = 0) -> Any:
 
 def _edn_maps(text: str, file: str | None) -> list[Event]:
     """One map per top-level form, or one vector or list of maps (as Knossos)."""
-    forms = iter_forms(text, unwrap=True)
+    forms = iter_forms(text, unwrap=True, flat=True)
     first = next(forms, None)
     if first is None:
         return []
     if first.value is SEQUENCE:
         return _op_items(forms, file)
-    return [_op(form.value, form.line, file) for form in chain((first,), forms)]
+    flat_ops = _FlatOps(file)
+    events: list[Event] = []
+    for form in chain((first,), forms):
+        if form.flat:
+            events += flat_ops.events(form.value, form.item_lines)
+        else:
+            events.append(_op(form.value, form.line, file))
+    return events
 
 
 def _knossos(text: str, file: str | None) -> list[Event]:
-    forms = iter_forms(text, unwrap=True)
+    forms = iter_forms(text, unwrap=True, flat=True)
     first = next(forms, None)
     if first is None or first.value is not SEQUENCE:
         line = 1 if first is None else first.line
@@ -322,13 +347,17 @@ def _knossos(text: str, file: str | None) -> list[Event]:
 
 def _op_items(forms: Iterator[Form], file: str | None) -> list[Event]:
     """The ops of the top-level vector or list whose items `forms` yields next."""
+    flat_ops = _FlatOps(file)
     events: list[Event] = []
     for form in forms:
         if form.depth == 0:
             raise HistoryError(
                 "expected one vector or list of operations", file=file, line=form.line
             )
-        events.extend(_op(rec, line, file) for rec, line in zip(form.value, form.item_lines))
+        if form.flat:
+            events += flat_ops.events(form.value, form.item_lines)
+        else:
+            events.extend(_op(rec, line, file) for rec, line in zip(form.value, form.item_lines))
     return events
 
 
@@ -336,6 +365,63 @@ def _op(rec: Any, lineno: int, file: str | None) -> Event:
     if not isinstance(rec, dict):
         raise HistoryError("an operation must be a map", file=file, line=lineno)
     return _event(rec, lineno, file, rec.get("value"))
+
+
+class _NotAnOp(Exception):
+    """A flat map that is not an op, or no map at all; read again at its line to say why."""
+
+
+class _FlatOps(dict[str, _Fields]):
+    """The event fields of the text of each flat map (`Form.flat`), read once: a history's
+    records often repeat (Knossos's have neither time nor index). Keeps the most recent
+    `_FLAT_OPS_MAX`, as unique records would otherwise all be kept."""
+
+    def __init__(self, file: str | None):
+        super().__init__()
+        self.file = file
+        self.maps = FlatMaps()
+
+    def __missing__(self, text: str) -> _Fields:
+        if len(self) >= _FLAT_OPS_MAX:
+            self.clear()
+        try:
+            rec = self.maps.read(text, 1)
+            fields = _fields(rec, 1, self.file, rec.get("value"))
+        except (EdnError, HistoryError):
+            raise _NotAnOp from None
+        self[text] = fields
+        return fields
+
+    def events(self, texts: list[str], lines: list[int]) -> list[Event]:
+        """The events of the flat maps `texts`, which start on `lines`."""
+        try:
+            rows = list(map(self.__getitem__, texts))
+        except _NotAnOp:
+            for text, line in zip(texts, lines, strict=True):
+                _op(self.maps.read(text, line), line, self.file)
+            raise AssertionError("a flat map read once as no op and once as one") from None
+        types, processes, fs, values, keys, times, has_values = zip(*rows)
+        return _new_events(types, processes, fs, values, keys, times, lines, has_values)
+
+
+_FLAT_OPS_MAX = 50_000
+
+
+def _new_events(*columns: Sequence[Any]) -> list[Event]:
+    """The events whose fields, in `Event`'s order, `columns` list. `Event` is a frozen
+    dataclass: its __init__ sets each field with a call of object.__setattr__ from Python.
+    Setting the slots column by column, in C loops, takes half the time."""
+    events = list(map(object.__new__, repeat(Event, len(columns[0]))))
+    for set_field, column in zip(_EVENT_FIELD_SETTERS, columns, strict=True):
+        deque(map(set_field, events, column), maxlen=0)
+    return events
+
+
+_EVENT_FIELD_SETTERS = [getattr(Event, name).__set__ for name in Event.__slots__]
+# What _new_events relies on: Event's slots are its fields, in order, and nothing else runs
+# on construction.
+assert Event.__slots__ == tuple(f.name for f in dataclasses.fields(Event))
+assert not hasattr(Event, "__post_init__")
 
 
 # Porcupine's usual line, read without the EDN reader; any other line (escapes in strings,
