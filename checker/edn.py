@@ -80,6 +80,8 @@ _LINE_RUN = re.compile(rf"{_LINE}(?:\n{_LINE})*+")
 _FLAT_TEXT = re.compile(rf"[\s,]*+(?:{_TAG}[\s,]*+)?{_FLAT_BODY}[\s,]*+")
 _FLAT_ITEM = re.compile(r'"[^"]*"|\[[^\]]*\]|[^\s,\["]+')
 _ATOM = re.compile(r'[^\s,\[\](){}";\#][^\s,\[\](){}";]*')
+# A vector of atoms (``[3 4]``) with nothing in it that needs the general reader.
+_ATOM_VECTOR = re.compile(r'\[[^{}\[\]()"#;\\]*+\]')
 _INT = re.compile(r"[+-]?\d+N?")
 _FLOAT = re.compile(r"[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?M?")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
@@ -322,6 +324,11 @@ def parse_one(text: str) -> Any:
             return parse_atom(text)
         except ValueError as exc:
             raise EdnError(str(exc), 1) from None
+    if _ATOM_VECTOR.fullmatch(text):
+        try:
+            return tuple(map(parse_atom, text[1:-1].replace(",", " ").split()))
+        except ValueError:
+            pass  # the general reader says where
     forms = parse_all(text)
     if len(forms) != 1:
         raise EdnError(f"expected one form, got {len(forms)}", 1)

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import heapq
 import json
 import re
 import sys
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
+from operator import attrgetter
 from typing import Any
 
 from checker.edn import (
@@ -424,28 +426,44 @@ assert Event.__slots__ == tuple(f.name for f in dataclasses.fields(Event))
 assert not hasattr(Event, "__post_init__")
 
 
-# Porcupine's usual line, read without the EDN reader; any other line (escapes in strings,
-# a process of more digits than an int64 has) goes through it.
+# Every line: Porcupine's usual line (groups: process, type, f, key, value), read without
+# the EDN reader, or any other line (the last group), which goes through it (escapes in
+# strings, a process of more digits than an int64 has).
 _KV_LINE = re.compile(
-    r'\{:process (\d{1,18}), :type :(invoke|ok|fail|info), :f :(\w+), :key "([^"\\]*)", '
-    r':value (nil|"[^"\\]*")\}\s*'
+    r'^(?:\{:process (\d{1,18}+), :type :(invoke|ok|fail|info), :f :(\w++), :key "([^"\\]*+)", '
+    r':value (nil|"[^"\\]*+")\}[^\S\n]*+|(.*+))$',
+    re.M,
 )
 
 
 def _porcupine_kv(text: str, file: str | None) -> list[Event]:
-    events = []
-    for lineno, raw, _ in _lines(text):
-        if not raw.strip():
-            continue
-        m = _KV_LINE.fullmatch(raw)
-        if m is None:
-            events.append(_edn_line(raw, lineno, file))
-            continue
-        proc, typ, f, key, value = m.groups()
-        events.append(
-            Event(typ, int(proc), f, None if value == "nil" else value[1:-1], key, None, lineno)
-        )
+    rows = _KV_LINE.findall(text)
+    if not rows:
+        return []
+    procs, types, fs, keys, values, others = zip(*rows)
+    lines = list(compress(range(1, len(rows) + 1), types))
+    events = _new_events(
+        list(map(_TYPE_NAMES.__getitem__, compress(types, types))),
+        list(map(_Parsed(int).__getitem__, compress(procs, types))),
+        list(map(_Parsed(sys.intern).__getitem__, compress(fs, types))),
+        list(map(_Parsed(_kv_value).__getitem__, compress(values, types))),
+        list(compress(keys, types)),
+        [None] * len(lines),
+        lines,
+        [True] * len(lines),
+    )
+    others_read = [
+        _edn_line(other, lineno, file)
+        for lineno, other in zip(compress(range(1, len(rows) + 1), others), filter(None, others))
+        if other.strip()
+    ]
+    if others_read:
+        return list(heapq.merge(events, others_read, key=attrgetter("line")))
     return events
+
+
+def _kv_value(text: str) -> str | None:
+    return None if text == "nil" else text[1:-1]
 
 
 def _edn_line(raw: str, lineno: int, file: str | None) -> Event:
@@ -472,25 +490,104 @@ def _etcd_record(line: str) -> str | None:
     return parts[3] if len(parts) == 4 else ""
 
 
+# Every line: a record as Jepsen writes them (tab-separated; groups: process, type, f, value),
+# or any other line (the last group). Possessive: runs of spaces stay linear.
+_ETCD_LINE = re.compile(
+    r"^(?:\S++[ \t]++jepsen\.util[ \t]++-[ \t]++(\S++)[ \t]++:(invoke|ok|fail|info)[ \t]++"
+    r":(\S++)[ \t]++(\S.*+)|(.*+))$",
+    re.M,
+)
+
+
+class _Unusual(Exception):
+    """Something `_etcd_log_at_once` leaves to the line by line reader."""
+
+
+class _Parsed(dict[str, Any]):
+    """The value of each text, parsed once by `parse`; `_Unusual` if it cannot be."""
+
+    def __init__(self, parse: Callable[[str], Any]):
+        super().__init__()
+        self.parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        try:
+            value = self.parse(text)
+        except (ValueError, EdnError):
+            raise _Unusual from None
+        self[text] = value
+        return value
+
+
+def _etcd_process(text: str) -> Any:
+    process = parse_atom(text)
+    if not isinstance(process, int) and process != NEMESIS:
+        raise ValueError(text)
+    return process
+
+
 def _etcd_log(text: str, file: str | None) -> list[Event]:
+    try:
+        return _etcd_log_at_once(text, file)
+    except _Unusual:
+        return _etcd_log_by_line(text, file)
+
+
+def _etcd_log_at_once(text: str, file: str | None) -> list[Event]:
+    """All records read with one regex over the text, their fields converted column by
+    column, each distinct text once; other lines as `_etcd_log_by_line` reads them. Raises
+    `_Unusual` for what is wrong, for `_etcd_log_by_line` to say where."""
+    rows = _ETCD_LINE.findall(text)
+    if not rows:
+        return []
+    procs, types, fs, values, others = zip(*rows)
+    lines = list(compress(range(1, len(rows) + 1), types))
+    events = _new_events(
+        list(map(_TYPE_NAMES.__getitem__, compress(types, types))),
+        list(map(_Parsed(_etcd_process).__getitem__, compress(procs, types))),
+        list(map(_Parsed(sys.intern).__getitem__, compress(fs, types))),
+        list(map(_Parsed(parse_one).__getitem__, compress(values, types))),
+        [None] * len(lines),
+        [None] * len(lines),
+        lines,
+        [True] * len(lines),
+    )
+    others_read = [
+        event
+        for lineno, other in zip(compress(range(1, len(rows) + 1), others), filter(None, others))
+        if (event := _etcd_line(other, lineno, file)) is not None
+    ]
+    if others_read:
+        raise _Unusual  # records the regex did not read: rare, left to the line reader
+    return events
+
+
+def _etcd_log_by_line(text: str, file: str | None) -> list[Event]:
     events = []
     for lineno, raw, _ in _lines(text):
-        rest = _etcd_record(raw)
-        if rest is None:
-            continue  # other log lines
-        fields = rest.split(None, 3)
-        if len(fields) < 4 or fields[1] not in _ETCD_TYPES or fields[2][:1] != ":":
-            raise HistoryError("malformed jepsen.util record", file=file, line=lineno)
-        proc, typ, f, value_text = fields[0], _ETCD_TYPES[fields[1]], fields[2][1:], fields[3]
-        try:
-            process: Any = parse_atom(proc)
-            value = parse_one(value_text)
-        except (ValueError, EdnError):
-            raise HistoryError(f"bad value {brief(value_text)}", file=file, line=lineno) from None
-        if not isinstance(process, int) and process != NEMESIS:
-            raise HistoryError(f"bad process {brief(proc)}", file=file, line=lineno)
-        events.append(Event(typ, process, sys.intern(f), value, None, None, lineno))
+        event = _etcd_line(raw, lineno, file)
+        if event is not None:
+            events.append(event)
     return events
+
+
+def _etcd_line(raw: str, lineno: int, file: str | None) -> Event | None:
+    """The event of a jepsen.util record, None for another log line."""
+    rest = _etcd_record(raw)
+    if rest is None:
+        return None
+    fields = rest.split(None, 3)
+    if len(fields) < 4 or fields[1] not in _ETCD_TYPES or fields[2][:1] != ":":
+        raise HistoryError("malformed jepsen.util record", file=file, line=lineno)
+    proc, typ, f, value_text = fields[0], _ETCD_TYPES[fields[1]], fields[2][1:], fields[3]
+    try:
+        process: Any = parse_atom(proc)
+        value = parse_one(value_text)
+    except (ValueError, EdnError):
+        raise HistoryError(f"bad value {brief(value_text)}", file=file, line=lineno) from None
+    if not isinstance(process, int) and process != NEMESIS:
+        raise HistoryError(f"bad process {brief(proc)}", file=file, line=lineno)
+    return Event(typ, process, sys.intern(f), value, None, None, lineno)
 
 
 _READERS: dict[str, Callable[[str, str | None], list[Event]]] = {
