@@ -77,6 +77,9 @@ _LINE_SPACE = r"[ \t\r\f\v,]*+"
 _LINE_INSIDE = r'(?:[^{}\[\]()"#;\\\n]++|"[^"\\\n]*+"|\[[^{}\[\]()"#;\\\n]*+\])*+'
 _LINE = rf"{_LINE_SPACE}(?:{_TAG}[ \t,]*+)?\{{{_LINE_INSIDE}\}}{_LINE_SPACE}"
 _LINE_RUN = re.compile(rf"{_LINE}(?:\n{_LINE})*+")
+# A key and a value of `FlatMaps.columns`.
+_KEY = re.compile(r'[^\s,\[\](){}";#\\]++')
+_SLOT = re.compile(r'([^\s,\[\](){}";#\\]++|\[[^{}\[\]()"#;\\\n]*+\]|"[^"\\\n]*+")')
 _FLAT_TEXT = re.compile(rf"[\s,]*+(?:{_TAG}[\s,]*+)?{_FLAT_BODY}[\s,]*+")
 _FLAT_ITEM = re.compile(r'"[^"]*"|\[[^\]]*\]|[^\s,\["]+')
 _ATOM = re.compile(r'[^\s,\[\](){}";\#][^\s,\[\](){}";]*')
@@ -259,6 +262,32 @@ class FlatMaps:
     def __init__(self) -> None:
         self.atoms = _Atoms()
         self.entries = _Entries(self.atoms)
+
+    def value(self, token: str) -> Any:
+        """The value of a token of `columns`; raises `ValueError` for a bad number."""
+        return self.atoms[token]
+
+    def columns(self, texts: list[str]) -> tuple[list[Any], list[tuple[str, ...]]] | None:
+        """The keys of the maps `texts` (texts of a `Form.flat` run, each a line of its own)
+        and, per key, the token of each map's value there (read with `value`), if all are
+        written alike: the same keys in the same order, as Jepsen and Knossos write records,
+        each value one atom, string or vector of atoms. None otherwise. One regex over all
+        the texts, instead of reading each."""
+        pairs = [entry.partition(" ") for entry in _body(texts[0]).split(", ")]
+        if not all(_KEY.fullmatch(k) and s and _SLOT.fullmatch(v) for k, s, v in pairs):
+            return None
+        try:
+            keys = [self.atoms[k] for k, _, _ in pairs]
+        except ValueError:
+            return None
+        layout = ", ".join(re.escape(k) + " " + _SLOT.pattern for k, _, _ in pairs)
+        shape = re.compile(rf"^{_LINE_SPACE}(?:{_TAG}[ \t,]*+)?\{{{layout}\}}{_LINE_SPACE}$", re.M)
+        rows = shape.findall("\n".join(texts))
+        if len(rows) != len(texts):
+            return None
+        if len(keys) == 1:
+            return keys, [tuple(rows)]
+        return keys, list(zip(*rows))
 
     def read(self, text: str, line: int) -> dict[Any, Any]:
         """The entries of the map whose text (one of a `Form.flat` run) is `text`, starting
