@@ -257,11 +257,12 @@ class _Entries(dict[str, tuple[Any, Any]]):
 
 class FlatMaps:
     """Reads the maps of `Form.flat` runs; numbers, names and whole entries each parsed
-    once."""
+    once, for all readers: what they map to never changes, and histories share most (a
+    small history would otherwise cost more in parsing its first entries than in the rest)."""
 
     def __init__(self) -> None:
-        self.atoms = _Atoms()
-        self.entries = _Entries(self.atoms)
+        self.atoms = _SHARED_ATOMS
+        self.entries = _SHARED_ENTRIES
 
     def value(self, token: str) -> Any:
         """The value of a token of `columns`; raises `ValueError` for a bad number."""
@@ -308,6 +309,10 @@ class FlatMaps:
             raise EdnError(exc.message, line + exc.line - 1) from None
         value: Map = form.value
         return value
+
+
+_SHARED_ATOMS = _Atoms()
+_SHARED_ENTRIES = _Entries(_SHARED_ATOMS)
 
 
 def _line_of(text: str, pos: int) -> int:

@@ -500,6 +500,32 @@ assert Event.__slots__ == tuple(f.name for f in dataclasses.fields(Event))
 assert not hasattr(Event, "__post_init__")
 
 
+class _Unusual(Exception):
+    """Something a reader of whole columns leaves to a reader of one record at a time."""
+
+
+class _Parsed(dict[str, Any]):
+    """The value of each text, parsed once by `parse` for all readers (the most recent
+    `_PARSED_MAX`); `_Unusual` if it cannot be."""
+
+    def __init__(self, parse: Callable[[str], Any]):
+        super().__init__()
+        self.parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        if len(self) >= _PARSED_MAX:
+            self.clear()
+        try:
+            value = self.parse(text)
+        except (ValueError, EdnError):
+            raise _Unusual from None
+        self[text] = value
+        return value
+
+
+_PARSED_MAX = 10_000
+
+
 # Every line: Porcupine's usual line (groups: process, type, f, key, value), read without
 # the EDN reader, or any other line (the last group), which goes through it (escapes in
 # strings, a process of more digits than an int64 has).
@@ -518,9 +544,9 @@ def _porcupine_kv(text: str, file: str | None) -> list[Event]:
     lines = list(compress(range(1, len(rows) + 1), types))
     events = _new_events(
         list(map(_TYPE_NAMES.__getitem__, compress(types, types))),
-        list(map(_Parsed(int).__getitem__, compress(procs, types))),
-        list(map(_Parsed(sys.intern).__getitem__, compress(fs, types))),
-        list(map(_Parsed(_kv_value).__getitem__, compress(values, types))),
+        list(map(int, compress(procs, types))),
+        list(map(sys.intern, compress(fs, types))),
+        list(map(_kv_value, compress(values, types))),
         list(compress(keys, types)),
         [None] * len(lines),
         lines,
@@ -573,31 +599,15 @@ _ETCD_LINE = re.compile(
 )
 
 
-class _Unusual(Exception):
-    """Something `_etcd_log_at_once` leaves to the line by line reader."""
-
-
-class _Parsed(dict[str, Any]):
-    """The value of each text, parsed once by `parse`; `_Unusual` if it cannot be."""
-
-    def __init__(self, parse: Callable[[str], Any]):
-        super().__init__()
-        self.parse = parse
-
-    def __missing__(self, text: str) -> Any:
-        try:
-            value = self.parse(text)
-        except (ValueError, EdnError):
-            raise _Unusual from None
-        self[text] = value
-        return value
-
-
 def _etcd_process(text: str) -> Any:
     process = parse_atom(text)
     if not isinstance(process, int) and process != NEMESIS:
         raise ValueError(text)
     return process
+
+
+_ETCD_PROCESSES = _Parsed(_etcd_process)
+_ETCD_VALUES = _Parsed(parse_one)
 
 
 def _etcd_log(text: str, file: str | None) -> list[Event]:
@@ -618,9 +628,9 @@ def _etcd_log_at_once(text: str, file: str | None) -> list[Event]:
     lines = list(compress(range(1, len(rows) + 1), types))
     events = _new_events(
         list(map(_TYPE_NAMES.__getitem__, compress(types, types))),
-        list(map(_Parsed(_etcd_process).__getitem__, compress(procs, types))),
-        list(map(_Parsed(sys.intern).__getitem__, compress(fs, types))),
-        list(map(_Parsed(parse_one).__getitem__, compress(values, types))),
+        list(map(_ETCD_PROCESSES.__getitem__, compress(procs, types))),
+        list(map(sys.intern, compress(fs, types))),
+        list(map(_ETCD_VALUES.__getitem__, compress(values, types))),
         [None] * len(lines),
         [None] * len(lines),
         lines,
