@@ -218,7 +218,7 @@ def _jsonl(text: str, file: str | None, keep_records: bool) -> History:
         if not raw.strip():
             continue
         try:
-            rec = load_json(raw, file, lineno)
+            rec = _load_record(raw, file, lineno)
         except HistoryError:
             if ended or not _begins_a_record(raw):
                 raise
@@ -228,6 +228,21 @@ def _jsonl(text: str, file: str | None, keep_records: bool) -> History:
         if records is not None:
             records.append(rec)
     return history
+
+
+def _load_record(raw: str, file: str | None, line: int) -> Any:
+    """`load_json(raw, file, line)`; a line that is just one JSON value, as our records are,
+    read with one call of the decoder instead of the several of `json.loads`."""
+    try:
+        rec, end = _DECODER.raw_decode(raw)
+        if end == len(raw):
+            return rec
+    except (ValueError, RecursionError):
+        pass  # load_json says what is wrong
+    return load_json(raw, file, line)
+
+
+_DECODER = json.JSONDecoder()
 
 
 def load_json(raw: str, file: str | None, line: int = 1) -> Any:
