@@ -9,11 +9,15 @@
 3. Generated linearizable single cas-register histories in the shape of Jepsen's register
    tests (values 0..4, so written values repeat; 10 processes; about 0.8% indeterminate):
    `--register-sizes`, 100,000 and 1,000,000 operations by default.
+4. With `--edn-mb N`: a generated Jepsen history.edn of about N MB (register ops with time
+   and index, a nemesis op with a nested value every 500), read alone in a child process:
+   read time and the peak RSS increase over the child's RSS before reading.
 
 With `--search-only` the search decides every key (no unique-values check).
 
 Usage: python bench/checker_bench.py [--sizes 100000,1000000] [--seed 1] [--skip-corpus]
                                      [--search-only] [--register-sizes 100000,1000000]
+                                     [--edn-mb N]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -240,6 +245,61 @@ def bench_generated(n_ops: int, seed: int, fast_path: bool) -> dict[str, Any]:
     }
 
 
+def generate_edn(path: Path, size_bytes: int, seed: int, clients: int = 10) -> None:
+    """About `size_bytes` of a Jepsen history.edn: a line per op, register ops by `clients`
+    processes (an info moves a client to a new process), a nemesis op every 500."""
+    rng = random.Random(seed)
+    process = list(range(clients))
+    pending: list[tuple[str, Any] | None] = [None] * clients
+    written = index = 0
+    with path.open("w") as out:
+        while written < size_bytes:
+            c = rng.randrange(clients)
+            if index % 500 == 499:
+                value = f"{{:n{c} #{{:n{(c + 1) % 5}}}}}"
+                line = f"{{:type :info, :f :start, :value {value}, :process :nemesis"
+            elif pending[c] is None:
+                f = rng.choice(("read", "write", "cas"))
+                value = {"read": "nil", "write": rng.randrange(5)}.get(f, "[1 2]")
+                pending[c] = (f, value)
+                line = f"{{:type :invoke, :f :{f}, :value {value}, :process {process[c]}"
+            else:
+                (f, value), pending[c] = pending[c], None
+                typ = rng.choice(("ok", "ok", "ok", "fail", "info"))
+                line = f"{{:type :{typ}, :f :{f}, :value {value}, :process {process[c]}"
+                if typ == "info":
+                    process[c] += clients
+            line += f", :time {index * 1000 + rng.randrange(1000)}, :index {index}}}\n"
+            out.write(line)
+            written += len(line)
+            index += 1
+
+
+_READ = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from checker import read_history
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+history = read_history(sys.argv[1])
+read_s = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"ops": len(history.events), "parse_s": round(read_s, 2),
+                  "peak_rss_mb": round(peak / 1024),
+                  "rss_increase_mb": round((peak - before) / 1024)}))
+"""
+
+
+def bench_edn(mb: float, seed: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.edn"
+        generate_edn(path, int(mb * 1e6), seed)
+        size_mb = path.stat().st_size / 1e6
+        argv = [sys.executable, "-c", _READ, str(path), str(ROOT)]
+        child = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    return {"edn_mb": round(size_mb, 1), **json.loads(child.stdout)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
@@ -247,6 +307,7 @@ def main() -> None:
     parser.add_argument("--skip-corpus", action="store_true")
     parser.add_argument("--search-only", action="store_true")
     parser.add_argument("--register-sizes", default="100000,1000000")
+    parser.add_argument("--edn-mb", type=float, default=0, help="a Jepsen EDN history's MB")
     args = parser.parse_args()
     if not args.skip_corpus:
         for explain in (False, True):
@@ -257,6 +318,8 @@ def main() -> None:
         print(json.dumps(report), flush=True)
     for size in (int(s) for s in args.register_sizes.split(",") if s):
         print(json.dumps(bench_register(size, args.seed)), flush=True)
+    if args.edn_mb:
+        print(json.dumps(bench_edn(args.edn_mb, args.seed)), flush=True)
 
 
 if __name__ == "__main__":
