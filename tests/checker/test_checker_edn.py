@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import checker.edn
-from checker.edn import SEQUENCE, EdnError, iter_forms, parse_all
+from checker.edn import SEQUENCE, EdnError, FlatMaps, iter_forms, parse_all
 
 NEVER = re.compile(r"(?!)")
 ATOMS = [":type", ":ok", ":f", ":value", "nil", "true", "1", "-2", "3.5", "12N", "foo", "\\c"]
@@ -77,12 +77,21 @@ def test_flat_maps_read_as_the_general_reader_reads_them(text: str) -> None:
     assert fast == slow, text
 
 
-def _unwrapped(text: str) -> Any:
-    """What `_read` gives, rebuilt from the forms `iter_forms(unwrap=True)` yields."""
+def _unwrapped(text: str, flat: bool = False) -> Any:
+    """What `_read` gives, rebuilt from the forms `iter_forms(unwrap=True)` yields (with
+    `flat`, its runs of flat maps read with `FlatMaps.read`)."""
     forms: list[Any] = []
+    maps = FlatMaps()
     try:
-        for form in iter_forms(text, unwrap=True):
-            if form.value is SEQUENCE:
+        for form in iter_forms(text, unwrap=True, flat=flat):
+            if form.flat:
+                values = [maps.read(t, n) for t, n in zip(form.value, form.item_lines, strict=True)]
+                if form.depth == 1:
+                    forms[-1][0] += values
+                    forms[-1][2] += form.item_lines
+                else:
+                    forms += ([v, n, []] for v, n in zip(values, form.item_lines, strict=True))
+            elif form.value is SEQUENCE:
                 forms.append([[], form.line, []])
             elif form.depth == 1:
                 forms[-1][0] += form.value
@@ -100,8 +109,35 @@ def test_unwrapped_sequences_yield_what_the_whole_reader_reads(text: str) -> Non
     assert _unwrapped(text) == _read(text), text
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_flat_runs_read_as_the_whole_reader_reads_them(text: str) -> None:
+    assert _unwrapped(text, flat=True) == _read(text), text
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checker.edn, "_RUN_CHARS", 23)
+        assert _unwrapped(text, flat=True) == _read(text), text
+
+
+def test_maps_written_alike_are_read_as_columns() -> None:
+    texts = ["{:type :ok, :f :read, :value [1 2]}", ' #tag {:type :info, :f "x", :value nil} ,']
+    assert FlatMaps().columns(texts) == (
+        ["type", "f", "value"],
+        [(":ok", ":info"), (":read", '"x"'), ("[1 2]", "nil")],
+    )
+    for odd in ("{:type :ok, :f :read}", "{:type :ok, :value [1 2], :f :read}", "{:f :a :b 1}"):
+        assert FlatMaps().columns([texts[0], odd]) is None
+
+
 def test_records_spread_over_lines_keep_their_lines() -> None:
     text = '[{:a 1\n :b [1\n 2]}\n\n {:c "x"}, {:d nil}\n#_{:e 1} {:f :g}]'
     (form,) = parse_all(text)
     assert form.value == ({"a": 1, "b": (1, 2)}, {"c": "x"}, {"d": None}, {"f": "g"})
     assert form.item_lines == [1, 5, 5, 6]
+
+
+@pytest.mark.parametrize("sep", ["\n ", " ", "\n#_ 1\n"])
+def test_a_run_of_maps_hands_a_bad_one_to_the_general_reader(sep: str) -> None:
+    maps = ["{:a 1}", "{:b [2 3]}", '{:c "x"}', "{:d 4x}", "{:e 5}"]
+    with pytest.raises(EdnError) as err:
+        parse_all("[" + sep.join(maps) + "]")
+    assert (err.value.message, err.value.line) == ("bad number '4x'", 1 + 3 * sep.count("\n"))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import checker.edn
+import checker.readers
 from checker import HistoryError, check, detect_format, pair, parse_history, read_history
+from checker.history import Event
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "histories"
 
@@ -196,3 +203,153 @@ def test_unreadable_file_is_a_history_error(tmp_path: Path) -> None:
 def test_empty_history_is_valid() -> None:
     assert check(parse_history("", file="etcd_095.log")).valid is True
     assert check([]).valid is True
+
+
+# The fast paths of the readers, against the readers they stand in for: the general EDN
+# reader token by token, and the line by line readers of kv and etcd logs.
+NEVER = re.compile(r"(?!)")
+NO_FAST_LINE = {
+    "_KV_LINE": re.compile(r"^(?:(?!)()()()()()|(.*+))$", re.M),
+    "_ETCD_LINE": re.compile(r"^(?:(?!)()()()()|(.*+))$", re.M),
+}
+
+
+def _read(text: str, fmt: str) -> Any:
+    try:
+        return parse_history(text, fmt, file="h").events
+    except HistoryError as exc:
+        return ("error", exc.message, exc.line)
+
+
+def _read_slowly(text: str, fmt: str) -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("_FLAT_MAP", "_FLAT_RUN", "_LINE_RUN"):
+            mp.setattr(checker.edn, name, NEVER)
+        for name, regex in NO_FAST_LINE.items():
+            mp.setattr(checker.readers, name, regex)
+        return _read(text, fmt)
+
+
+def _agree(text: str, fmt: str) -> None:
+    slow = _read_slowly(text, fmt)
+    assert _read(text, fmt) == slow, text[:300]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checker.readers, "_SHAPED_MIN", 10**9)  # map by map, not in columns
+        assert _read(text, fmt) == slow, text[:300]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checker.readers, "_SHAPED_MIN", 1)
+        mp.setattr(checker.edn, "_RUN_CHARS", 97)  # runs cut anywhere
+        assert _read(text, fmt) == slow, text[:300]
+
+
+@pytest.mark.parametrize("kind", ["knossos", "porcupine/jepsen", "porcupine/kv"])
+def test_fast_readers_read_the_corpus_as_the_general_ones(kind: str) -> None:
+    manifest = json.loads((CORPUS / "manifest.json").read_text())
+    for entry in manifest:
+        if entry["path"].startswith(kind):
+            text = (CORPUS / entry["path"]).read_text()
+            assert _read(text, entry["format"]) == _read_slowly(text, entry["format"])
+
+
+# Op lines as Jepsen and Knossos write them, and lines that look like them but are not.
+EDN_OPS = [
+    "{:type :invoke, :f :write, :value 3, :process 0, :time 10, :index 0}",
+    "{:type :ok, :f :write, :value 3, :process 0, :time 12, :index 1}",
+    "{:type :invoke, :f :cas, :value [1 2], :process 1, :time 13, :index 2}",
+    "{:type :fail, :f :cas, :value [1 2], :process 1, :time 14, :index 3}",
+    "{:type :info, :f :read, :value nil, :process 2, :time nil, :index 4}",
+    '{:type :ok, :f :read, :value "a, \\"b\\" c", :process 3, :time 15, :index 5}',
+    '{:type :ok, :f :read, :value "x, y", :process 3, :time 15, :index 5}',
+    "{:type :ok, :f :read, :value [[1 2] 3], :process 4, :time 16, :index 6}",
+    "{:type :info, :f :start, :value {:n1 #{:n2}}, :process :nemesis, :time 1, :index 7}",
+    "{:type :info, :f :stop, :value nil, :process nemesis, :time 2, :index 8}",
+    "#jepsen.history.Op{:type :invoke, :f :read, :value nil, :process 5, :time 3, :index 9}",
+    "#jepsen.history.Op {:type :ok, :f :read, :value 1, :process 5, :time 4, :index 10}",
+    "{:type :ok, :f :read, :value 1, :process 5, :time 4, :index 10, :error :x}",
+    "{:type :ok, :f :read, :value 1, :process 5, :time 4, :index 10, :type :fail}",
+    '{:type "ok", :f "read", :value 1, :process 5, :time 4, :index 10}',
+    "{:type :ok,\n :f :read, :value 1, :process 6, :time 5, :index 11}",
+    "{:type :ok, :f :read, :value 1, :process 6, :time 5, :index 11} ; done",
+    "#_{:type :ok, :f :read, :value 1, :process 6} {:type :ok, :f :x, :process 7}",
+    "{:type :ok :f :read :value 1 :process 7 :time 6 :index 12}",
+    "{:type :ok, :f :read, :value 1, :process 7, :time 6.5, :index 12}",
+    "{:type :ok, :f :read, :value 1, :process true, :time 6, :index 12}",
+    "{:type :ok, :f 3, :value 1, :process 7, :time 6, :index 12}",
+    "{:type :done, :f :read, :value 1, :process 7, :time 6, :index 12}",
+    "{:type :ok, :f :read, :value 1, :process 7, :time 6, :index 1x}",
+    "{:type :ok, :f :read, :value 1, :process 7, :time 007, :index 12N}",
+    "{:type :ok, :f :read, :value 1, :process 7, :time 6, :index \u00b2}",
+    "{:type :ok, :f :read, :value 1, :process 7, :time \u0661\u0662, :index 12}",
+    "{:type :ok, :f :read, :key :k, :value -1, :process -7, :time 6, :index 12}",
+    "{:type :ok, :f :read, :process 8, :time 6, :index 13}",
+    "{:f :read, :type :ok, :value 1, :process 8}",
+    "{}",
+    "{:type :ok, :f :read, :value 1, :process 8, :time 6, :index 13}\r",
+    " , {:type :ok, :f :read, :value 1, :process 8, :time 6, :index 13} ,",
+    "{:type :ok, :f :read, :value 1, :process 8, :time 6,\x1c:index 13}",
+    "{:type :ok, :f :read, :value 1, :process 8, :time 6, :index",
+    "[:not :a :map]",
+]
+
+
+def _edn_documents(seed: int) -> list[tuple[str, str]]:
+    """Jepsen and Knossos documents of runs of one common op line (long enough to be read
+    in columns) broken by other lines, the odd ones among them."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(rng.randrange(1, 6)):
+        common = rng.choice(EDN_OPS[:4])
+        lines += [common] * rng.randrange(0, 40) + [rng.choice(EDN_OPS)]
+    sep = rng.choice(["\n", "\n ", "\n\n", ",\n", "\r\n"])
+    body = sep.join(lines)
+    return [(body + "\n", "jepsen-edn"), ("[" + body + "]\n", "knossos-edn")]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fast_edn_readers_read_odd_lines_as_the_general_reader(seed: int) -> None:
+    for text, fmt in _edn_documents(seed):
+        _agree(text, fmt)
+
+
+ETCD_LINES = [
+    "INFO  jepsen.util - 0\t:invoke\t:write\t3",
+    "INFO  jepsen.util - 0\t:ok\t:write\t3",
+    "INFO  jepsen.util - 1\t:invoke\t:cas\t[3 4]",
+    "INFO  jepsen.util - 1\t:info\t:cas\t:timed-out",
+    "INFO  jepsen.util - :nemesis\t:info\t:start\t{:n1 [:n2]}",
+    "INFO  jepsen.util - 2   :ok     :read  4",
+    "INFO  jepsen.util - 2\t:ok\t:read\t4\r",
+    "INFO  jepsen.core - something else",
+    "",
+    "INFO  jepsen.util - 2\t:ok\t:read\t[4",
+    "INFO  jepsen.util - 2\t:done\t:read\t4",
+    "INFO  jepsen.util - x\t:ok\t:read\t4",
+    'INFO  jepsen.util - 2\t:ok\t:read\t"a b"',
+    " INFO  jepsen.util - 2\t:ok\t:read\t4",
+]
+KV_LINES = [
+    '{:process 0, :type :invoke, :f :put, :key "1", :value "a"}',
+    '{:process 0, :type :ok, :f :get, :key "1", :value nil}',
+    '{:process 0, :type :ok, :f :get, :key "1", :value "a \\" b"}',
+    '{:process 1234567890123456789, :type :ok, :f :get, :key "1", :value nil}',
+    '{:process 0, :type :ok, :f :get, :key "1", :value nil}  ',
+    '{:process 0, :type :ok, :f :get, :key "1", :value nil}\r',
+    "",
+    "   ",
+    '{:process 0, :type :ok, :f :get, :key "1", :value nil',
+    '{:process 0, :type :ok, :f :get, :key "1", :value 1x}',
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_log_readers_read_odd_lines_as_the_line_readers(seed: int) -> None:
+    rng = random.Random(seed)
+    for fmt, lines in (("jepsen-etcd-log", ETCD_LINES), ("porcupine-kv", KV_LINES)):
+        text = "\n".join(rng.choice(lines[:3] * 8 + lines) for _ in range(rng.randrange(30)))
+        _agree(text + rng.choice(["", "\n"]), fmt)
+
+
+def test_events_made_column_by_column_are_events() -> None:
+    fields = ("ok", 3, "read", (1, 2), "k", 5, 7, False)
+    (made,) = checker.readers._new_events(*([f] for f in fields))
+    assert made == Event(*fields) and hash(made) == hash(Event(*fields))
