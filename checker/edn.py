@@ -275,7 +275,7 @@ class FlatMaps:
         each value one atom, string or vector of atoms. None otherwise. One regex over all
         the texts, instead of reading each."""
         pairs = [entry.partition(" ") for entry in _body(texts[0]).split(", ")]
-        if not all(_KEY.fullmatch(k) and s and _SLOT.fullmatch(v) for k, s, v in pairs):
+        if not all(_KEY.fullmatch(k) and sp and _SLOT.fullmatch(v) for k, sp, v in pairs):
             return None
         try:
             keys = [self.atoms[k] for k, _, _ in pairs]

@@ -605,8 +605,9 @@ def _etcd_record(line: str) -> str | None:
     return parts[3] if len(parts) == 4 else ""
 
 
-# Every line: a record as Jepsen writes them (tab-separated; groups: process, type, f, value),
-# or any other line (the last group). Possessive: runs of spaces stay linear.
+# Every line: a jepsen.util record whose fields are apart by spaces or tabs (groups: process,
+# type, f, value), or any other line (the last group). Possessive: runs of spaces stay
+# linear.
 _ETCD_LINE = re.compile(
     r"^(?:\S++[ \t]++jepsen\.util[ \t]++-[ \t]++(\S++)[ \t]++:(invoke|ok|fail|info)[ \t]++"
     r":(\S++)[ \t]++(\S.*+)|(.*+))$",
