@@ -104,7 +104,7 @@ class _Sequence:
 SEQUENCE: Any = _Sequence()
 """The value of the form `iter_forms(unwrap=True)` yields where a top-level vector or list
 opens; its items follow."""
-_ATOMS_MAX = 50_000
+_ATOMS_MAX = 10_000
 
 
 class Map(dict[Any, Any]):

@@ -415,26 +415,33 @@ class _NotAnOp(Exception):
     """A flat map that is not an op, or no map at all; read again at its line to say why."""
 
 
-class _FlatOps(dict[str, _Fields]):
-    """The event fields of the text of each flat map (`Form.flat`), read once: a history's
-    records often repeat (Knossos's have neither time nor index). Keeps the most recent
-    `_FLAT_OPS_MAX`, as unique records would otherwise all be kept."""
-
-    def __init__(self, file: str | None):
-        super().__init__()
-        self.file = file
-        self.maps = FlatMaps()
+class _FlatFields(dict[str, _Fields]):
+    """The event fields of the text of each flat map (`Form.flat`), read once for all
+    readers (the most recent `_FLAT_FIELDS_MAX`): records repeat, within a history and
+    across them (Knossos's have neither time nor index); `_NotAnOp` for a text that is not
+    an op."""
 
     def __missing__(self, text: str) -> _Fields:
-        if len(self) >= _FLAT_OPS_MAX:
+        if len(self) >= _FLAT_FIELDS_MAX:
             self.clear()
         try:
-            rec = self.maps.read(text, 1)
-            fields = _fields(rec, 1, self.file, rec.get("value"))
+            rec = FlatMaps().read(text, 1)
+            fields = _fields(rec, 1, None, rec.get("value"))
         except (EdnError, HistoryError):
             raise _NotAnOp from None
         self[text] = fields
         return fields
+
+
+_FLAT_FIELDS = _FlatFields()
+
+
+class _FlatOps:
+    """Makes the events of the flat maps of one history (`Form.flat` runs)."""
+
+    def __init__(self, file: str | None):
+        self.file = file
+        self.maps = FlatMaps()
 
     def events(self, texts: list[str], lines: list[int]) -> list[Event]:
         """The events of the flat maps `texts`, which start on `lines`."""
@@ -444,7 +451,7 @@ class _FlatOps(dict[str, _Fields]):
             except _Unusual:
                 pass  # read map by map, to say which is wrong
         try:
-            rows = list(map(self.__getitem__, texts))
+            rows = list(map(_FLAT_FIELDS.__getitem__, texts))
         except _NotAnOp:
             for text, line in zip(texts, lines, strict=True):
                 _op(self.maps.read(text, line), line, self.file)
@@ -495,7 +502,7 @@ class _FlatOps(dict[str, _Fields]):
 
 _OP_KEYS = frozenset(("type", "process", "f", "value", "key", "time"))
 _SHAPED_MIN = 16
-_FLAT_OPS_MAX = 50_000
+_FLAT_FIELDS_MAX = 10_000
 
 
 def _new_events(*columns: Sequence[Any]) -> list[Event]:
