@@ -60,10 +60,12 @@ _TOKEN = re.compile(
     )""",
     re.X | re.S,
 )
-# A map of atoms, escape-free strings and vectors of atoms (most history records): read in
-# one piece, its items split by `_FLAT_ITEM`. Possessive quantifiers: the regex engine then
-# runs through a map without keeping a backtracking point per character.
-_FLAT_INSIDE = r'(?:[^{}\[\]()"#;\\]++|"[^"\\]*+"|\[[^{}\[\]()"#;\\]*+\])*+'
+# A map of atoms, escape-free strings, and vectors of atoms or of such vectors (most history
+# records, Knossos's multi-register transactions too): read in one piece, its items split by
+# `_FLAT_ITEM`. Possessive quantifiers: the regex engine then runs through a map without
+# keeping a backtracking point per character.
+_FLAT_VECTOR = r'\[(?:[^{}\[\]()"#;\\]++|\[[^{}\[\]()"#;\\]*+\])*+\]'
+_FLAT_INSIDE = rf'(?:[^{{}}\[\]()"#;\\]++|"[^"\\]*+"|{_FLAT_VECTOR})*+'
 _FLAT_BODY = rf"\{{({_FLAT_INSIDE})\}}"
 _FLAT_MAP = re.compile(_FLAT_BODY)
 # A run of flat maps is matched whole, then split into its maps, each with the tag before it
@@ -74,14 +76,15 @@ _RUN_ITEM = rf"(?:{_TAG}[ \t,]*+)?\{{{_FLAT_INSIDE}\}}[\s,]*+"
 _FLAT_RUN = re.compile(f"(?:{_RUN_ITEM})*+")
 _FLAT_RUN_ITEM = re.compile(_RUN_ITEM)
 _LINE_SPACE = r"[ \t\r\f\v,]*+"
-_LINE_INSIDE = r'(?:[^{}\[\]()"#;\\\n]++|"[^"\\\n]*+"|\[[^{}\[\]()"#;\\\n]*+\])*+'
+_LINE_VECTOR = r'\[(?:[^{}\[\]()"#;\\\n]++|\[[^{}\[\]()"#;\\\n]*+\])*+\]'
+_LINE_INSIDE = rf'(?:[^{{}}\[\]()"#;\\\n]++|"[^"\\\n]*+"|{_LINE_VECTOR})*+'
 _LINE = rf"{_LINE_SPACE}(?:{_TAG}[ \t,]*+)?\{{{_LINE_INSIDE}\}}{_LINE_SPACE}"
 _LINE_RUN = re.compile(rf"{_LINE}(?:\n{_LINE})*+")
 # A key and a value of `FlatMaps.columns`.
 _KEY = re.compile(r'[^\s,\[\](){}";#\\]++')
 _SLOT = re.compile(r'([^\s,\[\](){}";#\\]++|\[[^{}\[\]()"#;\\\n]*+\]|"[^"\\\n]*+")')
 _FLAT_TEXT = re.compile(rf"[\s,]*+(?:{_TAG}[\s,]*+)?{_FLAT_BODY}[\s,]*+")
-_FLAT_ITEM = re.compile(r'"[^"]*"|\[[^\]]*\]|[^\s,\["]+')
+_FLAT_ITEM = re.compile(r'"[^"]*"|\[(?:[^\[\]]|\[[^\]]*\])*\]|[^\s,\["]+')
 _ATOM = re.compile(r'[^\s,\[\](){}";\#][^\s,\[\](){}";]*')
 # A vector of atoms (``[3 4]``) with nothing in it that needs the general reader.
 _ATOM_VECTOR = re.compile(r'\[[^{}\[\]()"#;\\]*+\]')
@@ -154,7 +157,7 @@ class _Atoms(dict[str, Any]):
         if first == '"':
             value: Any = token[1:-1]
         elif first == "[":
-            value = tuple(self[a] for a in token[1:-1].replace(",", " ").split())
+            value = tuple(self[a] for a in _FLAT_ITEM.findall(token[1:-1]))
         else:
             value = parse_atom(token)
         self[token] = value

@@ -261,6 +261,8 @@ EDN_OPS = [
     '{:type :ok, :f :read, :value "a, \\"b\\" c", :process 3, :time 15, :index 5}',
     '{:type :ok, :f :read, :value "x, y", :process 3, :time 15, :index 5}',
     "{:type :ok, :f :read, :value [[1 2] 3], :process 4, :time 16, :index 6}",
+    "{:type :ok, :f :txn, :value [[:read :x 1] [:write :y 2]], :process 4, :time 16}",
+    "{:type :ok, :f :txn, :value [[[1]]], :process 4, :time 16, :index 6}",
     "{:type :info, :f :start, :value {:n1 #{:n2}}, :process :nemesis, :time 1, :index 7}",
     "{:type :info, :f :stop, :value nil, :process nemesis, :time 2, :index 8}",
     "#jepsen.history.Op{:type :invoke, :f :read, :value nil, :process 5, :time 3, :index 9}",
