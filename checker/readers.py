@@ -401,10 +401,6 @@ def _name(value: Any) -> str:
     return sys.intern(value)
 
 
-# The checks that every int passes.
-_INTS_PASS = (_same, _process)
-
-
 def _digits(tokens: tuple[str, ...]) -> bool:
     """Whether every token is a decimal integer without sign (whose value `int` gives)."""
     joined = "".join(tokens)
@@ -469,7 +465,7 @@ class _FlatOps:
         if len(by_key) != len(keys) or not {"type", "process", "f"} <= by_key.keys():
             raise _Unusual
         for key in by_key.keys() - _OP_KEYS:
-            self._column(by_key[key])  # read all the same: a bad number is an error
+            self._column(by_key[key], unique=True)  # read all the same: a bad number is an error
         n = len(lines)
         absent = [None] * n
         return _new_events(
@@ -483,10 +479,14 @@ class _FlatOps:
             [("value" in by_key)] * n,
         )
 
-    def _column(self, tokens: tuple[str, ...], check: Callable[[Any], Any] = _same) -> list[Any]:
-        """The values of `tokens`, each distinct one read and checked once."""
-        if check in _INTS_PASS and _digits(tokens):
-            return list(map(int, tokens))  # what reading each gives, in a C loop
+    def _column(
+        self, tokens: tuple[str, ...], check: Callable[[Any], Any] = _same, unique: bool = False
+    ) -> list[Any]:
+        """The values of `tokens`, each distinct one read and checked once, so that equal
+        values are one object (a history's processes, its written values); a column of
+        `unique` integers (times, indexes) is read in a C loop instead."""
+        if unique and _digits(tokens):
+            return list(map(int, tokens))  # what reading each gives
         try:
             values = {token: check(self.maps.value(token)) for token in set(tokens)}
         except (ValueError, KeyError, TypeError):
@@ -494,7 +494,7 @@ class _FlatOps:
         return list(map(values.__getitem__, tokens))
 
     def _times(self, tokens: tuple[str, ...]) -> list[Any]:
-        times = self._column(tokens)
+        times = self._column(tokens, unique=True)
         if not set(map(type, times)) <= {int, type(None)}:
             raise _Unusual
         return times
