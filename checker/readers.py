@@ -484,11 +484,14 @@ class _FlatOps:
     ) -> list[Any]:
         """The values of `tokens`, each distinct one read and checked once, so that equal
         values are one object (a history's processes, its written values); a column of
-        `unique` integers (times, indexes) is read in a C loop instead."""
+        integers that are `unique` (times, indexes), or mostly, is read in a C loop."""
         if unique and _digits(tokens):
             return list(map(int, tokens))  # what reading each gives
+        distinct = set(tokens)
+        if check is _same and 2 * len(distinct) > len(tokens) and _digits(tokens):
+            return list(map(int, tokens))
         try:
-            values = {token: check(self.maps.value(token)) for token in set(tokens)}
+            values = {token: check(self.maps.value(token)) for token in distinct}
         except (ValueError, KeyError, TypeError):
             raise _Unusual from None
         return list(map(values.__getitem__, tokens))
