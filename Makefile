@@ -62,7 +62,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: venv native redis-libc lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # The environment needs are the markers of tests/conftest.py; slow marks long simulations.
 CHECK_TESTS := not root and not docker and not sshd and not chromium and not etcd and not redis and not redis_libc and not slow

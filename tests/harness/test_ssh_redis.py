@@ -1,7 +1,9 @@
 """Redis with Sentinel on the ssh backend, for real: sshd in network-namespace hosts (as in
 test_ssh), redis-server and redis-sentinel started there over ssh; a cut-off primary loses
-acknowledged adds, and nothing stays running; clock faults reach server and Sentinel; a
-host without Redis is refused before any node starts, naming the host and the program.
+acknowledged adds, and nothing stays running; a host without Redis is refused before any
+node starts, naming the host and the program. (Clock faults on Redis are shown on netns and
+docker; over ssh the same node script runs, and a host without the libc build is named as
+test_redis.py's FakeRemote test shows.)
 
 The hosts share this machine's filesystem, so the one without Redis is a real host whose
 sshd runs in a mount namespace of its own where an empty, non-executable file is mounted
@@ -17,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_redis import assert_clocks_reached_redis, clock_args
 from test_ssh import harness, processes_under
 from test_ssh_clock import ClockHosts as SshHosts  # addresses, key, known hosts; cli_args
 from test_ssh_clock import odd_last_host, refused_with_odd_host
@@ -58,16 +59,6 @@ def test_a_cut_off_primary_loses_acknowledged_adds_over_ssh(
         assert "Ready to accept connections" in log and "Sentinel ID is" in log
     assert processes_under(remote_dir) == [], "the run left services behind"
     assert list((remote_dir / "runs").iterdir()) == []
-
-
-@pytest.mark.redis_libc
-def test_clock_faults_reach_redis_over_ssh(hosts: SshHosts, tmp_path: Path) -> None:
-    remote_dir, store = tmp_path / "remote", tmp_path / "store"
-    proc = harness("test", *hosts.cli_args(remote_dir, HOSTS[:3]), *clock_args(),
-                   "--store", str(store))  # fmt: skip
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
-    assert_clocks_reached_redis(store / "latest")
-    assert processes_under(remote_dir) == [], "the run left services behind"
 
 
 def test_a_host_without_redis_is_refused_before_any_node_starts(
