@@ -286,6 +286,7 @@ class Search:
             if ns is ILLEGAL or ns is s:
                 continue
             nilo = ilo
+            nilin: Any  # a tuple of counts by kind, or a bitset (an int)
             if kinds is not None:
                 kind = self.i_kind_of[i]
                 nilin = (*ilin[:kind], ilin[kind] + 1, *ilin[kind + 1 :])
