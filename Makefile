@@ -49,7 +49,8 @@ redis-libc: os-packages
 # The hot modules compiled with mypyc (raftkv/native.py says which and how they are
 # used), rebuilt only when a source changed; if compiling fails, pure Python runs.
 native: $(STAMP)
-	@$(BIN)/python -c "import raftkv.native as n, sys; sys.exit(not n.usable())" || { \
+	@$(BIN)/python -c "import raftkv.native as n, checker.native as c, sys; \
+		sys.exit(not (n.usable() and c.current(c.MANIFEST, c.ROOT)))" || { \
 		echo "setup: compiling the hot modules with mypyc (output in $(SETUP_LOG))"; \
 		$(QUIETLY) $(BIN)/python tools/build_native.py || echo "setup: compiling failed; pure Python runs"; }
 

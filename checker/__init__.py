@@ -13,10 +13,16 @@ Jepsen's set-full checker does: `set_analysis` says which acknowledged elements 
 Verdicts merge as Jepsen's do: False beats "unknown" beats True (`merge_valid`).
 """
 
+from checker.native import attach
+
+# The search's compiled modules, when built and current (see checker.native).
+__path__ = attach(__path__)
+
 from checker.api import UNKNOWN, Result, Verdict, check, infer_model, merge_valid
 from checker.explain import ANOMALY_NAMES, Anomaly
-from checker.history import NEMESIS, Event, HistoryError, Op, brief, pair, show_key
+from checker.history import NEMESIS, Event, HistoryError, brief, show_key
 from checker.models import ILLEGAL, MODELS, Model, make_model
+from checker.ops import Op, pair
 from checker.readers import (
     FORMATS,
     History,

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from checker.explain import Anomaly, _jsonable, explain, explain_witness
-from checker.history import Event, Op, pair, paused_gc
+from checker.history import Event, paused_gc
 from checker.models import MODELS, Model, make_model
+from checker.ops import Op, pair
 from checker.readers import History
 from checker.readers import as_history as _events
 from checker.search import Search, prepare

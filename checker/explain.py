@@ -28,8 +28,9 @@ from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from checker.history import Op, show_key
+from checker.history import show_key
 from checker.models import ILLEGAL, Model, SetModel, _jsonable, _show
+from checker.ops import Op
 from checker.search import Search
 from checker.sets import classify_set
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
-from checker.history import HistoryError, Op, brief, show_key
+from checker.history import HistoryError, brief, show_key
+from checker.ops import Op
 
 __all__ = ["ILLEGAL", "MODELS", "Model", "Step", "make_model"]
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Hashable
 from operator import attrgetter
 from typing import Any
 
-from checker.history import Op
 from checker.models import ILLEGAL, Model, Step
+from checker.ops import Op
 
 __all__ = ["Search", "prepare"]
 
@@ -117,7 +117,7 @@ class Search:
         no_info: Any = 0 if self.i_kinds is None else (0,) * len(self.i_kinds)
         root: Config = (0, 0, 0, no_info, self.init, None)
         self.stack: list[Config] = [root]
-        self.memo: set[tuple[int, int, int, int, Any]] = {root[:5]}
+        self.memo: set[tuple[int, int, int, Any, Any]] = {root[:5]}
         self.steps = 0
         self.verdict: bool | None = None
         self.exhausted = False
@@ -349,7 +349,9 @@ class Search:
 
     def states_seen_by(self, op: Op, limit: int = 200_000) -> list[Any]:
         """States of remembered configurations in which completed `op` could have been
-        linearized next (it was pending and nothing pending had returned before its call)."""
+        linearized next (it was pending and nothing pending had returned before its call),
+        ordered by their repr: the memo's own order follows string hashes, which differ from
+        one process to the next, and an explanation should not."""
         j = self.comp.index(op)
         call = self.c_call[j]
         seen: dict[Hashable, None] = {}
@@ -360,7 +362,7 @@ class Search:
                 continue
             if all((lin >> (k - lo)) & 1 or self.c_ret[k] > call for k in range(lo, j)):
                 seen[s] = None
-        return list(seen)
+        return sorted(seen, key=repr)
 
 
 def _all_linearized(indexes: list[int], end: int, lo: int, lin: int) -> bool:

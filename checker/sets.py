@@ -17,8 +17,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from checker.history import Event, Op, pair, paused_gc
+from checker.history import Event, paused_gc
 from checker.models import Model, _jsonable, _show, _sorted
+from checker.ops import Op, pair
 from checker.readers import History, as_history, read_history
 
 __all__ = ["LostElement", "SetAnalysis", "classify_set", "set_analysis"]

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from checker.history import Op
 from checker.models import CasRegister, Model, _show
+from checker.ops import Op
 
 __all__ = ["Decision", "decide"]
 

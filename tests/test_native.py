@@ -1,4 +1,5 @@
-"""The compiled hot modules (raftkv.native): used only while current, and the same program."""
+"""The compiled hot modules (raftkv.native, and the checker's, checker.native): used only
+while current, and the same program."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import checker.native
 from raftkv import native
+
+# Both packages decide alike whether their compiled modules are current.
+DECIDERS = pytest.mark.parametrize("decider", [native, checker.native], ids=["raftkv", "checker"])
 
 WHERE = "import raftkv.core, harness.simrun; print(raftkv.core.__file__, harness.simrun.__file__)"
 
@@ -22,39 +28,45 @@ def loaded_from(env: dict[str, str]) -> list[str]:
     return proc.stdout.split()
 
 
-def fake_tree(root: Path) -> Path:
-    """A copy of MODULES' sources under `root` and a manifest that matches them."""
-    for rel in native.MODULES:
+def fake_tree(decider: Any, root: Path) -> Path:
+    """A copy of the decider's MODULES' sources under `root` and a manifest that matches."""
+    for rel in decider.MODULES:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes((native.ROOT / rel).read_bytes())
+        (root / rel).write_bytes((decider.ROOT / rel).read_bytes())
     manifest = root / "manifest.json"
-    sources = {rel: native.source_digest(root / rel) for rel in native.MODULES}
-    manifest.write_text(json.dumps({"interpreter": native.interpreter_tag(), "sources": sources}))
+    sources = {rel: decider.source_digest(root / rel) for rel in decider.MODULES}
+    manifest.write_text(json.dumps({"interpreter": decider.interpreter_tag(), "sources": sources}))
     return manifest
 
 
-def test_a_manifest_is_current_only_while_every_source_matches(tmp_path: Path) -> None:
-    manifest = fake_tree(tmp_path)
-    assert native.current(manifest, tmp_path)
-    core = tmp_path / "raftkv" / "core.py"
-    core.write_bytes(core.read_bytes() + b"\n# edited\n")
-    assert not native.current(manifest, tmp_path)
-    core.unlink()
-    assert not native.current(manifest, tmp_path)
+@DECIDERS
+def test_a_manifest_is_current_only_while_every_source_matches(
+    decider: Any, tmp_path: Path
+) -> None:
+    manifest = fake_tree(decider, tmp_path)
+    assert decider.current(manifest, tmp_path)
+    source = tmp_path / decider.MODULES[-1]
+    source.write_bytes(source.read_bytes() + b"\n# edited\n")
+    assert not decider.current(manifest, tmp_path)
+    source.unlink()
+    assert not decider.current(manifest, tmp_path)
 
 
-def test_another_interpreter_or_a_broken_manifest_is_not_current(tmp_path: Path) -> None:
-    manifest = fake_tree(tmp_path)
+@DECIDERS
+def test_another_interpreter_or_a_broken_manifest_is_not_current(
+    decider: Any, tmp_path: Path
+) -> None:
+    manifest = fake_tree(decider, tmp_path)
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "interpreter": "cpython-39-linux"}))
-    assert not native.current(manifest, tmp_path)
+    assert not decider.current(manifest, tmp_path)
     manifest.write_text(json.dumps({**data, "sources": {}}))
-    assert not native.current(manifest, tmp_path)
+    assert not decider.current(manifest, tmp_path)
     for garbage in ("{", "[]", '{"interpreter": 1}', ""):
         manifest.write_text(garbage)
-        assert not native.current(manifest, tmp_path)
+        assert not decider.current(manifest, tmp_path)
     manifest.unlink()
-    assert not native.current(manifest, tmp_path)
+    assert not decider.current(manifest, tmp_path)
 
 
 needs_build = pytest.mark.skipif(
@@ -97,7 +109,7 @@ def test_no_compiled_function_binds_one_name_to_two_kinds_of_exception() -> None
     # mypyc gives a name one type per function: `except A as e` then `except B as e` makes
     # the second a TypeError at run time ("A object expected; got B"), compiled only.
     clashes = []
-    for rel in native.MODULES:
+    for rel in (*native.MODULES, *checker.native.MODULES):
         tree = ast.parse((native.ROOT / rel).read_text())
         for fn in ast.walk(tree):
             if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):

@@ -1,11 +1,15 @@
-"""Compile the hot modules (`raftkv.native.MODULES`) with mypyc into build/native/.
+"""Compile the hot modules with mypyc, in two groups, each into its own directory.
 
     python tools/build_native.py
 
-Writes build/native/<package>/<module>.so, the group's shared library in
-build/native/lib/, and build/native/manifest.json with each source's SHA-256, which
-`raftkv.native` checks before it uses any of them. Nothing in the source tree changes.
-Exits 0 having built, or 1 with what failed (the code then runs as pure Python).
+- raftkv's and the simulated harness's (`raftkv.native.MODULES`) into build/native/;
+- the checker's search (`checker.native.MODULES`) into build/native-checker/: the checker
+  depends on nothing else in the project, so its compiled modules do not either.
+
+Each directory gets <package>/<module>.so, the group's shared library in lib/, and
+manifest.json with each source's SHA-256, which `raftkv.native` and `checker.native` check
+before they use any of them. Nothing in the source tree changes. Exits 0 having built both,
+or 1 with what failed (that group then runs as pure Python).
 """
 
 from __future__ import annotations
@@ -15,23 +19,40 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from raftkv.native import MANIFEST, MODULES, NATIVE_DIR, ROOT, interpreter_tag, source_digest
+import checker.native
+import raftkv.native
+from raftkv.native import ROOT, interpreter_tag, source_digest
 
-GROUP = "raftkv_native"
+# Both packages record the interpreter the same way; the manifests are written with raftkv's.
+assert checker.native.interpreter_tag() == interpreter_tag()
 
 
-def build(out: Path) -> None:
+@dataclass(frozen=True)
+class Group:
+    name: str
+    modules: tuple[str, ...]
+    out: Path  # its manifest is out/manifest.json
+
+
+GROUPS = (
+    Group("raftkv_native", raftkv.native.MODULES, raftkv.native.NATIVE_DIR),
+    Group(checker.native.GROUP, checker.native.MODULES, checker.native.NATIVE_DIR),
+)
+
+
+def build(group: Group, out: Path) -> None:
     from mypyc.build import mypycify  # a dev dependency: mypy carries mypyc
     from setuptools import Distribution
 
     with tempfile.TemporaryDirectory(prefix="native-") as tmp:
         extensions = mypycify(
-            [str(ROOT / rel) for rel in MODULES],
+            [str(ROOT / rel) for rel in group.modules],
             opt_level="3",
             strip_asserts=False,  # a planted bug's assertion must still crash its node
-            group_name=GROUP,
+            group_name=group.name,
             target_dir=str(Path(tmp) / "c"),
         )
         dist = Distribution({"ext_modules": extensions})
@@ -42,11 +63,11 @@ def build(out: Path) -> None:
         cmd.run()
     lib = out / "lib"
     lib.mkdir()
-    for shared in out.glob(f"{GROUP}__mypyc*"):
+    for shared in out.glob(f"{group.name}__mypyc*"):
         shared.rename(lib / shared.name)
 
 
-def quietly(out: Path, log: Path) -> str | None:
+def quietly(group: Group, out: Path, log: Path) -> str | None:
     """Build into `out` with the compilers' chatter in `log`; None, or what failed."""
     saved = [os.dup(1), os.dup(2)]
     sys.stdout.flush()
@@ -55,7 +76,7 @@ def quietly(out: Path, log: Path) -> str | None:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            build(out)
+            build(group, out)
         except (Exception, SystemExit) as exc:  # a compiler error surfaces as SystemExit
             return str(exc) or type(exc).__name__
         finally:
@@ -67,28 +88,36 @@ def quietly(out: Path, log: Path) -> str | None:
     return None
 
 
-def main() -> int:
-    staging = NATIVE_DIR.with_name("native.new")
-    log = NATIVE_DIR.with_name("native.log")
+def build_group(group: Group) -> bool:
+    """Build `group` into its directory, replacing what was there; False if it failed."""
+    staging = group.out.with_name(group.out.name + ".new")
+    log = group.out.with_name(group.out.name + ".log")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    digests = {rel: source_digest(ROOT / rel) for rel in MODULES}
-    failed = quietly(staging, log)
+    digests = {rel: source_digest(ROOT / rel) for rel in group.modules}
+    failed = quietly(group, staging, log)
     if failed is not None:
         shutil.rmtree(staging, ignore_errors=True)
         where = log.relative_to(ROOT)
         print(
-            f"build_native: compiling failed ({failed}; see {where}): pure Python it is",
+            f"build_native: compiling {group.name} failed ({failed}; see {where}):"
+            " pure Python it is",
             file=sys.stderr,
         )
-        return 1
+        return False
     # The sources it was built from, read before building: an edit meanwhile shows.
     manifest = {"interpreter": interpreter_tag(), "sources": digests}
-    (staging / MANIFEST.name).write_text(json.dumps(manifest, indent=1) + "\n")
-    shutil.rmtree(NATIVE_DIR, ignore_errors=True)
-    staging.rename(NATIVE_DIR)
-    print(f"build_native: {len(MODULES)} modules compiled into {NATIVE_DIR.relative_to(ROOT)}")
-    return 0
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(group.out, ignore_errors=True)
+    staging.rename(group.out)
+    where = group.out.relative_to(ROOT)
+    print(f"build_native: {len(group.modules)} modules compiled into {where}")
+    return True
+
+
+def main() -> int:
+    built = [build_group(group) for group in GROUPS]
+    return 0 if all(built) else 1
 
 
 if __name__ == "__main__":

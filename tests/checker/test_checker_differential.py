@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from checker import check, make_model
 from checker.api import _events
-from checker.history import pair
+from checker.ops import pair
 from checker.search import Search, prepare
 
 VALUES = st.integers(0, 2)

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from checker import ANOMALY_NAMES, LostElement, check, set_analysis
-from checker.history import pair
 from checker.models import make_model
+from checker.ops import pair
 from checker.readers import as_history
 from checker.sets import classify_set
 
