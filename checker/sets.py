@@ -106,21 +106,10 @@ def classify_set(model: Model, ops: list[Op], blocker: Op) -> tuple[str, dict[st
         add = adds[element]
         before = _before("this read", newest)
         how = _how_known(element, add, why, _acked(add, since), before)
-        key = "" if blocker.key is None else f" of {blocker.key}"
-        more = _likewise(lost)
         acknowledged = "acknowledged " if add.ret is not None else ""
-        after = (
-            f"neither this read nor any of the {len(later)} reads{key} that began after it contain"
-            if later
-            else f"this read, the last{key}, does not contain"
-        )
-        return "lost write", {
-            "summary": f"{how}; {after} {_show(element)}: the {acknowledged}write vanished{more}",
-            "element": element,
-            "add_line": add.line,
-            "later_reads": len(later),
-            "lost": [m[1] for m in lost],
-        }
+        lost_elements = [m[1] for m in lost]
+        tail = f"the {acknowledged}write vanished"
+        return _vanished(how, "this read", blocker.key, len(later), add, lost_elements, tail)
     _, element, why = missed[0]
     add = adds[element]
     before = _before("it", newest)
@@ -168,20 +157,27 @@ def _later_loss(
     element = lost[0]
     add, why = adds[element], known[element][1]
     how = _how_known(element, add, why, why is add, f"before a later read ({_where(read)}) began")
-    more = _likewise(lost)
-    key = "" if blocker.key is None else f" of {blocker.key}"
+    tail = "the write vanished, and this read cannot be placed in that history"
+    return _vanished(how, "that read", blocker.key, after, add, lost, tail)
+
+
+def _vanished(
+    how: str, reader: str, key: Hashable | None, later: int, add: Op, lost: list[Any], tail: str
+) -> tuple[str, dict[str, Any]]:
+    """A lost write: `lost[0]`, added by `add` and known as `how` says, is in neither the read
+    called `reader` nor any of the `later` reads of `key` that began after it."""
+    element = lost[0]
+    of = "" if key is None else f" of {key}"
     lacking = (
-        f"neither it nor any of the {after} later reads{key} contain"
-        if after
-        else f"that read, the last{key}, does not contain"
+        f"neither {reader} nor any of the {later} reads{of} that began after it contain"
+        if later
+        else f"{reader}, the last{of}, does not contain"
     )
     return "lost write", {
-        "summary": f"{how}; {lacking} "
-        f"{_show(element)}: the write vanished, and this read cannot be placed in that "
-        f"history{more}",
+        "summary": f"{how}; {lacking} {_show(element)}: {tail}{_likewise(lost)}",
         "element": element,
         "add_line": add.line,
-        "later_reads": after,
+        "later_reads": later,
         "lost": lost,
     }
 
