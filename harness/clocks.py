@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 from harness.backends.base import Backend, BackendUnavailable
 from harness.targets import TARGETS
-from harness.targets.base import ClusterSpec, IgnoresPreload, SwapsForPreload
+from harness.targets.base import (
+    ClusterSpec,
+    IgnoresPreload,
+    PreloadProgram,
+    SwapsForPreload,
+    Target,
+)
 from nemesis import clock
 from nemesis.faults import CLOCK_KINDS, Nemesis, uses_clock
 from nemesis.remote import Remote, RemoteError
@@ -55,7 +61,7 @@ def clock_kinds(opts: RunOptions) -> frozenset[str]:
     return CLOCK_KINDS
 
 
-def host_needs_preload_program(opts: RunOptions, target: object) -> str | None:
+def host_needs_preload_program(opts: RunOptions, target: Target) -> PreloadProgram | None:
     """The program a SwapsForPreload target runs under libfaketime, when the nodes get it
     from this host (netns runs it here; our docker image carries this host's copy) and this
     host lacks it; else None (ssh hosts and a user's image are checked when the run starts)."""
@@ -64,11 +70,11 @@ def host_needs_preload_program(opts: RunOptions, target: object) -> str | None:
     if not (opts.backend == "netns" or (opts.backend == "docker" and opts.image is None)):
         return None
     program = target.preload_program
-    return None if os.access(program.path, os.X_OK) else program.path
+    return None if os.access(program.path, os.X_OK) else program
 
 
 def prepare_clocks(
-    backend: Backend, nemeses: list[Nemesis], cluster: ClusterSpec, target: object = None
+    backend: Backend, nemeses: list[Nemesis], cluster: ClusterSpec, target: Target | None = None
 ) -> dict[str, str]:
     """With a clock nemesis: each node's libfaketime control file (nemesis.clock), written
     with the true clock before the node starts under the preload, once every node is known
@@ -95,7 +101,7 @@ def _where(backend: Backend, node: str) -> str:
     return f"{node} ({hosts.get(node) or backend.remote(node).address})"
 
 
-def _check_node(remote: Remote, path: str, where: str, target: object = None) -> None:
+def _check_node(remote: Remote, path: str, where: str, target: Target | None = None) -> None:
     """The library is at clock.LIBFAKETIME (and a SwapsForPreload target's program is
     there), and a probe under it on a throwaway control file beside `path` shows that file's
     setting; BackendUnavailable saying why not."""

@@ -34,7 +34,6 @@ from harness.targets.base import (
     ChangesMembers,
     HasSets,
     IgnoresPreload,
-    SwapsForPreload,
     ValidatesOptions,
 )
 from harness.workload import OPS, WORKLOADS
@@ -666,9 +665,9 @@ def _validate_clock(opts: RunOptions) -> None:
             "--nemesis",
         )
     missing = host_needs_preload_program(opts, target)
-    if missing and isinstance(target, SwapsForPreload):
+    if missing is not None:
         raise UsageError(
-            f"the clock nemesis on {opts.target} needs {missing}: {target.preload_program.hint}",
+            f"the clock nemesis on {opts.target} needs {missing.path}: {missing.hint}",
             "--nemesis",
         )
 

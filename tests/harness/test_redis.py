@@ -294,7 +294,7 @@ def test_clock_faults_without_the_libc_build_are_refused(monkeypatch: pytest.Mon
     assert not setup_kinds(opts) & CLOCK_KINDS
     # Our node image carries this host's build: without it, docker refuses as early.
     docker = parse_options({"target": "redis", "backend": "docker", "nemesis": "clock"})
-    assert host_needs_preload_program(docker, RedisTarget()) == missing.path
+    assert host_needs_preload_program(docker, RedisTarget()) == missing
     assert not setup_kinds(parse_options({"target": "redis", "backend": "docker"})) & CLOCK_KINDS
 
 
