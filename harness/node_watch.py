@@ -4,7 +4,8 @@ A store that hits its own safety check and exits (raftkv's assertions, a panic) 
 as Jepsen's log checks make it one: results.json's `node_crashes` (harness.results) makes the
 run INVALID and names the node. The sim backend sees its nodes crash directly; here
 `watch_nodes` asks the backend's supervisor whether each member's service runs, every
-`WATCH_INTERVAL_S` while the workload runs and once more at its end. A node that faults
+`WATCH_INTERVAL_S` while the workload runs, once more at its end, and once after the final
+reads (`look_again`). A node that faults
 stopped (killed, power-cut: `NemesisContext.killed`) or that membership took out is not
 asked about; a node found dead is confirmed under the nemesis lock, so a fault that kills
 it at that moment is not taken for a crash. Paused nodes still run.
@@ -22,7 +23,7 @@ from typing import Any
 from harness.backends.supervisor import SupervisedBackend
 from nemesis.faults import NemesisContext
 
-__all__ = ["WATCH_INTERVAL_S", "watch_nodes"]
+__all__ = ["WATCH_INTERVAL_S", "look_again", "watch_nodes"]
 
 log = logging.getLogger("harness")
 
@@ -38,16 +39,24 @@ async def watch_nodes(
     """Append to `crashes` ({"time", "node", "what"}) each member node of `ctx` found not
     running with no fault or membership change having stopped it, until `stop` is set and
     once after. Nothing on a backend without a supervisor to ask."""
-    backend = ctx.procs
-    if not isinstance(backend, SupervisedBackend):
+    if not isinstance(ctx.procs, SupervisedBackend):
         return
     while True:
         done = stop.is_set()
-        await asyncio.to_thread(_look, backend, ctx, now_ns, crashes)
+        await look_again(ctx, now_ns, crashes)
         if done:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+
+
+async def look_again(
+    ctx: NemesisContext, now_ns: Callable[[], int], crashes: list[dict[str, Any]]
+) -> None:
+    """One look as `watch_nodes` takes, for a node that exits after the workload stopped
+    (serving the final reads)."""
+    if isinstance(ctx.procs, SupervisedBackend):
+        await asyncio.to_thread(_look, ctx.procs, ctx, now_ns, crashes)
 
 
 def _look(

@@ -34,7 +34,7 @@ from harness.disks import Disks, bind_disks, mount_disks
 from harness.history import HistoryWriter
 from harness.leaders import LEADERS_FILE, sample_leaders
 from harness.members import ClusterMembers
-from harness.node_watch import watch_nodes
+from harness.node_watch import look_again, watch_nodes
 from harness.options import RunOptions, setup_kinds
 from harness.progress import ProgressLine
 from harness.report import write_run_reports
@@ -230,6 +230,7 @@ async def run_test(opts: RunOptions) -> RunOutcome:
         crashes: list[dict[str, Any]] = []
         keys = await _drive(opts, target, cluster, ctx, nemeses, history, crashes)
         await _final_reads(opts, target, cluster, history, keys)
+        await look_again(ctx, history.now_ns, crashes)
         history.close()
         results = build_results(opts, history.ops, run_dir, nemeses, crashes)
         write_json(run_dir / "results.json", results)
