@@ -13,7 +13,8 @@
    and index, a nemesis op with a nested value every 500), read alone in a child process:
    read time and the peak RSS increase over the child's RSS before reading.
 
-With `--search-only` the search decides every key (no unique-values check).
+With `--search-only` the search decides every key (no unique-values check). The first line
+says whether the checker runs compiled (`make native`; CHECKER_PURE=1 for pure Python).
 
 Usage: python bench/checker_bench.py [--sizes 100000,1000000] [--seed 1] [--skip-corpus]
                                      [--search-only] [--register-sizes 100000,1000000]
@@ -36,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import checker.search  # noqa: E402
 from checker import check, read_history  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "histories"
@@ -309,6 +311,7 @@ def main() -> None:
     parser.add_argument("--register-sizes", default="100000,1000000")
     parser.add_argument("--edn-mb", type=float, default=0, help="a Jepsen EDN history's MB")
     args = parser.parse_args()
+    print(json.dumps({"compiled": not checker.search.__file__.endswith(".py")}))
     if not args.skip_corpus:
         for explain in (False, True):
             report = bench_corpus(explain, not args.search_only)
