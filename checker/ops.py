@@ -80,7 +80,7 @@ def pair(events: Iterable[Event], *, file: str | None = None) -> list[Op]:
     rets: list[int] = []
     for pos, ev in enumerate(events):
         process = ev.process
-        if process == NEMESIS:
+        if isinstance(process, str) and process == NEMESIS:  # most processes are ints: cheaper
             continue
         if ev.type == "invoke":
             if process in pending:
