@@ -15,15 +15,13 @@ Every reader returns a `History` or raises `HistoryError` naming the file and li
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import heapq
 import json
 import re
 import sys
-from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat
+from itertools import chain, compress
 from operator import attrgetter
 from typing import Any
 
@@ -38,7 +36,17 @@ from checker.edn import (
     parse_atom,
     parse_one,
 )
-from checker.history import DEPTH_MAX, NEMESIS, TYPES, Event, HistoryError, brief, paused_gc
+from checker.history import NEMESIS, TYPES, Event, HistoryError, brief, paused_gc
+from checker.records import (
+    TYPE_NAMES,
+    Fields,
+    Unusual,
+    event_fields,
+    new_events,
+    numbered_lines,
+    op_event,
+    record_event,
+)
 
 __all__ = [
     "FORMATS",
@@ -79,7 +87,7 @@ def as_history(history: History | Sequence[Event] | Sequence[dict[str, Any]]) ->
         if isinstance(rec, Event):
             events.append(rec)
         elif isinstance(rec, dict):
-            events.append(_record_event(rec, n, None))
+            events.append(record_event(rec, n, None))
         else:
             raise HistoryError(f"expected an Event or a dict, got {type(rec).__name__}", line=n)
     return History(events, "jsonl")
@@ -172,7 +180,7 @@ def _porcupine_line(line: str) -> bool:
 
 def detect_format(text: str, file: str | None = None) -> str:
     """Guess the format from the first meaningful line (and the file name if empty)."""
-    for lineno, raw, _ in _lines(text):
+    for lineno, raw, _ in numbered_lines(text):
         line = raw.strip()
         if not line or line.startswith(";"):
             continue
@@ -193,20 +201,6 @@ def detect_format(text: str, file: str | None = None) -> str:
     return "jsonl"
 
 
-def _lines(text: str) -> Iterator[tuple[int, str, bool]]:
-    """(line number, line, whether a newline ends it) for each line of `text`. Lines end
-    only at "\n": JSON strings may hold U+2028, U+0085, form feeds and such unescaped."""
-    start, lineno, size = 0, 1, len(text)
-    find = text.find
-    while start < size:
-        end = find("\n", start)
-        if end < 0:
-            yield lineno, text[start:], False
-            return
-        yield lineno, text[start:end], True
-        start, lineno = end + 1, lineno + 1
-
-
 def _torn(file: str | None, line: int, size_bytes: int) -> str:
     return f"{file or '<history>'}: last line (line {line}) is torn, {size_bytes} bytes ignored"
 
@@ -214,7 +208,7 @@ def _torn(file: str | None, line: int, size_bytes: int) -> str:
 def _jsonl(text: str, file: str | None, keep_records: bool) -> History:
     history = History([], "jsonl", file, records=[] if keep_records else None)
     events, records = history.events, history.records
-    for lineno, raw, ended in _lines(text):
+    for lineno, raw, ended in numbered_lines(text):
         if not raw.strip():
             continue
         try:
@@ -270,70 +264,7 @@ def _jsonl_event(rec: Any, lineno: int, file: str | None, index: int, time_requi
         )
     if time_required and isinstance(rec, dict) and rec.get("time") is None:
         raise HistoryError("time is missing (ns)", file=file, line=lineno)
-    return _record_event(rec, lineno, file)
-
-
-def _record_event(rec: Any, lineno: int, file: str | None) -> Event:
-    """The event of one record shaped like a ``history.jsonl`` line (a dict of JSON
-    values); raises `HistoryError` at `file`:`lineno` when it is not one."""
-    if not isinstance(rec, dict):
-        raise HistoryError("a record must be a JSON object", file=file, line=lineno)
-    return _event(rec, lineno, file, _frozen(rec.get("value"), file, lineno))
-
-
-def _event(rec: dict[Any, Any], lineno: int, file: str | None, value: Any) -> Event:
-    typ, process, f, value, key, time_ns, has_value = _fields(rec, lineno, file, value)
-    return Event(typ, process, f, value, key, time_ns, lineno, has_value)
-
-
-def _fields(rec: dict[Any, Any], lineno: int, file: str | None, value: Any) -> _Fields:
-    """The fields of the event of `rec`, but its line, in the order of `Event`'s; raises
-    `HistoryError` at `file`:`lineno` if it is no event."""
-    typ = rec.get("type")
-    if typ not in TYPES:
-        raise HistoryError(
-            f"type must be one of {'|'.join(TYPES)}, got {brief(typ)}", file=file, line=lineno
-        )
-    process = rec.get("process")
-    if (
-        type(process) is not int
-        and process != NEMESIS
-        and (not isinstance(process, int) or isinstance(process, bool))
-    ):
-        raise HistoryError(
-            f"process must be an integer or {NEMESIS!r}, got {brief(process)}",
-            file=file,
-            line=lineno,
-        )
-    f = rec.get("f")
-    if not isinstance(f, str):
-        raise HistoryError(f"f must be a name, got {brief(f)}", file=file, line=lineno)
-    key = rec.get("key")
-    if key is not None and not isinstance(key, Hashable):
-        raise HistoryError("key must be a scalar", file=file, line=lineno)
-    time_ns = rec.get("time")
-    if time_ns is not None and (type(time_ns) is not int):
-        raise HistoryError("time must be an integer (ns)", file=file, line=lineno)
-    # One string object per type and f, not one per record.
-    return _TYPE_NAMES[typ], process, sys.intern(f), value, key, time_ns, "value" in rec
-
-
-_Fields = tuple[str, Any, str, Any, Any, int | None, bool]
-_TYPE_NAMES = {t: t for t in TYPES}
-
-
-def _frozen(value: Any, file: str | None, line: int, depth: int = 0) -> Any:
-    """JSON lists become tuples and objects frozen pairs, so values can be compared and
-    hashed; nested at most `DEPTH_MAX` deep."""
-    if value is None or type(value) is int or type(value) is str:
-        return value
-    if depth >= DEPTH_MAX and isinstance(value, list | dict):
-        raise HistoryError(f"value nested deeper than {DEPTH_MAX}", file=file, line=line)
-    if isinstance(value, list):
-        return tuple([_frozen(v, file, line, depth + 1) for v in value])
-    if isinstance(value, dict):
-        return tuple(sorted((k, _frozen(v, file, line, depth + 1)) for k, v in value.items()))
-    return value
+    return record_event(rec, lineno, file)
 
 
 def _edn_maps(text: str, file: str | None) -> list[Event]:
@@ -350,7 +281,7 @@ def _edn_maps(text: str, file: str | None) -> list[Event]:
         if form.flat:
             events += flat_ops.events(form.value, form.item_lines)
         else:
-            events.append(_op(form.value, form.line, file))
+            events.append(op_event(form.value, form.line, file))
     return events
 
 
@@ -375,14 +306,10 @@ def _op_items(forms: Iterator[Form], file: str | None) -> list[Event]:
         if form.flat:
             events += flat_ops.events(form.value, form.item_lines)
         else:
-            events.extend(_op(rec, line, file) for rec, line in zip(form.value, form.item_lines))
+            events.extend(
+                op_event(rec, line, file) for rec, line in zip(form.value, form.item_lines)
+            )
     return events
-
-
-def _op(rec: Any, lineno: int, file: str | None) -> Event:
-    if not isinstance(rec, dict):
-        raise HistoryError("an operation must be a map", file=file, line=lineno)
-    return _event(rec, lineno, file, rec.get("value"))
 
 
 def _same(value: Any) -> Any:
@@ -411,18 +338,18 @@ class _NotAnOp(Exception):
     """A flat map that is not an op, or no map at all; read again at its line to say why."""
 
 
-class _FlatFields(dict[str, _Fields]):
+class _FlatFields(dict[str, Fields]):
     """The event fields of the text of each flat map (`Form.flat`), read once for all
     readers (the most recent `_FLAT_FIELDS_MAX`): records repeat, within a history and
     across them (Knossos's have neither time nor index); `_NotAnOp` for a text that is not
     an op."""
 
-    def __missing__(self, text: str) -> _Fields:
+    def __missing__(self, text: str) -> Fields:
         if len(self) >= _FLAT_FIELDS_MAX:
             self.clear()
         try:
             rec = FlatMaps().read(text, 1)
-            fields = _fields(rec, 1, None, rec.get("value"))
+            fields = event_fields(rec, 1, None, rec.get("value"))
         except (EdnError, HistoryError):
             raise _NotAnOp from None
         self[text] = fields
@@ -444,32 +371,32 @@ class _FlatOps:
         if len(texts) >= _SHAPED_MIN and (columns := self.maps.columns(texts)) is not None:
             try:
                 return self._column_events(*columns, lines)
-            except _Unusual:
+            except Unusual:
                 pass  # read map by map, to say which is wrong
         try:
             rows = list(map(_FLAT_FIELDS.__getitem__, texts))
         except _NotAnOp:
             for text, line in zip(texts, lines, strict=True):
-                _op(self.maps.read(text, line), line, self.file)
+                op_event(self.maps.read(text, line), line, self.file)
             raise AssertionError("a flat map read once as no op and once as one") from None
         types, processes, fs, values, keys, times, has_values = zip(*rows)
-        return _new_events(types, processes, fs, values, keys, times, lines, has_values)
+        return new_events(types, processes, fs, values, keys, times, lines, has_values)
 
     def _column_events(
         self, keys: list[Any], columns: list[tuple[str, ...]], lines: list[int]
     ) -> list[Event]:
         """The events of maps given as columns of value tokens (`FlatMaps.columns`),
-        checked as `_fields` checks a record, column by column; `_Unusual` where a record
+        checked as `event_fields` checks a record, column by column; `Unusual` where a record
         is not an op, or a value does not read."""
         by_key = dict(zip(keys, columns))
         if len(by_key) != len(keys) or not {"type", "process", "f"} <= by_key.keys():
-            raise _Unusual
+            raise Unusual
         for key in by_key.keys() - _OP_KEYS:
             self._column(by_key[key], unique=True)  # read all the same: a bad number is an error
         n = len(lines)
         absent = [None] * n
-        return _new_events(
-            self._column(by_key["type"], _TYPE_NAMES.__getitem__),
+        return new_events(
+            self._column(by_key["type"], TYPE_NAMES.__getitem__),
             self._column(by_key["process"], _process),
             self._column(by_key["f"], _name),
             self._column(by_key["value"]) if "value" in by_key else absent,
@@ -493,13 +420,13 @@ class _FlatOps:
         try:
             values = {token: check(self.maps.value(token)) for token in distinct}
         except (ValueError, KeyError, TypeError):
-            raise _Unusual from None
+            raise Unusual from None
         return list(map(values.__getitem__, tokens))
 
     def _times(self, tokens: tuple[str, ...]) -> list[Any]:
         times = self._column(tokens, unique=True)
         if not set(map(type, times)) <= {int, type(None)}:
-            raise _Unusual
+            raise Unusual
         return times
 
 
@@ -508,30 +435,9 @@ _SHAPED_MIN = 16
 _FLAT_FIELDS_MAX = 10_000
 
 
-def _new_events(*columns: Sequence[Any]) -> list[Event]:
-    """The events whose fields, in `Event`'s order, `columns` list. `Event` is a frozen
-    dataclass: its __init__ sets each field with a call of object.__setattr__ from Python.
-    Setting the slots column by column, in C loops, takes half the time."""
-    events = list(map(object.__new__, repeat(Event, len(columns[0]))))
-    for set_field, column in zip(_EVENT_FIELD_SETTERS, columns, strict=True):
-        deque(map(set_field, events, column), maxlen=0)
-    return events
-
-
-_EVENT_FIELD_SETTERS = [getattr(Event, name).__set__ for name in Event.__slots__]
-# What _new_events relies on: Event's slots are its fields, in order, and nothing else runs
-# on construction.
-assert Event.__slots__ == tuple(f.name for f in dataclasses.fields(Event))
-assert not hasattr(Event, "__post_init__")
-
-
-class _Unusual(Exception):
-    """Something a reader of whole columns leaves to a reader of one record at a time."""
-
-
 class _Parsed(dict[str, Any]):
     """The value of each text, parsed once by `parse` for all readers (the most recent
-    `_PARSED_MAX`); `_Unusual` if it cannot be."""
+    `_PARSED_MAX`); `Unusual` if it cannot be."""
 
     def __init__(self, parse: Callable[[str], Any]):
         super().__init__()
@@ -543,7 +449,7 @@ class _Parsed(dict[str, Any]):
         try:
             value = self.parse(text)
         except (ValueError, EdnError):
-            raise _Unusual from None
+            raise Unusual from None
         self[text] = value
         return value
 
@@ -567,8 +473,8 @@ def _porcupine_kv(text: str, file: str | None) -> list[Event]:
         return []
     procs, types, fs, keys, values, others = zip(*rows)
     lines = list(compress(range(1, len(rows) + 1), types))
-    events = _new_events(
-        list(map(_TYPE_NAMES.__getitem__, compress(types, types))),
+    events = new_events(
+        list(map(TYPE_NAMES.__getitem__, compress(types, types))),
         list(map(int, compress(procs, types))),
         list(map(sys.intern, compress(fs, types))),
         list(map(_kv_value, compress(values, types))),
@@ -598,7 +504,7 @@ def _edn_line(raw: str, lineno: int, file: str | None) -> Event:
         raise HistoryError(exc.message, file=file, line=lineno) from None
     if len(forms) != 1 or not isinstance(forms[0].value, dict):
         raise HistoryError("expected one map per line", file=file, line=lineno)
-    return _op(forms[0].value, lineno, file)
+    return op_event(forms[0].value, lineno, file)
 
 
 _ETCD_TYPES = {f":{t}": t for t in TYPES}
@@ -639,21 +545,21 @@ _ETCD_VALUES = _Parsed(parse_one)
 def _etcd_log(text: str, file: str | None) -> list[Event]:
     try:
         return _etcd_log_at_once(text, file)
-    except _Unusual:
+    except Unusual:
         return _etcd_log_by_line(text, file)
 
 
 def _etcd_log_at_once(text: str, file: str | None) -> list[Event]:
     """All records read with one regex over the text, their fields converted column by
     column, each distinct text once; other lines as `_etcd_log_by_line` reads them. Raises
-    `_Unusual` for what is wrong, for `_etcd_log_by_line` to say where."""
+    `Unusual` for what is wrong, for `_etcd_log_by_line` to say where."""
     rows = _ETCD_LINE.findall(text)
     if not rows:
         return []
     procs, types, fs, values, others = zip(*rows)
     lines = list(compress(range(1, len(rows) + 1), types))
-    events = _new_events(
-        list(map(_TYPE_NAMES.__getitem__, compress(types, types))),
+    events = new_events(
+        list(map(TYPE_NAMES.__getitem__, compress(types, types))),
         list(map(_ETCD_PROCESSES.__getitem__, compress(procs, types))),
         list(map(sys.intern, compress(fs, types))),
         list(map(_ETCD_VALUES.__getitem__, compress(values, types))),
@@ -668,13 +574,13 @@ def _etcd_log_at_once(text: str, file: str | None) -> list[Event]:
         if (event := _etcd_line(other, lineno, file)) is not None
     ]
     if others_read:
-        raise _Unusual  # records the regex did not read: rare, left to the line reader
+        raise Unusual  # records the regex did not read: rare, left to the line reader
     return events
 
 
 def _etcd_log_by_line(text: str, file: str | None) -> list[Event]:
     events = []
-    for lineno, raw, _ in _lines(text):
+    for lineno, raw, _ in numbered_lines(text):
         event = _etcd_line(raw, lineno, file)
         if event is not None:
             events.append(event)

@@ -12,6 +12,7 @@ import pytest
 
 import checker.edn
 import checker.readers
+import checker.records
 from checker import HistoryError, check, detect_format, pair, parse_history, read_history
 from checker.history import Event
 
@@ -353,5 +354,5 @@ def test_fast_log_readers_read_odd_lines_as_the_line_readers(seed: int) -> None:
 
 def test_events_made_column_by_column_are_events() -> None:
     fields = ("ok", 3, "read", (1, 2), "k", 5, 7, False)
-    (made,) = checker.readers._new_events(*([f] for f in fields))
+    (made,) = checker.records.new_events(*([f] for f in fields))
     assert made == Event(*fields) and hash(made) == hash(Event(*fields))
