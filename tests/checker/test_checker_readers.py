@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import checker.edn
+import checker.edn_readers
 import checker.readers
 import checker.records
 from checker import HistoryError, check, detect_format, pair, parse_history, read_history
@@ -235,10 +236,10 @@ def _agree(text: str, fmt: str) -> None:
     slow = _read_slowly(text, fmt)
     assert _read(text, fmt) == slow, text[:300]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checker.readers, "_SHAPED_MIN", 10**9)  # map by map, not in columns
+        mp.setattr(checker.edn_readers, "_SHAPED_MIN", 10**9)  # map by map, not in columns
         assert _read(text, fmt) == slow, text[:300]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checker.readers, "_SHAPED_MIN", 1)
+        mp.setattr(checker.edn_readers, "_SHAPED_MIN", 1)
         mp.setattr(checker.edn, "_RUN_CHARS", 97)  # runs cut anywhere
         assert _read(text, fmt) == slow, text[:300]
 
