@@ -12,7 +12,7 @@ import pytest
 
 import checker.edn
 import checker.edn_readers
-import checker.readers
+import checker.log_readers
 import checker.records
 from checker import HistoryError, check, detect_format, pair, parse_history, read_history
 from checker.history import Event
@@ -228,7 +228,7 @@ def _read_slowly(text: str, fmt: str) -> Any:
         for name in ("_FLAT_MAP", "_FLAT_RUN", "_LINE_RUN"):
             mp.setattr(checker.edn, name, NEVER)
         for name, regex in NO_FAST_LINE.items():
-            mp.setattr(checker.readers, name, regex)
+            mp.setattr(checker.log_readers, name, regex)
         return _read(text, fmt)
 
 
