@@ -227,6 +227,11 @@ class SshRemote:
                     self._kill_timed_out(bytes(out))
                     return None
                 chan.status_event.wait(min(0.05, remaining))
+            # The exit status can arrive before the last of the output (a command's stderr
+            # came back empty once under load): read on to the channel's end of file.
+            while not chan.eof_received and not chan.closed and time.monotonic() < deadline:
+                _drain(chan, out, err)
+                time.sleep(0.005)
             _drain(chan, out, err)
             return (
                 chan.recv_exit_status(),
