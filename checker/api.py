@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from checker.explain import Anomaly, _jsonable, explain, explain_witness
 from checker.history import Event, paused_gc
-from checker.models import MODELS, Model, make_model
+from checker.models import MODELS, Model, infer_model, make_model
 from checker.ops import Op, pair
 from checker.readers import History
 from checker.readers import as_history as _events
@@ -92,30 +92,6 @@ class Result:
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
-
-
-def infer_model(fmt: str, ops: Sequence[Op]) -> tuple[str, Any]:
-    """The model name and initial state a history of format `fmt` most likely means."""
-    fs = {op.f for op in ops}
-    if fmt == "porcupine-kv":
-        return "append-kv", ""
-    if fmt == "jepsen-etcd-log":
-        return "etcd-register", None
-    if "txn" in fs:
-        return "multi-register", {"x": 0, "y": 0} if fmt == "knossos-edn" else {}
-    if fs and fs <= {"acquire", "release"}:
-        return "mutex", False
-    if "add" in fs:
-        return ("set-kv" if any(op.key is not None for op in ops) else "set"), frozenset()
-    if fs & {"get", "put", "append"}:
-        return "append-kv", ""
-    if any(op.key is not None for op in ops):
-        return "kv", None
-    if fmt == "knossos-edn":
-        return "cas-register", 0
-    if fmt == "jepsen-edn":
-        return "cas-register", None
-    return "kv", None
 
 
 def check(

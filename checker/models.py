@@ -32,7 +32,7 @@ from typing import Any
 from checker.history import HistoryError, brief, show_key
 from checker.ops import Op
 
-__all__ = ["ILLEGAL", "MODELS", "Model", "Step", "make_model"]
+__all__ = ["ILLEGAL", "MODELS", "Model", "Step", "infer_model", "make_model"]
 
 
 class _Illegal:
@@ -536,6 +536,30 @@ MODELS: dict[str, type[Model]] = {
     "set": SetModel,
     "set-kv": SetKV,
 }
+
+
+def infer_model(fmt: str, ops: Sequence[Op]) -> tuple[str, Any]:
+    """The model name and initial state a history of format `fmt` most likely means."""
+    fs = {op.f for op in ops}
+    if fmt == "porcupine-kv":
+        return "append-kv", ""
+    if fmt == "jepsen-etcd-log":
+        return "etcd-register", None
+    if "txn" in fs:
+        return "multi-register", {"x": 0, "y": 0} if fmt == "knossos-edn" else {}
+    if fs and fs <= {"acquire", "release"}:
+        return "mutex", False
+    if "add" in fs:
+        return ("set-kv" if any(op.key is not None for op in ops) else "set"), frozenset()
+    if fs & {"get", "put", "append"}:
+        return "append-kv", ""
+    if any(op.key is not None for op in ops):
+        return "kv", None
+    if fmt == "knossos-edn":
+        return "cas-register", 0
+    if fmt == "jepsen-edn":
+        return "cas-register", None
+    return "kv", None
 
 
 def make_model(name: str, init: Any = _UNSET, *, nil_read_any: bool = False) -> Model:

@@ -195,7 +195,7 @@ def test_every_read_mode_under_a_leader_partition_shows_which_modes_serve_stale_
         "--nemesis", "partition-leader",
         "--nemesis-interval", "1",
         "--op-timeout", "1",
-        "--time", "8",
+        "--time", "6",
         "--concurrency", "9",
         "--seed", "7",
         "--store", str(tmp_path),
