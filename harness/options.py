@@ -108,6 +108,8 @@ class RunOptions:
     raft_options: tuple[str, ...] = ()
     leave_running: bool = False
     op_timeout_s: float = 1.0
+    # How long after the heal the final reads may take (None: the backend's default).
+    recovery_timeout_s: float | None = None
     check_time_limit_s: float = 120.0
     name: str | None = None
     live: bool = True
@@ -273,6 +275,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--op-timeout",), "op_timeout", "op_timeout_s", "run", kind=float, low=0.1,
            default=1.0, show_default=True,
            help="Seconds before a client op counts as indeterminate (info)."),
+    Option(("--recovery-timeout",), "recovery_timeout", "recovery_timeout_s", "run",
+           kind=float, low=0.1, metavar="SECONDS",
+           help="After every fault healed, each key must be read within this many seconds, "
+           "or the run is INVALID: the cluster did not recover (default 30; on sim 10)."),
     Option(("--leave-running",), "leave_running", "leave_running", "run", kind=bool,
            default=False, help="Keep the cluster up after the run."),
     Option(("--no-live",), "no_live", "live", "local", kind=bool, default=False, read=_not,

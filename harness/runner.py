@@ -44,6 +44,7 @@ from harness.targets import TARGETS, ClusterSpec, Target
 from harness.targets.base import (
     ChangesMembers,
     ChecksNodes,
+    Completion,
     DetectsOps,
     PreparesHost,
     PreparesNodes,
@@ -67,6 +68,9 @@ __all__ = ["RunOutcome", "make_data_dir", "remove_leftover_data_dirs", "run_test
 log = logging.getLogger("harness")
 
 LEADER_TIMEOUT_S = 30.0
+# How long after the heal the cluster has to serve the final reads, unless
+# --recovery-timeout says (harness.simrun has its own, in simulated time).
+RECOVERY_S = 30.0
 STATUS_TIMEOUT_S = 5.0
 # Node data of backends without a filesystem of their own: `<temp dir>/harness-<run id>-*/`,
 # with its owner (`backends.owner`) in `.owner`.
@@ -229,10 +233,10 @@ async def run_test(opts: RunOptions) -> RunOutcome:
             ctx.lose_unsynced = {n: functools.partial(disks.lose, n) for n in nodes}
         crashes: list[dict[str, Any]] = []
         keys = await _drive(opts, target, cluster, ctx, nemeses, history, crashes)
-        await _final_reads(opts, target, cluster, history, keys)
+        recovery = await _final_reads(opts, target, cluster, history, keys)
         await look_again(ctx, history.now_ns, crashes)
         history.close()
-        results = build_results(opts, history.ops, run_dir, nemeses, crashes)
+        results = build_results(opts, history.ops, run_dir, nemeses, crashes, recovery)
         write_json(run_dir / "results.json", results)
         write_run_reports(run_dir, results, history.ops)
         return RunOutcome(results["valid"], run_dir, results)
@@ -444,15 +448,22 @@ async def invoke_one(
     progress: ProgressLine | None,
 ) -> int:
     """Invoke and record one op; returns the process id to use next."""
+    done = await _invoke_recorded(client, op, process, history)
+    if progress is not None:
+        progress.op(done.type)
+    return process + concurrency if done.type == "info" else process
+
+
+async def _invoke_recorded(
+    client: Any, op: Invocation, process: int, history: HistoryWriter
+) -> Completion:
     history.record("invoke", process, op.f, key=op.key, value=op.value)
-    done = await client.invoke(op)
+    done: Completion = await client.invoke(op)
     fields: dict[str, Any] = {"key": op.key, "value": done.value}
     if done.error:
         fields["error"] = done.error
     history.record(done.type, process, op.f, **fields)
-    if progress is not None:
-        progress.op(done.type)
-    return process + concurrency if done.type == "info" else process
+    return done
 
 
 async def _final_reads(
@@ -461,19 +472,45 @@ async def _final_reads(
     cluster: ClusterSpec,
     history: HistoryWriter,
     keys: list[str],
-) -> None:
-    """Healed: wait for a leader, then read every key once more."""
-    try:
-        await wait_for_leader(target, cluster, LEADER_TIMEOUT_S)
-    except TimeoutError:
-        log.error("no leader after healing: final reads skipped")
-        return
-    leader = await target.leader(cluster)
-    client = target.client(cluster, leader or cluster.nodes[0])
+) -> dict[str, Any]:
+    """Healed: read every key once more from the leader, each read retried (through the
+    leader of the moment) until it succeeds or the recovery timeout has passed since the
+    heal. A correct cluster serves again well within that. Returns results.json's
+    `recovery`: the keys never read (a cluster that did not recover: the run is INVALID)."""
+    window_s = opts.recovery_timeout_s or RECOVERY_S
+    deadline = time.monotonic() + window_s
     process = 10 * opts.concurrency * 1000  # apart from every worker's ids
+    unread: list[str] = []
+    client: Any = None
     try:
         for key in keys:
-            await invoke_one(client, Invocation("read", key, None), process, 1, history, None)
-            process += 1
+            read = Invocation("read", key, None)
+            while True:
+                if time.monotonic() >= deadline:
+                    unread.append(key)
+                    break
+                if client is None:
+                    client = await _leader_client(target, cluster, deadline)
+                if client is not None:
+                    done = await _invoke_recorded(client, read, process, history)
+                    process += 1
+                    if done.type == "ok":
+                        break
+                    await client.close()  # the leader may have moved: look again
+                    client = None
+                await asyncio.sleep(0.2)
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
+    if unread:
+        log.error("not read within %g s after the heal: %s", window_s, ", ".join(unread))
+    return {"window_s": window_s, "unread": unread}
+
+
+async def _leader_client(target: Target, cluster: ClusterSpec, deadline: float) -> Any:
+    """A client of the leader found before `deadline`, or None."""
+    try:
+        leader = await wait_for_leader(target, cluster, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return None
+    return target.client(cluster, leader)

@@ -103,6 +103,8 @@ class SimRun:
         self._processes: dict[SimClient, int] = {}
         self._leaders: list[str] = []
         self.unread: list[str] = []  # keys the final reads never read (see _final_reads)
+        recovery_s = opts.recovery_timeout_s
+        self.recovery_ns = RECOVERY_NS if recovery_s is None else int(recovery_s * NS)
         self._active: list[Nemesis] = []  # the fault started and not yet stopped
 
     def _now(self) -> int:
@@ -291,16 +293,16 @@ class SimRun:
 
     def _final_reads(self) -> None:
         """Healed: read every key once more from the leader, each retried until it is read
-        or RECOVERY_NS have passed since the heal. A correct cluster serves again well
-        within that; `unread` keeps the keys that were never read (a cluster that did not
-        recover)."""
-        deadline = self.cluster.now_ns + RECOVERY_NS
+        or the recovery window (RECOVERY_NS unless --recovery-timeout) has passed since the
+        heal. A correct cluster serves again well within that; `unread` keeps the keys that
+        were never read (a cluster that did not recover)."""
+        deadline = self.cluster.now_ns + self.recovery_ns
         self.step_until(deadline, lambda: self.cluster.leader()[0] is not None)
         keys = Generator(WorkloadOptions(self.opts.workload, self.opts.keys), random.Random()).keys
         leader = self.cluster.leader()[0]
         if leader is None:
-            log.error("no leader within %d s after healing: final reads skipped",
-                      RECOVERY_NS // NS)  # fmt: skip
+            log.error("no leader within %g s after healing: final reads skipped",
+                      self.recovery_ns / NS)  # fmt: skip
             self.unread = [str(k) for k in keys]
             return
         outcomes: list[str] = []
@@ -355,7 +357,7 @@ def run_sim(
             sim.write_leaders()
         crashes = [{"time": f.time_ns - sim._t0_ns, "node": f.node, "what": f.what}
                    for f in sim.cluster.failures]  # fmt: skip
-        recovery = {"window_s": RECOVERY_NS // NS, "unread": sim.unread}
+        recovery = {"window_s": sim.recovery_ns / NS, "unread": sim.unread}
         results = build_results(opts, sim.history.ops, run_dir, sim.nemeses, crashes, recovery)
         write_json(run_dir / "results.json", results)
         write_run_reports(run_dir, results, sim.history.ops)

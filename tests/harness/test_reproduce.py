@@ -67,6 +67,7 @@ def examples(tmp_path: Path) -> dict[str, list[str]]:
         "bugs": ["--bug", "no-fsync", "--bug", "stale 'lease'"],
         "raft_options": ["--raft-option", "check-quorum=off", "--raft-option", "pre-vote=off"],
         "op_timeout": ["--op-timeout", "0.25"],
+        "recovery_timeout": ["--recovery-timeout", "4.5"],
         "leave_running": ["--leave-running"],
         "no_live": ["--no-live"],
         "junit_path": ["--junit", str(tmp_path / "out.xml")],

@@ -240,21 +240,28 @@ def test_missing_iptables_is_a_usage_error(tmp_path: Path) -> None:
     assert "iptables" in proc.stderr or "iproute2" in proc.stderr
 
 
-def test_a_node_that_exits_on_its_own_makes_the_run_invalid(tmp_path: Path) -> None:
-    # A SIGKILL from outside stands for a node's own crash: no fault stopped it, so the run
-    # is INVALID naming it, whatever the history says; the other nodes are left alone.
+def started_run(store: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """A netns `harness test` with `args`, once its workload has begun; and its run id."""
     proc = subprocess.Popen(
-        [*HARNESS, "test", "--backend", "netns", "--nemesis", "partition", "--time", "10",
-         "--nemesis-interval", "2", "--seed", "1", "--store", str(tmp_path), "--no-live"],
+        [*HARNESS, "test", "--backend", "netns", *args, "--store", str(store), "--no-live"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    history = tmp_path / "latest" / "history.jsonl"
+    history = store / "latest" / "history.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (history.exists() and history.stat().st_size):
         time.sleep(0.2)
-    run_id = re.search(r"\(id ([0-9a-f]{4})\)", (tmp_path / "latest" / "harness.log").read_text())
+    run_id = re.search(r"\(id ([0-9a-f]{4})\)", (store / "latest" / "harness.log").read_text())
     assert run_id is not None
-    node = f"--id n2 .*--data-dir /tmp/harness-{run_id[1]}-"
+    return proc, run_id[1]
+
+
+def test_a_node_that_exits_on_its_own_makes_the_run_invalid(tmp_path: Path) -> None:
+    # A SIGKILL from outside stands for a node's own crash: no fault stopped it, so the run
+    # is INVALID naming it, whatever the history says; the other nodes are left alone.
+    proc, run_id = started_run(
+        tmp_path, "--nemesis", "partition", "--time", "10", "--nemesis-interval", "2", "--seed", "1"
+    )
+    node = f"--id n2 .*--data-dir /tmp/harness-{run_id}-"
     found = subprocess.run(["pgrep", "-f", "--", node], capture_output=True, text=True, timeout=10)
     assert found.returncode == 0, "n2's raftkv is not running"
     for pid in found.stdout.split():
@@ -264,3 +271,34 @@ def test_a_node_that_exits_on_its_own_makes_the_run_invalid(tmp_path: Path) -> N
     r = results(tmp_path)
     assert [c["node"] for c in r["node_crashes"]] == ["n2"], r["node_crashes"]
     assert "node n2 crashed on its own" in out and "node n2 exited on its own" in err
+
+
+def test_a_cluster_that_never_serves_again_after_the_heal_is_invalid(tmp_path: Path) -> None:
+    # Rules of our own, outside the harness's chain, cut every node from its peers for good:
+    # the nemesis heals its partitions, yet no leader can be elected to serve the final reads.
+    proc, run_id = started_run(
+        tmp_path, "--nemesis", "partition", "--time", "5", "--nemesis-interval", "2",
+        "--seed", "1", "--recovery-timeout", "3",
+    )  # fmt: skip
+    try:
+        cut_every_node_from_its_peers(run_id)
+    finally:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    r = results(tmp_path)
+    assert r["recovery"]["window_s"] == 3 and r["recovery"]["unread"], r["recovery"]
+    assert r["node_crashes"] == []
+    assert "the cluster did not recover" in out, out
+    assert not [ns for ns in namespaces() if ns.startswith(f"hns-{run_id}-")]
+
+
+def cut_every_node_from_its_peers(run_id: str) -> None:
+    spaces = [ns for ns in namespaces() if ns.startswith(f"hns-{run_id}-n")]
+    cmdline = subprocess.run(["pgrep", "-af", "--", f"--data-dir /tmp/harness-{run_id}-"],
+                             capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    peers = sorted(set(re.findall(r"n\d=([\d.]+):", cmdline)))
+    assert len(spaces) == 3 and len(peers) == 3, (spaces, cmdline)
+    for ns in spaces:
+        for peer in peers:
+            subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I", "INPUT", "-s", peer,
+                            "-j", "DROP"], check=True, timeout=10)  # fmt: skip
