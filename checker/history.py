@@ -13,8 +13,9 @@ from __future__ import annotations
 import gc
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
+
+from checker.errors import HistoryError
 
 __all__ = [
     "DEPTH_MAX",
@@ -33,19 +34,7 @@ DEPTH_MAX = 100
 """How deeply values may nest (collections in collections); deeper is a `HistoryError`, so
 nothing downstream (hashing, comparing, printing) recurses without bound."""
 _BRIEF_CHARS = 60
-
-
-class HistoryError(ValueError):
-    """A history that cannot be read or makes no sense; names the file and line when known."""
-
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None):
-        self.message = message
-        self.file = file
-        self.line = line
-        where = file or "<history>"
-        if line is not None:
-            where = f"{where}:{line}"
-        super().__init__(f"{where}: {message}")
+_FIELDS = ("type", "process", "f", "value", "key", "time_ns", "line", "has_value")
 
 
 def brief(value: Any) -> str:
@@ -62,23 +51,61 @@ def show_key(key: Any) -> str:
     return repr(key)
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """One history record.
+    """One history record; read-only by contract.
 
     `type` is one of `TYPES`; `process` an int or ``"nemesis"``; `key` is None for unkeyed
     histories; `value` is None when the record has none (`has_value` tells absent from null).
     `line` is the 1-based source line, for messages.
     """
 
-    type: str
-    process: Hashable
-    f: str
-    value: Any = None
-    key: Hashable | None = None
-    time_ns: int | None = None
-    line: int | None = None
-    has_value: bool = True
+    # Written out rather than a frozen dataclass: a reader makes one per record, and this
+    # constructor costs about a third of the frozen one's setting of each field through
+    # object.__setattr__ (mypyc, where it compiles this module, makes it cheaper still).
+    __slots__ = _FIELDS
+
+    def __init__(
+        self,
+        type: str,
+        process: Hashable,
+        f: str,
+        value: Any = None,
+        key: Hashable | None = None,
+        time_ns: int | None = None,
+        line: int | None = None,
+        has_value: bool = True,
+    ) -> None:
+        self.type = type
+        self.process = process
+        self.f = f
+        self.value = value
+        self.key = key
+        self.time_ns = time_ns
+        self.line = line
+        self.has_value = has_value
+
+    def fields(self) -> tuple[Any, ...]:
+        """The fields in order, as `dataclasses.astuple` would give them."""
+        return (
+            self.type,
+            self.process,
+            self.f,
+            self.value,
+            self.key,
+            self.time_ns,
+            self.line,
+            self.has_value,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.fields() == other.fields()
+
+    def __hash__(self) -> int:
+        return hash(self.fields())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(_FIELDS, self.fields()))
+        return f"Event({shown})"
 
 
 @contextmanager

@@ -40,6 +40,7 @@ GROUP = "checker_native"
 
 # Compiled together, so calls between them skip Python's call protocol.
 MODULES = (
+    "checker/history.py",
     "checker/ops.py",
     "checker/models.py",
     "checker/search.py",
