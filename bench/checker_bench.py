@@ -294,15 +294,20 @@ def generate_edn(path: Path, size_bytes: int, seed: int, clients: int = 10) -> N
             index += 1
 
 
+# The child's peak from /proc (VmHWM), not getrusage: ru_maxrss survives fork and exec, so
+# a child of a parent that has read big histories starts with the parent's peak.
 _READ = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[2])
 from checker import read_history
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def kb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+before = kb("VmRSS")
 t0 = time.perf_counter()
 history = read_history(sys.argv[1])
 read_s = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = kb("VmHWM")
 print(json.dumps({"ops": len(history.events), "parse_s": round(read_s, 2),
                   "peak_rss_mb": round(peak / 1024),
                   "rss_increase_mb": round((peak - before) / 1024)}))
