@@ -5,10 +5,10 @@ as Jepsen's log checks make it one: results.json's `node_crashes` (harness.resul
 run INVALID and names the node. The sim backend sees its nodes crash directly; here
 `watch_nodes` asks the backend's supervisor whether each member's service runs, every
 `WATCH_INTERVAL_S` while the workload runs, once more at its end, and once after the final
-reads (`look_again`). A node that faults
-stopped (killed, power-cut: `NemesisContext.killed`) or that membership took out is not
-asked about; a node found dead is confirmed under the nemesis lock, so a fault that kills
-it at that moment is not taken for a crash. Paused nodes still run.
+reads (`look_again`). A node that faults stopped (killed, power-cut:
+`NemesisContext.killed`) or that membership took out is not asked about; a node found dead
+is confirmed under the nemesis lock, so a fault that kills it at that moment is not taken
+for a crash. Paused nodes still run.
 """
 
 from __future__ import annotations
